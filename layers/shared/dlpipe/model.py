@@ -1,0 +1,89 @@
+"""SqueezeNet 1.0 and 1.1 (Iandola et al., 2016) as Keras 3 builder functions.
+
+The layer order follows the reference implementations (torchvision, the Caffe release)
+so that pretrained weights can be mapped onto it by graph structure: conv1, then for each
+fire module squeeze / expand1x1 / expand3x3 (concatenated in that order), then conv10.
+Max pooling uses ceil mode like the originals, done as zero padding on the bottom/right
+before a valid pool; after a ReLU every value is >= 0, so zero padding is exactly what
+ceil mode's "ignore the missing cells" computes.
+
+TensorFlow/Keras is imported inside the functions: the zip functions import this package
+but must never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+
+# (squeeze, expand) filters of fire modules 2..9, the same in both versions.
+FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
+                6: (48, 192), 7: (48, 192), 8: (64, 256), 9: (64, 256)}
+# The fire modules after which each version max-pools (0 = after conv1).
+POOL_AFTER = {"1.0": (0, 4, 8), "1.1": (0, 3, 5)}
+VERSIONS = tuple(POOL_AFTER)
+
+
+def ceil_pool_padding(size: int, pool: int = 3, stride: int = 2) -> int:
+    """Cells to add at the end of an axis so a valid pool gives ceil mode's output size."""
+    out = math.ceil((size - pool) / stride) + 1
+    # PyTorch/Caffe rule: the last window must start inside the input.
+    if (out - 1) * stride >= size:
+        out -= 1
+    return max(0, (out - 1) * stride + pool - size)
+
+
+def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 224, 3),
+               classes: int = 1000, small_inputs: bool = False, dropout: float = 0.5,
+               name: str | None = None):
+    """Build SqueezeNet `version` ("1.0" or "1.1") returning class probabilities.
+
+    small_inputs: replace the ImageNet stem (7x7 or 3x3 stride-2 conv1) with a 3x3
+    stride-1 convolution. On 32 px inputs such as Fashion-MNIST the stride-2 stem throws
+    away most of the resolution and accuracy plateaus about 6 points lower.
+    """
+    import keras
+    from keras import layers
+
+    if version not in POOL_AFTER:
+        raise ValueError(f"unknown SqueezeNet version {version!r}; choose from {VERSIONS}")
+    height, width, _ = input_shape
+    conv_init = "he_uniform"
+
+    def pool(x, index):
+        h, w = x.shape[1], x.shape[2]
+        ph, pw = ceil_pool_padding(h), ceil_pool_padding(w)
+        if ph or pw:
+            x = layers.ZeroPadding2D(((0, ph), (0, pw)), name=f"pool{index}_ceil_pad")(x)
+        return layers.MaxPooling2D(3, strides=2, name=f"pool{index}")(x)
+
+    def fire(x, index):
+        squeeze, expand = FIRE_FILTERS[index]
+        s = layers.Conv2D(squeeze, 1, activation="relu", kernel_initializer=conv_init,
+                          name=f"fire{index}_squeeze")(x)
+        e1 = layers.Conv2D(expand, 1, activation="relu", kernel_initializer=conv_init,
+                           name=f"fire{index}_expand1x1")(s)
+        e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=conv_init,
+                           name=f"fire{index}_expand3x3")(s)
+        return layers.Concatenate(name=f"fire{index}_concat")([e1, e3])
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    if small_inputs:
+        x = layers.Conv2D(64 if version == "1.1" else 96, 3, strides=1, activation="relu",
+                          kernel_initializer=conv_init, name="conv1")(inputs)
+    elif version == "1.0":
+        x = layers.Conv2D(96, 7, strides=2, activation="relu", kernel_initializer=conv_init, name="conv1")(inputs)
+    else:
+        x = layers.Conv2D(64, 3, strides=2, activation="relu", kernel_initializer=conv_init, name="conv1")(inputs)
+    x = pool(x, 1)
+    for index in range(2, 10):
+        x = fire(x, index)
+        if index in POOL_AFTER[version][1:]:
+            x = pool(x, index)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    # As in the reference: the classifier is a 1x1 convolution initialised with small
+    # weights, then ReLU and global average pooling instead of dense layers.
+    x = layers.Conv2D(classes, 1, activation="relu",
+                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="conv10")(x)
+    x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+    outputs = layers.Softmax(name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name or f"squeezenet{version.replace('.', '_')}")

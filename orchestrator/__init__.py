@@ -1,0 +1,1 @@
+"""The local orchestrator: fans workloads out over function invocations and reports."""

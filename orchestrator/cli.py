@@ -1,0 +1,54 @@
+"""`orchestrator`: drive the pipeline's functions from one machine.
+
+Each sub-command lives in orchestrator/commands/<name>.py and exposes
+`register(subparsers)`, which adds its parser and sets `run(args, session) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from orchestrator.session import add_arguments, session_from_args
+
+# Sub-commands in the order --help lists them.
+COMMANDS = ["upload", "augment"]
+
+EPILOG = """\
+examples:
+  orchestrator upload photos/ --prefix raw           # class sub-folders into the store
+  orchestrator augment --source raw --output augmented
+  orchestrator --stack-name dlpipe augment ...      # the same, on AWS Lambda
+
+Run `orchestrator COMMAND --help` for a command's options."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Serverless deep-learning pipeline: augment images, train SqueezeNet "
+                    "data-parallel, and serve predictions, on AWS Lambda or on this machine.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"orchestrator.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    session = session_from_args(args)
+    try:
+        return int(args.run(args, session) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        session.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Lambda's published on-demand price, applied to recorded invocations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+# https://aws.amazon.com/lambda/pricing/ (us-east-1, first pricing tier)
+PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
+PRICE_PER_REQUEST = 0.20 / 1_000_000
+
+
+def gb_seconds(billed_ms: float, memory_mb: int) -> float:
+    return billed_ms / 1000.0 * memory_mb / 1024.0
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    invocations: int
+    failures: int
+    billed_ms: int
+    gb_seconds: float
+    dollars: float
+
+    def line(self) -> str:
+        return (f"{self.invocations} invocations ({self.failures} failed), "
+                f"{self.gb_seconds:,.1f} GB-s billed, ${self.dollars:.4f} at Lambda list price")
+
+
+def summarize(records: Iterable, architecture: str = "x86_64") -> CostSummary:
+    """Cost of a set of Invocation records (anything with billed_ms, memory_mb, ok)."""
+    records = list(records)
+    gbs = sum(gb_seconds(r.billed_ms, r.memory_mb) for r in records)
+    return CostSummary(
+        invocations=len(records),
+        failures=sum(1 for r in records if not r.ok),
+        billed_ms=int(sum(r.billed_ms for r in records)),
+        gb_seconds=gbs,
+        dollars=gbs * PRICE_PER_GB_SECOND[architecture] + len(records) * PRICE_PER_REQUEST,
+    )

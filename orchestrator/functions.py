@@ -1,0 +1,47 @@
+"""The deployed functions as the orchestrator knows them.
+
+Memory and timeout mirror template.yaml (a unit test keeps them in step), so that the
+local invoker enforces the same time limit and reports the same billed GB-seconds that
+Lambda would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str            # logical name used by the orchestrator and the CLI
+    handler: str         # "path/to/app.py:function", relative to the repository
+    memory_mb: int
+    timeout_s: int
+    output: str          # the CloudFormation output holding the deployed function name
+
+    @property
+    def handler_path(self) -> Path:
+        return REPO_ROOT / self.handler.split(":")[0]
+
+    @property
+    def handler_name(self) -> str:
+        return self.handler.split(":")[1]
+
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    spec.name: spec
+    for spec in (
+        FunctionSpec("augment", "functions/augment/app.py:handler", 1024, 300, "AugmentFunctionName"),
+        FunctionSpec("train", "functions/train/app.py:handler", 4096, 900, "TrainFunctionName"),
+        FunctionSpec("predict", "functions/predict/app.py:handler", 1024, 30, "PredictFunctionName"),
+    )
+}
+
+
+def function_spec(name: str) -> FunctionSpec:
+    try:
+        return FUNCTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown function {name!r}; known: {', '.join(FUNCTIONS)}") from None

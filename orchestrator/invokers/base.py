@@ -1,0 +1,77 @@
+"""The invoker interface: run a function on a batch of JSON events, record each call."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+
+@dataclass
+class Invocation:
+    """One call of a function, whichever engine ran it."""
+
+    function: str
+    index: int                      # position of the event in the submitted batch
+    request_id: str
+    ok: bool
+    payload: Any = None             # the handler's JSON response, parsed
+    error: str | None = None        # "ErrorType: message" as the function reported it
+    duration_ms: float = 0.0        # handler time as measured by the engine
+    billed_ms: int = 0
+    memory_mb: int = 0
+    attempts: int = 1
+    wall_ms: float = 0.0            # client-side round trip, including queueing
+    extra: dict = field(default_factory=dict)
+
+
+class FunctionFailed(RuntimeError):
+    """Raised by `Invoker.call` when the function reports an error."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        super().__init__(f"{invocation.function} failed: {invocation.error}")
+        self.invocation = invocation
+
+
+class Invoker(ABC):
+    """Runs handlers on JSON events: locally in processes, or on AWS Lambda."""
+
+    name = "invoker"
+
+    def __init__(self) -> None:
+        self.records: list[Invocation] = []
+        self._lock = threading.Lock()
+
+    def _record(self, inv: Invocation) -> Invocation:
+        with self._lock:
+            self.records.append(inv)
+        return inv
+
+    @abstractmethod
+    def map(self, function: str, events: Iterable[dict], *,
+            on_result: Callable[[Invocation], None] | None = None) -> Iterator[Invocation]:
+        """Invoke `function` once per event, concurrently; yield results as they complete.
+
+        A failed invocation is yielded with ok=False, never raised: the caller decides
+        whether a failure sinks the job.
+        """
+
+    def invoke(self, function: str, event: dict) -> Invocation:
+        return next(iter(self.map(function, [event])))
+
+    def call(self, function: str, event: dict) -> Any:
+        """Invoke once and return the payload, raising FunctionFailed on error."""
+        inv = self.invoke(function, event)
+        if not inv.ok:
+            raise FunctionFailed(inv)
+        return inv.payload
+
+    def close(self) -> None:
+        """Release workers and connections."""
+
+    def __enter__(self) -> "Invoker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
