@@ -1,0 +1,97 @@
+"""The local invoker runs real handler files in warm worker processes, like Lambda."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import functions
+from orchestrator.costs import gb_seconds, summarize
+from orchestrator.functions import FunctionSpec
+from orchestrator.invokers.base import FunctionFailed
+from orchestrator.invokers.local import LocalInvoker
+
+HANDLERS = Path(__file__).parent / "handlers" / "probe.py"
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    spec = FunctionSpec("probe", f"{HANDLERS}:handler", 256, 5, "ProbeFunctionName")
+    monkeypatch.setitem(functions.FUNCTIONS, "probe", spec)
+    monkeypatch.setitem(functions.FUNCTIONS, "probe_bad_json",
+                        FunctionSpec("probe_bad_json", f"{HANDLERS}:not_json", 128, 5, "X"))
+    return spec
+
+
+@pytest.fixture
+def invoker(probe):
+    inv = LocalInvoker(concurrency=2, env={"DLPIPE_DATA_URL": "/tmp/some-store"}, timeouts={"probe": 2.0})
+    yield inv
+    inv.close()
+
+
+def test_results_carry_payload_context_and_records(invoker):
+    results = list(invoker.map("probe", [{"echo": i} for i in range(6)]))
+    assert sorted(r.index for r in results) == list(range(6))
+    for r in results:
+        assert r.ok and r.payload["echo"] == r.index
+        assert r.payload["request_id"] == r.request_id
+        assert r.payload["function_name"] == "probe" and r.payload["memory"] == 256
+        assert 0 < r.payload["remaining_ms"] <= 2000
+        assert r.payload["env"] == "/tmp/some-store"      # the worker got the session's settings
+        assert r.billed_ms >= 1 and r.memory_mb == 256
+    assert len({r.request_id for r in results}) == 6
+    assert len(invoker.records) == 6
+
+
+def test_workers_stay_warm_between_invocations(invoker):
+    first = list(invoker.map("probe", [{"echo": i} for i in range(4)]))
+    second = list(invoker.map("probe", [{"echo": i} for i in range(4)]))
+    pids = {r.payload["pid"] for r in first + second}
+    assert len(pids) <= 2                                # concurrency 2: at most two environments
+    assert max(r.payload["calls_in_this_process"] for r in second) > 2
+    assert any(r.extra.get("cold") for r in first) and not any(r.extra.get("cold") for r in second)
+
+
+def test_handler_error_is_reported_not_raised(invoker):
+    results = {r.index: r for r in invoker.map("probe", [{"echo": 0}, {"fail": "bad shard"}, {"echo": 2}])}
+    assert results[0].ok and results[2].ok
+    assert not results[1].ok
+    assert results[1].error == "ValueError: asked to fail: bad shard"
+    assert results[1].payload["errorType"] == "ValueError"
+    with pytest.raises(FunctionFailed, match="asked to fail"):
+        invoker.call("probe", {"fail": "x"})
+
+
+def test_timeout_kills_the_worker_and_the_pool_recovers(invoker):
+    results = {r.index: r for r in invoker.map("probe", [{"sleep": 10}, {"echo": 1}])}
+    assert not results[0].ok and "timed out after 2.00 seconds" in results[0].error
+    assert results[0].billed_ms == 2000
+    assert results[1].ok
+    assert invoker.call("probe", {"echo": "after"})["echo"] == "after"
+
+
+def test_crashed_worker_is_reported_and_replaced(invoker):
+    result = invoker.invoke("probe", {"exit": True})
+    assert not result.ok and "exited" in result.error
+    assert invoker.call("probe", {"echo": 5})["echo"] == 5
+
+
+def test_non_json_response_is_an_error_like_lambda(invoker):
+    result = invoker.invoke("probe_bad_json", {})
+    assert not result.ok and result.error.startswith("TypeError")
+
+
+def test_unknown_function_names_the_known_ones(invoker):
+    with pytest.raises(ValueError, match="unknown function 'nope'.*augment"):
+        invoker.map("nope", [{}])
+
+
+def test_cost_summary_from_records(invoker):
+    list(invoker.map("probe", [{"echo": 1}, {"fail": 1}]))
+    summary = summarize(invoker.records)
+    assert summary.invocations == 2 and summary.failures == 1
+    expected = sum(gb_seconds(r.billed_ms, 256) for r in invoker.records)
+    assert summary.gb_seconds == pytest.approx(expected)
+    assert summary.dollars == pytest.approx(expected * 0.0000166667 + 2 * 0.2e-6)

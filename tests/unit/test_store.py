@@ -1,0 +1,122 @@
+"""Both store implementations must behave the same: run every test against each."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from dlpipe.store import DirStore, InvalidKey, KeyNotFound, S3Store, StoreError, join_key, open_store, validate_key
+
+
+@pytest.fixture(params=["dir", "s3", "s3-prefixed"])
+def store(request, tmp_path, monkeypatch):
+    if request.param == "dir":
+        yield DirStore(tmp_path / "store")
+        return
+    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="bucket")
+        yield open_store("s3://bucket/some/prefix" if request.param == "s3-prefixed" else "s3://bucket")
+
+
+def test_put_get_roundtrip(store):
+    store.put("cat/1.jpg", b"\xff\xd8 data")
+    assert store.get("cat/1.jpg") == b"\xff\xd8 data"
+    assert store.exists("cat/1.jpg")
+    store.put("cat/1.jpg", b"new")
+    assert store.get("cat/1.jpg") == b"new"
+
+
+def test_missing_key_raises_key_not_found(store):
+    with pytest.raises(KeyNotFound) as err:
+        store.get("nope/missing.jpg")
+    assert "nope/missing.jpg" in str(err.value)
+    assert not store.exists("nope/missing.jpg")
+    with pytest.raises(KeyNotFound):
+        store.download_file("nope/missing.jpg", "/tmp/never-written")
+
+
+def test_list_is_sorted_filtered_and_paginates(store):
+    keys = [f"raw/c{i % 3}/img{i:04d}.png" for i in range(1005)]  # > 1000: S3 pages at 1000
+    for key in keys:
+        store.put(key, b"x")
+    store.put("rawish/other.png", b"x")
+    store.put("top.txt", b"x")
+    assert list(store.list("raw/")) == sorted(keys)
+    assert list(store.list("raw/c1/")) == sorted(k for k in keys if k.startswith("raw/c1/"))
+    assert list(store.list("raw")) == sorted(keys + ["rawish/other.png"])
+    assert list(store.list("absent/")) == []
+    assert len(list(store.list())) == 1007
+
+
+def test_delete_is_idempotent(store):
+    store.put("a/b", b"1")
+    store.delete("a/b")
+    store.delete("a/b")
+    assert not store.exists("a/b")
+
+
+def test_files_roundtrip(store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"0123456789" * 1000)
+    store.upload_file(src, "files/blob.bin")
+    dst = tmp_path / "dst.bin"
+    store.download_file("files/blob.bin", dst)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../escape", "a/../../b", "a//b", "a/./b", "a\\b", "a/\x00"])
+def test_unsafe_keys_are_rejected_by_every_operation(store, key):
+    for op in (lambda: store.get(key), lambda: store.put(key, b"x"), lambda: store.exists(key),
+               lambda: store.delete(key)):
+        with pytest.raises(InvalidKey):
+            op()
+
+
+def test_dir_store_cannot_be_escaped_through_a_symlink(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    store = DirStore(root)
+    with pytest.raises(InvalidKey):
+        store.put("link/secret", b"x")
+    assert not (tmp_path / "outside" / "secret").exists()
+
+
+def test_dir_store_writes_are_atomic_and_leave_no_temporaries(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("x/y.bin", b"1" * 100)
+    store.put("x/y.bin", b"2" * 100)
+    assert [p.name for p in (tmp_path / "x").iterdir()] == ["y.bin"]
+    assert list(store.list()) == ["x/y.bin"]
+
+
+def test_open_store_by_url(tmp_path):
+    assert isinstance(open_store(str(tmp_path)), DirStore)
+    assert isinstance(open_store(f"file://{tmp_path}"), DirStore)
+    s3 = open_store("s3://bucket/a/b/")
+    assert isinstance(s3, S3Store) and s3.bucket == "bucket" and s3.prefix == "a/b"
+    with pytest.raises(StoreError, match="scheme"):
+        open_store("gs://bucket")
+    with pytest.raises(StoreError):
+        open_store("s3:///nobucket")
+
+
+def test_join_and_validate_key():
+    assert join_key("runs/", "r1", "/weights.npz") == "runs/r1/weights.npz"
+    assert validate_key("a/b.c") == "a/b.c"
+    with pytest.raises(InvalidKey):
+        join_key("runs", "..", "x")
+
+
+def test_s3_store_pickles_without_its_client(monkeypatch):
+    import pickle
+
+    store = S3Store("bucket", "p")
+    store._client = object()  # stands for a live boto3 client, which cannot be pickled
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._client is None and clone.url == "s3://bucket/p"
