@@ -1,0 +1,38 @@
+"""The augment function: a batch of source images in, their variants written to the store.
+
+Thin on purpose: parse the event with the model the orchestrator builds it from, call the
+core, return per-image results. A bad image is a result, not an error; only a malformed
+event fails the invocation (with pydantic's account of what is wrong).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+
+from dlpipe.augment import AugmentRequest, augment_batch
+from dlpipe.config import Settings
+from dlpipe.store import ObjectStore
+
+logger = Logger(service="augment")
+
+
+@lru_cache(maxsize=4)
+def _data_store(settings: Settings) -> ObjectStore:
+    # Kept across warm invocations: creating a boto3 client costs more than a small image.
+    return settings.data_store()
+
+
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    request = parse(event=event, model=AugmentRequest)
+    store = _data_store(Settings.from_env())
+    response = augment_batch(request, store, time_left_ms=context.get_remaining_time_in_millis)
+    logger.info("augmented batch", extra={"images_in": response.images_in, "images_out": response.images_out,
+                                          "failed": response.failed, "bytes_out": response.bytes_out})
+    for result in response.results:
+        if result.error:
+            logger.warning("image failed", extra={"key": result.key, "reason": result.error})
+    return response.model_dump()
