@@ -1,0 +1,129 @@
+"""Export: a Keras model becomes a servable model version in the model store.
+
+The version holds everything the predict function needs and nothing that needs
+TensorFlow: the float32 LiteRT flatbuffer, the labels, the preprocessing recipe and a
+meta.json. Only the orchestrator runs this module (TensorFlow is imported lazily); the
+layout is described in `dlpipe.serving`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from dlpipe.preprocess import Recipe
+from dlpipe.serving import MODELS_PREFIX, latest_key, list_models, validate_name, version_key
+from dlpipe.store import ObjectStore
+
+
+class ExportError(ValueError):
+    """The model, labels and recipe do not make a consistent servable version."""
+
+
+@dataclass(frozen=True)
+class ExportedVersion:
+    name: str
+    version: str
+    prefix: str          # the version's folder in the model store
+    tflite_bytes: int
+    max_abs_diff: float | None   # LiteRT against Keras on a random input, when checked
+
+
+def to_tflite(model) -> bytes:
+    """Convert a Keras model to a float32 LiteRT flatbuffer (TFLite converter, no quantisation)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # Keras prints the intermediate SavedModel's signature to stdout: not the user's business.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+def litert_outputs(tflite: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a flatbuffer on one input with LiteRT, as the predict function will."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite, num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(inp["index"], np.asarray(x, np.float32)[None])
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])[0]
+
+
+def next_version(store: ObjectStore, name: str) -> str:
+    """v1, v2, ...: one more than the highest numbered version of `name`."""
+    numbers = [int(v[1:]) for v in list_models(store).get(name, []) if re.fullmatch(r"v\d+", v)]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def _check_consistent(model, labels: list[str], recipe: Recipe) -> tuple[tuple[int, int, int], int]:
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or None in shape[1:]:
+        raise ExportError(f"the model must take one fixed-size image (batch, H, W, C); its input is {shape}")
+    height, width, channels = (int(d) for d in shape[1:])
+    classes = int(model.output_shape[-1])
+    if (height, width, channels) != (recipe.size, recipe.size, recipe.channels):
+        raise ExportError(f"the recipe makes {recipe.size}x{recipe.size}x{recipe.channels} inputs but the model "
+                          f"takes {height}x{width}x{channels}")
+    if len(labels) != classes:
+        raise ExportError(f"{len(labels)} labels for a model with {classes} outputs")
+    if not all(isinstance(label, str) and label for label in labels):
+        raise ExportError("labels must be non-empty strings")
+    return (height, width, channels), classes
+
+
+def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe: Recipe,
+                 source: dict | None = None, version: str | None = None, check: bool = True,
+                 set_latest: bool = True) -> ExportedVersion:
+    """Write `model` as version `version` (default: the next vN) of `name`, then point latest at it.
+
+    check: run the flatbuffer with LiteRT on a random input and require the same
+    probabilities as Keras (to 1e-4), so a conversion problem fails here, not in serving.
+    Files are written in an order that keeps readers safe: meta.json (which marks a
+    version complete) after the others, the `latest` pointer last.
+    """
+    validate_name(name)
+    input_shape, classes = _check_consistent(model, labels, recipe)
+    version = validate_name(version, "model version") if version else next_version(store, name)
+    if store.exists(version_key(name, version, "meta.json")):
+        raise ExportError(f"model {name!r} already has a version {version!r}; choose another version")
+
+    tflite = to_tflite(model)
+    max_diff = None
+    if check:
+        x = np.random.default_rng(0).normal(size=input_shape).astype(np.float32)
+        expected = np.asarray(model(x[None], training=False))[0]
+        max_diff = float(np.max(np.abs(litert_outputs(tflite, x) - expected)))
+        if not max_diff <= 1e-4:
+            raise ExportError(f"the converted model disagrees with Keras by {max_diff:.3g} (> 1e-4); not exported")
+
+    meta = {
+        "name": name, "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source or {}, "input_shape": list(input_shape), "classes": classes,
+        "format": "tflite float32", "output": "probabilities",
+        "tflite_sha256": hashlib.sha256(tflite).hexdigest(), "tflite_bytes": len(tflite),
+    }
+    store.put(version_key(name, version, "model.tflite"), tflite)
+    store.put(version_key(name, version, "labels.json"), json.dumps(list(labels), indent=0).encode())
+    store.put(version_key(name, version, "recipe.json"), json.dumps(recipe.to_dict(), indent=2).encode())
+    store.put(version_key(name, version, "meta.json"), json.dumps(meta, indent=2).encode())
+    if set_latest:
+        store.put(latest_key(name), version.encode())
+    return ExportedVersion(name, version, f"{MODELS_PREFIX}/{name}/{version}/", len(tflite), max_diff)
+
+
+def set_latest(store: ObjectStore, name: str, version: str) -> None:
+    """Point `models/<name>/latest` at an existing version (a rollback)."""
+    if version not in list_models(store).get(name, []):
+        raise ExportError(f"model {name!r} has no complete version {version!r}")
+    store.put(latest_key(name), version.encode())
+
