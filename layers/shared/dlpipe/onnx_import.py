@@ -368,7 +368,7 @@ def load(path: str | Path, input_size: int | None = None):
 
 def import_onnx(path: str | Path, labels: list[str], store, name: str, version: str | None = None,
                 recipe: Recipe | None = None, input_size: int | None = None):
-    """Import an ONNX SqueezeNet into the model store as a servable version; returns the ExportedVersion."""
+    """Import an ONNX SqueezeNet into the model store as a servable version: (ExportedVersion, what was found)."""
     from dlpipe.export import export_model
 
     model, found = load(path, input_size)
@@ -383,4 +383,4 @@ def import_onnx(path: str | Path, labels: list[str], store, name: str, version: 
     source = {"kind": "onnx", "file": Path(path).name,
               "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
               "architecture": f"SqueezeNet {found.version}"}
-    return export_model(model, store, name, labels, recipe, source=source, version=version)
+    return export_model(model, store, name, labels, recipe, source=source, version=version), found

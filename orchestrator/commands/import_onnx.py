@@ -1,0 +1,73 @@
+"""`orchestrator import-onnx`: a pretrained ImageNet SqueezeNet (ONNX) as a servable model version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+from dlpipe.preprocess import Recipe
+from orchestrator.report import print_summary
+
+EXAMPLES = """\
+examples:
+  orchestrator import-onnx squeezenet1.1.onnx --labels imagenet_synset_words.txt
+  orchestrator import-onnx squeezenet1.0.onnx --labels synset_words.txt --name sqz10 --version v1
+  orchestrator predict cat.jpg --model squeezenet1.1"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "import-onnx", help="import a pretrained SqueezeNet 1.0/1.1 ONNX file as a servable model",
+        description="Map an ONNX SqueezeNet 1.0 or 1.1 onto the pipeline's Keras SqueezeNet by graph structure, "
+                    "convert it to LiteRT and write it to the model store with its labels and preprocessing "
+                    "recipe. The version (1.0/1.1) is detected from the graph.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE.onnx", help="the ONNX model")
+    p.add_argument("--labels", required=True, metavar="FILE",
+                   help="class names in output order: `wnid name, synonyms` lines (imagenet_synset_words.txt; "
+                        "the first name is used) or one name a line")
+    p.add_argument("--name", metavar="NAME", help="model name (default: the file name without .onnx)")
+    p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
+    p.add_argument("--recipe", metavar="RECIPE.json",
+                   help="preprocessing recipe (dlpipe.preprocess.Recipe fields) if the weights were not trained "
+                        "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "
+                        "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, session) -> int:
+    from dlpipe.export import ExportError
+    from dlpipe.onnx_import import OnnxImportError, import_onnx, read_labels
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise SystemExit(f"error: no such file: {path}")
+    try:
+        labels = read_labels(Path(args.labels).read_text(encoding="utf-8"))
+        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text())) if args.recipe else None
+    except OSError as err:
+        raise SystemExit(f"error: {err}")
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"error: bad labels or recipe file: {err}")
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
+    start = time.perf_counter()
+    print(f"importing {path} (loads TensorFlow; takes a few seconds)...")
+    try:
+        exported, found = import_onnx(path, labels, session.model_store(), name, args.version, recipe)
+    except (OnnxImportError, ExportError) as err:
+        raise SystemExit(f"error: {path}: {err}")
+    print_summary("import-onnx", [
+        ("model", f"{exported.name} {exported.version} (now latest)"),
+        ("written to", f"{session.model_store().url}/{exported.prefix}"),
+        ("architecture", f"SqueezeNet {found.version}, input {'x'.join(map(str, found.input_shape))}"
+                         + (", explicit Pad before conv10" if found.final_pad else "")),
+        ("classes", len(labels)),
+        ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
+        ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
+        ("wall time", f"{time.perf_counter() - start:.1f} s"),
+    ])
+    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+    return 0

@@ -1,0 +1,206 @@
+"""`orchestrator predict`: classify images with the predict function, print their top-k."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dlpipe.serving import MAX_IMAGE_B64_CHARS, PredictRequest, list_models
+from dlpipe.store import StoreError, validate_key
+from orchestrator.report import print_summary
+
+STORE_PREFIX = "store:"
+
+EXAMPLES = """\
+examples:
+  orchestrator predict cat.jpg dog.png                    # local files, the only (or --model) model
+  orchestrator predict store:raw/cats/001.jpg             # an image already in the data store
+  orchestrator predict *.jpg --model squeezenet1.1 --top-k 3 --show top3.png
+  orchestrator predict cat.jpg --model fmnist --version v2 --json
+  orchestrator --stack-name dlpipe predict cat.jpg        # the same, on AWS Lambda"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify images with a served model: top-k classes with probabilities",
+        description="Send each image to the predict function (local files inline as base64, or data-store "
+                    "keys), print its top-k classes, and record every prediction in the predictions table.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="a local image file, or a data-store key as store:KEY (a name that is not a local file "
+                        "is taken as a key)")
+    p.add_argument("--model", metavar="NAME", help="model name (default: the only model in the model store)")
+    p.add_argument("--version", metavar="V", help="model version (default: the model's latest)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to return (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the responses as JSON instead of tables")
+    p.add_argument("--show", metavar="OUT.png",
+                   help="also draw each image beside a bar chart of its top-k, one row per image")
+    p.set_defaults(run=run)
+
+
+@dataclass
+class Item:
+    """One image on the command line and what became of it."""
+
+    arg: str
+    key: str | None = None           # data-store key, or None for a local file
+    path: Path | None = None
+    event: dict | None = None
+    response: dict | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.response is not None
+
+
+def resolve_model(session, name: str | None) -> str:
+    """--model, or the model store's only model; SystemExit with the choices otherwise."""
+    if name:
+        return name
+    try:
+        models = list_models(session.model_store())
+    except StoreError as err:
+        raise SystemExit(f"error: cannot list the model store: {err}")
+    if len(models) == 1:
+        return next(iter(models))
+    if not models:
+        raise SystemExit("error: the model store has no models yet: run `orchestrator export` (a trained run) "
+                         "or `orchestrator import-onnx` (pretrained SqueezeNet) first")
+    raise SystemExit(f"error: several models are served, choose one with --model: {', '.join(models)}")
+
+
+def make_item(arg: str, model: str, version: str | None, top_k: int) -> Item:
+    """The predict event for one command-line image; a problem is recorded as the item's error."""
+    item = Item(arg)
+    fields = {"model": model, "version": version, "top_k": top_k, "request_id": str(uuid.uuid4())}
+    path = Path(arg)
+    try:
+        if not arg.startswith(STORE_PREFIX) and path.is_file():
+            item.path = path
+            data = path.read_bytes()
+            encoded = base64.b64encode(data).decode("ascii")
+            if len(encoded) > MAX_IMAGE_B64_CHARS:
+                raise ValueError(f"{len(data) / 1e6:.1f} MB is too big to send inline (Lambda's request limit is "
+                                 f"6 MB after base64): upload it with `orchestrator upload` and pass store:KEY")
+            fields.update(image_b64=encoded, name=path.name)
+        else:
+            key = arg[len(STORE_PREFIX):] if arg.startswith(STORE_PREFIX) else arg
+            try:
+                validate_key(key)
+            except ValueError:
+                raise ValueError("no such local file, and not a valid data-store key either") from None
+            item.key = key
+            fields.update(key=key)
+        item.event = PredictRequest(**fields).model_dump(exclude_none=True)
+    except (OSError, ValueError) as err:
+        item.error = str(err).splitlines()[0] if not isinstance(err, OSError) else f"cannot read: {err}"
+    return item
+
+
+def format_table(item: Item, out=sys.stdout) -> None:
+    r = item.response
+    print(f"\n{item.arg}   {r['model']['name']} {r['model']['version']}   {r['latency_ms']:.1f} ms", file=out)
+    width = max(len(t["label"]) for t in r["top"])
+    for rank, t in enumerate(r["top"], 1):
+        bar = "#" * round(t["probability"] * 30)
+        print(f"  {rank:>2}. {t['label']:<{width}}  {t['probability'] * 100:6.2f}%  {bar}", file=out)
+
+
+def draw(items: list[Item], data_store, out: str) -> None:
+    """One row per image: the picture, and a horizontal bar chart of its top-k (or why it failed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlpipe.images import ImageError, open_image
+
+    fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.6 * len(items)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for item, (ax_img, ax_bar) in zip(items, axes):
+        ax_img.set_axis_off()
+        try:
+            data = item.path.read_bytes() if item.path else data_store.get(item.key)
+            ax_img.imshow(open_image(data, min_size=256))
+        except (OSError, ImageError, StoreError) as err:
+            ax_img.text(0.5, 0.5, f"cannot show:\n{err}", ha="center", va="center", wrap=True, fontsize=8)
+        ax_img.set_title(Path(item.arg).name if item.path else item.arg, fontsize=9)
+        if not item.ok:
+            ax_bar.set_axis_off()
+            ax_bar.text(0, 0.5, f"FAILED: {item.error}", va="center", wrap=True, fontsize=9, color="firebrick")
+            continue
+        top = item.response["top"]
+        ax_bar.barh(range(len(top)), [t["probability"] for t in top], color="steelblue")
+        ax_bar.set_yticks(range(len(top)), [t["label"] for t in top], fontsize=9)
+        ax_bar.invert_yaxis()
+        ax_bar.set_xlim(0, 1)
+        ax_bar.set_xlabel("probability", fontsize=8)
+        for rank, t in enumerate(top):
+            ax_bar.text(min(t["probability"] + 0.01, 0.85), rank, f"{t['probability']:.3f}", va="center", fontsize=8)
+        model = item.response["model"]
+        ax_bar.set_title(f"{model['name']} {model['version']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, session) -> int:
+    if not 1 <= args.top_k <= 100:
+        raise SystemExit("error: --top-k must be between 1 and 100")
+    model = resolve_model(session, args.model)
+    items = [make_item(arg, model, args.version, args.top_k) for arg in args.images]
+    todo = [item for item in items if item.event is not None]
+
+    start = time.perf_counter()
+    invoker = session.invoker
+    first_record = len(invoker.records)
+    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2, file=sys.stderr) as bar:
+        for inv in invoker.map("predict", [item.event for item in todo]):
+            item = todo[inv.index]
+            if not inv.ok:
+                item.error = inv.error
+            elif not isinstance(inv.payload, dict) or inv.payload.get("statusCode") != 200:
+                item.error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
+            else:
+                item.response = inv.payload
+            bar.update()
+    wall = time.perf_counter() - start
+
+    if args.json:
+        json.dump([{"image": item.arg, **(item.response or {"error": item.error})} for item in items],
+                  sys.stdout, indent=2)
+        print()
+    else:
+        for item in items:
+            if item.ok:
+                format_table(item)
+            else:
+                print(f"\n{item.arg}   FAILED: {item.error}")
+    if args.show:
+        draw(items, session.data_store(), args.show)
+
+    done = [item for item in items if item.ok]
+    latencies = sorted(item.response["latency_ms"] for item in done)
+    rows: list[tuple[str, object]] = [("model", f"{model} {done[0].response['model']['version'] if done else ''}"),
+                                      ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
+    rows += [(f"failed: {item.arg}", item.error) for item in items if not item.ok][:20]
+    rows.append(("wall time", f"{wall:.2f} s"))
+    if done:
+        rows.append(("throughput", f"{len(done) / wall:.1f} images/s"))
+        rows.append(("latency in function", f"median {statistics.median(latencies):.1f} ms, "
+                                            f"max {latencies[-1]:.1f} ms"))
+    if args.show:
+        rows.append(("figure", args.show))
+    print_summary("predict", rows, invoker.records[first_record:], out=sys.stderr if args.json else sys.stdout)
+    return 0 if len(done) == len(items) else 1
