@@ -9,7 +9,8 @@ from orchestrator.costs import summarize
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),
-                  out: TextIO = sys.stdout) -> None:
+                  out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     rows = list(rows)
     invocations = list(invocations)
     if invocations:
