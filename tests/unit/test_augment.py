@@ -270,7 +270,7 @@ def test_a_failing_write_costs_only_that_image(store):
 
 def test_stops_before_the_time_limit_and_says_which_keys_were_left(store):
     keys = ["raw/cat/good1.jpg", "raw/cat/good2.png", "raw/odd/grey.jpg"]
-    budget = iter([60_000, 4_000, 4_000])
+    budget = iter([60_000, 60_000, 4_000, 4_000])  # the first call sets the reserve: 5 s
     request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="aug")
     response = augment_batch(request, store, time_left_ms=lambda: next(budget))
     assert response.results[0].error is None and response.results[0].outputs
@@ -278,3 +278,9 @@ def test_stops_before_the_time_limit_and_says_which_keys_were_left(store):
         assert "not processed" in result.error and not result.outputs
     assert response.failed == 2
     assert not store.exists("aug/cat/good2__original.jpg")
+
+
+def test_a_short_time_limit_still_gets_work_done(store):
+    request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="aug")
+    response = augment_batch(request, store, time_left_ms=lambda: 1500)  # e.g. a 2 s function
+    assert response.failed == 0 and response.images_out == 2 * len(DEFAULT_VARIANTS)

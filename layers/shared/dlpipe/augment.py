@@ -265,8 +265,11 @@ def augment_batch(request: AugmentRequest, store: ObjectStore,
     results: list[ImageResult] = []
     slowest_ms = 0.0
     bytes_out = 0
+    # Keep back enough time to return: 5 s of a long budget (a tenth of a short one), and
+    # never less than three times the slowest image so far.
+    reserve_ms = min(5000.0, 0.1 * time_left_ms()) if time_left_ms is not None else 0.0
     for i, key in enumerate(request.keys):
-        if time_left_ms is not None and time_left_ms() < max(5000.0, 3 * slowest_ms):
+        if time_left_ms is not None and time_left_ms() < max(reserve_ms, 3 * slowest_ms):
             for rest in request.keys[i:]:
                 results.append(ImageResult(key=rest, error="not processed: the function's time limit "
                                                            "was near; use a smaller --batch-size"))

@@ -1,0 +1,146 @@
+"""`orchestrator augment`: fan the source images out over the augment function, in batches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from dlpipe.augment import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec, output_stem, relative_key
+from dlpipe.images import ImageError
+from dlpipe.store import InvalidKey, validate_prefix
+from orchestrator.commands.upload import print_failures
+from orchestrator.report import print_summary
+
+EXAMPLES = f"""\
+examples:
+  orchestrator augment --source raw --output augmented
+      raw/cat/x.jpg -> augmented/cat/x__original.jpg, augmented/cat/x__flip.jpg, ...
+  orchestrator augment --source raw --output train224 --size 224 --variants flip rotate crop --seed 7
+  orchestrator --stack-name dlpipe augment --source raw --output augmented --batch-size 64
+
+variants: {', '.join(VARIANTS)}  (default: {' '.join(DEFAULT_VARIANTS)})
+Random variants take their parameters from (seed, image path, variant), so re-running a
+job writes byte-identical files. Exit status is 1 if any image failed (each is listed)."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "augment", help="write augmented variants of every image under a prefix",
+        description="List the images under --source, cut them into batches, run the augment "
+                    "function on every batch concurrently, and write the variants under --output, "
+                    "keeping each image's class folder.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, metavar="P", help="prefix of the source images, e.g. raw")
+    parser.add_argument("--output", required=True, metavar="Q", help="prefix to write the variants under")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per invocation (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="V",
+                        help="variants to make, space or comma separated (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random variants (default: 0)")
+    parser.add_argument("--size", type=int, metavar="PX",
+                        help="outputs are PX x PX: the centre square, scaled (default: the source's size)")
+    parser.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
+                        help="output format (default: %(default)s, quality 90)")
+    parser.add_argument("--copies", type=int, default=1, metavar="K",
+                        help="outputs per random variant, each differently random (default: 1)")
+    parser.set_defaults(run=run)
+
+
+def _hidden(key: str) -> bool:
+    return any(part.startswith(".") for part in key.split("/"))
+
+
+def plan(keys: list[str], source: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Keys to augment, and keys refused up front because their outputs would collide."""
+    todo, refused, owner = [], [], {}
+    for key in keys:
+        try:
+            stem = output_stem(relative_key(key, source))
+        except (ImageError, InvalidKey) as err:
+            refused.append((key, str(err)))
+            continue
+        if stem in owner:
+            refused.append((key, f"same name as {owner[stem]} apart from the extension, so their outputs "
+                                  "would overwrite each other; rename one"))
+            continue
+        owner[stem] = key
+        todo.append(key)
+    return todo, refused
+
+
+def run(args: argparse.Namespace, session) -> int:
+    source, output = args.source.strip("/"), args.output.strip("/")
+    variants = [v for item in args.variants for v in item.split(",") if v]
+    try:
+        validate_prefix(source)
+        validate_prefix(output)
+        if not output:
+            raise ValueError("--output must not be empty")
+        if output == source or output.startswith(source + "/") or source.startswith(output + "/"):
+            raise ValueError(f"--output {output!r} and --source {source!r} overlap; "
+                             "choose an output prefix beside the source, e.g. augmented")
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+        spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
+                           copies=args.copies)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
+    except (ValueError, InvalidKey) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    store = session.data_store()
+    listed = [k for k in store.list(source + "/" if source else "") if not _hidden(k)]
+    if not source:
+        listed = [k for k in listed if not k.startswith(output + "/")]
+    if not listed:
+        print(f"error: no images under {source + '/'!r} in {store.url}; put some there with "
+              f"`orchestrator upload DIR --prefix {source or 'raw'}`", file=sys.stderr)
+        return 2
+    keys, failures = plan(listed, source)
+    batches = [keys[i:i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
+    events = [AugmentRequest(keys=batch, source_prefix=source, output_prefix=output, spec=spec).model_dump(mode="json")
+              for batch in batches]
+
+    invoker = session.invoker
+    first_record = len(invoker.records)
+    images_out = bytes_out = done = 0
+    start = time.perf_counter()
+    with tqdm(total=len(keys), unit="img", desc="augment") as bar:
+        for inv in invoker.map("augment", events):
+            batch = batches[inv.index]
+            results = inv.payload.get("results") if inv.ok and isinstance(inv.payload, dict) else None
+            if results is None:
+                reason = f"invocation failed: {inv.error or 'no results in the response'}"
+                failures += [(key, reason) for key in batch]
+            else:
+                seen = set()
+                for result in results:
+                    seen.add(result["key"])
+                    images_out += len(result.get("outputs") or [])
+                    if result.get("error"):
+                        failures.append((result["key"], result["error"]))
+                    else:
+                        done += 1
+                failures += [(key, "no result returned for this key") for key in batch if key not in seen]
+                bytes_out += int(inv.payload.get("bytes_out", 0))
+            bar.update(len(batch))
+    wall = time.perf_counter() - start
+
+    print_summary("augment", [
+        ("store", store.url),
+        ("source", f"{source}/ ({len(listed)} images)"),
+        ("output", f"{output}/<class>/<name>__<variant>.{'jpg' if spec.format == 'jpeg' else 'png'}"),
+        ("images in", f"{done} augmented, {len(failures)} failed"),
+        ("images out", f"{images_out} ({bytes_out / 1e6:,.1f} MB)"),
+        ("wall time", f"{wall:.2f} s"),
+        ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
+    ], invocations=invoker.records[first_record:])
+    print_failures(sorted(failures))
+    return 1 if failures else 0

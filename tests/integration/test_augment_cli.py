@@ -1,0 +1,134 @@
+"""`orchestrator upload` then `orchestrator augment`, end to end through the CLI.
+
+Real files, real worker processes (the local invoker), and a real store: a directory, or
+S3 as served by the moto server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+import imagefiles as f
+from dlpipe.augment import DEFAULT_VARIANTS
+from dlpipe.store import DirStore, S3Store
+from orchestrator import functions
+from orchestrator.cli import main
+from orchestrator.functions import FunctionSpec
+
+FLAKY = Path(__file__).parent / "handlers" / "flaky_augment.py"
+BAD = {"empty.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """photos/{cat,dog,odd}/..., with every kind of bad and awkward file, and hidden clutter."""
+    root = tmp_path / "photos"
+    for i in range(5):
+        (root / "cat").mkdir(parents=True, exist_ok=True)
+        (root / "cat" / f"c{i}.jpg").write_bytes(f.jpeg(72, 48, seed=i))
+    for i in range(3):
+        (root / "dog").mkdir(exist_ok=True)
+        (root / "dog" / f"d{i}.png").write_bytes(f.encode(f.photo(40, 56, seed=10 + i), "PNG"))
+    (root / "odd").mkdir()
+    for name, make in {**f.BAD_FILES, **f.GOOD_ODD_FILES}.items():
+        (root / "odd" / name).write_bytes(make())
+    (root / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "thumb.jpg").write_bytes(f.jpeg(8, 8))
+    return root
+
+
+def cli(tmp_path: Path, data: str, *args: str) -> int:
+    return main(["--home", str(tmp_path / "home"), "--data", str(data), "--concurrency", "2", *map(str, args)])
+
+
+def expected_sources(photos: Path, prefix: str = "raw") -> list[str]:
+    return sorted(f"{prefix}/{p.relative_to(photos).as_posix()}" for p in photos.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(photos).parts))
+
+
+def expected_outputs(photos: Path, prefix: str = "aug") -> list[str]:
+    good = [k for k in expected_sources(photos) if k.rsplit("/", 1)[1] not in BAD]
+    return sorted(f"{prefix}/{k[4:].rsplit('.', 1)[0]}__{v}.jpg" for k in good for v in DEFAULT_VARIANTS)
+
+
+def assert_bad_files_reported(out: str) -> None:
+    assert "failed (4):" in out
+    assert "raw/odd/empty.jpg: empty file" in out
+    assert "raw/odd/truncated.jpg: corrupt or truncated" in out
+    assert "raw/odd/text.jpg: not a recognised image" in out
+    assert "raw/odd/bomb.png: decompression bomb" in out
+
+
+def test_upload_and_augment_on_a_directory_store(tmp_path, photos, capsys):
+    data = tmp_path / "store"
+    assert cli(tmp_path, data, "upload", photos, "--prefix", "raw") == 0
+    out = capsys.readouterr().out
+    store = DirStore(data)
+    assert sorted(store.list("raw/")) == expected_sources(photos)
+    assert "cat (5), dog (3), odd (11)" in out and "hidden, skipped  2" in out
+
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+               "--batch-size", "4") == 1
+    out = capsys.readouterr().out
+    assert_bad_files_reported(out)
+    assert "15 augmented, 4 failed" in out and f"images out   {15 * len(DEFAULT_VARIANTS)} " in out
+    assert "invocations  5 (0 failed)" in out
+    assert sorted(store.list("aug/")) == expected_outputs(photos)
+    first = {k: store.get(k) for k in store.list("aug/")}
+
+    # Again, in other batches: every file is rewritten with identical bytes.
+    for key in first:
+        store.delete(key)
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+               "--batch-size", "7") == 1
+    assert {k: store.get(k) for k in store.list("aug/")} == first
+
+
+def test_failed_invocations_are_reported_with_their_keys(tmp_path, photos, capsys, monkeypatch):
+    monkeypatch.setitem(functions.FUNCTIONS, "augment",
+                        FunctionSpec("augment", f"{FLAKY}:handler", 1024, 3, "AugmentFunctionName"))
+    for name in ("crash", "hang", "raise"):
+        (photos / "dog" / f"{name}.jpg").write_bytes(f.jpeg(32, 32))
+    data = tmp_path / "store"
+    assert cli(tmp_path, data, "upload", photos / "dog", "--prefix", "raw/dog") == 0
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--batch-size", "1") == 1
+    out = capsys.readouterr().out
+    assert "raw/dog/crash.jpg: invocation failed: Runtime.ExitError" in out
+    assert "raw/dog/hang.jpg: invocation failed: Sandbox.Timedout: Task timed out after 3.00 seconds" in out
+    assert "raw/dog/raise.jpg: invocation failed: RuntimeError: the function failed for this batch" in out
+    assert "3 augmented, 3 failed" in out and "invocations  6 (3 failed)" in out
+    assert len(list(DirStore(data).list("aug/dog/"))) == 3 * len(DEFAULT_VARIANTS)
+
+
+def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
+    boto3.client("s3").create_bucket(Bucket="dlpipe-cli-test")
+    data = "s3://dlpipe-cli-test/project"
+    assert cli(tmp_path, data, "upload", photos, "--prefix", "raw") == 0
+    store = S3Store("dlpipe-cli-test", "project")
+    assert sorted(store.list("raw/")) == expected_sources(photos)
+    capsys.readouterr()
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+               "--batch-size", "8") == 1
+    assert_bad_files_reported(capsys.readouterr().out)
+    assert sorted(store.list("aug/")) == expected_outputs(photos)
+    local = tmp_path / "local"
+    assert cli(tmp_path, local, "upload", photos, "--prefix", "raw") == 0
+    assert cli(tmp_path, local, "augment", "--source", "raw", "--output", "aug", "--size", "32") == 1
+    sample = expected_outputs(photos)[::9]
+    assert [store.get(k) for k in sample] == [DirStore(local).get(k) for k in sample]  # S3 or disk: same bytes
+
+
+@pytest.mark.parametrize("args, message", [
+    (["augment", "--source", "raw", "--output", "aug"], "no images under 'raw/'"),
+    (["augment", "--source", "raw", "--output", "raw/aug"], "overlap"),
+    (["augment", "--source", "raw", "--output", "aug", "--variants", "flip,sepia"], "unknown variant"),
+    (["augment", "--source", "raw", "--output", "aug", "--size", "3"], "size"),
+    (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
+])
+def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):
+    assert cli(tmp_path, tmp_path / "store", *args) == 2
+    assert message in capsys.readouterr().err
