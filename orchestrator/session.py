@@ -68,18 +68,27 @@ class Session:
 def session_from_args(args: argparse.Namespace) -> Session:
     settings = Settings.from_env({**os.environ, ENV_HOME: args.home})
     function_names: dict[str, str] = {}
+    architecture = "x86_64"
     kind = args.invoker or "local"
     if args.stack_name:
         from orchestrator.functions import FUNCTIONS
-        from orchestrator.invokers.aws import stack_outputs
+        from orchestrator.invokers.aws import StackNotFound, stack_outputs
 
-        outputs = stack_outputs(args.stack_name)
+        try:
+            outputs = stack_outputs(args.stack_name)
+        except StackNotFound as err:
+            raise SystemExit(f"error: {err}") from None
+        missing = [k for k in ("DataBucketName", "ModelBucketName", "PredictionsTableName") if k not in outputs]
+        if missing:
+            raise SystemExit(f"error: stack {args.stack_name!r} has no output(s) {', '.join(missing)}: "
+                             "was it deployed from this repository's template.yaml?")
         settings = Settings(data_url=f"s3://{outputs['DataBucketName']}",
                             model_url=f"s3://{outputs['ModelBucketName']}",
                             table_url=f"dynamodb://{outputs['PredictionsTableName']}")
         function_names = {s.name: outputs[s.output] for s in FUNCTIONS.values() if s.output in outputs}
+        architecture = outputs.get("Architecture", architecture)  # Lambda's price depends on it
         kind = args.invoker or "lambda"
     settings = settings.with_overrides(args.data, args.models, args.table)
     if kind == "lambda" and not function_names:
         raise SystemExit("error: --invoker lambda needs --stack-name to find the deployed functions")
-    return Session(settings, kind, args.concurrency, function_names)
+    return Session(settings, kind, args.concurrency, function_names, architecture)

@@ -36,12 +36,35 @@ def parse_report(log_tail: str) -> dict:
             "billed_ms": int(match["billed"]), "memory_mb": int(match["mem"])}
 
 
-def stack_outputs(stack_name: str, client=None) -> dict[str, str]:
-    """The Outputs of a deployed CloudFormation stack, as {OutputKey: OutputValue}."""
-    import boto3
+class StackNotFound(RuntimeError):
+    """The stack named on the command line cannot be read: missing, or no AWS configuration."""
 
-    client = client or boto3.client("cloudformation")
-    stacks = client.describe_stacks(StackName=stack_name)["Stacks"]
+
+def stack_outputs(stack_name: str, client=None) -> dict[str, str]:
+    """The Outputs of a deployed CloudFormation stack, as {OutputKey: OutputValue}.
+
+    Failures become StackNotFound with what to do about them, since this is the first AWS
+    call a user's command makes and the place where a wrong region or profile shows up.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    try:
+        client = client or boto3.client("cloudformation")
+        stacks = client.describe_stacks(StackName=stack_name)["Stacks"]
+    except NoRegionError:
+        raise StackNotFound("no AWS region configured: set AWS_REGION (or a profile's region) to where "
+                            f"stack {stack_name!r} was deployed") from None
+    except NoCredentialsError:
+        raise StackNotFound("no AWS credentials found: configure them (aws configure, AWS_PROFILE or "
+                            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
+    except ClientError as err:
+        message = err.response.get("Error", {}).get("Message", str(err))
+        region = client.meta.region_name if client is not None else "?"
+        raise StackNotFound(f"cannot read stack {stack_name!r} in region {region}: {message}. Deploy it with "
+                            "`sam build && sam deploy --guided`, or check --stack-name and AWS_REGION") from None
+    except BotoCoreError as err:
+        raise StackNotFound(f"cannot reach CloudFormation for stack {stack_name!r}: {err}") from None
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
 
 
@@ -60,7 +83,7 @@ class LambdaInvoker(Invoker):
     name = "lambda"
 
     def __init__(self, function_names: dict[str, str], concurrency: int = 16, client=None,
-                 max_throttle_retries: int = 8, backoff_s: float = 0.5) -> None:
+                 max_throttle_retries: int = 8, backoff_s: float = 0.5, max_backoff_s: float = 20.0) -> None:
         super().__init__()
         self.function_names = function_names
         self.concurrency = concurrency
@@ -68,6 +91,7 @@ class LambdaInvoker(Invoker):
         self.client = client or lambda_client(longest + 60, concurrency)
         self.max_throttle_retries = max_throttle_retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s  # cap: without it the 8th retry could wait minutes
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invoke")
 
     @classmethod
@@ -85,7 +109,7 @@ class LambdaInvoker(Invoker):
             raise RuntimeError(f"no deployed function for {function!r}; known: {sorted(self.function_names)}") from None
 
     def _invoke_one(self, function: str, index: int, event: dict) -> Invocation:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, ReadTimeoutError
 
         spec = function_spec(function)
         inv = Invocation(function=function, index=index, request_id="", ok=False, memory_mb=spec.memory_mb)
@@ -100,12 +124,15 @@ class LambdaInvoker(Invoker):
                 code = err.response.get("Error", {}).get("Code", "")
                 if code in THROTTLE_CODES and attempt < self.max_throttle_retries:
                     # Full jitter: spread retries so that throttled calls do not return in step.
-                    time.sleep(random.uniform(0, self.backoff_s * 2 ** attempt))
+                    time.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
                     continue
                 inv.error = f"{code or type(err).__name__}: {err.response.get('Error', {}).get('Message', err)}"
                 break
             except Exception as err:  # connection or read timeout: not retried, may have run
                 inv.error = f"{type(err).__name__}: {err}"
+                # A read timeout means the request reached Lambda: the function ran (and is billed)
+                # at least as long as we waited. A connection failure never reached it.
+                inv.extra["ran"] = isinstance(err, ReadTimeoutError)
                 break
             inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
             log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
@@ -128,9 +155,9 @@ class LambdaInvoker(Invoker):
                 inv.ok = True
             break
         inv.wall_ms = (time.perf_counter() - start) * 1000
-        if not inv.billed_ms:  # no tail log (e.g. a client error): bill what we saw, as an upper bound
+        if not inv.billed_ms:  # no tail log: bill the round trip if the function ran, else nothing
             inv.duration_ms = inv.duration_ms or inv.wall_ms
-            inv.billed_ms = int(inv.duration_ms) + 1 if inv.request_id else 0
+            inv.billed_ms = int(inv.duration_ms) + 1 if inv.request_id or inv.extra.get("ran") else 0
         return inv
 
     def map(self, function: str, events: Iterable[dict], *,

@@ -1,0 +1,320 @@
+"""template.yaml: lints clean, and agrees with the orchestrator, the layer build and the Dockerfile.
+
+The template is parsed with cfn-lint's decoder (it understands !Ref, !Sub and friends), the
+same parser `sam validate --lint` uses.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+from cfnlint.api import lint
+from cfnlint.config import ManualArgs
+from cfnlint.decode.decode import decode_str
+from cfnlint.helpers import REGIONS
+
+from orchestrator.functions import FUNCTIONS, REPO_ROOT
+
+TEMPLATE = REPO_ROOT / "template.yaml"
+LAYER_MAKEFILE = REPO_ROOT / "layers" / "shared" / "Makefile"
+DOCKERFILE = REPO_ROOT / "functions" / "train" / "Dockerfile"
+STATE = {"DataBucket": "AWS::S3::Bucket", "ModelBucket": "AWS::S3::Bucket",
+         "PredictionsTable": "AWS::DynamoDB::Table"}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    decoded, problems = decode_str(TEMPLATE.read_text())
+    assert not problems, [str(p) for p in problems]
+    return decoded
+
+
+def resources(template: dict, kind: str) -> dict[str, dict]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def resolve(template: dict, value):
+    """A literal, or the Default of the parameter it references."""
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in template["Parameters"]:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+def function_of(template: dict, output: str) -> tuple[str, dict]:
+    value = template["Outputs"][output]["Value"]
+    assert set(value) == {"Ref"}, f"output {output} should be !Ref of a function, got {value}"
+    return value["Ref"], template["Resources"][value["Ref"]]
+
+
+def refs(node) -> set[str]:
+    """Every resource or parameter a node refers to (Ref, GetAtt, names in Sub strings)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
+                found |= refs(value[1]) if isinstance(value, list) else set()
+            else:
+                found |= refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= refs(item)
+    return found
+
+
+def makefile_default(name: str) -> str:
+    match = re.search(rf"^{name}\s*\?=\s*(\S+)", LAYER_MAKEFILE.read_text(), re.M)
+    assert match, f"{LAYER_MAKEFILE} should set a default for {name}"
+    return match.group(1)
+
+
+def test_template_passes_cfn_lint_in_every_region():
+    """What `sam validate --lint` runs, with informational checks too."""
+    matches = lint(TEMPLATE.read_text(), config=ManualArgs(include_checks=["I"], regions=REGIONS))
+    assert not matches, "\n".join(str(m) for m in matches)
+
+
+def test_every_orchestrator_output_names_the_right_resource(template):
+    for spec in FUNCTIONS.values():
+        name, resource = function_of(template, spec.output)
+        assert resource["Type"] == "AWS::Serverless::Function", spec.output
+    for output, logical in {"DataBucketName": "DataBucket", "ModelBucketName": "ModelBucket",
+                            "PredictionsTableName": "PredictionsTable"}.items():
+        assert template["Outputs"][output]["Value"] == {"Ref": logical}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_memory_and_timeout_match_orchestrator_functions(template, function):
+    spec = FUNCTIONS[function]
+    _, resource = function_of(template, spec.output)
+    props = resource["Properties"]
+    assert int(resolve(template, props["MemorySize"])) == spec.memory_mb
+    assert int(resolve(template, props["Timeout"])) == spec.timeout_s
+
+
+@pytest.mark.parametrize("function", ["augment", "predict"])
+def test_zip_functions_run_the_orchestrators_handler_on_the_shared_layer(template, function):
+    spec = FUNCTIONS[function]
+    _, resource = function_of(template, spec.output)
+    props = resource["Properties"]
+    assert props.get("PackageType", "Zip") == "Zip"
+    code_dir = (REPO_ROOT / props["CodeUri"]).resolve()
+    assert code_dir == spec.handler_path.parent
+    module, _, attr = props["Handler"].partition(".")
+    assert (module + ".py", attr) == (spec.handler_path.name, spec.handler_name)
+    assert props["Layers"] == [{"Ref": "SharedLayer"}]
+    assert props["Runtime"] == f"python{makefile_default('PYTHON_VERSION')}"
+
+
+def test_zip_functions_bring_no_requirements_of_their_own(template):
+    """Their dependencies live in the layer, built for Lambda's platform: a requirements.txt
+    would make `sam build` pip-install for the build machine (and require its python3.12)."""
+    for name, resource in resources(template, "AWS::Serverless::Function").items():
+        code_uri = resource["Properties"].get("CodeUri")
+        if code_uri:
+            assert not (REPO_ROOT / code_uri / "requirements.txt").exists(), name
+
+
+def test_layer_is_built_by_the_makefile_for_the_functions_runtime_and_architecture(template):
+    layer = template["Resources"]["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert (REPO_ROOT / layer["Properties"]["ContentUri"] / "Makefile").resolve() == LAYER_MAKEFILE
+    assert "build-SharedLayer:" in LAYER_MAKEFILE.read_text()
+    runtime = f"python{makefile_default('PYTHON_VERSION')}"
+    assert layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}]
+    assert template["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
+    assert template["Parameters"]["Architecture"]["Default"] == makefile_default("ARCH")
+
+
+def test_train_is_a_container_image_built_from_the_repository_root(template):
+    _, resource = function_of(template, FUNCTIONS["train"].output)
+    props, meta = resource["Properties"], resource["Metadata"]
+    assert props["PackageType"] == "Image"
+    assert not {"Handler", "Runtime", "Layers", "CodeUri"} & set(props)
+    assert meta["DockerContext"] == "."
+    assert (REPO_ROOT / meta["Dockerfile"]).resolve() == DOCKERFILE
+    assert meta["DockerTag"] and meta["DockerTag"] != "latest"
+    storage = int(resolve(template, props["EphemeralStorage"]["Size"]))
+    cache = int(resolve(template, props["Environment"]["Variables"]["DLPIPE_SHARD_CACHE_MB"]))
+    assert 512 < storage <= 10240 and cache + 512 <= storage
+
+
+def test_every_function_gets_the_stores_from_the_environment(template):
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["DLPIPE_DATA_URL"] == {"Fn::Sub": "s3://${DataBucket}"}
+    assert variables["DLPIPE_MODEL_URL"] == {"Fn::Sub": "s3://${ModelBucket}"}
+    assert variables["DLPIPE_TABLE_URL"] == {"Fn::Sub": "dynamodb://${PredictionsTable}"}
+
+
+ALLOWED_POLICY_TEMPLATES = {"S3ReadPolicy", "S3WritePolicy", "S3CrudPolicy",
+                            "DynamoDBReadPolicy", "DynamoDBWritePolicy", "DynamoDBCrudPolicy"}
+
+
+def test_policies_are_least_privilege_and_scoped_to_this_stack(template):
+    for name, resource in resources(template, "AWS::Serverless::Function").items():
+        policies = resource["Properties"].get("Policies", [])
+        assert policies, f"{name} has no policies: SAM would not scope it"
+        assert "Role" not in resource["Properties"], f"{name}: a hand-made role escapes these checks"
+        for policy in policies:
+            assert isinstance(policy, dict), f"{name}: managed policy {policy!r} is not scoped to this stack"
+            (kind, body), = policy.items()
+            if kind == "Statement":
+                for statement in body:
+                    assert statement["Effect"] == "Allow"
+                    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                    assert all("*" not in a for a in actions), f"{name}: wildcard action in {actions}"
+                    res = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                    assert "*" not in res, f"{name}: Resource '*'"
+                    assert all(refs(r) and refs(r) <= set(STATE) for r in res), f"{name}: {res} not this stack's"
+            else:
+                assert kind in ALLOWED_POLICY_TEMPLATES, f"{name}: unexpected policy template {kind}"
+                assert refs(body) and refs(body) <= set(STATE), f"{name}: {kind} {body} not scoped to this stack"
+
+
+def test_only_predict_writes_the_table_and_nobody_deletes(template):
+    for name, resource in resources(template, "AWS::Serverless::Function").items():
+        text = repr(resource["Properties"]["Policies"])
+        assert ("PredictionsTable" in text) == (name == "PredictFunction"), name
+        assert "Delete" not in text and "Crud" not in text, f"{name} may delete: {text}"
+
+
+@pytest.mark.parametrize("bucket", ["DataBucket", "ModelBucket"])
+def test_buckets_are_private_encrypted_and_refuse_plain_http(template, bucket):
+    props = template["Resources"][bucket]["Properties"]
+    assert all(props["PublicAccessBlockConfiguration"][k] is True for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    rule, = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    policies = [r for r in resources(template, "AWS::S3::BucketPolicy").values()
+                if r["Properties"]["Bucket"] == {"Ref": bucket}]
+    assert len(policies) == 1
+    statement, = policies[0]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": False}}
+
+
+def test_model_bucket_keeps_versions(template):
+    props = template["Resources"]["ModelBucket"]["Properties"]
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+
+
+def test_predictions_table_is_on_demand_keyed_by_id_with_point_in_time_recovery(template):
+    props = template["Resources"]["PredictionsTable"]["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+
+
+def test_samconfig_deploys_stack_dlpipe_non_interactively_in_the_environments_region():
+    config = tomllib.loads((REPO_ROOT / "samconfig.toml").read_text())
+    assert config["default"]["global"]["parameters"]["stack_name"] == "dlpipe"
+    deploy = config["default"]["deploy"]["parameters"]
+    assert deploy["capabilities"] == "CAPABILITY_IAM"
+    assert deploy["resolve_s3"] is True and deploy["resolve_image_repos"] is True
+    assert deploy["confirm_changeset"] is False
+
+    def keys(node) -> set[str]:
+        return set(node) | set().union(*(keys(v) for v in node.values() if isinstance(v, dict)))
+
+    assert "region" not in keys(config), "the region comes from AWS_REGION or the profile"
+    assert "cached" not in config["default"].get("build", {}).get("parameters", {}), (
+        "SAM's build cache cannot see requirements/layer.txt, which the layer's makefile reads")
+
+
+# --- the train image's Dockerfile -----------------------------------------------------
+
+def requirement_lines(path: Path, seen: set[Path] | None = None) -> list[tuple[Path, str]]:
+    """Every requirement in a requirements file, following `-r` includes."""
+    seen = seen if seen is not None else set()
+    if path in seen:
+        return []
+    seen.add(path)
+    lines = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith(("-r ", "--requirement ")):
+            lines += requirement_lines(path.parent / line.split(None, 1)[1], seen)
+        elif not line.startswith("-"):
+            lines.append((path, line))
+    return lines
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def unpinned_pip_arguments(command: str) -> list[str]:
+    """Packages of `pip install` commands in a RUN line that are not pinned with ==.
+
+    Requirement files (-r) are looked up in requirements/ by name and checked line by line.
+    """
+    problems = []
+    for part in re.split(r"&&|;|\|\|", command):
+        words = shlex.split(part)
+        if "install" not in words or not any(w == "pip" or w.endswith("/pip") or w == "pip3" for w in words):
+            continue
+        args = words[words.index("install") + 1:]
+        skip_next = False
+        for i, word in enumerate(args):
+            if skip_next:
+                skip_next = False
+                continue
+            if word in ("-r", "--requirement", "-c", "--constraint"):
+                name = Path(args[i + 1]).name
+                path = REPO_ROOT / "requirements" / name
+                if not path.exists():
+                    problems.append(f"-r {args[i + 1]} (no requirements/{name} to check)")
+                else:
+                    problems += [f"{p.name}: {line}" for p, line in requirement_lines(path) if "==" not in line]
+                skip_next = True
+            elif word in ("-t", "--target", "-i", "--index-url", "--extra-index-url", "-f", "--find-links",
+                          "--platform", "--python-version", "--implementation", "--abi", "--root", "--prefix"):
+                skip_next = True
+            elif word.startswith("-") or word.startswith((".", "/", "$")):
+                continue  # an option, or the project itself from the build context
+            elif "==" not in word:
+                problems.append(word)
+    return problems
+
+
+def test_train_dockerfile_pins_its_base_image_and_packages():
+    assert DOCKERFILE.exists(), f"template.yaml builds TrainFunction from {DOCKERFILE}, which is missing"
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    bases = [rest.split()[0] for keyword, rest in instructions if keyword == "FROM"]
+    assert bases, "no FROM line"
+    for base in bases:
+        pinned = "@sha256:" in base or re.search(r":[^/:]+$", base)
+        assert pinned and not base.endswith(":latest"), f"base image {base} is not pinned to a tag"
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    problems = [p for run in runs for p in unpinned_pip_arguments(run)]
+    assert not problems, f"unpinned packages in {DOCKERFILE.name}: {problems}"
+
+
+def test_the_pin_checker_catches_what_it_should():
+    """The Dockerfile check above is only as good as this parser."""
+    assert unpinned_pip_arguments("pip install --no-cache-dir numpy==2.4.6 pillow") == ["pillow"]
+    assert unpinned_pip_arguments("python -m pip install -t /opt/x keras==3.15.1") == []
+    assert unpinned_pip_arguments("apt-get install -y curl && pip3 install tqdm>=4") == ["tqdm>=4"]
+    assert unpinned_pip_arguments("pip install -r /tmp/req/train.txt") == []  # requirements/train.txt pins
+    assert unpinned_pip_arguments("pip install -r /tmp/nowhere.txt")[0].startswith("-r /tmp/nowhere.txt")
