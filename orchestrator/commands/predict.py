@@ -147,7 +147,10 @@ def draw(items: list[Item], data_store, out: str) -> None:
         ax_bar.set_xlim(0, 1)
         ax_bar.set_xlabel("probability", fontsize=8)
         for rank, t in enumerate(top):
-            ax_bar.text(min(t["probability"] + 0.01, 0.85), rank, f"{t['probability']:.3f}", va="center", fontsize=8)
+            p = t["probability"]
+            inside = p > 0.8  # label inside the bar when it would run off the axes
+            ax_bar.text(p - 0.01 if inside else p + 0.01, rank, f"{p:.3f}", va="center", fontsize=8,
+                        ha="right" if inside else "left", color="white" if inside else "black")
         model = item.response["model"]
         ax_bar.set_title(f"{model['name']} {model['version']}", fontsize=9)
     fig.tight_layout()
