@@ -1,0 +1,156 @@
+"""The predict handler, called as Lambda calls it: good requests answered and recorded, bad ones
+answered with a 4xx and recorded nowhere, and the warm function keeps serving after them."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import imagefiles as f
+from dlpipe.predictions import SqliteTable
+from dlpipe.preprocess import Recipe
+from dlpipe.serving import PredictRequest, latest_key, version_key
+from dlpipe.store import DirStore
+from orchestrator.invokers.local import LocalContext, LocalInvoker
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "functions" / "predict" / "app.py"
+LABELS = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def tflite() -> bytes:
+    from dlpipe.export import to_tflite
+    from dlpipe.model import squeezenet
+
+    return to_tflite(squeezenet("1.1", (32, 32, 3), len(LABELS), small_inputs=True))
+
+
+@pytest.fixture
+def home(tmp_path, tflite, monkeypatch):
+    """Stores and table of a fresh embedded deployment with one model version, named by the environment."""
+    models, data = DirStore(tmp_path / "models"), DirStore(tmp_path / "data")
+    for name, content in {"model.tflite": tflite, "labels.json": json.dumps(LABELS).encode(),
+                          "recipe.json": json.dumps(Recipe(size=32).to_dict()).encode(),
+                          "meta.json": b"{}"}.items():
+        models.put(version_key("tiny", "v1", name), content)
+    models.put(latest_key("tiny"), b"v1")
+    data.put("photos/cat.jpg", f.jpeg(64, 48))
+    data.put("photos/broken.jpg", f.truncated_jpeg())
+    env = {"DLPIPE_DATA_URL": str(data.root), "DLPIPE_MODEL_URL": str(models.root),
+           "DLPIPE_TABLE_URL": f"sqlite:///{tmp_path}/predictions.sqlite"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture
+def app(home):
+    """The handler module, loaded fresh (a cold container)."""
+    spec = importlib.util.spec_from_file_location("predict_app_under_test", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    if module._predictor is not None:
+        module._predictor.table.close()
+
+
+def table(home) -> SqliteTable:
+    return SqliteTable(home["DLPIPE_TABLE_URL"][len("sqlite:///"):])
+
+
+def call(app, event: dict) -> dict:
+    response = app.handler(json.loads(json.dumps(event)), LocalContext("predict", 1024, 30, "req-1"))
+    return json.loads(json.dumps(response))          # what Lambda would send back
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_sample_event_is_a_valid_request():
+    event = json.loads((REPO / "events" / "predict.json").read_text())
+    assert PredictRequest.model_validate(event).key
+
+
+def test_key_request_is_answered_and_recorded(app, home):
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": 2})
+    assert response["statusCode"] == 200, response
+    assert response["model"] == {"name": "tiny", "version": "v1"}
+    assert [t["label"] in LABELS for t in response["top"]] == [True, True]
+    assert sum(t["probability"] for t in call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": 3})["top"]) \
+        == pytest.approx(1.0, abs=1e-4)
+    stored = table(home).get(response["id"])
+    assert stored.image_key == "photos/cat.jpg" and stored.top == response["top"]
+
+
+def test_inline_request_is_recorded_by_digest(app, home):
+    response = call(app, {"model": "tiny", "version": "v1", "image_b64": b64(f.jpeg(40, 40, seed=3)),
+                          "name": "mine.jpg"})
+    assert response["statusCode"] == 200 and len(response["top"]) == 3
+    stored = table(home).get(response["id"])
+    assert stored.image_key is None and stored.image_name == "mine.jpg" and len(stored.image_sha256) == 64
+
+
+@pytest.mark.parametrize("event, status, message", [
+    ({"key": "photos/cat.jpg"}, 400, "model: Field required"),
+    ({"model": "tiny"}, 400, "exactly one image source"),
+    ({"model": "tiny", "key": "photos/cat.jpg", "image_b64": "aGk="}, 400, "exactly one image source"),
+    ({"model": "tiny", "key": "photos/cat.jpg", "topk": 3}, 400, "topk: Extra inputs are not permitted"),
+    ({"model": "tiny", "key": "photos/cat.jpg", "top_k": "many"}, 400, "top_k"),
+    ({"model": "tiny", "image_b64": "%%% not base64 %%%", "name": "x.jpg"}, 400, "not valid base64"),
+    ({"model": "tiny", "image_b64": b64(b""), "name": "empty.jpg"}, 400, "empty.jpg: empty file"),
+    ({"model": "tiny", "image_b64": b64(f.text_as_jpg()), "name": "notes.jpg"}, 400, "not a recognised image"),
+    ({"model": "tiny", "image_b64": b64(f.truncated_jpeg()), "name": "cut.jpg"}, 400, "truncated"),
+    ({"model": "tiny", "key": "photos/broken.jpg"}, 400, "photos/broken.jpg: corrupt or truncated"),
+    ({"model": "tiny", "image_b64": b64(f.png_bomb(8000, 8000)), "name": "bomb.png"}, 400, "too large"),
+    ({"model": "tiny", "key": "photos/nothing.jpg"}, 404, "no image at key 'photos/nothing.jpg'"),
+    ({"model": "other", "key": "photos/cat.jpg"}, 404, "unknown model 'other'"),
+    ({"model": "tiny", "version": "v3", "key": "photos/cat.jpg"}, 404, "no version 'v3'; versions: v1"),
+])
+def test_bad_requests_get_a_4xx_naming_the_problem_and_record_nothing(app, home, event, status, message):
+    response = call(app, event)
+    assert response["statusCode"] == status
+    assert message in response["error"]
+    assert "top" not in response
+    assert table(home).count() == 0
+
+
+def test_not_a_json_object_is_a_400(app):
+    assert call(app, ["a", "list"])["statusCode"] == 400
+
+
+def test_warm_worker_keeps_serving_after_bad_requests(home):
+    with LocalInvoker(concurrency=1, env=home) as invoker:
+        events = [{"model": "tiny", "key": "photos/cat.jpg"},
+                  {"model": "tiny", "image_b64": b64(f.text_as_jpg()), "name": "bad.jpg"},
+                  {"model": "nope", "key": "photos/cat.jpg"},
+                  {"model": "tiny", "key": "photos/cat.jpg", "request_id": "after-the-bad-ones"}]
+        results = sorted(invoker.map("predict", events), key=lambda r: r.index)
+    assert all(r.ok for r in results)                   # no function errors, only answers
+    assert [r.payload["statusCode"] for r in results] == [200, 400, 404, 200]
+    assert [r.extra["cold"] for r in results] == [True, False, False, False]   # one warm worker throughout
+    assert results[0].payload["model_load_ms"] > 0 and results[3].payload["model_load_ms"] == 0
+    assert table(home).count() == 2
+
+
+def test_handler_never_imports_tensorflow(home):
+    script = f"""
+import importlib.util, json, sys
+from orchestrator.invokers.local import LocalContext
+spec = importlib.util.spec_from_file_location("app", {str(APP)!r})
+app = importlib.util.module_from_spec(spec); spec.loader.exec_module(app)
+r = app.handler({{"model": "tiny", "key": "photos/cat.jpg"}}, LocalContext("predict", 1024, 30, "r"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch"))
+print(json.dumps({{"status": r["statusCode"], "heavy": heavy}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=None)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"status": 200, "heavy": []}
