@@ -1,0 +1,59 @@
+"""`orchestrator export`: a training run's global weights as a servable model version."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from orchestrator.report import print_summary
+
+EXAMPLES = """\
+examples:
+  orchestrator export --run fmnist                  # the run's latest round, as model "fmnist"
+  orchestrator export --run fmnist --round 3 --name fmnist-r3
+  orchestrator predict shirt.png --model fmnist"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="turn a training run's weights into a servable model version",
+        description="Rebuild the run's SqueezeNet with the global weights of a completed round, convert it to "
+                    "LiteRT (float32) and write model.tflite, labels, preprocessing recipe and meta.json as the "
+                    "next version of a model in the model store, then point the model's `latest` at it.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN", help="the training run (as given to `orchestrator train`)")
+    p.add_argument("--round", type=int, metavar="N", help="a completed round (default: the run's latest)")
+    p.add_argument("--name", metavar="NAME", help="model name (default: the run name)")
+    p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, session) -> int:
+    from dlpipe.checkpoints import CheckpointError, build_model, latest_round, load_global
+    from dlpipe.export import ExportError, export_model
+    from dlpipe.preprocess import Recipe
+
+    store = session.model_store()
+    name = args.name or args.run
+    start = time.perf_counter()
+    try:
+        weights, config = load_global(store, args.run, args.round)
+        round_ = args.round if args.round is not None else latest_round(store, args.run)
+        print(f"exporting run {args.run!r} round {round_} (loads TensorFlow; takes a few seconds)...")
+        model = build_model(config, weights)
+        exported = export_model(model, store, name, list(config["labels"]), Recipe.from_dict(config["recipe"]),
+                                source={"kind": "run", "run": args.run, "round": round_}, version=args.version)
+    except (CheckpointError, ExportError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print_summary("export", [
+        ("model", f"{exported.name} {exported.version} (now latest)"),
+        ("from", f"run {args.run} round {round_}"),
+        ("written to", f"{store.url}/{exported.prefix}"),
+        ("architecture", f"SqueezeNet {config['version']}, input {'x'.join(map(str, config['input_shape']))}, "
+                         f"{config['classes']} classes"),
+        ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
+        ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
+        ("wall time", f"{time.perf_counter() - start:.1f} s"),
+    ])
+    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+    return 0
