@@ -2,8 +2,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
+# aws-sam-cli pins boto3 and pydantic below ours, so it gets a venv of its own.
+SAM_VENV ?= .venv-sam
+SAM      := $(SAM_VENV)/bin/sam
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup sam-setup demo test test-fast bench sam-build sam-validate clean
 
 setup: $(VENV)/.installed
 
@@ -14,10 +17,18 @@ $(VENV)/.installed: requirements/*.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+sam-setup: $(SAM_VENV)/.installed
+
+$(SAM_VENV)/.installed: requirements/sam.txt
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install -q -r requirements/sam.txt
+	touch $@
+
 demo: setup
 	$(VENV)/bin/orchestrator demo
 
-test: setup
+test: setup sam-setup
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -26,6 +37,13 @@ test-fast: setup
 bench: setup
 	$(PY) bench/augment.py
 	$(PY) bench/invoker.py
+
+# The zip functions and the layer (the train image needs Docker: plain `sam build` builds all).
+sam-build: sam-setup
+	SAM_CLI_TELEMETRY=0 $(SAM) build --exclude TrainFunction
+
+sam-validate: sam-setup
+	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
 
 clean:
 	rm -rf .dlpipe .aws-sam build

@@ -112,7 +112,7 @@ def test_zip_functions_run_the_orchestrators_handler_on_the_shared_layer(templat
     module, _, attr = props["Handler"].partition(".")
     assert (module + ".py", attr) == (spec.handler_path.name, spec.handler_name)
     assert props["Layers"] == [{"Ref": "SharedLayer"}]
-    assert props["Runtime"] == f"python{makefile_default('PYTHON_VERSION')}"
+    assert props["Runtime"] == f"python{makefile_default('LAMBDA_PYTHON')}"
 
 
 def test_zip_functions_bring_no_requirements_of_their_own(template):
@@ -130,11 +130,11 @@ def test_layer_is_built_by_the_makefile_for_the_functions_runtime_and_architectu
     assert layer["Metadata"]["BuildMethod"] == "makefile"
     assert (REPO_ROOT / layer["Properties"]["ContentUri"] / "Makefile").resolve() == LAYER_MAKEFILE
     assert "build-SharedLayer:" in LAYER_MAKEFILE.read_text()
-    runtime = f"python{makefile_default('PYTHON_VERSION')}"
+    runtime = f"python{makefile_default('LAMBDA_PYTHON')}"
     assert layer["Properties"]["CompatibleRuntimes"] == [runtime]
     assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}]
     assert template["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
-    assert template["Parameters"]["Architecture"]["Default"] == makefile_default("ARCH")
+    assert template["Parameters"]["Architecture"]["Default"] == makefile_default("LAMBDA_ARCH")
 
 
 def test_train_is_a_container_image_built_from_the_repository_root(template):
