@@ -301,14 +301,26 @@ def unpinned_pip_arguments(command: str) -> list[str]:
 def test_train_dockerfile_pins_its_base_image_and_packages():
     assert DOCKERFILE.exists(), f"template.yaml builds TrainFunction from {DOCKERFILE}, which is missing"
     instructions = dockerfile_instructions(DOCKERFILE.read_text())
-    bases = [rest.split()[0] for keyword, rest in instructions if keyword == "FROM"]
-    assert bases, "no FROM line"
-    for base in bases:
+    froms = [[w for w in rest.split() if not w.startswith("--")] for keyword, rest in instructions if keyword == "FROM"]
+    assert froms, "no FROM line"
+    stages = {words[2] for words in froms if len(words) == 3 and words[1].lower() == "as"}
+    for base in (words[0] for words in froms if words[0] not in stages):
         pinned = "@sha256:" in base or re.search(r":[^/:]+$", base)
         assert pinned and not base.endswith(":latest"), f"base image {base} is not pinned to a tag"
     runs = [rest for keyword, rest in instructions if keyword == "RUN"]
     problems = [p for run in runs for p in unpinned_pip_arguments(run)]
     assert not problems, f"unpinned packages in {DOCKERFILE.name}: {problems}"
+
+
+def test_train_image_runs_the_orchestrators_handler_and_gets_a_lean_build_context():
+    assert DOCKERFILE.exists(), f"template.yaml builds TrainFunction from {DOCKERFILE}, which is missing"
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    commands = [rest for keyword, rest in instructions if keyword == "CMD"]
+    spec = FUNCTIONS["train"]
+    assert commands and f"{spec.handler_path.stem}.{spec.handler_name}" in commands[-1], commands
+    # The context is the repository root: without these exclusions `sam build` sends GBs of venv.
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".venv-sam", ".git", ".aws-sam", ".dlpipe"} <= set(ignored)
 
 
 def test_the_pin_checker_catches_what_it_should():
