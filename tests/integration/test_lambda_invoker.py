@@ -8,6 +8,7 @@ created in the moto server.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ import boto3
 import pytest
 from lambda_api import PAYLOAD_LIMIT, LambdaAPI
 
+from orchestrator.functions import FUNCTIONS
 from orchestrator.invokers.aws import LambdaInvoker, StackNotFound, lambda_client, parse_report
 from orchestrator.invokers.base import FunctionFailed
 from orchestrator.session import add_arguments, session_from_args
@@ -203,6 +205,36 @@ def test_parse_report_reads_the_servers_tail(api, lambda_env):
     report = parse_report(base64.b64decode(response["LogResult"]).decode())
     assert report["memory_mb"] == 2048
     assert report["request_id"] == response["ResponseMetadata"]["RequestId"]
+
+
+def test_the_real_augment_handler_behind_the_api_reads_and_writes_s3(api, aws_env, lambda_env, monkeypatch):
+    """The handler file as deployed, its event built from the core's model, S3 on moto."""
+    from PIL import Image
+
+    from dlpipe.augment import AugmentRequest, AugmentSpec
+
+    s3 = boto3.client("s3")
+    bucket = f"data-{time.monotonic_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(jpeg, "JPEG")
+    s3.put_object(Bucket=bucket, Key="raw/cat/a.jpg", Body=jpeg.getvalue())
+    s3.put_object(Bucket=bucket, Key="raw/cat/broken.jpg", Body=b"not a jpeg")
+    monkeypatch.setenv("DLPIPE_DATA_URL", f"s3://{bucket}")
+    spec = FUNCTIONS["augment"]
+    api.add_handler_file(AUGMENT, str(spec.handler_path), spec.handler_name, memory_mb=spec.memory_mb,
+                         timeout_s=spec.timeout_s)
+    event = AugmentRequest(keys=["raw/cat/a.jpg", "raw/cat/broken.jpg"], source_prefix="raw",
+                           output_prefix="augmented", spec=AugmentSpec(variants=["original", "flip"]))
+
+    with LambdaInvoker({"augment": AUGMENT}) as invoker:
+        inv = invoker.invoke("augment", event.model_dump(mode="json"))
+
+    assert inv.ok, inv.error
+    assert (inv.payload["images_in"], inv.payload["images_out"], inv.payload["failed"]) == (2, 2, 1)
+    written = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="augmented/")["Contents"])
+    assert written == sorted(k for r in inv.payload["results"] for k in r["outputs"])
+    assert all(k.startswith("augmented/cat/a") for k in written)
 
 
 # --- finding the functions from a deployed stack ------------------------------------------
