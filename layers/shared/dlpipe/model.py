@@ -34,12 +34,14 @@ def ceil_pool_padding(size: int, pool: int = 3, stride: int = 2) -> int:
 
 def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 224, 3),
                classes: int = 1000, small_inputs: bool = False, dropout: float = 0.5,
-               name: str | None = None):
+               name: str | None = None, dropout_seed: int | None = None):
     """Build SqueezeNet `version` ("1.0" or "1.1") returning class probabilities.
 
     small_inputs: replace the ImageNet stem (7x7 or 3x3 stride-2 conv1) with a 3x3
     stride-1 convolution. On 32 px inputs such as Fashion-MNIST the stride-2 stem throws
     away most of the resolution and accuracy plateaus about 6 points lower.
+    dropout_seed: seed of the dropout masks, so that training is reproducible (the train
+    function resets it every round; None draws one from Keras's global seed).
     """
     import keras
     from keras import layers
@@ -79,7 +81,7 @@ def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 2
         x = fire(x, index)
         if index in POOL_AFTER[version][1:]:
             x = pool(x, index)
-    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dropout(dropout, seed=dropout_seed, name="dropout")(x)
     # As in the reference: the classifier is a 1x1 convolution initialised with small
     # weights, then ReLU and global average pooling instead of dense layers.
     x = layers.Conv2D(classes, 1, activation="relu",

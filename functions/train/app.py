@@ -1,0 +1,46 @@
+"""The train function (container image): init, pack, train and evaluate actions.
+
+Thin on purpose: parse the event into the core's pydantic models, call the core
+(dlpipe.training), log and return its JSON-safe result. A malformed event or a missing or
+corrupt shard fails the invocation with a message naming the problem; the orchestrator
+retries or reports it. TensorFlow is loaded only by the actions that need it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+
+from dlpipe import training
+from dlpipe.config import Settings
+from dlpipe.store import ObjectStore
+
+logger = Logger(service="train")
+
+
+@lru_cache(maxsize=4)
+def _stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:
+    # Kept across warm invocations: boto3 clients are slow to create.
+    return settings.data_store(), settings.model_store()
+
+
+@logger.inject_lambda_context
+def handler(event: dict, context) -> dict:
+    request = parse(event=event, model=training.TrainEvent)
+    data_store, model_store = _stores(Settings.from_env())
+    if isinstance(request, training.TrainRequest):
+        logger.append_keys(run=request.run, round=request.round, worker=request.worker, attempt=request.attempt)
+        result = training.run_train(request, data_store, model_store,
+                                    remaining_ms=context.get_remaining_time_in_millis)
+    elif isinstance(request, training.EvaluateRequest):
+        result = training.run_evaluate(request, data_store, model_store)
+    elif isinstance(request, training.PackRequest):
+        result = training.run_pack(request, data_store)
+        for skipped in result["skipped"]:
+            logger.warning("image skipped", extra=skipped)
+    else:
+        result = training.run_init(request, model_store)
+    logger.info(f"{result['action']} done", extra={k: v for k, v in result.items() if k != "skipped"})
+    return result

@@ -1,0 +1,79 @@
+"""Weighted averaging of model weights: the aggregation step of data-parallel training.
+
+Each round every worker starts from the same global weights, trains on its own shard and
+returns its weights with the number of examples it trained on; the new global weights are
+the example-weighted mean (FedAvg, McMahan et al. 2017; Flower's `aggregate` over
+(weights, num_examples) pairs). `WeightedAverage` streams: it keeps one running sum, so
+memory is one model's worth (in float64) however many workers there are.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class AveragingError(ValueError):
+    """Weights or example counts that cannot be averaged; the message names the problem."""
+
+
+class WeightedAverage:
+    """Accumulate (weights, num_examples) one worker at a time; `result()` is the mean.
+
+    Sums are kept in float64 so the order in which workers are added changes the result
+    by far less than float32 resolution; results come back in each array's own dtype.
+    """
+
+    def __init__(self) -> None:
+        self._sums: list[np.ndarray] | None = None
+        self._dtypes: list[np.dtype] = []
+        self.total_examples = 0
+        self.contributions = 0
+
+    def add(self, weights: Sequence[np.ndarray], num_examples: int, source: str = "") -> None:
+        """Add one worker's weights, counted `num_examples` times."""
+        who = f" from {source}" if source else ""
+        if isinstance(num_examples, (bool, np.bool_)) or not isinstance(num_examples, (int, np.integer)):
+            raise AveragingError(f"num_examples{who} must be an integer, got {num_examples!r}")
+        if num_examples <= 0:
+            raise AveragingError(f"weights{who} were trained on {num_examples} examples; "
+                                 "only workers that trained on at least one example can be averaged")
+        arrays = [np.asarray(w) for w in weights]
+        if self._sums is None:
+            if not arrays:
+                raise AveragingError(f"weights{who} are an empty list")
+            self._dtypes = [a.dtype for a in arrays]
+            for i, a in enumerate(arrays):
+                if not np.issubdtype(a.dtype, np.floating):
+                    raise AveragingError(f"array {i}{who} has dtype {a.dtype}; only floating weights can be averaged")
+            self._sums = [np.zeros(a.shape, np.float64) for a in arrays]
+        elif len(arrays) != len(self._sums):
+            raise AveragingError(f"weights{who} have {len(arrays)} arrays, the first worker's had {len(self._sums)}")
+        for i, (total, a) in enumerate(zip(self._sums, arrays)):
+            if a.shape != total.shape:
+                raise AveragingError(f"array {i}{who} has shape {a.shape}, the first worker's has {total.shape}")
+            if not np.all(np.isfinite(a)):
+                raise AveragingError(f"array {i}{who} contains NaN or infinity (the worker diverged)")
+        for total, a in zip(self._sums, arrays):
+            total += a.astype(np.float64) * float(num_examples)
+        self.total_examples += int(num_examples)
+        self.contributions += 1
+
+    def result(self) -> list[np.ndarray]:
+        """The example-weighted mean of everything added so far."""
+        if self._sums is None:
+            raise AveragingError("nothing to average: no worker's weights were added")
+        return [(total / self.total_examples).astype(dtype) for total, dtype in zip(self._sums, self._dtypes)]
+
+
+def weighted_average(pairs: Iterable[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
+    """Example-weighted mean of (weights, num_examples) pairs, consumed one at a time.
+
+    `pairs` may be a generator that loads each worker's weights lazily; only one worker's
+    arrays and the running sum are in memory at once.
+    """
+    average = WeightedAverage()
+    for index, (weights, num_examples) in enumerate(pairs):
+        average.add(weights, num_examples, source=f"worker #{index}")
+    return average.result()

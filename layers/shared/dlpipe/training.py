@@ -1,0 +1,292 @@
+"""The train function's core: its events (pydantic) and what each action does.
+
+Actions, all on the one container-image function:
+
+- ``init``: the round-0 weights, created deterministically from the seed.
+- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.datasets).
+- ``train``: start from the global weights, train on this worker's shard for a few local
+  epochs, store the weights; returns the example count and metrics.
+- ``evaluate``: loss/accuracy of some weights on validation parts.
+
+Reproducibility: the data order of every epoch comes from a numpy generator seeded by
+(seed, round, worker, epoch), and the dropout masks from a seed derived the same way, so a
+round gives the same weights whether its worker is cold or warm, first try or retry.
+A warm worker reuses its compiled model (tracing costs ~5 s): every call resets the
+weights, the optimizer's state and the dropout seed, which is exactly what building a
+fresh model with the same seed would give.
+
+TensorFlow/Keras are imported inside functions; the event models import without them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Callable, Literal, Sequence, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from dlpipe import checkpoints, datasets
+from dlpipe.preprocess import Recipe
+
+# Stop this long before the function's deadline, leaving time to upload the weights.
+DEFAULT_MARGIN_S = 20.0
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Event):
+    version: Literal["1.0", "1.1"] = "1.1"
+    input_shape: tuple[int, int, int]
+    classes: int = Field(ge=2)
+    small_inputs: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelSpec":
+        return cls(version=config["version"], input_shape=tuple(config["input_shape"]),
+                   classes=config["classes"], small_inputs=config["small_inputs"])
+
+    def key(self) -> tuple:
+        return (self.version, self.input_shape, self.classes, self.small_inputs)
+
+
+class Hyper(_Event):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = Field(0, ge=0)
+
+
+class InitRequest(_Event):
+    action: Literal["init"]
+    model: ModelSpec
+    seed: int = Field(0, ge=0)
+    output_key: str
+
+
+class PackRequest(_Event):
+    action: Literal["pack"]
+    items: list[tuple[str, int]] = Field(min_length=1)
+    recipe: dict
+    output_prefix: str
+
+
+class TrainRequest(_Event):
+    """One worker's share of one round."""
+
+    action: Literal["train"]
+    run: str
+    round: int = Field(ge=1)
+    worker: int = Field(ge=0)
+    attempt: int = Field(0, ge=0)
+    global_key: str                      # weights to start from (model store)
+    shard_keys: list[str] = Field(min_length=1)   # packed parts (data store)
+    output_key: str                      # where to store this worker's weights (model store)
+    model: ModelSpec
+    recipe: dict
+    hyper: Hyper = Hyper()
+    time_budget_s: float | None = Field(None, gt=0)  # also bounded by the function's own deadline
+
+
+class EvaluateRequest(_Event):
+    action: Literal["evaluate"]
+    weights_key: str
+    shard_keys: list[str] = Field(min_length=1)
+    model: ModelSpec
+    recipe: dict
+    batch_size: int = Field(256, ge=1)
+
+
+TrainEvent = Annotated[Union[InitRequest, PackRequest, TrainRequest, EvaluateRequest],
+                       Field(discriminator="action")]
+
+
+# --- seeds and data order -----------------------------------------------------------
+
+def derived_seed(*parts: int) -> int:
+    """A 31-bit seed fixed by integers (seed, round, worker, ...), stable across machines."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def epoch_order(seed: int, round: int, worker: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which a worker visits its n examples in one local epoch."""
+    return np.random.default_rng([int(seed), int(round), int(worker), int(epoch)]).permutation(n)
+
+
+def dropout_seed(seed: int, round: int, worker: int) -> int:
+    return derived_seed(seed, round, worker, 0xD0)
+
+
+# --- models -------------------------------------------------------------------------
+
+def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
+    """Initial weights, a function of (spec, seed) only."""
+    import keras
+
+    keras.backend.clear_session()
+    _MODELS.clear()
+    keras.utils.set_random_seed(int(seed))
+    config = {"version": spec.version, "input_shape": spec.input_shape, "classes": spec.classes,
+              "small_inputs": spec.small_inputs}
+    return checkpoints.build_model(config).get_weights()
+
+
+# One compiled model per warm worker, keyed by its ModelSpec (the learning rate is reset
+# on every call, so it is not part of the key).
+_MODELS: dict[tuple, object] = {}
+
+
+def compiled_model(spec: ModelSpec):
+    """A compiled SqueezeNet for `spec`, reused while the spec stays the same."""
+    import keras
+
+    key = spec.key()
+    if key not in _MODELS:
+        _MODELS.clear()
+        keras.backend.clear_session()
+        config = {"version": spec.version, "input_shape": spec.input_shape, "classes": spec.classes,
+                  "small_inputs": spec.small_inputs}
+        model = checkpoints.build_model(config, dropout_seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.optimizer.build(model.trainable_variables)
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed_for_dropout: int) -> None:
+    """Put a (possibly used) compiled model in the state of a freshly built one.
+
+    Fresh = built with Dropout(seed=seed_for_dropout), given `weights`, compiled with
+    Adam(learning_rate) (zero moments, zero iterations).
+    """
+    expected = [tuple(w.shape) for w in model.weights]
+    got = [tuple(np.shape(w)) for w in weights]
+    if expected != got:
+        raise checkpoints.CheckpointError(f"global weights ({len(got)} arrays) do not fit the model "
+                                          f"({len(expected)} arrays); was the run started with another model?")
+    model.set_weights(list(weights))
+    for variable in model.optimizer.variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    model.optimizer.learning_rate = learning_rate
+    for layer in model.layers:
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.asarray([seed_for_dropout, 0], generator.state.dtype))
+
+
+def _deadline_callback(deadline: float, counter: dict):
+    """Stops training between batches when the next batch might not finish in time."""
+    import keras
+
+    class Deadline(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.monotonic()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.monotonic()
+            counter["steps"] += 1
+            counter["slowest"] = max(counter["slowest"], now - self._start)
+            counter["logs"] = dict(logs or {})
+            if now + 1.5 * counter["slowest"] > deadline:
+                counter["stopped"] = True
+                self.model.stop_training = True
+
+    return Deadline()
+
+
+# --- actions --------------------------------------------------------------------------
+
+def run_init(request: InitRequest, model_store) -> dict:
+    weights = init_weights(request.model, request.seed)
+    size = checkpoints.save_weights(model_store, request.output_key, weights)
+    return {"action": "init", "weights_key": request.output_key, "arrays": len(weights),
+            "parameters": int(sum(w.size for w in weights)), "bytes": size}
+
+
+def run_pack(request: PackRequest, data_store) -> dict:
+    return {"action": "pack", **datasets.pack_part(data_store, request.items, Recipe.from_dict(request.recipe),
+                                                   request.output_prefix)}
+
+
+def run_train(request: TrainRequest, data_store, model_store,
+              remaining_ms: Callable[[], int] | None = None, margin_s: float = DEFAULT_MARGIN_S) -> dict:
+    """One worker's round: returns its example count and metrics (see module docstring)."""
+    started = time.monotonic()
+    budget = request.time_budget_s if request.time_budget_s is not None else float("inf")
+    if remaining_ms is not None:
+        budget = min(budget, remaining_ms() / 1000.0 - margin_s)
+    deadline = started + budget
+    hyper = request.hyper
+    recipe = Recipe.from_dict(request.recipe)
+
+    x, y = datasets.load_parts(data_store, request.shard_keys)
+    expected_shape = tuple(request.model.input_shape)
+    if tuple(x.shape[1:]) != expected_shape:
+        raise ValueError(f"shard images are {tuple(x.shape[1:])}, the model expects {expected_shape}; "
+                         "prepare the dataset with the run's recipe")
+    if int(y.max(initial=0)) >= request.model.classes or int(y.min(initial=0)) < 0:
+        raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, the model has {request.model.classes} classes")
+    global_weights = checkpoints.load_weights(model_store, request.global_key)
+    loaded = time.monotonic()
+
+    model = compiled_model(request.model)
+    reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker))
+    built = time.monotonic()
+
+    n = len(y)
+    counter = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
+    callback = _deadline_callback(deadline, counter)
+    examples_seen, epochs_done, loss, accuracy = 0, 0, None, None
+    for epoch in range(hyper.local_epochs):
+        if epoch and time.monotonic() + 1.5 * counter["slowest"] > deadline:
+            counter["stopped"] = True
+            break
+        steps_before = counter["steps"]
+        order = epoch_order(hyper.seed, request.round, request.worker, epoch, n)
+        # Plain fit on arrays, no shuffling: the same float operations as a user's own
+        # model.fit on this data in this order (a PyDataset feeds the same values, yet
+        # its batches take a different path and Adam amplifies the round-off).
+        history = model.fit(recipe.normalize(x[order]), y[order], batch_size=hyper.batch_size, epochs=1,
+                            shuffle=False, verbose=0, callbacks=[callback])
+        steps = counter["steps"] - steps_before
+        examples_seen += min(n, steps * hyper.batch_size)
+        if history.history.get("loss"):
+            loss, accuracy = float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
+        if steps == -(-n // hyper.batch_size):
+            epochs_done += 1
+        if counter["stopped"]:
+            break
+    trained = time.monotonic()
+    if examples_seen == 0:
+        raise TimeoutError("the time budget ended before the first batch; raise --time-budget or the function timeout")
+
+    weights = model.get_weights()
+    size = checkpoints.save_weights(model_store, request.output_key, weights)
+    finished = time.monotonic()
+    train_s = trained - built
+    return {
+        "action": "train", "run": request.run, "round": request.round, "worker": request.worker,
+        "attempt": request.attempt, "weights_key": request.output_key, "num_examples": int(examples_seen),
+        "shard_examples": int(n), "epochs_done": epochs_done, "steps": counter["steps"],
+        "stopped_early": bool(counter["stopped"]), "loss": loss, "accuracy": accuracy,
+        "train_seconds": round(train_s, 3), "images_per_second": round(examples_seen / max(train_s, 1e-9), 1),
+        "load_seconds": round(loaded - started, 3), "setup_seconds": round(built - loaded, 3),
+        "upload_seconds": round(finished - trained, 3), "weights_bytes": size,
+    }
+
+
+def run_evaluate(request: EvaluateRequest, data_store, model_store) -> dict:
+    """Loss and accuracy of stored weights on validation parts (dropout off)."""
+    started = time.monotonic()
+    recipe = Recipe.from_dict(request.recipe)
+    x, y = datasets.load_parts(data_store, request.shard_keys)
+    weights = checkpoints.load_weights(model_store, request.weights_key)
+    model = compiled_model(request.model)
+    reset_model(model, weights, 1e-3, 0)
+    loss, accuracy = model.evaluate(recipe.normalize(x), y, batch_size=request.batch_size, verbose=0)
+    return {"action": "evaluate", "weights_key": request.weights_key, "count": int(len(y)),
+            "loss": float(loss), "accuracy": float(accuracy),
+            "seconds": round(time.monotonic() - started, 3)}

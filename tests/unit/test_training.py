@@ -1,0 +1,199 @@
+"""The train function, called as Lambda calls it, with events shaped like events/train.json.
+
+The central check: one worker's round is exactly plain Keras training (model.fit on the
+same data in the same order, same initial weights and dropout seed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlpipe import checkpoints, datasets, training
+from dlpipe.preprocess import Recipe
+from dlpipe.store import DirStore
+from orchestrator.invokers.local import LocalContext
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "functions" / "train" / "app.py"
+EVENT = json.loads((REPO / "events" / "train.json").read_text())
+RECIPE = Recipe.from_dict(EVENT["recipe"])
+CLASSES = 3
+PER_CLASS = 24
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Stores with a packed shard and validation part of small synthetic greyscale images."""
+    root = tmp_path_factory.mktemp("train")
+    data, models = DirStore(root / "data"), DirStore(root / "models")
+    rng = np.random.default_rng(7)
+    items = []
+    for label in range(CLASSES):
+        for i in range(PER_CLASS):
+            image = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+            image[:, label * 9:(label + 1) * 9] += 150  # a class-specific bright band
+            key = f"raw/c{label}/{i:03d}.png"
+            data.put(key, png(image))
+            items.append((key, label))
+    train = datasets.pack_part(data, items[::2] + items[1::2][:24], RECIPE, "prepared/t/train/shard-000/part-000")
+    val = datasets.pack_part(data, items[1::2][24:], RECIPE, "prepared/t/val/part-000")
+    return {"root": root, "data": data, "models": models, "train": train, "val": val}
+
+
+@pytest.fixture
+def handler(world, monkeypatch):
+    monkeypatch.setenv("DLPIPE_DATA_URL", str(world["data"].root))
+    monkeypatch.setenv("DLPIPE_MODEL_URL", str(world["models"].root))
+    spec = importlib.util.spec_from_file_location("train_app_under_test", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+def context(timeout_s: float = 900) -> LocalContext:
+    return LocalContext("train", 4096, timeout_s, "test-request")
+
+
+def model_dict() -> dict:
+    return {**EVENT["model"], "classes": CLASSES}
+
+
+def init(handler, run: str, seed: int = 3) -> str:
+    key = checkpoints.global_key(run, 0)
+    response = handler({"action": "init", "model": model_dict(), "seed": seed, "output_key": key}, context())
+    assert response["weights_key"] == key and response["arrays"] == 52
+    return key
+
+
+def train_event(world, run: str, **changes) -> dict:
+    """events/train.json, pointed at this test's run and shard."""
+    event = json.loads(json.dumps(EVENT))
+    event.update(run=run, global_key=checkpoints.global_key(run, 0), shard_keys=[world["train"]["key"]],
+                 output_key=checkpoints.worker_key(run, 1, 0), model=model_dict())
+    event["hyper"].update(batch_size=16, local_epochs=2, seed=11)
+    event.update(changes)
+    return event
+
+
+def test_one_worker_round_equals_plain_keras_fit(world, handler):
+    import keras
+
+    init_key = init(handler, "plain")
+    event = train_event(world, "plain")
+    response = handler(event, context())
+    assert response["num_examples"] == 2 * world["train"]["count"] and not response["stopped_early"]
+    assert response["epochs_done"] == 2 and response["steps"] == 2 * -(-world["train"]["count"] // 16)
+    worker = checkpoints.load_weights(world["models"], event["output_key"])
+
+    # The same thing by hand, with nothing from the train function but the seed rules.
+    x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
+    hyper = event["hyper"]
+    initial = checkpoints.load_weights(world["models"], init_key)
+    model = checkpoints.build_model(model_dict(), initial,
+                                    dropout_seed=training.dropout_seed(hyper["seed"], 1, 0))
+    model.compile(optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    for epoch in range(2):
+        order = training.epoch_order(hyper["seed"], 1, 0, epoch, len(y))
+        history = model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0)
+    expected = model.get_weights()
+
+    assert len(worker) == len(expected)
+    for got, want in zip(worker, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert response["loss"] == pytest.approx(history.history["loss"][-1], rel=1e-6)
+    # ...and training moved the weights (the comparison is not between two copies of the init).
+    assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial)) > 1e-3
+
+
+def test_warm_repeat_is_identical_and_seed_matters(world, handler):
+    init(handler, "repeat")
+    event = train_event(world, "repeat", time_budget_s=None)
+    event["hyper"]["local_epochs"] = 1
+    first = handler(event, context())
+    a = checkpoints.load_weights(world["models"], first["weights_key"])
+    again = handler({**event, "attempt": 1, "output_key": checkpoints.worker_key("repeat", 1, 0, 1)}, context())
+    b = checkpoints.load_weights(world["models"], again["weights_key"])
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    other = json.loads(json.dumps(event))
+    other["hyper"]["seed"] = 12
+    other["output_key"] = checkpoints.worker_key("repeat", 1, 0, 2)
+    handler(other, context())
+    c = checkpoints.load_weights(world["models"], other["output_key"])
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_init_is_a_function_of_the_seed(world, handler):
+    a = checkpoints.load_weights(world["models"], init(handler, "seed-a", seed=5))
+    b = checkpoints.load_weights(world["models"], init(handler, "seed-b", seed=5))
+    c = checkpoints.load_weights(world["models"], init(handler, "seed-c", seed=6))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_deadline_stops_between_batches(world, handler):
+    init(handler, "budget")
+    # A function timeout just above the upload margin leaves no time: one batch, then stop.
+    response = handler(train_event(world, "budget", time_budget_s=None),
+                       context(timeout_s=training.DEFAULT_MARGIN_S + 0.05))
+    assert response["stopped_early"] and response["steps"] == 1
+    assert response["num_examples"] == 16 and response["epochs_done"] == 0
+    # The explicit budget in the event does the same.
+    response = handler(train_event(world, "budget", time_budget_s=0.001), context())
+    assert response["stopped_early"] and response["steps"] == 1
+    assert world["models"].exists(response["weights_key"])
+
+
+def test_evaluate_matches_keras_evaluate(world, handler):
+    key = init(handler, "eval")
+    event = {"action": "evaluate", "weights_key": key, "shard_keys": [world["val"]["key"]],
+             "model": model_dict(), "recipe": EVENT["recipe"], "batch_size": 8}
+    response = handler(event, context())
+    model = checkpoints.build_model(model_dict(), checkpoints.load_weights(world["models"], key))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = datasets.npz_to_arrays(world["data"].get(world["val"]["key"]))
+    loss, accuracy = model.evaluate(RECIPE.normalize(x), y, batch_size=8, verbose=0)
+    assert response["count"] == len(y) == world["val"]["count"]
+    assert response["loss"] == pytest.approx(loss, rel=1e-5)
+    assert response["accuracy"] == pytest.approx(accuracy)
+
+
+def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
+    world["data"].put("raw/c0/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    event = {"action": "pack", "items": [["raw/c0/000.png", 0], ["raw/c0/broken.png", 0], ["raw/c1/000.png", 1]],
+             "recipe": EVENT["recipe"], "output_prefix": "prepared/p/train/shard-000/part-000"}
+    response = handler(event, context())
+    assert response["count"] == 2
+    assert [s["key"] for s in response["skipped"]] == ["raw/c0/broken.png"]
+    assert "UnidentifiedImageError" in response["skipped"][0]["reason"]
+    x, y = datasets.npz_to_arrays(world["data"].get(response["key"]))
+    assert x.shape == (2, 32, 32, 1) and x.dtype == np.uint8 and y.tolist() == [0, 1]
+
+
+def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler):
+    init(handler, "bad")
+    with pytest.raises(Exception, match="action"):
+        handler({"action": "fly"}, context())
+    with pytest.raises(Exception, match="shard_keys"):
+        handler({k: v for k, v in train_event(world, "bad").items() if k != "shard_keys"}, context())
+    missing = train_event(world, "bad", shard_keys=["prepared/t/train/shard-000/part-009-0000000000000000.npz"])
+    with pytest.raises(datasets.CorruptPart, match="missing.*prepare"):
+        handler(missing, context())
+    wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1})
+    with pytest.raises(checkpoints.CheckpointError, match="do not fit"):
+        handler(wrong_model, context())
+    # Still serving.
+    assert handler(train_event(world, "bad", time_budget_s=0.001), context())["steps"] == 1
