@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -13,10 +16,11 @@ from PIL import Image
 from pydantic import ValidationError
 
 import imagefiles as f
-from dlpipe.augment import (CROP_SIDE, DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec, augment_batch,
-                            augment_image, decode_size, output_names, output_stem, relative_key, variant_seed)
+from dlpipe.augment import (CROP_SIDE, DEFAULT_VARIANTS, ROTATE_DEGREES, TRANSFORMS, VARIANTS, AugmentRequest,
+                            AugmentSpec, augment_batch, augment_image, decode_size, make_frame, output_names,
+                            output_stem, relative_key, variant_seed)
 from dlpipe.images import ImageError, open_image
-from dlpipe.store import DirStore
+from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -125,14 +129,36 @@ def test_original_is_the_centre_square_and_flip_mirrors_it():
 
 
 def test_rotate_leaves_no_empty_corners():
-    grey = f.encode(Image.new("RGB", (50, 30), (180, 180, 180)), "PNG")
-    for seed in range(10):
-        rotated = outputs(grey, variants=["rotate"], seed=seed)["rotate"]
-        assert rotated.shape == (30, 50, 3)
-        assert rotated.min() >= 175, f"seed {seed}: a corner was filled, not covered"
+    grey = f.encode(Image.new("RGB", (120, 90), (180, 180, 180)), "PNG")
+    for size, shape in ((None, (90, 120)), (40, (40, 40)), (90, (90, 90)), (200, (200, 200))):
+        for seed in range(6):  # shrinking by 2.25 (reduced first), 1 (no resize), enlarging
+            rotated = outputs(grey, variants=["rotate"], seed=seed, size=size)["rotate"]
+            assert rotated.shape == (*shape, 3)
+            assert rotated.min() >= 175, f"size {size}, seed {seed}: a corner was filled, not covered"
     photo = f.encode(f.photo(48, 48), "PNG")
     outs = outputs(photo, variants=["original", "rotate"])
     assert np.abs(outs["rotate"] - outs["original"]).mean() > 3
+
+
+@pytest.mark.parametrize("source, size", [(512, None), (512, 224), (512, 100), (400, 64), (100, 224)])
+def test_rotate_matches_a_careful_reference(source, size):
+    # Reference: bicubic rotation at 4x the output resolution, then Lanczos down.
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).resize((source, source), Image.Resampling.LANCZOS)
+    frame = make_frame(image, size)
+    angle = math.radians(random.Random(3).uniform(-ROTATE_DEGREES, ROTATE_DEGREES))
+    (ow, oh), (left, top, right, bottom) = frame.out, frame.box
+    zoom = abs(math.cos(angle)) + abs(math.sin(angle))
+    step = (right - left) / (4 * ow) / zoom
+    a, b = math.cos(angle) * step, math.sin(angle) * step
+    cx, cy, ox, oy = (left + right) / 2, (top + bottom) / 2, 2 * ow, 2 * oh
+    reference = image.transform((4 * ow, 4 * oh), Image.Transform.AFFINE,
+                                (a, b, cx - a * ox - b * oy, -b, a, cy + b * ox - a * oy),
+                                resample=Image.Resampling.BICUBIC).resize((ow, oh), Image.Resampling.LANCZOS)
+    rotated = TRANSFORMS["rotate"](frame, random.Random(3))
+    mse = np.mean((np.asarray(rotated, float) - np.asarray(reference, float)) ** 2)
+    assert 10 * math.log10(255 ** 2 / mse) > 28     # dB; the unrotated image scores about 10
 
 
 def test_crop_zooms_into_part_of_the_frame():
@@ -284,3 +310,52 @@ def test_a_short_time_limit_still_gets_work_done(store):
     request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="aug")
     response = augment_batch(request, store, time_left_ms=lambda: 1500)  # e.g. a 2 s function
     assert response.failed == 0 and response.images_out == 2 * len(DEFAULT_VARIANTS)
+
+
+class MemoryStore(ObjectStore):
+    """A remote-like store (not a directory), so the batch reads and writes on threads."""
+
+    def __init__(self, fail_on: str = "") -> None:
+        self.url, self.objects, self.fail_on, self.threads = "memory://", {}, fail_on, set()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise KeyNotFound(key) from None
+
+    def put(self, key, data):
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        if self.fail_on and self.fail_on in key:
+            raise StoreError(f"refused {key}")
+        self.objects[key] = data
+
+    def list(self, prefix=""):
+        return iter(sorted(k for k in self.objects if k.startswith(prefix)))
+
+    def exists(self, key):
+        return key in self.objects
+
+    def delete(self, key):
+        self.objects.pop(key, None)
+
+
+def test_remote_stores_are_read_and_written_on_threads_with_the_same_results(store):
+    keys = sorted(store.list("raw/")) + ["raw/cat/missing.jpg"]
+    remote = MemoryStore(fail_on="good2__flip")
+    for key in keys[:-1]:
+        remote.objects[key] = store.get(key)
+    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="aug", spec=AugmentSpec(size=24))
+    here, there = augment_batch(request, store), augment_batch(request, remote)
+    assert all(name.startswith("store") for name in remote.threads)
+    errors = {r.key: r.error for r in there.results if r.error}
+    assert errors.pop("raw/cat/good2.png") == "refused aug/cat/good2__flip.jpg"
+    assert errors == {r.key: r.error for r in here.results if r.error}
+    good2 = next(r for r in there.results if r.key == "raw/cat/good2.png")
+    assert "aug/cat/good2__flip.jpg" not in good2.outputs and len(good2.outputs) == len(DEFAULT_VARIANTS) - 1
+    for result in there.results:
+        for key in result.outputs:
+            assert remote.get(key) == store.get(key)
+    assert there.images_out == here.images_out - 1

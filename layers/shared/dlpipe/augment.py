@@ -20,14 +20,15 @@ import math
 import posixpath
 import random
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, Field, field_validator
 
 from dlpipe.images import DEFAULT_MAX_PIXELS, ImageError, open_image
-from dlpipe.store import KeyNotFound, ObjectStore, StoreError, join_key, validate_key, validate_prefix
+from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError, join_key, validate_key, validate_prefix
 
 JPEG_QUALITY = 90          # fixed: outputs must be reproducible and comparable across runs
 PNG_COMPRESS_LEVEL = 3     # zlib level: most of level 6's size at a fraction of its time
@@ -38,7 +39,7 @@ REDUCING_GAP = 2.0         # integer reduce() first, then resample: fast and vis
 ROTATE_DEGREES = 20.0              # angle in [-20, 20], zoomed in so no empty corners show
 CROP_SIDE = (0.65, 0.9)            # crop side as a fraction of the frame's side...
 CROP_ASPECT = (3 / 4, 4 / 3)       # ...with this aspect ratio jitter, then scaled to the output size
-BLUR_RADIUS = (0.5, 1.5)           # Gaussian radius in pixels per 256 pixels of output side
+BLUR_RADIUS = (0.6, 2.0)           # box blur radius in pixels per 256 pixels of output side
 COLOR_FACTOR = (0.5, 1.5)          # saturation: 0 is greyscale, 1 unchanged
 CONTRAST_FACTOR = (0.6, 1.4)
 BRIGHTNESS_FACTOR = (0.7, 1.3)
@@ -48,6 +49,9 @@ RANDOM_VARIANTS = ("rotate", "crop", "blur", "color", "contrast", "brightness")
 VARIANTS = DETERMINISTIC_VARIANTS + RANDOM_VARIANTS
 DEFAULT_VARIANTS = ("original", "flip", "rotate", "crop", "blur", "color", "contrast")
 MAX_BATCH = 1000
+IO_THREADS = 8             # store requests in flight: they wait on the network, not the CPU
+PREFETCH = 2               # sources read ahead of the one being augmented
+WRITE_BACKLOG = 4          # images whose outputs may still be uploading (bounds memory)
 EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 
 
@@ -151,6 +155,13 @@ class Frame:
     box: tuple[float, float, float, float]
     out: tuple[int, int]
     _base: Image.Image | None = None
+    _reduced: dict[int, Image.Image] = field(default_factory=dict)
+
+    def reduced(self, factor: int) -> Image.Image:
+        """The decoded image shrunk by an integer factor (box filter), computed once."""
+        if factor not in self._reduced:
+            self._reduced[factor] = self.image.reduce(factor)
+        return self._reduced[factor]
 
     @property
     def base(self) -> Image.Image:
@@ -173,17 +184,33 @@ def make_frame(image: Image.Image, size: int | None) -> Frame:
 
 
 def _rotate(frame: Frame, rng: random.Random) -> Image.Image:
-    """Rotate about the centre, zoomed just enough that the frame stays covered (no black corners)."""
+    """Rotate about the centre, zoomed just enough that the frame stays covered (no empty corners).
+
+    Sampled straight from the decoded image, not from the already-resized base: one
+    interpolation instead of two keeps the output sharp. When shrinking, nearest-neighbour
+    sampling at twice the output resolution averaged down 2x2 (supersampling) is both
+    sharper than bilinear-from-base and about three times faster than Pillow's bilinear
+    affine transform; sources more than twice the output size are first reduce()d so
+    that no source pixel is skipped. When enlarging, plain bilinear is the right filter.
+    """
     angle = math.radians(rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES))
-    base = frame.base
-    w, h = base.size
+    out_w, out_h = frame.out
     c, s = abs(math.cos(angle)), abs(math.sin(angle))
-    zoom = max((w * c + h * s) / w, (w * s + h * c) / h)
-    # Affine map from output pixel to input pixel: rotate by `angle` and shrink by 1/zoom about the centre.
-    a, b = math.cos(angle) / zoom, math.sin(angle) / zoom
-    cx, cy = w / 2, h / 2
-    data = (a, b, cx - a * cx - b * cy, -b, a, cy + b * cx - a * cy)
-    return base.transform((w, h), Image.Transform.AFFINE, data, resample=RESAMPLE)
+    zoom = max((out_w * c + out_h * s) / out_w, (out_w * s + out_h * c) / out_h)
+    left, top, right, bottom = frame.box
+    scale = (right - left) / out_w                      # source pixels per output pixel
+    shrink = math.ceil(scale / 2) if scale > 2 else 1
+    source = frame.image if shrink == 1 else frame.reduced(shrink)
+    supersample = 2 if scale >= 1 else 1
+    step = scale / shrink / zoom / supersample          # source pixels per sample
+    a, b = math.cos(angle) * step, math.sin(angle) * step
+    cx, cy = (left + right) / 2 / shrink, (top + bottom) / 2 / shrink   # centre of the frame in `source`
+    ox, oy = out_w * supersample / 2, out_h * supersample / 2           # centre of the sample grid
+    data = (a, b, cx - a * ox - b * oy, -b, a, cy + b * ox - a * oy)
+    size = (out_w * supersample, out_h * supersample)
+    if supersample == 1:
+        return source.transform(size, Image.Transform.AFFINE, data, resample=RESAMPLE)
+    return source.transform(size, Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST).reduce(2)
 
 
 def _crop(frame: Frame, rng: random.Random) -> Image.Image:
@@ -199,7 +226,8 @@ def _crop(frame: Frame, rng: random.Random) -> Image.Image:
 
 def _blur(frame: Frame, rng: random.Random) -> Image.Image:
     radius = rng.uniform(*BLUR_RADIUS) * max(1.0, min(frame.out) / 256)
-    return frame.base.filter(ImageFilter.GaussianBlur(radius))
+    # A box blur (one pass): as good an augmentation as a Gaussian, at a third of Pillow's cost.
+    return frame.base.filter(ImageFilter.BoxBlur(radius))
 
 
 def _enhance(enhancer: type, bounds: tuple[float, float]) -> Callable[[Frame, random.Random], Image.Image]:
@@ -252,47 +280,103 @@ def augment_image(data: bytes, relative: str, spec: AugmentSpec) -> list[tuple[s
 
 # --- the batch -------------------------------------------------------------------------
 
+def _reason(err: Exception) -> str:
+    if isinstance(err, KeyNotFound):
+        return "not found in the data store"
+    if isinstance(err, (ImageError, StoreError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"  # a store or Pillow failure we did not foresee
+
+
+def _settle(pending: list, keep: int) -> int:
+    """Wait for the writes of all but the last `keep` images; record each image's outcome."""
+    written = 0
+    while len(pending) > keep:
+        result, writes = pending.pop(0)
+        for out_key, future, size in writes:
+            try:
+                future.result()
+            except Exception as err:
+                result.error = result.error or _reason(err)
+            else:
+                result.outputs.append(out_key)
+                written += size
+    return written
+
+
+class _Inline:
+    """The executor interface, run in the caller's thread: for stores that never wait."""
+
+    def __init__(self, **_) -> None:
+        pass
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:
+            future.set_exception(err)
+        return future
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def augment_batch(request: AugmentRequest, store: ObjectStore,
                   time_left_ms: Callable[[], int] | None = None) -> AugmentResponse:
     """Augment every key of the batch; one bad image is reported, never fatal.
 
-    Outputs of each image are encoded in full before any is written, so an image either
-    fails before touching the store or has its outputs written. If the function's time
-    limit comes near (`time_left_ms`, Lambda's context method), the remaining keys are
-    reported as not processed rather than lost to a timeout that would discard the
-    results of the whole batch.
+    Reads and writes of a remote store (S3) run on a few threads while the CPU augments:
+    each request waits tens of milliseconds on the network, longer than an image takes to
+    augment. Reads run PREFETCH images ahead; writes of at most WRITE_BACKLOG images are in
+    flight. A local directory never waits (the page cache absorbs writes), so there they
+    run inline and leave the other cores to the other workers.
+    An image's outputs are all encoded before any is written, so a bad image never
+    touches the store. If the function's time limit comes near (`time_left_ms`, Lambda's
+    context method), the remaining keys are reported as not processed, rather than lost
+    to a timeout that would discard the results of the whole batch.
     """
-    results: list[ImageResult] = []
-    slowest_ms = 0.0
-    bytes_out = 0
+    keys, spec = request.keys, request.spec
+    results = [ImageResult(key=key) for key in keys]
     # Keep back enough time to return: 5 s of a long budget (a tenth of a short one), and
     # never less than three times the slowest image so far.
     reserve_ms = min(5000.0, 0.1 * time_left_ms()) if time_left_ms is not None else 0.0
-    for i, key in enumerate(request.keys):
-        if time_left_ms is not None and time_left_ms() < max(reserve_ms, 3 * slowest_ms):
-            for rest in request.keys[i:]:
-                results.append(ImageResult(key=rest, error="not processed: the function's time limit "
-                                                           "was near; use a smaller --batch-size"))
-            break
-        start = time.perf_counter()
-        result = ImageResult(key=key)
-        try:
-            relative = relative_key(key, request.source_prefix)
-            stem = output_stem(relative)
-            encoded = augment_image(store.get(key), relative, request.spec)
-            for suffix, data in encoded:
-                out_key = join_key(request.output_prefix, stem + suffix)
-                store.put(out_key, data)
-                result.outputs.append(out_key)
-                bytes_out += len(data)
-        except KeyNotFound:
-            result.error = "not found in the data store"
-        except (ImageError, StoreError) as err:
-            result.error = str(err)
-        except Exception as err:  # a store or Pillow failure we did not foresee: still only this image
-            result.error = f"{type(err).__name__}: {err}"
-        results.append(result)
-        slowest_ms = max(slowest_ms, (time.perf_counter() - start) * 1000)
-    failed = sum(1 for r in results if r.error)
-    return AugmentResponse(results=results, images_in=len(request.keys),
-                           images_out=sum(len(r.outputs) for r in results), failed=failed, bytes_out=bytes_out)
+    slowest_ms = 0.0
+    bytes_out = 0
+    pending: list = []
+
+    def fetch(i: int) -> tuple[str, bytes]:
+        relative = relative_key(keys[i], request.source_prefix)
+        return relative, store.get(keys[i])
+
+    executor = _Inline if isinstance(store, DirStore) else ThreadPoolExecutor
+    with executor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
+        reads = {i: pool.submit(fetch, i) for i in range(min(PREFETCH, len(keys)))}
+        for i, result in enumerate(results):
+            if time_left_ms is not None and time_left_ms() < max(reserve_ms, 3 * slowest_ms):
+                for rest in results[i:]:
+                    rest.error = "not processed: the function's time limit was near; use a smaller --batch-size"
+                for future in reads.values():
+                    future.cancel()
+                break
+            start = time.perf_counter()
+            if i + PREFETCH < len(keys):
+                reads[i + PREFETCH] = pool.submit(fetch, i + PREFETCH)
+            try:
+                relative, data = reads.pop(i).result()
+                stem = output_stem(relative)
+                encoded = [(join_key(request.output_prefix, stem + suffix), out)
+                           for suffix, out in augment_image(data, relative, spec)]
+            except Exception as err:
+                result.error = _reason(err)
+                continue
+            finally:
+                slowest_ms = max(slowest_ms, (time.perf_counter() - start) * 1000)
+            pending.append((result, [(key, pool.submit(store.put, key, out), len(out)) for key, out in encoded]))
+            bytes_out += _settle(pending, keep=WRITE_BACKLOG)
+        bytes_out += _settle(pending, keep=0)
+    return AugmentResponse(results=results, images_in=len(keys), images_out=sum(len(r.outputs) for r in results),
+                           failed=sum(1 for r in results if r.error), bytes_out=bytes_out)

@@ -1,0 +1,249 @@
+"""Augment throughput, in source images per second, on real photos of about 500 px.
+
+Four ways of doing the same job (decode, the default seven variants at 224 x 224, encode
+JPEG quality 90, write to a directory store), measured in the same run:
+
+  (a) a plain single-process Pillow loop: each transform on the decoded image, then fit
+  (b) albumentations (OpenCV decode, transforms and encode), single process, 1 OpenCV thread
+  (c) the augment handler through the LocalInvoker, 1 worker
+  (d) the same with one worker per core
+
+Each figure is the best of --repeat runs (the machine may be shared; the best run is the
+one least disturbed). Usage:  python bench/augment.py [--images 96] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from dlpipe.augment import (BLUR_RADIUS, COLOR_FACTOR, CONTRAST_FACTOR, CROP_ASPECT, CROP_SIDE, DEFAULT_VARIANTS,
+                            JPEG_QUALITY, ROTATE_DEGREES, AugmentRequest, AugmentSpec)
+from dlpipe.store import DirStore
+
+SIZE = 224
+BATCH = 8
+
+
+# --- source photos -------------------------------------------------------------------
+
+def base_photos() -> dict[str, np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = {name: getattr(data, name)() for name in
+              ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")}
+    photos["motorcycle"] = data.stereo_motorcycle()[0]
+    samples = load_sample_images()
+    for name, image in zip(("china", "flower"), samples.images):
+        photos[name] = image
+    return photos
+
+
+def make_sources(store: DirStore, count: int) -> list[str]:
+    """`count` distinct JPEGs of ~500 px (random crops and mirrors of the photos), one class per photo."""
+    rng = random.Random(0)
+    photos = base_photos()
+    names = sorted(photos)
+    keys = []
+    for i in range(count):
+        name = names[i % len(names)]
+        image = Image.fromarray(photos[name])
+        w, h = image.size
+        f = rng.uniform(0.85, 1.0)
+        cw, ch = int(w * f), int(h * f)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        image = image.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        scale = rng.uniform(480, 520) / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=90)
+        key = f"raw/{name}/{name}-{i:03d}.jpg"
+        store.put(key, buf.getvalue())
+        keys.append(key)
+    return keys
+
+
+# --- (a) plain Pillow ----------------------------------------------------------------
+
+def plain_pillow(store: DirStore, keys: list[str], seed: int = 0) -> int:
+    """The straightforward loop: decode fully, transform the full image, then fit to size."""
+    rng = random.Random(seed)
+    written = 0
+    for key in keys:
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(store.get(key)))).convert("RGB")
+        outputs = {}
+        for variant in DEFAULT_VARIANTS:
+            if variant == "original":
+                out = image
+            elif variant == "flip":
+                out = ImageOps.mirror(image)
+            elif variant == "rotate":
+                angle = rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES)
+                rotated = image.rotate(angle, Image.Resampling.BILINEAR)
+                w, h = image.size
+                c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+                zoom = max((w * c + h * s) / w, (w * s + h * c) / h)
+                iw, ih = w / zoom, h / zoom
+                out = rotated.crop(((w - iw) / 2, (h - ih) / 2, (w + iw) / 2, (h + ih) / 2))
+            elif variant == "crop":
+                side = min(image.size) * rng.uniform(*CROP_SIDE)
+                x = rng.uniform(0, image.width - side)
+                y = rng.uniform(0, image.height - side)
+                out = image.crop((x, y, x + side, y + side))
+            elif variant == "blur":
+                out = image.filter(ImageFilter.BoxBlur(rng.uniform(*BLUR_RADIUS) * min(image.size) / 256))
+            elif variant == "color":
+                out = ImageEnhance.Color(image).enhance(rng.uniform(*COLOR_FACTOR))
+            else:
+                out = ImageEnhance.Contrast(image).enhance(rng.uniform(*CONTRAST_FACTOR))
+            outputs[variant] = ImageOps.fit(out, (SIZE, SIZE), Image.Resampling.BILINEAR)
+        stem = key[len("raw/"):].rsplit(".", 1)[0]
+        for variant, out in outputs.items():
+            buf = io.BytesIO()
+            out.save(buf, "JPEG", quality=JPEG_QUALITY)
+            store.put(f"plain/{stem}__{variant}.jpg", buf.getvalue())
+            written += 1
+    return written
+
+
+# --- (b) albumentations --------------------------------------------------------------
+
+def albumentations_pipelines() -> dict:
+    import albumentations as A
+
+    square = A.Compose([A.SmallestMaxSize(max_size=SIZE), A.CenterCrop(SIZE, SIZE)])
+    zoom = math.cos(math.radians(ROTATE_DEGREES)) + math.sin(math.radians(ROTATE_DEGREES))
+    return {
+        "square": square,
+        "flip": A.HorizontalFlip(p=1),
+        "rotate": A.Affine(rotate=(-ROTATE_DEGREES, ROTATE_DEGREES), scale=(1.0, zoom), p=1),
+        "crop": A.RandomResizedCrop(size=(SIZE, SIZE), scale=(CROP_SIDE[0] ** 2, CROP_SIDE[1] ** 2),
+                                    ratio=CROP_ASPECT, p=1),
+        "blur": A.Blur(blur_limit=(3, 5), p=1),  # box blur, radius 1 to 2 as BLUR_RADIUS at 224 px
+        "color": A.ColorJitter(brightness=0, contrast=0, saturation=COLOR_FACTOR, hue=0, p=1),
+        "contrast": A.ColorJitter(brightness=0, contrast=CONTRAST_FACTOR, saturation=0, hue=0, p=1),
+    }
+
+
+def albumentations_loop(store: DirStore, keys: list[str], pipes: dict) -> int:
+    import cv2
+
+    written = 0
+    for key in keys:
+        bgr = cv2.imdecode(np.frombuffer(store.get(key), np.uint8), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        base = pipes["square"](image=rgb)["image"]
+        h, w = rgb.shape[:2]
+        side = min(h, w)
+        centre = rgb[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        outputs = {"original": base}
+        for variant in DEFAULT_VARIANTS[1:]:
+            source = centre if variant == "crop" else base
+            outputs[variant] = pipes[variant](image=source)["image"]
+        stem = key[len("raw/"):].rsplit(".", 1)[0]
+        for variant, out in outputs.items():
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            store.put(f"albu/{stem}__{variant}.jpg", data.tobytes())
+            written += 1
+    return written
+
+
+# --- (c), (d) the handler through the LocalInvoker -----------------------------------
+
+def handler_events(keys: list[str], output: str) -> list[dict]:
+    spec = AugmentSpec(size=SIZE)
+    return [AugmentRequest(keys=keys[i:i + BATCH], source_prefix="raw", output_prefix=output, spec=spec)
+            .model_dump(mode="json") for i in range(0, len(keys), BATCH)]
+
+
+def through_invoker(invoker, keys: list[str], output: str) -> int:
+    written = 0
+    for inv in invoker.map("augment", handler_events(keys, output)):
+        if not inv.ok:
+            raise RuntimeError(f"augment invocation failed: {inv.error}")
+        written += inv.payload["images_out"]
+        if inv.payload["failed"]:
+            raise RuntimeError(f"augment reported failures: {inv.payload['results']}")
+    return written
+
+
+# --- the run -------------------------------------------------------------------------
+
+def best_rate(run, images: int, repeat: int, expected: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        written = run()
+        best = min(best, time.perf_counter() - start)
+        if written != expected:
+            raise RuntimeError(f"expected {expected} outputs, got {written}")
+    return images / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="for (d): default one per core")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    import cv2
+
+    from orchestrator.invokers.local import LocalInvoker
+
+    cv2.setNumThreads(1)  # one core per process, like the other rows
+    with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
+        store = DirStore(tmp)
+        keys = make_sources(store, args.images)
+        sizes = [Image.open(io.BytesIO(store.get(k))).size for k in keys]
+        expected = len(keys) * len(DEFAULT_VARIANTS)
+        print(f"{len(keys)} source JPEGs, {min(map(min, sizes))}-{max(map(max, sizes))} px, "
+              f"{len(DEFAULT_VARIANTS)} variants each at {SIZE}x{SIZE} ({', '.join(DEFAULT_VARIANTS)}), "
+              f"batches of {BATCH}, best of {args.repeat}, {os.cpu_count()} cores", flush=True)
+
+        rates = {}
+        rates["a"] = best_rate(lambda: plain_pillow(store, keys), len(keys), args.repeat, expected)
+        pipes = albumentations_pipelines()
+        rates["b"] = best_rate(lambda: albumentations_loop(store, keys, pipes), len(keys), args.repeat, expected)
+        cold = {}
+        for row, workers in (("c", 1), ("d", args.workers)):
+            start = time.perf_counter()
+            with LocalInvoker(workers, env={"DLPIPE_DATA_URL": str(store.root)}) as invoker:
+                # Warm every worker (imports, first store access), as Lambda keeps warm environments.
+                through_invoker(invoker, keys[: BATCH * workers * 2], f"warm{row}")
+                cold[row] = time.perf_counter() - start
+                rates[row] = best_rate(lambda: through_invoker(invoker, keys, f"aug{row}"), len(keys),
+                                       args.repeat, expected)
+
+    labels = {
+        "a": "(a) plain Pillow loop, 1 process",
+        "b": "(b) albumentations + OpenCV, 1 process",
+        "c": "(c) augment handler, LocalInvoker, 1 worker",
+        "d": f"(d) augment handler, LocalInvoker, {args.workers} workers",
+    }
+    print(f"\n{'method':<46} {'images/s':>9} {'vs (a)':>8} {'vs (b)':>8}")
+    for row, label in labels.items():
+        print(f"{label:<46} {rates[row]:>9.1f} {rates[row] / rates['a']:>7.2f}x {rates[row] / rates['b']:>7.2f}x")
+    print(f"\n(d) / (c): {rates['d'] / rates['c']:.2f}x with {args.workers} workers "
+          f"(target >= 1.8x on 2 cores); (c) / (b): {rates['c'] / rates['b']:.2f}x (target >= 1.0x)")
+    print(f"pool start + warm-up batches: {cold['c']:.2f} s (1 worker), {cold['d']:.2f} s ({args.workers} workers)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
