@@ -21,7 +21,8 @@ def register(subparsers) -> None:
                     "LiteRT (float32) and write model.tflite, labels, preprocessing recipe and meta.json as the "
                     "next version of a model in the model store, then point the model's `latest` at it.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, metavar="RUN", help="the training run (as given to `orchestrator train`)")
+    p.add_argument("--run", dest="run_name", required=True, metavar="RUN",
+                   help="the training run (as given to `orchestrator train`)")
     p.add_argument("--round", type=int, metavar="N", help="a completed round (default: the run's latest)")
     p.add_argument("--name", metavar="NAME", help="model name (default: the run name)")
     p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
@@ -34,20 +35,20 @@ def run(args: argparse.Namespace, session) -> int:
     from dlpipe.preprocess import Recipe
 
     store = session.model_store()
-    name = args.name or args.run
+    name = args.name or args.run_name
     start = time.perf_counter()
     try:
-        weights, config = load_global(store, args.run, args.round)
-        round_ = args.round if args.round is not None else latest_round(store, args.run)
-        print(f"exporting run {args.run!r} round {round_} (loads TensorFlow; takes a few seconds)...")
+        weights, config = load_global(store, args.run_name, args.round)
+        round_ = args.round if args.round is not None else latest_round(store, args.run_name)
+        print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...")
         model = build_model(config, weights)
         exported = export_model(model, store, name, list(config["labels"]), Recipe.from_dict(config["recipe"]),
-                                source={"kind": "run", "run": args.run, "round": round_}, version=args.version)
+                                source={"kind": "run", "run": args.run_name, "round": round_}, version=args.version)
     except (CheckpointError, ExportError, ValueError) as err:
         raise SystemExit(f"error: {err}")
     print_summary("export", [
         ("model", f"{exported.name} {exported.version} (now latest)"),
-        ("from", f"run {args.run} round {round_}"),
+        ("from", f"run {args.run_name} round {round_}"),
         ("written to", f"{store.url}/{exported.prefix}"),
         ("architecture", f"SqueezeNet {config['version']}, input {'x'.join(map(str, config['input_shape']))}, "
                          f"{config['classes']} classes"),

@@ -108,7 +108,8 @@ def make_item(arg: str, model: str, version: str | None, top_k: int) -> Item:
     return item
 
 
-def format_table(item: Item, out=sys.stdout) -> None:
+def format_table(item: Item, out=None) -> None:
+    out = out or sys.stdout
     r = item.response
     print(f"\n{item.arg}   {r['model']['name']} {r['model']['version']}   {r['latency_ms']:.1f} ms", file=out)
     width = max(len(t["label"]) for t in r["top"])
@@ -174,14 +175,16 @@ def run(args: argparse.Namespace, session) -> int:
             if not inv.ok:
                 item.error = inv.error
             elif not isinstance(inv.payload, dict) or inv.payload.get("statusCode") != 200:
-                item.error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
+                error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
+                # The function names the image in its messages; here the image is named already.
+                item.error = error.removeprefix(f"{item.path.name if item.path else item.key}: ")
             else:
                 item.response = inv.payload
             bar.update()
     wall = time.perf_counter() - start
 
     if args.json:
-        json.dump([{"image": item.arg, **(item.response or {"error": item.error})} for item in items],
+        json.dump([{**(item.response or {"error": item.error}), "image": item.arg} for item in items],
                   sys.stdout, indent=2)
         print()
     else:
@@ -197,7 +200,7 @@ def run(args: argparse.Namespace, session) -> int:
     latencies = sorted(item.response["latency_ms"] for item in done)
     rows: list[tuple[str, object]] = [("model", f"{model} {done[0].response['model']['version'] if done else ''}"),
                                       ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
-    rows += [(f"failed: {item.arg}", item.error) for item in items if not item.ok][:20]
+    rows += [("failed", f"{item.arg}: {item.error}") for item in items if not item.ok][:20]
     rows.append(("wall time", f"{wall:.2f} s"))
     if done:
         rows.append(("throughput", f"{len(done) / wall:.1f} images/s"))
