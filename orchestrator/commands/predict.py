@@ -198,8 +198,9 @@ def run(args: argparse.Namespace, session) -> int:
 
     done = [item for item in items if item.ok]
     latencies = sorted(item.response["latency_ms"] for item in done)
-    rows: list[tuple[str, object]] = [("model", f"{model} {done[0].response['model']['version'] if done else ''}"),
-                                      ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
+    served = f"{model} {done[0].response['model']['version']}" if done else model
+    rows: list[tuple[str, object]] = [
+        ("model", served), ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
     rows += [("failed", f"{item.arg}: {item.error}") for item in items if not item.ok][:20]
     rows.append(("wall time", f"{wall:.2f} s"))
     if done:
