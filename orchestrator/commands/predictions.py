@@ -55,6 +55,7 @@ def run(args: argparse.Namespace, session) -> int:
     widths[2] = min(widths[2], 48)
     for row in [header] + rows:
         cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3):] for c, w in zip(row, widths)]
-        print("  ".join(f"{c:<{w}}" if i != 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))))
+        print("  ".join(f"{c:<{w}}" if i != 4 else f"{c:>{w}}"
+                        for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
     print(f"\n{len(records)} shown from {table.url}" + (f" (--limit {args.limit})" if args.limit else ""))
     return 0

@@ -52,6 +52,10 @@ _INVOCATIONS = 0
 
 def _init_worker(env: dict[str, str]) -> None:
     os.environ.update(env)
+    # Function logs are not the CLI's output (on Lambda they go to CloudWatch): send the
+    # worker's stdout to stderr so that e.g. `orchestrator predict --json | jq` stays clean.
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 def _load_handler(path: str, name: str) -> Callable:
