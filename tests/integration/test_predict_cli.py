@@ -60,14 +60,16 @@ def files(tmp_path) -> dict[str, Path]:
     return {name: tmp_path / "in" / name for name in paths}
 
 
-def test_predict_local_files_and_store_keys_as_json(where, files, tmp_path, capsys):
+def test_predict_local_files_and_store_keys_as_json(where, files, tmp_path, capfd):
     DirStore(tmp_path / "data").put("raw/bird.jpg", f.jpeg(50, 50, seed=3))
     args = [files["cat.jpg"], files["dog.png"], "store:raw/bird.jpg", "raw/bird.jpg", files["notes.jpg"],
             "raw/missing.jpg"]
     rc = main([*where, "predict", *map(str, args), "--top-k", "2", "--json"])
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert rc == 1                                     # some images failed
-    out = json.loads(captured.out)                     # stdout is pure JSON; the summary went to stderr
+    # stdout is pure JSON: the summary and the workers' function logs (captured at the fd level) go to stderr
+    out = json.loads(captured.out)
+    assert '"level":"INFO"' in captured.err
     assert [o["image"] for o in out] == [str(a) for a in args]
     assert [o.get("statusCode") for o in out[:4]] == [200] * 4
     assert all(len(o["top"]) == 2 and o["model"] == {"name": "tiny", "version": "v1"} for o in out[:4])
@@ -78,7 +80,7 @@ def test_predict_local_files_and_store_keys_as_json(where, files, tmp_path, caps
     assert re.search(r"failed +\S*/notes.jpg: not a recognised image", captured.err)
 
     assert main([*where, "predictions", "--json"]) == 0
-    records = json.loads(capsys.readouterr().out)
+    records = json.loads(capfd.readouterr().out)
     assert len(records) == 4
     assert sorted(r["image_key"] or r["image_name"] for r in records) == ["cat.jpg", "dog.png", "raw/bird.jpg",
                                                                           "raw/bird.jpg"]
