@@ -8,7 +8,11 @@ retries or reports it. TensorFlow is loaded only by the actions that need it.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN) is noise in function logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse

@@ -121,7 +121,8 @@ def model_config(version: str, input_shape: Sequence[int], classes: int, small_i
     if len(labels) != classes:
         raise ValueError(f"{len(labels)} labels for {classes} classes")
     return {"version": version, "input_shape": [int(v) for v in input_shape], "classes": int(classes),
-            "small_inputs": bool(small_inputs), "labels": list(labels), "recipe": dict(recipe)}
+            "small_inputs": bool(small_inputs), "labels": list(labels),
+            "recipe": json.loads(json.dumps(dict(recipe)))}  # as it reads back from JSON (lists, not tuples)
 
 
 def put_json(store, key: str, value: Any) -> None:

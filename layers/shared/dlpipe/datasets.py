@@ -117,6 +117,20 @@ def load_fashion_mnist(split: str = "train", directory: str | os.PathLike | None
     return images, labels
 
 
+def fashion_mnist_pngs(split: str, limit: int | None = None, directory: str | os.PathLike | None = None,
+                       download: bool = True):
+    """(relative key "<split>/<class>/<index>.png", PNG bytes) for the first `limit` images
+    of a split: the dataset as a user's own class folders would arrive."""
+    from PIL import Image
+
+    images, labels = load_fashion_mnist(split, directory, download)
+    count = len(images) if limit is None else min(int(limit), len(images))
+    for index in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(images[index], "L").save(buffer, "PNG")
+        yield f"{split}/{FASHION_MNIST_CLASSES[labels[index]]}/{index:05d}.png", buffer.getvalue()
+
+
 # --- planning a prepared dataset -----------------------------------------------------
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

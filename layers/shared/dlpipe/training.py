@@ -223,6 +223,8 @@ def run_train(request: TrainRequest, data_store, model_store,
     recipe = Recipe.from_dict(request.recipe)
 
     x, y = datasets.load_parts(data_store, request.shard_keys)
+    if len(y) == 0:
+        raise ValueError(f"shard {request.shard_keys} holds no images; run `orchestrator prepare` again")
     expected_shape = tuple(request.model.input_shape)
     if tuple(x.shape[1:]) != expected_shape:
         raise ValueError(f"shard images are {tuple(x.shape[1:])}, the model expects {expected_shape}; "

@@ -1,0 +1,106 @@
+"""`orchestrator train`: data-parallel SqueezeNet training, one round at a time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from orchestrator.commands.upload import print_failures
+from orchestrator.report import print_summary
+from orchestrator.rounds import DEFAULTS, TrainingFailed, TrainOptions, run_training
+
+EXAMPLES = f"""\
+examples:
+  orchestrator train --dataset fmnist --run fm1 --rounds 5
+      every round: all of the dataset's shards train in parallel, then their weights are averaged
+  orchestrator train --dataset fmnist --run fm1 --rounds 8 --resume
+      continue fm1 from its last completed round up to round 8 (same weights as if never stopped)
+  orchestrator train --dataset fmnist --run fm2 --workers 4 --rounds 10 --local-epochs 1 \\
+      --min-workers 3 --retries 2
+  orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 5      # on AWS Lambda
+
+defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']}, --lr {DEFAULTS['learning_rate']}, \
+--seed {DEFAULTS['seed']}; with --resume the run's own values.
+Writes runs/RUN/ in the model store (config, per-round global weights and records, metrics.json,
+metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
+  orchestrator export --run RUN"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train SqueezeNet data-parallel on a prepared dataset",
+        description="Run ROUNDS rounds of data-parallel training: each round every worker (one train function "
+                    "invocation) starts from the global weights and trains --local-epochs on its shard; the new "
+                    "global weights are the workers' weights averaged by example count, scored on the validation "
+                    "set. Failed workers are retried; a round is committed only when complete.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, metavar="NAME", help="a dataset made by `orchestrator prepare`")
+    p.add_argument("--run", dest="run_name", required=True, metavar="RUN", help="name of this training run")
+    p.add_argument("--rounds", type=int, required=True, metavar="R", help="train until round R is complete")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (default: the dataset's shards)")
+    p.add_argument("--local-epochs", type=int, metavar="E", help="epochs each worker trains per round")
+    p.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size")
+    p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
+    p.add_argument("--min-workers", type=int, metavar="M",
+                   help="close a round if at least M workers succeeded (default: all must)")
+    p.add_argument("--retries", type=int, default=1, metavar="K",
+                   help="re-invocations of a failed or timed-out worker per round (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its last completed round")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SEC",
+                   help="stop each worker's local training after SEC seconds (default: the function timeout "
+                        "minus a margin)")
+    p.add_argument("--stem", choices=("auto", "small", "imagenet"), default="auto",
+                   help="first convolution: stride 1 for small inputs, ImageNet's stride 2, or auto "
+                        "(stride 1 up to 64 px; default)")
+    p.add_argument("--version", choices=("1.0", "1.1"), default="1.1", help="SqueezeNet version (default: 1.1)")
+    p.add_argument("--output", type=Path, default=Path("."), metavar="DIR",
+                   help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
+    p.add_argument("--keep-worker-weights", action="store_true",
+                   help="keep every worker's weights in the store (default: delete once the round is averaged)")
+    p.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
+                        local_epochs=args.local_epochs, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, seed=args.seed, min_workers=args.min_workers,
+                        retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
+                        version=args.version, stem=args.stem, output_dir=args.output,
+                        keep_worker_weights=args.keep_worker_weights)
+
+
+def run(args: argparse.Namespace, session, out: TextIO = sys.stdout) -> int:
+    options = options_from_args(args)
+    try:
+        result = run_training(session, options, out=out)
+    except TrainingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    final = result.final
+    val = final.get("val") or {}
+    best = max((r for r in result.records if r.get("val")), key=lambda r: r["val"]["accuracy"], default=None)
+    trained = sum((r.get("train") or {}).get("examples", 0) for r in result.records[-result.rounds_run:]) \
+        if result.rounds_run else 0
+    rows = [
+        ("run", f"{options.run} on {options.dataset}"),
+        ("rounds", f"{final.get('round', 0)} completed ({result.rounds_run} this time)"),
+        ("workers", f"{final.get('workers_ok', '-')}/{final.get('workers', '-')} in the last round"),
+        ("validation", f"loss {val['loss']:.4f}, accuracy {val['accuracy']:.2%} ({val['count']} images)"
+         if val else "none (the dataset has no validation images)"),
+    ]
+    if best is not None:
+        rows.append(("best", f"{best['val']['accuracy']:.2%} at round {best['round']}"))
+    rows += [
+        ("wall time", f"{result.wall_seconds:.1f} s"),
+        ("throughput", f"{trained / result.wall_seconds:,.0f} training images/s (all workers)"
+         if result.wall_seconds > 0 and trained else "-"),
+        ("worker failures", str(len(result.failures))),
+    ]
+    rows += [(name, path) for name, path in result.outputs.items()]
+    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
+    print_failures(result.failures, out=out)
+    print(f"\nnext: orchestrator export --run {options.run}", file=out)
+    return 0
