@@ -102,11 +102,12 @@ def test_predict_prints_tables_and_draws_one_row_per_image(where, files, tmp_pat
     assert "cat.jpg" in listing and "dog.png" in listing and "2 shown" in listing
 
 
-def test_model_choice_errors_say_what_exists(where, files, tmp_path, tiny_model, capsys, model_dir):
-    other = tmp_path / "models2"
-    for name in ("tiny", "second"):
-        export_model(tiny_model, DirStore(other), name, LABELS, Recipe(size=32), check=False)
-    where2 = [*where, "--models", str(other)]
+def test_model_choice_errors_say_what_exists(where, files, tmp_path, capsys, model_dir):
+    other, exported = DirStore(tmp_path / "models2"), DirStore(model_dir)
+    for name in ("tiny", "second"):          # copies of the exported version under two names
+        for key in exported.list("models/tiny/"):
+            other.put(key.replace("models/tiny/", f"models/{name}/"), exported.get(key))
+    where2 = [*where, "--models", str(other.root)]
     with pytest.raises(SystemExit, match="choose one with --model: second, tiny"):
         main([*where2, "predict", str(files["cat.jpg"])])
     assert main([*where2, "predict", str(files["cat.jpg"]), "--model", "tiny", "--version", "v7"]) == 1
