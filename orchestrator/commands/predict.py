@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import statistics
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -54,7 +56,6 @@ class Item:
     arg: str
     key: str | None = None           # data-store key, or None for a local file
     path: Path | None = None
-    event: dict | None = None
     response: dict | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
@@ -80,32 +81,42 @@ def resolve_model(session, name: str | None) -> str:
     raise SystemExit(f"error: several models are served, choose one with --model: {', '.join(models)}")
 
 
-def make_item(arg: str, model: str, version: str | None, top_k: int) -> Item:
-    """The predict event for one command-line image; a problem is recorded as the item's error."""
+def make_item(arg: str) -> Item:
+    """Where one command-line image comes from; a problem is recorded as the item's error."""
     item = Item(arg)
-    fields = {"model": model, "version": version, "top_k": top_k, "request_id": str(uuid.uuid4())}
     path = Path(arg)
+    if not arg.startswith(STORE_PREFIX) and path.is_file():
+        item.path = path
+        size = path.stat().st_size
+        if 4 * math.ceil(size / 3) > MAX_IMAGE_B64_CHARS:
+            item.error = (f"{size / 1e6:.1f} MB is too big to send inline (Lambda's request limit is 6 MB after "
+                          "base64): upload it with `orchestrator upload` and pass store:KEY")
+        return item
+    key = arg[len(STORE_PREFIX):] if arg.startswith(STORE_PREFIX) else arg
     try:
-        if not arg.startswith(STORE_PREFIX) and path.is_file():
-            item.path = path
-            data = path.read_bytes()
-            encoded = base64.b64encode(data).decode("ascii")
-            if len(encoded) > MAX_IMAGE_B64_CHARS:
-                raise ValueError(f"{len(data) / 1e6:.1f} MB is too big to send inline (Lambda's request limit is "
-                                 f"6 MB after base64): upload it with `orchestrator upload` and pass store:KEY")
-            fields.update(image_b64=encoded, name=path.name)
-        else:
-            key = arg[len(STORE_PREFIX):] if arg.startswith(STORE_PREFIX) else arg
-            try:
-                validate_key(key)
-            except ValueError:
-                raise ValueError("no such local file, and not a valid data-store key either") from None
-            item.key = key
-            fields.update(key=key)
-        item.event = PredictRequest(**fields).model_dump(exclude_none=True)
-    except (OSError, ValueError) as err:
-        item.error = str(err).splitlines()[0] if not isinstance(err, OSError) else f"cannot read: {err}"
+        item.key = validate_key(key)
+    except ValueError:
+        item.error = "no such local file, and not a valid data-store key either"
     return item
+
+
+def make_event(item: Item, model: str, version: str | None, top_k: int) -> dict | None:
+    """The predict event, built from the same model the function parses; None (and item.error) if unreadable."""
+    fields = {"model": model, "version": version, "top_k": top_k, "request_id": str(uuid.uuid4())}
+    if item.path is None:
+        fields["key"] = item.key
+    else:
+        try:
+            fields.update(image_b64=base64.b64encode(item.path.read_bytes()).decode("ascii"), name=item.path.name)
+        except OSError as err:
+            item.error = f"cannot read: {err}"
+            return None
+    return PredictRequest(**fields).model_dump(exclude_none=True)
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def format_table(item: Item, out=None) -> None:
@@ -163,24 +174,29 @@ def run(args: argparse.Namespace, session) -> int:
     if not 1 <= args.top_k <= 100:
         raise SystemExit("error: --top-k must be between 1 and 100")
     model = resolve_model(session, args.model)
-    items = [make_item(arg, model, args.version, args.top_k) for arg in args.images]
-    todo = [item for item in items if item.event is not None]
+    items = [make_item(arg) for arg in args.images]
+    todo = [item for item in items if item.error is None]
 
     start = time.perf_counter()
     invoker = session.invoker
     first_record = len(invoker.records)
+    # In chunks, so that only a few base64-encoded images are held in memory at a time.
+    chunk_size = max(32, 4 * (session.concurrency or 8))
     with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2, file=sys.stderr) as bar:
-        for inv in invoker.map("predict", [item.event for item in todo]):
-            item = todo[inv.index]
-            if not inv.ok:
-                item.error = inv.error
-            elif not isinstance(inv.payload, dict) or inv.payload.get("statusCode") != 200:
-                error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
-                # The function names the image in its messages; here the image is named already.
-                item.error = error.removeprefix(f"{item.path.name if item.path else item.key}: ")
-            else:
-                item.response = inv.payload
-            bar.update()
+        for chunk in chunks(todo, chunk_size):
+            sent = [(item, make_event(item, model, args.version, args.top_k)) for item in chunk]
+            sent = [(item, event) for item, event in sent if event is not None]
+            for inv in invoker.map("predict", [event for _, event in sent]):
+                item = sent[inv.index][0]
+                if not inv.ok:
+                    item.error = inv.error
+                elif not isinstance(inv.payload, dict) or inv.payload.get("statusCode") != 200:
+                    error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
+                    # The function names the image in its messages; here the image is named already.
+                    item.error = error.removeprefix(f"{item.path.name if item.path else item.key}: ")
+                else:
+                    item.response = inv.payload
+                bar.update()
     wall = time.perf_counter() - start
 
     if args.json:

@@ -188,3 +188,12 @@ def test_predictions_in_dynamodb_on_the_moto_server(aws_env, files, tmp_path, mo
     assert all(isinstance(r["top"][0]["probability"], float) for r in records)
     with pytest.raises(SystemExit, match="does not exist"):
         main([*where, "--table", "dynamodb://no-such-table", "predictions"])
+
+
+def test_images_too_big_to_send_inline_are_refused_before_sending(where, tmp_path, capsys):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(4_800_000))          # 6.4 MB once base64-encoded
+    assert main([*where, "predict", str(big), "--model", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert "big.jpg   FAILED: 4.8 MB is too big to send inline" in out and "pass store:KEY" in out
+    assert "invocations" not in out                           # nothing was sent
