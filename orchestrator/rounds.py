@@ -250,8 +250,9 @@ def write_outputs(model_store, run: str, config: dict, records: list[dict], outp
     return outputs
 
 
-def run_training(session, options: TrainOptions, out: TextIO = sys.stdout, progress: bool = True) -> TrainResult:
+def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
     """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
+    out = out or sys.stdout  # resolved per call, so redirected output is honoured
     start = time.perf_counter()
     data_store, model_store = session.data_store(), session.model_store()
     try:

@@ -71,7 +71,8 @@ def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None 
     return counts
 
 
-def run(args: argparse.Namespace, session, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # resolved per call, so redirected output is honoured
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 2

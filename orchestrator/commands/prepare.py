@@ -151,7 +151,8 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
     return manifest
 
 
-def run(args: argparse.Namespace, session, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # resolved per call, so redirected output is honoured
     try:
         recipe = recipe_from_args(args)
         if args.workers < 1:

@@ -72,7 +72,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         keep_worker_weights=args.keep_worker_weights)
 
 
-def run(args: argparse.Namespace, session, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
     try:
         result = run_training(session, options, out=out)

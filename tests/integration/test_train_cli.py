@@ -1,0 +1,208 @@
+"""Data-parallel training end to end: Fashion-MNIST -> prepare -> train, on the local invoker.
+
+Real worker processes run the real train handler. Failures are real too: a packed shard is
+overwritten with junk, so the worker that reads it raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlpipe import checkpoints as ck
+from dlpipe import datasets
+from dlpipe.config import Settings
+from dlpipe.store import DirStore
+from orchestrator.cli import main
+from orchestrator.commands.fashion_mnist import write_fashion_mnist
+from orchestrator.commands.prepare import prepare_dataset
+from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.session import Session
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_files():
+    for folder in (*datasets.FASHION_MNIST_DIRS, datasets.default_cache_dir() / "fashion-mnist"):
+        if (Path(folder) / "t10k-labels-idx1-ubyte.gz").is_file():
+            return
+    pytest.skip("Fashion-MNIST IDX files are absent: install the Debian package dataset-fashion-mnist")
+
+
+def cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, fashion_mnist_files):
+    """The CLI end to end: 2000 train / 500 test images, 2 workers x 3 rounds."""
+    home = tmp_path_factory.mktemp("cli")
+    where = ["--home", str(home / "home"), "--concurrency", "2"]
+    outputs = {}
+    outputs["fashion"] = cli(*where, "fashion-mnist", "--splits", "train", "--limit", "2000")
+    cli(*where, "fashion-mnist", "--splits", "test", "--limit", "500")
+    outputs["prepare"] = cli(*where, "prepare", "--source", "fashion-mnist/train", "--val-source",
+                             "fashion-mnist/test", "--dataset", "fm", "--workers", "2", "--recipe", "fashion-mnist")
+    outputs["train"] = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3", "--batch-size", "32",
+                           "--local-epochs", "2", "--output", str(home / "out"))
+    settings = Settings.from_env({"DLPIPE_HOME": str(home / "home")})
+    return {"home": home, "outputs": outputs, "data": settings.data_store(), "models": settings.model_store()}
+
+
+def test_cli_prepares_and_trains_a_model_that_learns(learned):
+    for name, (code, text) in learned["outputs"].items():
+        assert code == 0, f"{name} failed:\n{text}"
+    prepare_out, train_out = learned["outputs"]["prepare"][1], learned["outputs"]["train"][1]
+    assert "2000 images in 2 shards (1000-1000 each)" in prepare_out
+    assert "500 images from fashion-mnist/test" in prepare_out
+    manifest = json.loads(learned["data"].get(datasets.manifest_key("fm")))
+    assert manifest["classes"] == sorted(datasets.FASHION_MNIST_CLASSES)
+    assert [s["count"] for s in manifest["shards"]] == [1000, 1000] and manifest["val"]["count"] == 500
+
+    for r in (1, 2, 3):
+        assert f"round   {r}  workers 2/2" in train_out
+    models = learned["models"]
+    records = ck.read_records(models, "ref")
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    val = [r["val"]["accuracy"] for r in records[1:]]
+    # Chance is 10%: three short rounds must get far past it, and the last beats the first.
+    assert val[-1] > 0.3 and val[-1] > val[0], val
+    assert all(r["train"]["examples"] == 4000 for r in records[1:])
+    assert "validation       loss" in train_out and "invocations" in train_out and "GB-s" in train_out
+
+    # The layout: config, weights per round, no leftover worker weights, metrics and plot.
+    config = ck.read_run_config(models, "ref")
+    assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
+    assert config["training"] == {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
+                                  "workers": 2}
+    assert all(models.exists(ck.global_key("ref", r)) for r in range(4))
+    assert not list(models.list("runs/ref/rounds/0003/workers/"))
+    metrics = json.loads(models.get(ck.metrics_key("ref")))
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert models.get(ck.plot_key("ref"))[:8] == b"\x89PNG\r\n\x1a\n"
+    local = learned["home"] / "out"
+    assert json.loads((local / "ref-metrics.json").read_text()) == metrics
+    assert (local / "ref-metrics.png").read_bytes()[:4] == b"\x89PNG"
+    weights, model_config = ck.load_global(models, "ref")
+    assert model_config["labels"] == manifest["classes"] and len(weights) == 52
+
+    # Starting the same run again is refused; resuming a finished run has nothing to do.
+    where = ["--home", str(learned["home"] / "home"), "--concurrency", "2"]
+    code, _ = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3")
+    assert code == 1
+    code, text = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3", "--resume",
+                     "--output", str(local))
+    assert code == 0 and "nothing to train" in text
+
+
+# --- resume and failures on a tiny dataset, with warm workers shared between runs ---------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, fashion_mnist_files):
+    root = tmp_path_factory.mktemp("tiny")
+    settings = Settings(data_url=str(root / "data"), model_url=str(root / "models"),
+                        table_url=f"sqlite:///{root}/t.sqlite")
+    session = Session(settings, "local", concurrency=2)
+    write_fashion_mnist(settings.data_store(), "fm", limit=360, splits=("train",), progress=False)
+    prepare_dataset(session, "fm/train", "tiny", 2, datasets.FASHION_MNIST_RECIPE, val_fraction=0.2,
+                    progress=False)
+    yield {"session": session, "root": root, "data": settings.data_store(), "models": settings.model_store()}
+    session.close()
+
+
+def options(run: str, rounds: int, **changes) -> TrainOptions:
+    base = dict(dataset="tiny", run=run, rounds=rounds, local_epochs=1, batch_size=32, seed=4, output_dir=None)
+    return TrainOptions(**{**base, **changes})
+
+
+def train(tiny, opts: TrainOptions):
+    return run_training(tiny["session"], opts, out=io.StringIO(), progress=False)
+
+
+@contextlib.contextmanager
+def corrupt_shard(tiny, worker: int):
+    """Overwrite a worker's packed part with junk; put it back afterwards."""
+    manifest = json.loads(tiny["data"].get(datasets.manifest_key("tiny")))
+    key = manifest["shards"][worker]["parts"][0]
+    original = tiny["data"].get(key)
+    tiny["data"].put(key, b"junk where a shard should be")
+    try:
+        yield key
+    finally:
+        tiny["data"].put(key, original)
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
+    models = tiny["models"]
+    train(tiny, options("straight", 3))
+    reference = ck.load_weights(models, ck.global_key("straight", 3))
+
+    train(tiny, options("bumpy", 1))
+    round1 = models.get(ck.global_key("bumpy", 1))
+    # Round 2 fails for good on worker 1: the run stops, round 1 stays the last good checkpoint.
+    with corrupt_shard(tiny, 1):
+        with pytest.raises(TrainingFailed) as failure:
+            train(tiny, options("bumpy", 3, resume=True, retries=1))
+    message = str(failure.value)
+    assert "round 2: only 1 of 2 workers succeeded (need 2) after 1 retries" in message
+    assert "worker 1: CorruptPart" in message and "--resume" in message and "--min-workers" in message
+    assert ck.latest_round(models, "bumpy") == 1 and models.get(ck.global_key("bumpy", 1)) == round1
+    assert not models.exists(ck.global_key("bumpy", 2))
+
+    # Resume to round 2, then fake a crash after round 3's weights were written but before
+    # its record and pointer: resuming must redo round 3 and land on the same weights.
+    train(tiny, options("bumpy", 2, resume=True))
+    train(tiny, options("bumpy", 3, resume=True))
+    assert same(ck.load_weights(models, ck.global_key("bumpy", 3)), reference)
+    models.delete(ck.record_key("bumpy", 3))
+    ck.put_json(models, ck.latest_key("bumpy"), {"round": 2})
+    ck.save_weights(models, ck.global_key("bumpy", 3), [np.zeros(1, np.float32)])  # a torn, wrong file
+    result = train(tiny, options("bumpy", 3, resume=True))
+    assert result.rounds_run == 1 and ck.latest_round(models, "bumpy") == 3
+    assert same(ck.load_weights(models, ck.global_key("bumpy", 3)), reference)
+    # The records of a resumed run read like an uninterrupted one's.
+    assert [r["round"] for r in ck.read_records(models, "bumpy")] == [0, 1, 2, 3]
+
+    # Hyper-parameters of a run cannot change on resume.
+    with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
+        train(tiny, options("bumpy", 4, resume=True, batch_size=64))
+
+
+def test_min_workers_closes_a_round_on_the_survivors(tiny):
+    models = tiny["models"]
+    with corrupt_shard(tiny, 0) as key:
+        result = train(tiny, options("survivor", 1, min_workers=1, retries=2, keep_worker_weights=True))
+    record = result.final
+    assert record["workers_ok"] == 1 and record["workers"] == 2
+    failed = record["failed_workers"]
+    assert [f["worker"] for f in failed] == [0] and failed[0]["attempts"] == 3
+    assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
+    assert result.failures and result.failures[0][0] == "round 1 worker 0"
+    # The global model is worker 1's alone (an average of one), and it was evaluated.
+    worker1 = [k for k in models.list("runs/survivor/rounds/0001/workers/") if "/001-" in k]
+    assert same(ck.load_weights(models, ck.global_key("survivor", 1)), ck.load_weights(models, worker1[0]))
+    assert record["val"]["count"] == json.loads(tiny["data"].get(datasets.manifest_key("tiny")))["val"]["count"]
+    assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
+
+
+def test_bad_training_requests_are_refused_before_any_work(tiny):
+    with pytest.raises(TrainingFailed, match="no prepared dataset 'nope'.*orchestrator prepare"):
+        train(tiny, options("x", 1, dataset="nope"))
+    with pytest.raises(TrainingFailed, match="prepared in 2 shards, so it can feed 1 to 2 workers, not 3"):
+        train(tiny, options("x", 1, workers=3))
+    with pytest.raises(TrainingFailed, match="--min-workers must be between 1 and 2"):
+        train(tiny, options("x", 1, min_workers=5))
+    assert ck.read_run_config(tiny["models"], "x") is None
