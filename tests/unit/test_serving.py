@@ -79,6 +79,11 @@ def test_request_rejects_bad_fields(fields, problem):
         PredictRequest(**fields)
 
 
+def test_inline_image_must_fit_a_lambda_request():
+    with pytest.raises(ValueError, match="more than a Lambda request can carry"):
+        PredictRequest(model="m", image_b64="A" * (6 * 1024 * 1024))
+
+
 def test_inline_image_must_be_base64():
     assert PredictRequest(model="m", image_b64=base64.b64encode(b"abc").decode()).image_bytes() == b"abc"
     with pytest.raises(BadRequest, match="not valid base64"):

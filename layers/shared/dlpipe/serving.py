@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlpipe.preprocess import Recipe
 from dlpipe.store import InvalidKey, KeyNotFound, ObjectStore, join_key, validate_key
@@ -81,13 +81,20 @@ class PredictRequest(BaseModel):
     version: str | None = Field(default=None, pattern=NAME_PATTERN,
                                 description="model version; default: the model's latest")
     key: str | None = Field(default=None, max_length=1024, description="data-store key of the image")
-    image_b64: str | None = Field(default=None, max_length=MAX_IMAGE_B64_CHARS,
-                                  description="the image file's bytes, base64")
+    image_b64: str | None = Field(default=None, description="the image file's bytes, base64")
     name: str | None = Field(default=None, max_length=256,
                              description="display name of the image (e.g. its file name), for messages")
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
     request_id: str | None = Field(default=None, max_length=128,
                                    description="client's id: a retried request with the same id is recorded once")
+
+    @field_validator("image_b64")
+    @classmethod
+    def _fits_a_request(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_IMAGE_B64_CHARS:
+            raise ValueError(f"the inline image is {len(value) / 1e6:.1f} MB of base64, more than a Lambda request "
+                             "can carry (6 MB): put it in the data store and send its key")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "PredictRequest":
