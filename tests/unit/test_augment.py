@@ -18,7 +18,7 @@ from pydantic import ValidationError
 import imagefiles as f
 from dlpipe.augment import (CROP_SIDE, DEFAULT_VARIANTS, ROTATE_DEGREES, TRANSFORMS, VARIANTS, AugmentRequest,
                             AugmentSpec, augment_batch, augment_image, decode_size, make_frame, output_names,
-                            output_stem, relative_key, variant_seed)
+                            output_stem, relative_key, sample, variant_seed)
 from dlpipe.images import ImageError, open_image
 from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError
 
@@ -140,6 +140,19 @@ def test_rotate_leaves_no_empty_corners():
     assert np.abs(outs["rotate"] - outs["original"]).mean() > 3
 
 
+@pytest.mark.parametrize("source, size", [((512, 512), 224), ((700, 466), 150), ((1000, 1000), 100),
+                                          ((100, 100), 224), ((90, 60), None)])
+def test_supersampled_resampling_is_close_to_a_careful_resize(source, size):
+    # `sample` (what crop and rotate use), unrotated, against Lanczos on the same region.
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).resize(source, Image.Resampling.LANCZOS)
+    frame = make_frame(image, size)
+    reference = np.asarray(image.resize(frame.out, Image.Resampling.LANCZOS, box=frame.box), float)
+    mse = np.mean((np.asarray(sample(frame, frame.centre, frame.scale), float) - reference) ** 2)
+    assert mse == 0 or 10 * math.log10(255 ** 2 / mse) > 30     # dB; Pillow's bilinear resize: 33-36
+
+
 @pytest.mark.parametrize("source, size", [(512, None), (512, 224), (512, 100), (400, 64), (100, 224)])
 def test_rotate_matches_a_careful_reference(source, size):
     # Reference: bicubic rotation at 4x the output resolution, then Lanczos down.
@@ -194,14 +207,16 @@ def test_colour_changes_keep_the_picture():
 
 
 def test_reduced_jpeg_decoding_still_fills_the_output():
-    # A 800x600 JPEG to 64 px: decoded at 1/8 scale for most variants would be 100x75,
-    # enough; crop needs 64/0.65 = 99 px, so 1/4 scale. Outputs must match full decoding closely.
-    data = f.jpeg(800, 600, seed=5)
-    spec = AugmentSpec(size=64, format="png")
-    fast = dict(augment_image(data, "cls/img.jpg", spec))
-    full_image = Image.open(io.BytesIO(data)).convert("RGB")
-    reference = full_image.crop((100, 0, 700, 600)).resize((64, 64), Image.Resampling.BILINEAR)
-    assert np.abs(decode(fast["__original.png"]) - np.asarray(reference, np.int32)).mean() < 4
+    # An 800x600 photo to 64 px: decoded at 1/8 scale, 100x75 would do for most variants,
+    # but crop needs 64/0.65 = 99 px, so 1/4 scale. The result must match full decoding.
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).resize((800, 600), Image.Resampling.LANCZOS)
+    jpeg = f.encode(photo, "JPEG", quality=95)
+    fast = decode(dict(augment_image(jpeg, "cls/img.jpg", AugmentSpec(size=64, format="png")))["__original.png"])
+    full = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    reference = np.asarray(full.resize((64, 64), Image.Resampling.LANCZOS, box=(100, 0, 700, 600)), float)
+    assert 10 * math.log10(255 ** 2 / np.mean((fast - reference) ** 2)) > 30   # dB
 
 
 def test_reduced_decoding_never_makes_a_variant_upsample():
