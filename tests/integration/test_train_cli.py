@@ -206,3 +206,38 @@ def test_bad_training_requests_are_refused_before_any_work(tiny):
     with pytest.raises(TrainingFailed, match="--min-workers must be between 1 and 2"):
         train(tiny, options("x", 1, min_workers=5))
     assert ck.read_run_config(tiny["models"], "x") is None
+
+
+def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeypatch, fashion_mnist_files):
+    import boto3
+
+    from dlpipe.store import S3Store
+
+    s3 = boto3.client("s3")
+    for bucket in ("dlpipe-train-data", "dlpipe-train-models"):
+        s3.create_bucket(Bucket=bucket)
+    cache = tmp_path / "shard-cache"
+    monkeypatch.setenv("DLPIPE_SHARD_CACHE", str(cache))   # inherited by the spawned workers
+    where = ["--home", str(tmp_path / "home"), "--data", "s3://dlpipe-train-data/p",
+             "--models", "s3://dlpipe-train-models", "--concurrency", "2"]
+    data, models = S3Store("dlpipe-train-data", "p"), S3Store("dlpipe-train-models")
+    write_fashion_mnist(data, "fm", limit=240, splits=("train",), progress=False)
+    assert cli(*where, "prepare", "--source", "fm/train", "--dataset", "s3fm", "--workers", "2",
+               "--val-fraction", "0.25", "--recipe", "fashion-mnist")[0] == 0
+    settings = Settings(data_url=data.url, model_url=models.url, table_url=f"sqlite:///{tmp_path}/t.sqlite")
+    with contextlib.closing(Session(settings, "local", concurrency=2)) as session:
+        opts = TrainOptions(dataset="s3fm", run="s3run", rounds=2, local_epochs=1, batch_size=32, output_dir=None)
+        run_training(session, opts, out=io.StringIO(), progress=False)
+        assert ck.latest_round(models, "s3run") == 2 and models.exists(ck.plot_key("s3run"))
+        manifest = json.loads(data.get(datasets.manifest_key("s3fm")))
+        parts = [k for s in manifest["shards"] for k in s["parts"]] + manifest["val"]["parts"]
+        # The workers kept their parts in /tmp: exactly the prepared parts' bytes...
+        cached = sorted(p.read_bytes() for p in cache.glob("*.npz"))
+        assert cached == sorted(data.get(k) for k in parts)
+        # ...and read them from there: with the parts gone from S3, a third round still runs.
+        for key in parts:
+            data.delete(key)
+        opts.rounds, opts.resume = 3, True
+        run_training(session, opts, out=io.StringIO(), progress=False)
+    weights, config = ck.load_global(models, "s3run")
+    assert ck.latest_round(models, "s3run") == 3 and config["classes"] == 10 and len(weights) == 52
