@@ -51,6 +51,15 @@ def process_pool(calls: int, workers: int, seconds: float) -> tuple[float, float
     return ready - start, elapsed
 
 
+def _sleep_by_value(seconds: float) -> float:
+    # Defined in this script (__main__), so it is pickled by value: given a function from
+    # a local module, Lithops ships the module and its workers race to import it.
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
 def lithops_localhost(calls: int, workers: int, seconds: float) -> tuple[float, float]:
     import lithops
 
@@ -60,10 +69,10 @@ def lithops_localhost(calls: int, workers: int, seconds: float) -> tuple[float, 
     with contextlib.redirect_stdout(io.StringIO()):  # Lithops prints progress lines
         start = time.perf_counter()
         executor = lithops.FunctionExecutor(config=config)
-        executor.map(sleep, [0.0] * (2 * workers))
+        executor.map(_sleep_by_value, [0.0] * (2 * workers), include_modules=[])
         executor.get_result()
         ready = time.perf_counter()
-        executor.map(sleep, [seconds] * calls)
+        executor.map(_sleep_by_value, [seconds] * calls, include_modules=[])
         results = executor.get_result()
         elapsed = time.perf_counter() - ready
         executor.clean()
