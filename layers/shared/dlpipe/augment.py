@@ -39,6 +39,7 @@ REDUCING_GAP = 3.0         # resize: integer reduce() first when shrinking 3x or
 ROTATE_DEGREES = 20.0              # angle in [-20, 20], zoomed in so no empty corners show
 CROP_SIDE = (0.65, 0.9)            # crop side as a fraction of the frame's side...
 CROP_ASPECT = (3 / 4, 4 / 3)       # ...with this aspect ratio jitter, then scaled to the output size
+CROP_MIN_SIDE = CROP_SIDE[0] * math.sqrt(CROP_ASPECT[0])  # the narrowest a crop can be, as a fraction
 BLUR_RADIUS = (0.6, 2.0)           # box blur radius in pixels per 256 pixels of output side
 COLOR_FACTOR = (0.5, 1.5)          # saturation: 0 is greyscale, 1 unchanged
 CONTRAST_FACTOR = (0.6, 1.4)
@@ -295,7 +296,7 @@ def decode_size(spec: AugmentSpec) -> int | None:
     if spec.size is None:
         return None
     if "crop" in spec.variants:
-        return math.ceil(spec.size / CROP_SIDE[0])
+        return math.ceil(spec.size / CROP_MIN_SIDE)
     return spec.size
 
 
