@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per invocation (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="V",
-                        help="variants to make, space or comma separated (default: %(default)s)")
+                        help=f"variants to make, space or comma separated (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random variants (default: 0)")
     parser.add_argument("--size", type=int, metavar="PX",
                         help="outputs are PX x PX: the centre square, scaled (default: the source's size)")

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
                     "so that each sub-folder of DIR becomes a class.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", metavar="DIR", help="local folder with one sub-folder per class")
-    parser.add_argument("--prefix", required=True, metavar="P", help="key prefix in the data store, e.g. raw")
+    parser.add_argument("--prefix", required=True, metavar="P",
+                        help="key prefix in the data store, e.g. raw ('' for the store's root)")
     parser.add_argument("--threads", type=int, default=8, metavar="N",
                         help="parallel uploads (default: %(default)s)")
     parser.set_defaults(run=run)
@@ -89,9 +90,9 @@ def run(args: argparse.Namespace, session) -> int:
     uploaded: list[tuple[str, int]] = []
 
     def upload(path: Path) -> tuple[str, int]:
-        key = join_key(prefix, path.relative_to(root).as_posix())
-        store.upload_file(path, key)
-        return key, path.stat().st_size
+        relative = path.relative_to(root).as_posix()
+        store.upload_file(path, join_key(prefix, relative))
+        return relative, path.stat().st_size
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool, \
@@ -106,14 +107,16 @@ def run(args: argparse.Namespace, session) -> int:
             bar.update(1)
     wall = time.perf_counter() - start
 
-    classes = Counter(key[len(prefix) + 1:].split("/")[0] for key, _ in uploaded
-                      if "/" in key[len(prefix) + 1:])
-    loose = sum(1 for key, _ in uploaded if "/" not in key[len(prefix) + 1:])
+    classes = Counter(relative.split("/")[0] for relative, _ in uploaded if "/" in relative)
+    loose = sum(1 for relative, _ in uploaded if "/" not in relative)
     total_bytes = sum(size for _, size in uploaded)
+    listed = [f"{name} ({n})" for name, n in sorted(classes.items())]
+    if len(listed) > 12:
+        listed = listed[:12] + [f"... {len(listed) - 12} more"]
     rows = [
-        ("store", f"{store.url} under {prefix}/"),
+        ("store", f"{store.url} under {prefix + '/' if prefix else 'the root'}"),
         ("files uploaded", f"{len(uploaded)} of {len(files)} ({total_bytes / 1e6:,.1f} MB)"),
-        ("classes", ", ".join(f"{name} ({n})" for name, n in sorted(classes.items())) or "none"),
+        ("classes", f"{len(classes)}: " + ", ".join(listed) if classes else "none"),
     ]
     if loose:
         rows.append(("not in a class folder", f"{loose} (uploaded, but they belong to no class)"))

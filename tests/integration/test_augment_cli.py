@@ -69,7 +69,7 @@ def test_upload_and_augment_on_a_directory_store(tmp_path, photos, capsys):
     out = capsys.readouterr().out
     store = DirStore(data)
     assert sorted(store.list("raw/")) == expected_sources(photos)
-    assert "cat (5), dog (3), odd (11)" in out and "hidden, skipped  2" in out
+    assert "classes          3: cat (5), dog (3), odd (11)" in out and "hidden, skipped  2" in out
 
     assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
                "--batch-size", "4") == 1
