@@ -1,11 +1,11 @@
 """The round loop of data-parallel training: orchestration only, no ML.
 
 Each round: every worker (a train function invocation) starts from the global weights and
-trains on its shard; failed workers are retried; the new global weights are the
-example-weighted mean of the workers' weights (dlpipe.averaging, in worker order, one
-worker in memory at a time); the evaluate action scores them on the validation parts;
-then the round is committed (dlpipe.checkpoints: weights, record, latest pointer, in that
-order). Everything a worker does is a function of (seed, round, worker), so a resumed
+trains on its shard; failed workers are retried; the new global weights (and Adam
+state) are the example-weighted mean of the workers' (dlpipe.averaging, in worker order,
+one worker in memory at a time); the evaluate action scores them on the validation parts;
+then the round is committed (dlpipe.checkpoints: optimizer state, weights, record, latest
+pointer, in that order). Everything a worker does is a function of (seed, round, worker), so a resumed
 run ends with the same weights as an uninterrupted one.
 
 `run_training(session, options)` is the whole job, callable without the CLI (the demo
@@ -158,7 +158,8 @@ def invoke_with_retries(invoker, events: list[dict], retries: int, on_result: Ca
 
 
 def check_train_payload(event: dict, payload: dict) -> str | None:
-    if not isinstance(payload, dict) or payload.get("weights_key") != event["output_key"]:
+    if not isinstance(payload, dict) or payload.get("weights_key") != event["output_key"] \
+            or payload.get("optimizer_key") != event["output_optimizer_key"]:
         return f"bad response: expected weights at {event['output_key']!r}, got {str(payload)[:200]}"
     if int(payload.get("num_examples", 0)) <= 0:
         return "trained on no examples (time budget too small?)"
@@ -348,13 +349,17 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mode
     round_start = time.perf_counter()
     n_before = len(invoker.records)
     events = [TrainRequest(action="train", run=run, round=round_, worker=w, attempt=0,
-                           global_key=ck.global_key(run, round_ - 1), shard_keys=parts,
-                           output_key=ck.worker_key(run, round_, w, 0), model=model_spec, recipe=recipe,
+                           global_key=ck.global_key(run, round_ - 1),
+                           global_optimizer_key=ck.optimizer_key(run, round_ - 1) if round_ > 1 else None,
+                           shard_keys=parts, output_key=ck.worker_key(run, round_, w, 0),
+                           output_optimizer_key=ck.worker_optimizer_key(run, round_, w, 0), model=model_spec,
+                           recipe=recipe,
                            hyper=hyper, time_budget_s=options.time_budget_s).model_dump(mode="json")
               for w, parts in enumerate(shard_parts)]
 
     def retry_event(event: dict, attempt: int) -> dict:
-        return {**event, "attempt": attempt, "output_key": ck.worker_key(run, round_, event["worker"], attempt)}
+        return {**event, "attempt": attempt, "output_key": ck.worker_key(run, round_, event["worker"], attempt),
+                "output_optimizer_key": ck.worker_optimizer_key(run, round_, event["worker"], attempt)}
 
     done, errors = invoke_with_retries(invoker, events, options.retries, tick, retry_event, check_train_payload)
     for w, (attempts, error) in sorted(errors.items()):
@@ -369,13 +374,15 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mode
             "let a round close on fewer workers with --min-workers.")
     trained_at = time.perf_counter()
 
-    # Average in worker order (not completion order) so the sum, and so the result, is reproducible.
-    average = WeightedAverage()
-    for w in sorted(done):
-        payload = done[w]
-        average.add(ck.load_weights(model_store, payload["weights_key"]), int(payload["num_examples"]),
-                    source=f"worker {w}")
-    ck.save_weights(model_store, ck.global_key(run, round_), average.result())
+    # Average in worker order (not completion order) so the sum, and so the result, is
+    # reproducible; the optimizer states are averaged the same way, and stored first.
+    targets = (("optimizer_key", ck.optimizer_key(run, round_)), ("weights_key", ck.global_key(run, round_)))
+    for field_name, key in targets:
+        average = WeightedAverage()
+        for w in sorted(done):
+            average.add(ck.load_weights(model_store, done[w][field_name]), int(done[w]["num_examples"]),
+                        source=f"worker {w}")
+        ck.save_weights(model_store, key, average.result())
     averaged_at = time.perf_counter()
 
     val = evaluate(invoker, model_spec, recipe, ck.global_key(run, round_), val_parts, options.retries,

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         description="Split the images under --source into train and validation sets, give each of --workers "
                     "training workers its own shard, and pack every shard into a few uint8 .npz objects "
                     "(decoded and resized by the train function with the preprocessing recipe that serving "
-                    "will use). Writes prepared/<dataset>/manifest.json in the data store.",
+                    "will use). Writes datasets/<dataset>/manifest.json in the data store.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, metavar="PREFIX", help="images as PREFIX/<class>/<image>")
     p.add_argument("--dataset", required=True, metavar="NAME", help="name of the prepared dataset")

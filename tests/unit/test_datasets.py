@@ -132,10 +132,10 @@ def test_pack_part_uses_the_recipe_and_skips_bad_images(tmp_path):
     store.put("src/b/3.png", png(10, (40, 40)))
     recipe = Recipe(size=16, channels=1, pad=2)
     result = datasets.pack_part(store, [("src/a/1.png", 0), ("src/a/2.png", 0), ("src/b/3.png", 1),
-                                        ("src/b/gone.png", 1)], recipe, "prepared/d/train/shard-000/part-000")
+                                        ("src/b/gone.png", 1)], recipe, "datasets/d/train/shard-000/part-000")
     assert result["count"] == 2
     assert {s["key"] for s in result["skipped"]} == {"src/a/2.png", "src/b/gone.png"}
-    assert result["key"].startswith("prepared/d/train/shard-000/part-000-") and result["key"].endswith(".npz")
+    assert result["key"].startswith("datasets/d/train/shard-000/part-000-") and result["key"].endswith(".npz")
     x, y = datasets.load_parts(store, [result["key"]])
     assert x.shape == (2, 16, 16, 1) and x.dtype == np.uint8 and y.tolist() == [0, 1]
     with Image.open(io.BytesIO(store.get("src/a/1.png"))) as image:

@@ -48,8 +48,8 @@ def world(tmp_path_factory):
             key = f"raw/c{label}/{i:03d}.png"
             data.put(key, png(image))
             items.append((key, label))
-    train = datasets.pack_part(data, items[::2] + items[1::2][:24], RECIPE, "prepared/t/train/shard-000/part-000")
-    val = datasets.pack_part(data, items[1::2][24:], RECIPE, "prepared/t/val/part-000")
+    train = datasets.pack_part(data, items[::2] + items[1::2][:24], RECIPE, "datasets/t/train/shard-000/part-000")
+    val = datasets.pack_part(data, items[1::2][24:], RECIPE, "datasets/t/val/part-000")
     return {"root": root, "data": data, "models": models, "train": train, "val": val}
 
 
@@ -119,6 +119,37 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial)) > 1e-3
 
 
+def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler):
+    """Round 2 starts from round 1's weights AND Adam state: one worker over two rounds is
+    plain Keras training that simply goes on (with the dropout seed of each round)."""
+    import keras
+
+    init_key = init(handler, "long")
+    first = train_event(world, "long", output_optimizer_key=checkpoints.worker_optimizer_key("long", 1, 0))
+    first["hyper"]["local_epochs"] = 1
+    r1 = handler(first, context())
+    second = {**first, "round": 2, "global_key": r1["weights_key"], "global_optimizer_key": r1["optimizer_key"],
+              "output_key": checkpoints.worker_key("long", 2, 0),
+              "output_optimizer_key": checkpoints.worker_optimizer_key("long", 2, 0)}
+    r2 = handler(second, context())
+    state = checkpoints.load_weights(world["models"], r2["optimizer_key"])
+    assert state[0] == 2 * r2["steps"] and len(state) == 1 + 2 * 52   # steps, then Adam's m and v per weight
+
+    x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
+    seed = first["hyper"]["seed"]
+    model = checkpoints.build_model(model_dict(), checkpoints.load_weights(world["models"], init_key),
+                                    dropout_seed=training.dropout_seed(seed, 1, 0))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    for round_ in (1, 2):
+        if round_ == 2:  # each round's dropout masks come from its own seed
+            model.get_layer("dropout").seed_generator.state.assign([training.dropout_seed(seed, 2, 0), 0])
+        order = training.epoch_order(seed, round_, 0, 0, len(y))
+        model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0)
+    worker = checkpoints.load_weights(world["models"], r2["weights_key"])
+    for got, want in zip(worker, model.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_warm_repeat_is_identical_and_seed_matters(world, handler):
     init(handler, "repeat")
     event = train_event(world, "repeat", time_budget_s=None)
@@ -174,7 +205,7 @@ def test_evaluate_matches_keras_evaluate(world, handler):
 def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
     world["data"].put("raw/c0/broken.png", b"\x89PNG\r\n\x1a\n not really")
     event = {"action": "pack", "items": [["raw/c0/000.png", 0], ["raw/c0/broken.png", 0], ["raw/c1/000.png", 1]],
-             "recipe": EVENT["recipe"], "output_prefix": "prepared/p/train/shard-000/part-000"}
+             "recipe": EVENT["recipe"], "output_prefix": "datasets/p/train/shard-000/part-000"}
     response = handler(event, context())
     assert response["count"] == 2
     assert [s["key"] for s in response["skipped"]] == ["raw/c0/broken.png"]
@@ -189,7 +220,7 @@ def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler)
         handler({"action": "fly"}, context())
     with pytest.raises(Exception, match="shard_keys"):
         handler({k: v for k, v in train_event(world, "bad").items() if k != "shard_keys"}, context())
-    missing = train_event(world, "bad", shard_keys=["prepared/t/train/shard-000/part-009-0000000000000000.npz"])
+    missing = train_event(world, "bad", shard_keys=["datasets/t/train/shard-000/part-009-0000000000000000.npz"])
     with pytest.raises(datasets.CorruptPart, match="missing.*prepare"):
         handler(missing, context())
     wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1})

@@ -6,14 +6,16 @@ Layout of a run (all keys relative to the model store)::
     runs/<run>/rounds/0000/global.npz              initial weights (round 0, from the seed)
     runs/<run>/rounds/0000/record.json
     runs/<run>/rounds/<r>/workers/<w>-a<k>.npz     worker w's weights after round r (attempt k)
+    runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
+    runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
     runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
     runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
     runs/<run>/latest.json                         {"round": r, ...}: the last COMPLETED round
     runs/<run>/metrics.json, metrics.png           per-round metrics and their plot
 
-A round is committed by writing, in this order, its global weights, its record and then
-the latest pointer: a crash at any moment leaves `latest.json` naming a round whose files
-are all complete, so resuming from it is always safe.
+A round is committed by writing, in this order, its optimizer state, its global weights,
+its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
+a round whose files are all complete, so resuming from it is always safe.
 
 Weights are a list of arrays in `model.get_weights()` order, stored as an .npz (no
 pickle) so the orchestrator and other tools read them with numpy alone.
@@ -64,6 +66,14 @@ def global_key(run: str, round: int) -> str:
 
 def worker_key(run: str, round: int, worker: int, attempt: int = 0) -> str:
     return f"{round_prefix(run, round)}workers/{worker:03d}-a{attempt}.npz"
+
+
+def worker_optimizer_key(run: str, round: int, worker: int, attempt: int = 0) -> str:
+    return f"{round_prefix(run, round)}workers/{worker:03d}-a{attempt}.adam.npz"
+
+
+def optimizer_key(run: str, round: int) -> str:
+    return f"{round_prefix(run, round)}optimizer.npz"
 
 
 def record_key(run: str, round: int) -> str:

@@ -134,7 +134,7 @@ def fashion_mnist_pngs(split: str, limit: int | None = None, directory: str | os
 # --- planning a prepared dataset -----------------------------------------------------
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-PREPARED_PREFIX = "prepared"
+PREPARED_PREFIX = "datasets"
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

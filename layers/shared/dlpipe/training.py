@@ -11,9 +11,11 @@ Actions, all on the one container-image function:
 Reproducibility: the data order of every epoch comes from a numpy generator seeded by
 (seed, round, worker, epoch), and the dropout masks from a seed derived the same way, so a
 round gives the same weights whether its worker is cold or warm, first try or retry.
-A warm worker reuses its compiled model (tracing costs ~5 s): every call resets the
-weights, the optimizer's state and the dropout seed, which is exactly what building a
-fresh model with the same seed would give.
+The Adam state (step count and moments) travels with the weights: workers store theirs and
+the orchestrator averages it like the weights, so one worker over R rounds trains like
+one long model.fit. A warm worker reuses its compiled model (tracing costs ~5 s): every
+call resets the weights, the optimizer's state and the dropout seed, which is exactly
+what building a fresh model with the same seed and state would give.
 
 TensorFlow/Keras are imported inside functions; the event models import without them.
 """
@@ -82,8 +84,10 @@ class TrainRequest(_Event):
     worker: int = Field(ge=0)
     attempt: int = Field(0, ge=0)
     global_key: str                      # weights to start from (model store)
+    global_optimizer_key: str | None = None   # Adam state to start from (None: a fresh optimizer)
     shard_keys: list[str] = Field(min_length=1)   # packed parts (data store)
     output_key: str                      # where to store this worker's weights (model store)
+    output_optimizer_key: str | None = None   # where to store its Adam state (None: not stored)
     model: ModelSpec
     recipe: dict
     hyper: Hyper = Hyper()
@@ -156,11 +160,25 @@ def compiled_model(spec: ModelSpec):
     return _MODELS[key]
 
 
-def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed_for_dropout: int) -> None:
+def _slots(model) -> list:
+    """The optimizer's state variables that training carries over: all but the learning rate."""
+    optimizer = model.optimizer
+    return [v for v in optimizer.variables if v is not optimizer.iterations and v.name != "learning_rate"]
+
+
+def optimizer_state(model) -> list[np.ndarray]:
+    """[step count (float64 scalar), Adam moments...]: floats, so they average like weights."""
+    return [np.asarray(int(model.optimizer.iterations.numpy()), np.float64)] + [v.numpy() for v in _slots(model)]
+
+
+def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed_for_dropout: int,
+                state: Sequence[np.ndarray] | None = None) -> None:
     """Put a (possibly used) compiled model in the state of a freshly built one.
 
     Fresh = built with Dropout(seed=seed_for_dropout), given `weights`, compiled with
-    Adam(learning_rate) (zero moments, zero iterations).
+    Adam(learning_rate), with the optimizer `state` of `optimizer_state` or, if None, a new
+    optimizer's (zero moments, zero steps). Carrying the state matters: a fresh Adam's
+    first full-size steps each round can kill SqueezeNet's final ReLUs for good.
     """
     expected = [tuple(w.shape) for w in model.weights]
     got = [tuple(np.shape(w)) for w in weights]
@@ -168,8 +186,16 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
         raise checkpoints.CheckpointError(f"global weights ({len(got)} arrays) do not fit the model "
                                           f"({len(expected)} arrays); was the run started with another model?")
     model.set_weights(list(weights))
-    for variable in model.optimizer.variables:
-        variable.assign(np.zeros(variable.shape, variable.dtype))
+    slots = _slots(model)
+    if state is None:
+        for variable in model.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+    else:
+        if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape) for a, v in zip(state[1:], slots)):
+            raise checkpoints.CheckpointError("the optimizer state does not fit the model's optimizer")
+        model.optimizer.iterations.assign(int(round(float(state[0]))))
+        for variable, value in zip(slots, state[1:]):
+            variable.assign(np.asarray(value, variable.dtype))
     model.optimizer.learning_rate = learning_rate
     for layer in model.layers:
         generator = getattr(layer, "seed_generator", None)
@@ -232,10 +258,13 @@ def run_train(request: TrainRequest, data_store, model_store,
     if int(y.max(initial=0)) >= request.model.classes or int(y.min(initial=0)) < 0:
         raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, the model has {request.model.classes} classes")
     global_weights = checkpoints.load_weights(model_store, request.global_key)
+    state = (checkpoints.load_weights(model_store, request.global_optimizer_key)
+             if request.global_optimizer_key else None)
     loaded = time.monotonic()
 
     model = compiled_model(request.model)
-    reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker))
+    reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker),
+                state)
     built = time.monotonic()
 
     n = len(y)
@@ -265,13 +294,15 @@ def run_train(request: TrainRequest, data_store, model_store,
     if examples_seen == 0:
         raise TimeoutError("the time budget ended before the first batch; raise --time-budget or the function timeout")
 
-    weights = model.get_weights()
-    size = checkpoints.save_weights(model_store, request.output_key, weights)
+    size = checkpoints.save_weights(model_store, request.output_key, model.get_weights())
+    if request.output_optimizer_key:
+        size += checkpoints.save_weights(model_store, request.output_optimizer_key, optimizer_state(model))
     finished = time.monotonic()
     train_s = trained - built
     return {
         "action": "train", "run": request.run, "round": request.round, "worker": request.worker,
-        "attempt": request.attempt, "weights_key": request.output_key, "num_examples": int(examples_seen),
+        "attempt": request.attempt, "weights_key": request.output_key,
+        "optimizer_key": request.output_optimizer_key, "num_examples": int(examples_seen),
         "shard_examples": int(n), "epochs_done": epochs_done, "steps": counter["steps"],
         "stopped_early": bool(counter["stopped"]), "loss": loss, "accuracy": accuracy,
         "train_seconds": round(train_s, 3), "images_per_second": round(examples_seen / max(train_s, 1e-9), 1),
