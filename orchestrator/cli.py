@@ -13,7 +13,7 @@ import sys
 from orchestrator.session import add_arguments, session_from_args
 
 # Sub-commands in the order --help lists them.
-COMMANDS = ["upload", "fashion_mnist", "augment", "prepare", "train", "export", "import_onnx", "models", "predict", "predictions"]
+COMMANDS = ["upload", "fashion_mnist", "augment", "prepare", "train", "export", "import_onnx", "models", "predict", "predictions", "demo"]
 
 EPILOG = """\
 examples:

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="engine: local process pool (default) or AWS Lambda (default with --stack-name)")
     g.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="concurrent invocations (default: cores for local, 16 for lambda)")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="show the local functions' own logs (Powertools JSON lines, TensorFlow messages)")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Session:
     concurrency: int | None = None
     function_names: dict[str, str] = field(default_factory=dict)
     architecture: str = "x86_64"
+    verbose: bool = False
     _invoker: Invoker | None = None
 
     @property
@@ -50,8 +53,15 @@ class Session:
             else:
                 from orchestrator.invokers.local import LocalInvoker
 
-                self._invoker = LocalInvoker(self.concurrency, env=self.settings.to_env())
+                self._invoker = LocalInvoker(self.concurrency, env={**self.settings.to_env(), **self.worker_log_env()})
         return self._invoker
+
+    def worker_log_env(self) -> dict[str, str]:
+        """Keep local workers' INFO logs out of the progress bars unless asked (or set by the user)."""
+        if self.verbose:
+            return {}
+        quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        return {k: v for k, v in quiet.items() if k not in os.environ}
 
     def data_store(self):
         return self.settings.data_store()
@@ -91,4 +101,4 @@ def session_from_args(args: argparse.Namespace) -> Session:
     settings = settings.with_overrides(args.data, args.models, args.table)
     if kind == "lambda" and not function_names:
         raise SystemExit("error: --invoker lambda needs --stack-name to find the deployed functions")
-    return Session(settings, kind, args.concurrency, function_names, architecture)
+    return Session(settings, kind, args.concurrency, function_names, architecture, verbose=args.verbose)

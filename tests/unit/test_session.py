@@ -72,3 +72,12 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("upload", "augment"):
         assert command in out
+
+
+def test_local_workers_are_quiet_unless_verbose(tmp_path, monkeypatch):
+    monkeypatch.delenv("POWERTOOLS_LOG_LEVEL", raising=False)
+    quiet = session_from_args(parse("--home", str(tmp_path)))
+    assert quiet.worker_log_env()["POWERTOOLS_LOG_LEVEL"] == "WARNING"
+    assert session_from_args(parse("--home", str(tmp_path), "--verbose")).worker_log_env() == {}
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "DEBUG")  # the user's own choice wins
+    assert "POWERTOOLS_LOG_LEVEL" not in quiet.worker_log_env()
