@@ -395,7 +395,7 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mode
         "worker_results": [{k: done[w][k] for k in ("worker", "attempt", "num_examples", "epochs_done", "steps",
                                                      "stopped_early", "loss", "accuracy", "train_seconds",
                                                      "images_per_second", "load_seconds", "setup_seconds",
-                                                     "upload_seconds")} for w in sorted(done)],
+                                                     "upload_seconds", "max_rss_mb")} for w in sorted(done)],
         "failed_workers": [{"worker": w, "attempts": a, "error": e} for w, (a, e) in sorted(errors.items())],
         "train": {"examples": examples,
                   "loss": sum(p["loss"] * p["num_examples"] for p in done.values()) / examples,

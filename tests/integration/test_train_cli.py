@@ -24,9 +24,6 @@ from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def fashion_mnist_files():
     for folder in (*datasets.FASHION_MNIST_DIRS, datasets.default_cache_dir() / "fashion-mnist"):
@@ -58,6 +55,7 @@ def learned(tmp_path_factory, fashion_mnist_files):
     return {"home": home, "outputs": outputs, "data": settings.data_store(), "models": settings.model_store()}
 
 
+@pytest.mark.slow
 def test_cli_prepares_and_trains_a_model_that_learns(learned):
     for name, (code, text) in learned["outputs"].items():
         assert code == 0, f"{name} failed:\n{text}"
@@ -145,6 +143,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     models = tiny["models"]
     train(tiny, options("straight", 3))
@@ -181,6 +180,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
         train(tiny, options("bumpy", 4, resume=True, batch_size=64))
 
 
+@pytest.mark.slow
 def test_min_workers_closes_a_round_on_the_survivors(tiny):
     models = tiny["models"]
     with corrupt_shard(tiny, 0) as key:
@@ -208,6 +208,7 @@ def test_bad_training_requests_are_refused_before_any_work(tiny):
     assert ck.read_run_config(tiny["models"], "x") is None
 
 
+@pytest.mark.slow
 def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeypatch, fashion_mnist_files):
     import boto3
 
@@ -241,3 +242,42 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
         run_training(session, opts, out=io.StringIO(), progress=False)
     weights, config = ck.load_global(models, "s3run")
     assert ck.latest_round(models, "s3run") == 3 and config["classes"] == 10 and len(weights) == 52
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["prepare", "--source", "photos", "--dataset", "d", "--workers", "2"], 2,
+     "no images in class folders under 'photos/'"),
+    (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2, "dataset name"),
+    (["prepare", "--source", "photos", "--dataset", "d", "--workers", "0"], 2, "--workers must be at least 1"),
+    (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 1, "no prepared dataset 'd'"),
+    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 1, "run name '../r' is not valid"),
+    (["fashion-mnist", "--limit", "0"], 2, "--limit must be at least 1"),
+])
+def test_usage_errors_say_what_to_do(tmp_path, capsys, args, code, message):
+    assert main(["--home", str(tmp_path / "home"), *args]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_prepare_lists_unreadable_images_and_packs_the_rest(tmp_path, capsys):
+    from PIL import Image
+
+    store = DirStore(tmp_path / "home" / "data")
+    for label, value in (("a", 30), ("b", 200)):
+        for i in range(6):
+            buffer = io.BytesIO()
+            Image.new("RGB", (40, 30), (value, i * 20, 0)).save(buffer, "PNG")
+            store.put(f"photos/{label}/{i}.png", buffer.getvalue())
+    store.put("photos/b/broken.jpg", b"\xff\xd8 truncated")
+    args = ["--home", str(tmp_path / "home"), "--concurrency", "2", "prepare", "--source", "photos",
+            "--dataset", "mini", "--workers", "2", "--val-fraction", "0.25", "--size", "16", "--part-size", "2"]
+    assert main(args) == 1          # something was skipped: the exit status says so
+    out = capsys.readouterr().out
+    assert "photos/b/broken.jpg: UnidentifiedImageError" in out and "1 unreadable images" in out
+    manifest = json.loads(store.get(datasets.manifest_key("mini")))
+    assert manifest["counts"]["train"] + manifest["counts"]["val"] == 12 and manifest["counts"]["skipped"] == 1
+    assert all(len(s["parts"]) >= 2 for s in manifest["shards"])   # --part-size 2 cut the shards up
+    first_parts = {k for s in manifest["shards"] for k in s["parts"]}
+    assert main(args[:-2] + ["--part-size", "100"]) == 1           # prepare again: the old parts are removed
+    capsys.readouterr()
+    left = set(store.list(datasets.dataset_prefix("mini")))
+    assert not left & first_parts and datasets.manifest_key("mini") in left

@@ -223,6 +223,16 @@ def _deadline_callback(deadline: float, counter: dict):
     return Deadline()
 
 
+def _max_rss_mb() -> float | None:
+    """Peak memory of this process so far: what the function's memory setting must cover."""
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
 # --- actions --------------------------------------------------------------------------
 
 def run_init(request: InitRequest, model_store) -> dict:
@@ -308,6 +318,7 @@ def run_train(request: TrainRequest, data_store, model_store,
         "train_seconds": round(train_s, 3), "images_per_second": round(examples_seen / max(train_s, 1e-9), 1),
         "load_seconds": round(loaded - started, 3), "setup_seconds": round(built - loaded, 3),
         "upload_seconds": round(finished - trained, 3), "weights_bytes": size,
+        "max_rss_mb": _max_rss_mb(),
     }
 
 
