@@ -88,6 +88,7 @@ def train_event(world, run: str, **changes) -> dict:
     return event
 
 
+@pytest.mark.slow
 def test_one_worker_round_equals_plain_keras_fit(world, handler):
     import keras
 
@@ -119,6 +120,7 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial)) > 1e-3
 
 
+@pytest.mark.slow
 def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler):
     """Round 2 starts from round 1's weights AND Adam state: one worker over two rounds is
     plain Keras training that simply goes on (with the dropout seed of each round)."""
