@@ -99,7 +99,8 @@ def overhead(records: list[dict], label: str) -> list[list]:
         rows.append([label, record["round"], f"{record['wall_seconds']:.1f}", f"{worker['train_seconds']:.1f}",
                      f"{worker['load_seconds'] + worker['setup_seconds'] + worker['upload_seconds']:.1f}",
                      f"{phases['average']:.2f}", f"{phases['evaluate']:.1f}",
-                     f"{1 - record['train_share']:.1%}"])
+                     f"{1 - record['train_share']:.1%}",
+                     f"{max(r.get('max_rss_mb') or 0 for r in record['worker_results']):,.0f}"])
     return rows
 
 
@@ -164,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
         table(f"2. time per round outside training (local epochs {args.local_epochs}, batch {args.batch_size}; "
               "seconds; round 1 includes the cold start)",
-              ["config", "round", "wall", "train", "load+setup+upload", "average", "evaluate", "outside training"],
+              ["config", "round", "wall", "train", "load+setup+upload", "average", "evaluate", "outside training",
+               "worker peak MB"],
               overhead_rows)
-        warm = [float(r[-1].rstrip("%")) for r in overhead_rows if r[1] > 1]
+        warm = [float(r[-2].rstrip("%")) for r in overhead_rows if r[1] > 1]
         if warm:
             print(f"  warm rounds: median {statistics.median(warm):.1f}% outside training (target < 10%)")
 
