@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from dlpipe import checkpoints as ck
 from dlpipe import datasets
-from dlpipe.averaging import WeightedAverage
+from dlpipe.averaging import AveragingError, WeightedAverage
+from dlpipe.store import StoreError
 from dlpipe.training import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
@@ -270,8 +271,9 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     config = ck.read_run_config(model_store, options.run)
     if config is not None and not options.resume:
         done = ck.latest_round(model_store, options.run)
-        raise TrainingFailed(f"run {options.run!r} already exists in {model_store.url} (last completed round: "
-                             f"{done}); continue it with --resume or choose another --run")
+        state = "no round completed yet" if done is None else f"last completed round: {done}"
+        raise TrainingFailed(f"run {options.run!r} already exists in {model_store.url} ({state}); "
+                             "continue it with --resume or choose another --run")
     stored_training = (config or {}).get("training") or {}
     hyper = resolve_hyper(options, stored_training)
     workers = options.workers or stored_training.get("workers") or len(manifest["shards"])
@@ -379,9 +381,14 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mode
     targets = (("optimizer_key", ck.optimizer_key(run, round_)), ("weights_key", ck.global_key(run, round_)))
     for field_name, key in targets:
         average = WeightedAverage()
-        for w in sorted(done):
-            average.add(ck.load_weights(model_store, done[w][field_name]), int(done[w]["num_examples"]),
-                        source=f"worker {w}")
+        try:
+            for w in sorted(done):
+                average.add(ck.load_weights(model_store, done[w][field_name]), int(done[w]["num_examples"]),
+                            source=f"worker {w}")
+        except (AveragingError, ck.CheckpointError, StoreError) as err:
+            raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
+                                 f"round is {round_ - 1}; if a worker diverged, start a new --run with a lower "
+                                 "--lr") from err
         ck.save_weights(model_store, key, average.result())
     averaged_at = time.perf_counter()
 
