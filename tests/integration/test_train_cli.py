@@ -192,8 +192,10 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
     assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
     assert result.failures and result.failures[0][0] == "round 1 worker 0"
     # The global model is worker 1's alone (an average of one), and it was evaluated.
-    worker1 = [k for k in models.list("runs/survivor/rounds/0001/workers/") if "/001-" in k]
-    assert same(ck.load_weights(models, ck.global_key("survivor", 1)), ck.load_weights(models, worker1[0]))
+    assert same(ck.load_weights(models, ck.global_key("survivor", 1)),
+                ck.load_weights(models, ck.worker_key("survivor", 1, 1, 0)))
+    assert same(ck.load_weights(models, ck.optimizer_key("survivor", 1)),
+                ck.load_weights(models, ck.worker_optimizer_key("survivor", 1, 1, 0)))
     assert record["val"]["count"] == json.loads(tiny["data"].get(datasets.manifest_key("tiny")))["val"]["count"]
     assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
 
