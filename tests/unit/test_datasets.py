@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import struct
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image
 
 from dlpipe import datasets
 from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore
+from dlpipe.store import DirStore, KeyNotFound, ObjectStore
 
 FASHION = Path(datasets.FASHION_MNIST_DIRS[0])
 
@@ -162,3 +163,60 @@ def test_load_parts_concatenates_in_order_and_catches_corruption(tmp_path):
         datasets.load_parts(store, ["p/plain.npz"])
     with pytest.raises(ValueError, match="shard is empty"):
         datasets.load_parts(store, [])
+
+
+class CountingStore(ObjectStore):
+    """An in-memory ObjectStore (like S3, not a directory) that counts downloads."""
+
+    url = "memory://test"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.gets = 0
+
+    def get(self, key):
+        self.gets += 1
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise KeyNotFound(key, self.url) from None
+
+    def put(self, key, data):
+        self.objects[key] = bytes(data)
+
+    def list(self, prefix=""):
+        return iter(sorted(k for k in self.objects if k.startswith(prefix)))
+
+    def exists(self, key):
+        return key in self.objects
+
+    def delete(self, key):
+        self.objects.pop(key, None)
+
+
+def test_warm_workers_read_parts_from_the_tmp_cache_and_evict_the_oldest(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_SHARD_CACHE", str(tmp_path / "cache"))
+    store = CountingStore()
+    keys = []
+    for i in range(3):
+        x = np.full((200, 16, 16, 1), i, np.uint8)   # ~51 kB each
+        data = datasets.arrays_to_npz(x, np.full(200, i, np.int32))
+        key = f"p/part-{i:03d}-{hashlib.sha256(data).hexdigest()[:datasets.HASH_CHARS]}.npz"
+        store.put(key, data)
+        keys.append(key)
+    monkeypatch.setenv("DLPIPE_SHARD_CACHE_MB", str(120_000 / 2 ** 20))   # room for two parts
+    datasets.load_parts(store, keys[:2])
+    assert store.gets == 2
+    x, y = datasets.load_parts(store, keys[:2])
+    assert store.gets == 2 and y[:1].tolist() == [0] and y[-1] == 1      # both from /tmp
+    datasets.load_parts(store, [keys[2]])                                 # evicts the least recently used
+    assert store.gets == 3 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    datasets.load_parts(store, [keys[1]])
+    assert store.gets == 3                                                # still cached
+    datasets.load_parts(store, [keys[0]])
+    assert store.gets == 4                                                # was evicted
+    # A damaged cache file is noticed by the hash and fetched again.
+    for path in (tmp_path / "cache").glob("*.npz"):
+        path.write_bytes(b"damaged")
+    x, _ = datasets.load_parts(store, [keys[0]])
+    assert store.gets == 5 and x[0, 0, 0, 0] == 0

@@ -313,11 +313,19 @@ def cache_limit_bytes() -> int:
 
 
 def _evict(folder: Path, need: int, limit: int) -> None:
-    files = sorted((p for p in folder.glob("*.npz")), key=lambda p: p.stat().st_mtime)
-    total = sum(p.stat().st_size for p in files)
+    """Delete least recently used parts until `need` more bytes fit under `limit`."""
+    files = []
+    for path in folder.glob("*.npz"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # evicted by another process meanwhile
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    files.sort()
+    total = sum(size for _, size, _ in files)
     while files and total + need > limit:
-        victim = files.pop(0)
-        total -= victim.stat().st_size
+        _, size, victim = files.pop(0)
+        total -= size
         victim.unlink(missing_ok=True)
 
 
@@ -331,14 +339,15 @@ def fetch_part(store, key: str) -> bytes:
     folder = cache_dir()
     name = hashlib.sha256(f"{store.url}\x00{key}".encode()).hexdigest()[:32] + ".npz"
     path = folder / name
-    if path.is_file():
+    try:  # other processes on the same machine may evict it at any moment: just fetch again
         data = path.read_bytes()
-        try:
-            verify_part(key, data)
-            os.utime(path)  # most recently used
-            return data
-        except CorruptPart:
-            path.unlink(missing_ok=True)
+        verify_part(key, data)
+        os.utime(path)  # most recently used
+        return data
+    except FileNotFoundError:
+        pass
+    except CorruptPart:
+        path.unlink(missing_ok=True)
     data = store.get(key)
     verify_part(key, data)
     limit = cache_limit_bytes()
