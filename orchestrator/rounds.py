@@ -213,6 +213,7 @@ def plot_metrics(metrics: dict) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rounds = metrics["rounds"]
     xs = [r["round"] for r in rounds]
@@ -225,6 +226,7 @@ def plot_metrics(metrics: dict) -> bytes:
             if points:
                 axes.plot(*zip(*points), style, label="validation" if split == "val" else "train (workers)")
         axes.set_xlabel("round")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
         axes.legend()
