@@ -8,10 +8,10 @@ decoding fans out over the train function's "pack" action, one part per invocati
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
-import uuid
 from typing import TextIO
 
 from tqdm import tqdm
@@ -136,7 +136,10 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
     manifest = {
         "format": 1, "dataset": dataset, "source": source, "val_source": val_source,
         "val_fraction": 0.0 if val_source else val_fraction, "classes": classes, "recipe": recipe_dict,
-        "shards": shards, "val": val, "created": datasets.now_iso(), "id": uuid.uuid4().hex,
+        "shards": shards, "val": val, "created": datasets.now_iso(),
+        # Same images, split and recipe -> same id: a run may resume on a dataset prepared again
+        # identically (the part keys are content hashes), never on one that changed.
+        "id": hashlib.sha256(json.dumps([classes, recipe_dict, shards, val], sort_keys=True).encode()).hexdigest()[:16],
         "counts": {"train": sum(s["count"] for s in shards), "val": val["count"], "skipped": len(skipped),
                    "train_per_class": plan.counts["train_per_class"]},
         "skipped": skipped[:1000],

@@ -279,7 +279,11 @@ def test_prepare_lists_unreadable_images_and_packs_the_rest(tmp_path, capsys):
     assert manifest["counts"]["train"] + manifest["counts"]["val"] == 12 and manifest["counts"]["skipped"] == 1
     assert all(len(s["parts"]) >= 2 for s in manifest["shards"])   # --part-size 2 cut the shards up
     first_parts = {k for s in manifest["shards"] for k in s["parts"]}
-    assert main(args[:-2] + ["--part-size", "100"]) == 1           # prepare again: the old parts are removed
+    assert main(args) == 1          # the same again: the same parts and dataset id, so runs on it may resume
+    again = json.loads(store.get(datasets.manifest_key("mini")))
+    assert again["id"] == manifest["id"] and again["shards"] == manifest["shards"]
+    assert main(args[:-2] + ["--part-size", "100"]) == 1           # prepared differently: the old parts are removed
     capsys.readouterr()
     left = set(store.list(datasets.dataset_prefix("mini")))
     assert not left & first_parts and datasets.manifest_key("mini") in left
+    assert json.loads(store.get(datasets.manifest_key("mini")))["id"] != manifest["id"]
