@@ -296,7 +296,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
         raise TrainingFailed(f"run {options.run!r} trains on dataset {config.get('dataset')!r}, not "
                              f"{options.dataset!r}; resume with --dataset {config.get('dataset')}")
     elif config.get("manifest_id") != manifest.get("id"):
-        raise TrainingFailed(f"dataset {options.dataset!r} was prepared again after run {options.run!r} started, "
+        raise TrainingFailed(f"dataset {options.dataset!r} was prepared differently after run {options.run!r} started, "
                              "so resuming would train on different shards; start a new --run")
     model_spec = ModelSpec.from_config(config["model"])
     recipe = config["model"]["recipe"]
