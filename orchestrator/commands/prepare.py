@@ -177,7 +177,8 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         ("store", f"{session.data_store().url}/{datasets.manifest_key(args.dataset)}"),
         ("classes", f"{len(manifest['classes'])}: {', '.join(manifest['classes'][:10])}"
                     + (" ..." if len(manifest["classes"]) > 10 else "")),
-        ("train", f"{counts['train']} images in {len(shard_sizes)} shards ({min(shard_sizes)}-{max(shard_sizes)} each)"),
+        ("train", f"{counts['train']} images in {len(shard_sizes)} shards "
+                  f"({min(shard_sizes)}-{max(shard_sizes)} each)"),
         ("validation", f"{counts['val']} images" + (f" from {manifest['val_source']}" if manifest["val_source"]
                                                     else f" ({manifest['val_fraction']:.0%} held out)")),
         ("skipped", f"{counts['skipped']} unreadable images"),

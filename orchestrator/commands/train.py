@@ -21,8 +21,8 @@ examples:
       --min-workers 3 --retries 2
   orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 5      # on AWS Lambda
 
-defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']}, --lr {DEFAULTS['learning_rate']}, \
---seed {DEFAULTS['seed']}; with --resume the run's own values.
+defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']}, \
+--lr {DEFAULTS['learning_rate']}, --seed {DEFAULTS['seed']}; with --resume the run's own values.
 Writes runs/RUN/ in the model store (config, per-round global weights and records, metrics.json,
 metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
   orchestrator export --run RUN"""

@@ -218,7 +218,8 @@ def build_model(config: dict, weights: Sequence[np.ndarray] | None = None, dropo
         expected = [tuple(w.shape) for w in model.weights]
         got = [tuple(np.shape(w)) for w in weights]
         if expected != got:
+            first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(got), len(expected)))
             raise CheckpointError(f"weights do not fit the model: {len(got)} arrays for {len(expected)}, "
-                                  f"first mismatch at {next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(got), len(expected)))}")
+                                  f"first mismatch at array {first}")
         model.set_weights(list(weights))
     return model

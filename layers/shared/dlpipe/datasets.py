@@ -68,7 +68,8 @@ def read_idx(data: bytes) -> np.ndarray:
     dtype = np.dtype(IDX_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"IDX file truncated or padded: {len(data) - header} data bytes, shape {shape} needs {expected}")
+        raise ValueError(f"IDX file truncated or padded: {len(data) - header} data bytes, "
+                         f"shape {shape} needs {expected}")
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -266,7 +266,8 @@ def run_train(request: TrainRequest, data_store, model_store,
         raise ValueError(f"shard images are {tuple(x.shape[1:])}, the model expects {expected_shape}; "
                          "prepare the dataset with the run's recipe")
     if int(y.max(initial=0)) >= request.model.classes or int(y.min(initial=0)) < 0:
-        raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, the model has {request.model.classes} classes")
+        raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, "
+                         f"the model has {request.model.classes} classes")
     global_weights = checkpoints.load_weights(model_store, request.global_key)
     state = (checkpoints.load_weights(model_store, request.global_optimizer_key)
              if request.global_optimizer_key else None)
@@ -289,7 +290,8 @@ def run_train(request: TrainRequest, data_store, model_store,
         order = epoch_order(hyper.seed, request.round, request.worker, epoch, n)
         # Plain fit on arrays, no shuffling: the same float operations as a user's own
         # model.fit on this data in this order (a PyDataset feeds the same values, yet
-        # its batches take a different path and Adam amplifies the round-off).
+        # its batches take a different path and Adam amplifies the round-off). Memory: the
+        # uint8 shard plus one float32 copy of it, 5 bytes per pixel.
         history = model.fit(recipe.normalize(x[order]), y[order], batch_size=hyper.batch_size, epochs=1,
                             shuffle=False, verbose=0, callbacks=[callback])
         steps = counter["steps"] - steps_before
