@@ -101,7 +101,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             image.draft(None, (scale_to, scale_to))
         try:
             image.load()  # the first frame only: animated GIF/WebP/PNG frames after it are ignored
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upright photo
             image = to_rgb(image)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageError(f"decompression bomb refused: {err}") from None
