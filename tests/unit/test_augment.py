@@ -16,9 +16,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 import imagefiles as f
-from dlpipe.augment import (CROP_MIN_SIDE, DEFAULT_VARIANTS, ROTATE_DEGREES, TRANSFORMS, VARIANTS, AugmentRequest,
-                            AugmentSpec, augment_batch, augment_image, decode_size, make_frame, output_names,
-                            output_stem, relative_key, sample, variant_seed)
+from dlpipe.augment import (CROP_MIN_SIDE, DEFAULT_VARIANTS, JPEG_QUALITY, ROTATE_DEGREES, TRANSFORMS, VARIANTS,
+                            AugmentRequest, AugmentSpec, augment_batch, augment_image, decode_size, encode, make_frame,
+                            output_names, output_stem, relative_key, sample, variant_seed)
 from dlpipe.images import ImageError, open_image
 from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError
 
@@ -105,6 +105,12 @@ def test_every_output_has_the_requested_size_and_format():
             assert (image.format, image.mode, image.size) == ("JPEG", "RGB", expected)
     for _, out in augment_image(data, "cls/img.jpg", AugmentSpec(variants=list(VARIANTS), format="png")):
         assert Image.open(io.BytesIO(out)).format == "PNG"
+
+
+def test_jpeg_encoding_writes_what_pillow_save_writes():
+    # encode() bypasses save()'s option handling; the bytes must not change with it.
+    for image in (f.photo(224, 224), f.photo(33, 17, seed=4), f.photo(40, 40).convert("L")):
+        assert encode(image, "jpeg") == f.encode(image, "JPEG", quality=JPEG_QUALITY)
 
 
 def test_outputs_are_byte_identical_on_rerun_and_depend_on_the_seed():
