@@ -180,6 +180,15 @@ def test_rotate_matches_a_careful_reference(source, size):
     assert 10 * math.log10(255 ** 2 / mse) > 28     # dB; the unrotated image scores about 10
 
 
+def test_enlarging_to_the_frame_edge_never_fails():
+    # (side, size) pairs where side/2 - (side/size) * size/2 rounds to a hair below 0: the
+    # resampling box must be clamped, or Pillow refuses it ("box offset can't be negative").
+    for side, size in ((14, 100), (55, 100), (21, 150), (84, 150)):
+        data = f.encode(f.photo(side, side + 3), "PNG")
+        outs = outputs(data, variants=list(VARIANTS), size=size)
+        assert all(out.shape == (size, size, 3) for out in outs.values())
+
+
 def test_crop_zooms_into_part_of_the_frame():
     ramp = np.tile(np.linspace(0, 255, 100).astype(np.uint8), (100, 1))
     data = f.encode(Image.fromarray(np.stack([ramp] * 3, -1)), "PNG")
