@@ -64,10 +64,11 @@ def test_predict_local_files_and_store_keys_as_json(where, files, tmp_path, capf
     DirStore(tmp_path / "data").put("raw/bird.jpg", f.jpeg(50, 50, seed=3))
     args = [files["cat.jpg"], files["dog.png"], "store:raw/bird.jpg", "raw/bird.jpg", files["notes.jpg"],
             "raw/missing.jpg"]
-    rc = main([*where, "predict", *map(str, args), "--top-k", "2", "--json"])
+    rc = main([*where, "--verbose", "predict", *map(str, args), "--top-k", "2", "--json"])
     captured = capfd.readouterr()
     assert rc == 1                                     # some images failed
-    # stdout is pure JSON: the summary and the workers' function logs (captured at the fd level) go to stderr
+    # stdout is pure JSON: the summary and the workers' function logs (shown with --verbose, captured at
+    # the fd level) go to stderr
     out = json.loads(captured.out)
     assert '"level":"INFO"' in captured.err
     assert [o["image"] for o in out] == [str(a) for a in args]

@@ -51,7 +51,9 @@ def test_workers_stay_warm_between_invocations(invoker):
     pids = {r.payload["pid"] for r in first + second}
     assert len(pids) <= 2                                # concurrency 2: at most two environments
     assert max(r.payload["calls_in_this_process"] for r in second) > 2
-    assert any(r.extra.get("cold") for r in first) and not any(r.extra.get("cold") for r in second)
+    # Exactly one cold start per environment, however the calls were spread over them.
+    assert sum(bool(r.extra.get("cold")) for r in first + second) == len(pids)
+    assert any(r.extra.get("cold") for r in first)
 
 
 def test_handler_error_is_reported_not_raised(invoker):
