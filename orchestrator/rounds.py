@@ -56,6 +56,7 @@ class TrainOptions:
     time_budget_s: float | None = None
     version: str = "1.1"
     stem: str = "auto"                   # auto | small | imagenet
+    classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
 
@@ -100,14 +101,14 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
     return assigned
 
 
-def model_config_for(manifest: dict, version: str, stem: str) -> dict:
+def model_config_for(manifest: dict, version: str, stem: str, classifier_relu: bool = False) -> dict:
     recipe = manifest["recipe"]
     size, channels = int(recipe["size"]), int(recipe["channels"])
     if stem not in ("auto", "small", "imagenet"):
         raise TrainingFailed(f"--stem must be auto, small or imagenet, not {stem!r}")
     small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
     return ck.model_config(version, (size, size, channels), len(manifest["classes"]), small,
-                           manifest["classes"], recipe)
+                           manifest["classes"], recipe, classifier_relu=classifier_relu)
 
 
 def resolve_hyper(options: TrainOptions, stored: dict | None) -> Hyper:
@@ -288,7 +289,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
 
     if config is None:
-        config = {"model": model_config_for(manifest, options.version, options.stem),
+        config = {"model": model_config_for(manifest, options.version, options.stem, options.classifier_relu),
                   "dataset": options.dataset, "manifest_id": manifest.get("id"),
                   "training": {**hyper.model_dump(), "workers": workers}, "created": datasets.now_iso()}
         ck.write_run_config(model_store, options.run, config)

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                    help="first convolution: stride 1 for small inputs, ImageNet's stride 2, or auto "
                         "(stride 1 up to 64 px; default)")
     p.add_argument("--version", choices=("1.0", "1.1"), default="1.1", help="SqueezeNet version (default: 1.1)")
+    p.add_argument("--classifier-relu", action="store_true",
+                   help="keep the reference SqueezeNet's ReLU after the last convolution (off by default: a class "
+                        "whose output it zeroes everywhere can never be learned again)")
     p.add_argument("--output", type=Path, default=Path("."), metavar="DIR",
                    help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
     p.add_argument("--keep-worker-weights", action="store_true",
@@ -68,7 +71,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         local_epochs=args.local_epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, seed=args.seed, min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
-                        version=args.version, stem=args.stem, output_dir=args.output,
+                        version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
+                        output_dir=args.output,
                         keep_worker_weights=args.keep_worker_weights)
 
 

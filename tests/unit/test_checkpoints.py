@@ -76,6 +76,27 @@ def test_model_config_checks_labels():
         ck.model_config("1.1", (32, 32, 1), 3, True, ["a", "b"], RECIPE.to_dict())
 
 
+def test_runs_from_before_classifier_relu_load_with_the_reference_relu(tmp_path):
+    store = DirStore(tmp_path)
+    old = {k: v for k, v in config().items() if k != "classifier_relu"}
+    ck.write_run_config(store, "old", {"model": old})
+    ck.save_weights(store, ck.global_key("old", 0), [np.zeros(1, np.float32)])
+    ck.commit_round(store, "old", 0, {})
+    assert ck.load_global(store, "old")[1]["classifier_relu"] is True
+
+
+def test_classifier_relu_is_optional():
+    import keras
+
+    x = np.random.default_rng(0).random((4, 32, 32, 1), np.float32)
+    for relu in (True, False):
+        model = ck.build_model({**config(), "classifier_relu": relu})
+        # A positive bias first: with the reference's small conv10 weights the outputs sit near 0.
+        model.get_layer("conv10").bias.assign(np.array([-1.0, 0.0, 1.0], np.float32))
+        logits = np.asarray(keras.Model(model.input, model.get_layer("conv10").output)(x))
+        assert (logits < 0).any() != relu
+
+
 def test_build_model_sets_the_weights_and_rejects_foreign_ones():
     model = ck.build_model(config())
     weights = [np.full(w.shape, 0.5, np.float32) for w in model.get_weights()]

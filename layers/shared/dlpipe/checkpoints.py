@@ -32,7 +32,9 @@ import numpy as np
 
 RUNS_PREFIX = "runs"
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MODEL_CONFIG_FIELDS = ("version", "input_shape", "classes", "small_inputs", "labels", "recipe")
+MODEL_CONFIG_FIELDS = ("version", "input_shape", "classes", "small_inputs", "labels", "recipe", "classifier_relu")
+# Fields added later, with the value that configs written before them mean.
+MODEL_CONFIG_DEFAULTS = {"classifier_relu": True}
 
 
 class CheckpointError(RuntimeError):
@@ -126,13 +128,14 @@ def load_weights(store, key: str) -> list[np.ndarray]:
 # --- run config, records and the latest pointer ------------------------------------
 
 def model_config(version: str, input_shape: Sequence[int], classes: int, small_inputs: bool,
-                 labels: Sequence[str], recipe: dict) -> dict:
+                 labels: Sequence[str], recipe: dict, classifier_relu: bool = True) -> dict:
     """The model config that export/serving needs to rebuild and feed the model."""
     if len(labels) != classes:
         raise ValueError(f"{len(labels)} labels for {classes} classes")
     return {"version": version, "input_shape": [int(v) for v in input_shape], "classes": int(classes),
             "small_inputs": bool(small_inputs), "labels": list(labels),
-            "recipe": json.loads(json.dumps(dict(recipe)))}  # as it reads back from JSON (lists, not tuples)
+            "recipe": json.loads(json.dumps(dict(recipe))),  # as it reads back from JSON (lists, not tuples)
+            "classifier_relu": bool(classifier_relu)}
 
 
 def put_json(store, key: str, value: Any) -> None:
@@ -186,8 +189,8 @@ def read_records(store, run: str, up_to: int | None = None) -> list[dict]:
 def load_global(model_store, run: str, round: int | None = None) -> tuple[list[np.ndarray], dict]:
     """Global weights of a completed round (default: the latest) and the run's model config.
 
-    The config is {"version", "input_shape", "classes", "small_inputs", "labels", "recipe"}:
-    everything `build_model` and a serving path need.
+    The config is {"version", "input_shape", "classes", "small_inputs", "labels", "recipe",
+    "classifier_relu"}: everything `build_model` and a serving path need.
     """
     config = read_run_config(model_store, run)
     if config is None:
@@ -201,7 +204,9 @@ def load_global(model_store, run: str, round: int | None = None) -> tuple[list[n
     elif not 0 <= round <= last:
         raise CheckpointError(f"run {run!r} has completed rounds 0..{last}; round {round} is not one of them")
     weights = load_weights(model_store, global_key(run, round))
-    return weights, {name: config["model"][name] for name in MODEL_CONFIG_FIELDS}
+    stored = config["model"]
+    return weights, {name: stored[name] if name in stored else MODEL_CONFIG_DEFAULTS[name]
+                     for name in MODEL_CONFIG_FIELDS}
 
 
 def build_model(config: dict, weights: Sequence[np.ndarray] | None = None, dropout_seed: int | None = None):
@@ -213,7 +218,8 @@ def build_model(config: dict, weights: Sequence[np.ndarray] | None = None, dropo
     from dlpipe.model import squeezenet
 
     model = squeezenet(config["version"], tuple(config["input_shape"]), int(config["classes"]),
-                       small_inputs=bool(config["small_inputs"]), dropout_seed=dropout_seed)
+                       small_inputs=bool(config["small_inputs"]), dropout_seed=dropout_seed,
+                       classifier_relu=bool(config.get("classifier_relu", MODEL_CONFIG_DEFAULTS["classifier_relu"])))
     if weights is not None:
         expected = [tuple(w.shape) for w in model.weights]
         got = [tuple(np.shape(w)) for w in weights]

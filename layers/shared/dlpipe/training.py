@@ -44,14 +44,20 @@ class ModelSpec(_Event):
     input_shape: tuple[int, int, int]
     classes: int = Field(ge=2)
     small_inputs: bool = False
+    classifier_relu: bool = True
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelSpec":
         return cls(version=config["version"], input_shape=tuple(config["input_shape"]),
-                   classes=config["classes"], small_inputs=config["small_inputs"])
+                   classes=config["classes"], small_inputs=config["small_inputs"],
+                   classifier_relu=config.get("classifier_relu", True))
+
+    def config(self) -> dict:
+        return {"version": self.version, "input_shape": self.input_shape, "classes": self.classes,
+                "small_inputs": self.small_inputs, "classifier_relu": self.classifier_relu}
 
     def key(self) -> tuple:
-        return (self.version, self.input_shape, self.classes, self.small_inputs)
+        return tuple(self.config().values())
 
 
 class Hyper(_Event):
@@ -132,9 +138,7 @@ def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
     keras.backend.clear_session()
     _MODELS.clear()
     keras.utils.set_random_seed(int(seed))
-    config = {"version": spec.version, "input_shape": spec.input_shape, "classes": spec.classes,
-              "small_inputs": spec.small_inputs}
-    return checkpoints.build_model(config).get_weights()
+    return checkpoints.build_model(spec.config()).get_weights()
 
 
 # One compiled model per warm worker, keyed by its ModelSpec (the learning rate is reset
@@ -150,9 +154,7 @@ def compiled_model(spec: ModelSpec):
     if key not in _MODELS:
         _MODELS.clear()
         keras.backend.clear_session()
-        config = {"version": spec.version, "input_shape": spec.input_shape, "classes": spec.classes,
-                  "small_inputs": spec.small_inputs}
-        model = checkpoints.build_model(config, dropout_seed=0)
+        model = checkpoints.build_model(spec.config(), dropout_seed=0)
         model.compile(optimizer=keras.optimizers.Adam(),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)
