@@ -1,0 +1,114 @@
+"""What each workload costs on Lambda, from the GB-seconds the invokers record.
+
+Runs each workload through the real commands with the local invoker (each function billed
+at its template memory, by the millisecond, as Lambda bills) and prints GB-seconds and
+dollars per unit of work at Lambda's list price:
+
+  augment   per 1,000 source photos of ~500 px (seven variants each, 224 px JPEG)
+  train     per training round of Fashion-MNIST (60,000 images, default 2 local epochs),
+            scaled from a measured smaller round (GB-s grow with image-epochs)
+  predict   per 1,000 predictions (SqueezeNet at 32 px, warm functions)
+
+Caveat, printed with the table: durations are this machine's. Lambda gives a function CPU
+in proportion to its memory (one vCPU at 1,769 MB), so a single-threaded workload at
+1,024 MB runs about 1.7 times longer there than on one core here, for the same GB-s per
+unit of CPU time; the "Lambda estimate" column applies that factor.
+
+Usage:  python bench/costs.py [--photos 64] [--train-images 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dlpipe.store import DirStore
+from orchestrator.cli import build_parser
+from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, summarize
+from orchestrator.functions import FUNCTIONS
+from orchestrator.session import session_from_args
+
+ONE_VCPU_MB = 1769
+
+
+def _bench_augment_module():
+    spec = importlib.util.spec_from_file_location("bench_augment", Path(__file__).with_name("augment.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_step(parser, session, argv: list[str], quiet: bool = False) -> list:
+    """Run one command on the session; return the invocations it made."""
+    first = len(session.invoker.records)
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        status = args.run(args, session)
+    if status:
+        raise SystemExit(f"`orchestrator {' '.join(argv)}` exited with status {status}")
+    return session.invoker.records[first:]
+
+
+def cpu_factor(function: str) -> float:
+    """How much longer a single-threaded call runs on Lambda than on one full core."""
+    return max(1.0, ONE_VCPU_MB / FUNCTIONS[function].memory_mb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=256, help="source photos for augment (default: %(default)s)")
+    ap.add_argument("--train-images", type=int, default=8000,
+                    help="Fashion-MNIST images in the measured round (default: %(default)s)")
+    ap.add_argument("--predictions", type=int, default=200, help="predictions to make (default: %(default)s)")
+    opts = ap.parse_args(argv)
+
+    home = tempfile.mkdtemp(prefix="dlpipe-costs-")
+    parser = build_parser()
+    session = session_from_args(parser.parse_args(["--home", home, "--concurrency", "2", "models"]))
+    rows = []
+    try:
+        bench_augment = _bench_augment_module()
+        bench_augment.make_sources(DirStore(Path(home) / "data"), opts.photos)
+        records = run_step(parser, session, ["augment", "--source", "raw", "--output", "augmented", "--size", "224"])
+        rows.append(("augment", "1,000 photos", records, 1000 / opts.photos))
+
+        run_step(parser, session, ["fashion-mnist", "--limit", str(opts.train_images), "--splits", "train", "test"])
+        run_step(parser, session, ["prepare", "--source", "fashion-mnist/train", "--val-source", "fashion-mnist/test",
+                                   "--dataset", "costs", "--workers", "2", "--recipe", "fashion-mnist"])
+        records = run_step(parser, session, ["train", "--dataset", "costs", "--run", "costs", "--rounds", "1"])
+        round_records = [r for r in records if (r.payload or {}).get("action") != "init"] or records
+        rows.append(("train", "round of 60,000 images", round_records, 60000 / opts.train_images))
+
+        run_step(parser, session, ["export", "--run", "costs", "--name", "costs"])
+        keys = [k for k in DirStore(Path(home) / "data").list("fashion-mnist/test/")][: opts.predictions]
+        run_step(parser, session, ["predict", f"store:{keys[0]}", "--model", "costs"], quiet=True)  # warm the workers
+        records = run_step(parser, session, ["predict", *[f"store:{k}" for k in keys], "--model", "costs"],
+                           quiet=True)
+        rows.append(("predict", "1,000 predictions", records, 1000 / len(keys)))
+    finally:
+        session.close()
+
+    price = PRICE_PER_GB_SECOND["x86_64"]
+    print("\nLambda cost per unit of work (x86_64 list price; local invoker, billed per ms at template memory)")
+    print(f"{'workload':<9} {'unit':<24} {'memory':>7} {'calls':>6} {'GB-s measured':>14} "
+          f"{'GB-s / unit':>12} {'$ / unit':>10} {'$ Lambda estimate':>18}")
+    for function, unit, records, scale in rows:
+        cost = summarize(records)
+        gbs_unit = cost.gb_seconds * scale
+        dollars = gbs_unit * price + cost.invocations * scale * PRICE_PER_REQUEST
+        estimate = gbs_unit * cpu_factor(function) * price + cost.invocations * scale * PRICE_PER_REQUEST
+        print(f"{function:<9} {unit:<24} {FUNCTIONS[function].memory_mb:>5}MB {cost.invocations:>6} "
+              f"{cost.gb_seconds:>14.2f} {gbs_unit:>12.2f} {dollars:>10.5f} {estimate:>18.5f}")
+    print(f"\nLambda estimate: GB-s x {ONE_VCPU_MB} MB / memory for functions under one vCPU (single-threaded "
+          f"work runs that much longer there). Measured {time.strftime('%Y-%m-%d')} on {sys.platform}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
