@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         run_step(parser, session, ["fashion-mnist", "--limit", str(opts.train_images), "--splits", "train", "test"])
         run_step(parser, session, ["prepare", "--source", "fashion-mnist/train", "--val-source", "fashion-mnist/test",
                                    "--dataset", "costs", "--workers", "2", "--recipe", "fashion-mnist"])
-        records = run_step(parser, session, ["train", "--dataset", "costs", "--run", "costs", "--rounds", "1"])
+        records = run_step(parser, session, ["train", "--dataset", "costs", "--run", "costs", "--rounds", "1",
+                                            "--output", home])
         round_records = [r for r in records if (r.payload or {}).get("action") != "init"] or records
         rows.append(("train", "round of 60,000 images", round_records, 60000 / opts.train_images))
 
