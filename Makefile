@@ -37,6 +37,9 @@ test-fast: setup
 bench: setup
 	$(PY) bench/augment.py
 	$(PY) bench/invoker.py
+	$(PY) bench/predict.py
+	$(PY) bench/costs.py
+	$(PY) bench/train.py --quick
 
 # The zip functions and the layer (the train image needs Docker: plain `sam build` builds all).
 sam-build: sam-setup
