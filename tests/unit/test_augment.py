@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -16,11 +15,12 @@ from PIL import Image
 from pydantic import ValidationError
 
 import imagefiles as f
+from memory_store import MemoryStore
 from dlpipe.augment import (CROP_MIN_SIDE, DEFAULT_VARIANTS, JPEG_QUALITY, ROTATE_DEGREES, TRANSFORMS, VARIANTS,
                             AugmentRequest, AugmentSpec, augment_batch, augment_image, decode_size, encode, make_frame,
                             output_names, output_stem, relative_key, sample, variant_seed)
 from dlpipe.images import ImageError, open_image
-from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError
+from dlpipe.store import DirStore
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -340,36 +340,6 @@ def test_a_short_time_limit_still_gets_work_done(store):
     request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="aug")
     response = augment_batch(request, store, time_left_ms=lambda: 1500)  # e.g. a 2 s function
     assert response.failed == 0 and response.images_out == 2 * len(DEFAULT_VARIANTS)
-
-
-class MemoryStore(ObjectStore):
-    """A remote-like store (not a directory), so the batch reads and writes on threads."""
-
-    def __init__(self, fail_on: str = "") -> None:
-        self.url, self.objects, self.fail_on, self.threads = "memory://", {}, fail_on, set()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        try:
-            return self.objects[key]
-        except KeyError:
-            raise KeyNotFound(key) from None
-
-    def put(self, key, data):
-        with self._lock:
-            self.threads.add(threading.current_thread().name)
-        if self.fail_on and self.fail_on in key:
-            raise StoreError(f"refused {key}")
-        self.objects[key] = data
-
-    def list(self, prefix=""):
-        return iter(sorted(k for k in self.objects if k.startswith(prefix)))
-
-    def exists(self, key):
-        return key in self.objects
-
-    def delete(self, key):
-        self.objects.pop(key, None)
 
 
 def test_remote_stores_are_read_and_written_on_threads_with_the_same_results(store):

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from dlpipe import datasets
+from memory_store import MemoryStore
 from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore, KeyNotFound, ObjectStore
+from dlpipe.store import DirStore
 
 FASHION = Path(datasets.FASHION_MNIST_DIRS[0])
 
@@ -165,38 +166,9 @@ def test_load_parts_concatenates_in_order_and_catches_corruption(tmp_path):
         datasets.load_parts(store, [])
 
 
-class CountingStore(ObjectStore):
-    """An in-memory ObjectStore (like S3, not a directory) that counts downloads."""
-
-    url = "memory://test"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.gets = 0
-
-    def get(self, key):
-        self.gets += 1
-        try:
-            return self.objects[key]
-        except KeyError:
-            raise KeyNotFound(key, self.url) from None
-
-    def put(self, key, data):
-        self.objects[key] = bytes(data)
-
-    def list(self, prefix=""):
-        return iter(sorted(k for k in self.objects if k.startswith(prefix)))
-
-    def exists(self, key):
-        return key in self.objects
-
-    def delete(self, key):
-        self.objects.pop(key, None)
-
-
 def test_warm_workers_read_parts_from_the_tmp_cache_and_evict_the_oldest(tmp_path, monkeypatch):
     monkeypatch.setenv("DLPIPE_SHARD_CACHE", str(tmp_path / "cache"))
-    store = CountingStore()
+    store = MemoryStore()
     keys = []
     for i in range(3):
         x = np.full((200, 16, 16, 1), i, np.uint8)   # ~51 kB each
