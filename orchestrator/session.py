@@ -81,8 +81,7 @@ def session_from_args(args: argparse.Namespace) -> Session:
     architecture = "x86_64"
     kind = args.invoker or "local"
     if args.stack_name:
-        from orchestrator.functions import FUNCTIONS
-        from orchestrator.invokers.aws import StackNotFound, stack_outputs
+        from orchestrator.invokers.aws import StackNotFound, deployed_function_names, stack_outputs
 
         try:
             outputs = stack_outputs(args.stack_name)
@@ -95,7 +94,7 @@ def session_from_args(args: argparse.Namespace) -> Session:
         settings = Settings(data_url=f"s3://{outputs['DataBucketName']}",
                             model_url=f"s3://{outputs['ModelBucketName']}",
                             table_url=f"dynamodb://{outputs['PredictionsTableName']}")
-        function_names = {s.name: outputs[s.output] for s in FUNCTIONS.values() if s.output in outputs}
+        function_names = deployed_function_names(outputs)
         architecture = outputs.get("Architecture", architecture)  # Lambda's price depends on it
         kind = args.invoker or "lambda"
     settings = settings.with_overrides(args.data, args.models, args.table)

@@ -68,6 +68,11 @@ def stack_outputs(stack_name: str, client=None) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
 
 
+def deployed_function_names(outputs: dict[str, str]) -> dict[str, str]:
+    """{logical function name: deployed name} from a stack's outputs (see FunctionSpec.output)."""
+    return {spec.name: outputs[spec.output] for spec in FUNCTIONS.values() if spec.output in outputs}
+
+
 def lambda_client(read_timeout_s: float, max_connections: int):
     import boto3
     from botocore.config import Config
@@ -97,7 +102,7 @@ class LambdaInvoker(Invoker):
     @classmethod
     def from_stack(cls, stack_name: str, concurrency: int = 16, cfn_client=None) -> "LambdaInvoker":
         outputs = stack_outputs(stack_name, cfn_client)
-        names = {spec.name: outputs[spec.output] for spec in FUNCTIONS.values() if spec.output in outputs}
+        names = deployed_function_names(outputs)
         if not names:
             raise RuntimeError(f"stack {stack_name!r} has no function outputs; was it deployed from template.yaml?")
         return cls(names, concurrency)
