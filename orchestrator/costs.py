@@ -27,14 +27,15 @@ class CostSummary:
                 f"{self.gb_seconds:,.1f} GB-s billed, ${self.dollars:.4f} at Lambda list price")
 
 
-def summarize(records: Iterable, architecture: str = "x86_64") -> CostSummary:
-    """Cost of a set of Invocation records (anything with billed_ms, memory_mb, ok)."""
+def summarize(records: Iterable) -> CostSummary:
+    """Cost of a set of Invocation records (billed_ms, memory_mb, ok, architecture), each at its own price."""
     records = list(records)
     gbs = sum(gb_seconds(r.billed_ms, r.memory_mb) for r in records)
+    compute = sum(gb_seconds(r.billed_ms, r.memory_mb) * PRICE_PER_GB_SECOND[r.architecture] for r in records)
     return CostSummary(
         invocations=len(records),
         failures=sum(1 for r in records if not r.ok),
         billed_ms=int(sum(r.billed_ms for r in records)),
         gb_seconds=gbs,
-        dollars=gbs * PRICE_PER_GB_SECOND[architecture] + len(records) * PRICE_PER_REQUEST,
+        dollars=compute + len(records) * PRICE_PER_REQUEST,
     )

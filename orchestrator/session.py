@@ -49,7 +49,8 @@ class Session:
             if self.invoker_kind == "lambda":
                 from orchestrator.invokers.aws import LambdaInvoker
 
-                self._invoker = LambdaInvoker(self.function_names, self.concurrency or 16)
+                self._invoker = LambdaInvoker(self.function_names, self.concurrency or 16,
+                                              architecture=self.architecture)
             else:
                 from orchestrator.invokers.local import LocalInvoker
 

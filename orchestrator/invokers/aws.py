@@ -88,9 +88,11 @@ class LambdaInvoker(Invoker):
     name = "lambda"
 
     def __init__(self, function_names: dict[str, str], concurrency: int = 16, client=None,
-                 max_throttle_retries: int = 8, backoff_s: float = 0.5, max_backoff_s: float = 20.0) -> None:
+                 max_throttle_retries: int = 8, backoff_s: float = 0.5, max_backoff_s: float = 20.0,
+                 architecture: str = "x86_64") -> None:
         super().__init__()
         self.function_names = function_names
+        self.architecture = architecture  # the stack's: every record is priced for it
         self.concurrency = concurrency
         longest = max(spec.timeout_s for spec in FUNCTIONS.values())
         self.client = client or lambda_client(longest + 60, concurrency)
@@ -105,7 +107,7 @@ class LambdaInvoker(Invoker):
         names = deployed_function_names(outputs)
         if not names:
             raise RuntimeError(f"stack {stack_name!r} has no function outputs; was it deployed from template.yaml?")
-        return cls(names, concurrency)
+        return cls(names, concurrency, architecture=outputs.get("Architecture", "x86_64"))
 
     def _deployed_name(self, function: str) -> str:
         try:
@@ -117,7 +119,8 @@ class LambdaInvoker(Invoker):
         from botocore.exceptions import ClientError, ReadTimeoutError
 
         spec = function_spec(function)
-        inv = Invocation(function=function, index=index, request_id="", ok=False, memory_mb=spec.memory_mb)
+        inv = Invocation(function=function, index=index, request_id="", ok=False, memory_mb=spec.memory_mb,
+                         architecture=self.architecture)
         start = time.perf_counter()
         body = json.dumps(event).encode()
         for attempt in range(self.max_throttle_retries + 1):

@@ -21,6 +21,7 @@ class Invocation:
     duration_ms: float = 0.0        # handler time as measured by the engine
     billed_ms: int = 0
     memory_mb: int = 0
+    architecture: str = "x86_64"    # Lambda prices arm64 lower; local runs are priced as x86_64
     attempts: int = 1
     wall_ms: float = 0.0            # client-side round trip, including queueing
     extra: dict = field(default_factory=dict)

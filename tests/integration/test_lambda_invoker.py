@@ -282,6 +282,7 @@ def test_from_stack_finds_the_deployed_functions_and_invokes_them(api, stack):
     with LambdaInvoker.from_stack(name, concurrency=2) as invoker:
         assert invoker.function_names == {"augment": AUGMENT, "predict": PREDICT}
         assert invoker.invoke("augment", {"k": 1}).payload["function"] == AUGMENT
+        assert invoker.architecture == "arm64"  # from the stack outputs: records are priced for it
 
 
 def test_a_session_for_a_stack_uses_its_buckets_table_and_functions(api, stack):
@@ -296,6 +297,7 @@ def test_a_session_for_a_stack_uses_its_buckets_table_and_functions(api, stack):
         assert session.settings.table_url == f"dynamodb://{outputs['PredictionsTableName']}"
         assert session.invoker.concurrency == 3
         assert session.invoker.call("predict", {"image": "x.png"})["function"] == PREDICT
+        assert [r.architecture for r in session.invoker.records] == ["arm64"]  # priced as the stack runs
     finally:
         session.close()
 
