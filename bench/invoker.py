@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path

@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from dlpipe import checkpoints as ck
 from dlpipe import datasets, training

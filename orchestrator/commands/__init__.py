@@ -1,0 +1,15 @@
+"""The orchestrator's sub-commands: one module each, registered by orchestrator.cli."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def add_command(subparsers, name: str, *, help: str, description: str, examples: str,
+                run: Callable[..., int]) -> argparse.ArgumentParser:
+    """A sub-command's parser, with its examples kept as written under the options."""
+    parser = subparsers.add_parser(name, help=help, description=description, epilog=examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser

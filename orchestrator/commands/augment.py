@@ -12,6 +12,7 @@ from tqdm import tqdm
 from dlpipe.augment import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec, output_stem, relative_key
 from dlpipe.images import ImageError
 from dlpipe.store import InvalidKey, validate_prefix
+from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary
 
@@ -28,12 +29,12 @@ job writes byte-identical files. Exit status is 1 if any image failed (each is l
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "augment", help="write augmented variants of every image under a prefix",
+    parser = add_command(
+        subparsers, "augment", help="write augmented variants of every image under a prefix",
         description="List the images under --source, cut them into batches, run the augment "
                     "function on every batch concurrently, and write the variants under --output, "
                     "keeping each image's class folder.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     parser.add_argument("--source", required=True, metavar="P", help="prefix of the source images, e.g. raw")
     parser.add_argument("--output", required=True, metavar="Q", help="prefix to write the variants under")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
@@ -47,7 +48,6 @@ def register(subparsers) -> None:
                         help="output format (default: %(default)s, quality 90)")
     parser.add_argument("--copies", type=int, default=1, metavar="K",
                         help="outputs per random variant, each differently random (default: 1)")
-    parser.set_defaults(run=run)
 
 
 def _hidden(key: str) -> bool:

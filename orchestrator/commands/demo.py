@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -24,12 +25,12 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help="run the whole pipeline on Fashion-MNIST (load, augment, prepare, train, export, predict)",
+    p = add_command(
+        subparsers, "demo", help="run the whole pipeline on Fashion-MNIST (load, augment, prepare, train, export, predict)",
         description="Write Fashion-MNIST into the data store as images in class folders, augment the training "
                     "images (original + mirror image), pack them into shards, train SqueezeNet 1.1 data-parallel "
                     "for a few rounds, export the result for LiteRT serving and predict on held-out test images.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--images", type=int, default=6000, metavar="N",
                    help="training images to use (and as many held-out test images; default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="training workers (default: %(default)s)")
@@ -38,7 +39,6 @@ def register(subparsers) -> None:
                    help="epochs each worker trains per round (default: %(default)s)")
     p.add_argument("--run-name", default="demo", metavar="RUN",
                    help="training run and model name (default: %(default)s); an existing run is resumed")
-    p.set_defaults(run=run)
 
 
 def _step(parser: argparse.ArgumentParser, session, title: str, argv: list[str]) -> None:

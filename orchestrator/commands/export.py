@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -15,18 +16,17 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="turn a training run's weights into a servable model version",
+    p = add_command(
+        subparsers, "export", help="turn a training run's weights into a servable model version",
         description="Rebuild the run's SqueezeNet with the global weights of a completed round, convert it to "
                     "LiteRT (float32) and write model.tflite, labels, preprocessing recipe and meta.json as the "
                     "next version of a model in the model store, then point the model's `latest` at it.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--run", dest="run_name", required=True, metavar="RUN",
                    help="the training run (as given to `orchestrator train`)")
     p.add_argument("--round", type=int, metavar="N", help="a completed round (default: the run's latest)")
     p.add_argument("--name", metavar="NAME", help="model name (default: the run name)")
     p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, session) -> int:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from dlpipe import datasets
 from dlpipe.store import InvalidKey, join_key, validate_prefix
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 EXAMPLES = f"""\
@@ -34,18 +35,17 @@ The IDX files come from --idx-dir, the Debian package dataset-fashion-mnist
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "fashion-mnist", help="write Fashion-MNIST into the data store as PNG images in class folders",
+    p = add_command(
+        subparsers, "fashion-mnist", help="write Fashion-MNIST into the data store as PNG images in class folders",
         description="Decode the Fashion-MNIST IDX files and store each image as a PNG under "
                     "PREFIX/<split>/<class>/, as a user's own dataset would arrive.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--prefix", default="fashion-mnist", metavar="P", help="key prefix (default: %(default)s)")
     p.add_argument("--limit", type=int, metavar="N", help="first N images of each split (default: all)")
     p.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
                    help="splits to write (default: train test)")
     p.add_argument("--idx-dir", metavar="DIR", help="folder with the four *-ubyte.gz files")
     p.add_argument("--threads", type=int, default=8, metavar="N", help="parallel writes (default: %(default)s)")
-    p.set_defaults(run=run)
 
 
 def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None = None,

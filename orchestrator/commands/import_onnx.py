@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from dlpipe.preprocess import Recipe
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -19,12 +20,12 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "import-onnx", help="import a pretrained SqueezeNet 1.0/1.1 ONNX file as a servable model",
+    p = add_command(
+        subparsers, "import-onnx", help="import a pretrained SqueezeNet 1.0/1.1 ONNX file as a servable model",
         description="Map an ONNX SqueezeNet 1.0 or 1.1 onto the pipeline's Keras SqueezeNet by graph structure, "
                     "convert it to LiteRT and write it to the model store with its labels and preprocessing "
                     "recipe. The version (1.0/1.1) is detected from the graph.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("file", metavar="FILE.onnx", help="the ONNX model")
     p.add_argument("--labels", required=True, metavar="FILE",
                    help="class names in output order: `wnid name, synonyms` lines (imagenet_synset_words.txt; "
@@ -35,7 +36,6 @@ def register(subparsers) -> None:
                    help="preprocessing recipe (dlpipe.preprocess.Recipe fields) if the weights were not trained "
                         "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "
                         "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, session) -> int:

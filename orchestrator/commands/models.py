@@ -7,6 +7,7 @@ import json
 import sys
 
 from dlpipe.serving import NotFound, latest_version, list_models, read_meta
+from orchestrator.commands import add_command
 
 EXAMPLES = """\
 examples:
@@ -15,13 +16,12 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "models", help="list servable model versions",
+    p = add_command(
+        subparsers, "models", help="list servable model versions",
         description="List the model versions in the model store that the predict function can serve "
                     "(written by `orchestrator export` and `orchestrator import-onnx`).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--json", action="store_true", help="print the versions' meta.json as JSON")
-    p.set_defaults(run=run)
 
 
 def _source(meta: dict) -> str:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dlpipe.serving import MAX_IMAGE_B64_CHARS, PredictRequest, list_models
 from dlpipe.store import StoreError, validate_key
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 STORE_PREFIX = "store:"
@@ -32,11 +33,11 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict", help="classify images with a served model: top-k classes with probabilities",
+    p = add_command(
+        subparsers, "predict", help="classify images with a served model: top-k classes with probabilities",
         description="Send each image to the predict function (local files inline as base64, or data-store "
                     "keys), print its top-k classes, and record every prediction in the predictions table.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="a local image file, or a data-store key as store:KEY (a name that is not a local file "
                         "is taken as a key)")
@@ -46,7 +47,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the responses as JSON instead of tables")
     p.add_argument("--show", metavar="OUT.png",
                    help="also draw each image beside a bar chart of its top-k, one row per image")
-    p.set_defaults(run=run)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import sys
 
 from dlpipe.predictions import TableError, open_table
+from orchestrator.commands import add_command
 
 EXAMPLES = """\
 examples:
@@ -16,14 +17,13 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predictions", help="list recorded predictions, newest first",
+    p = add_command(
+        subparsers, "predictions", help="list recorded predictions, newest first",
         description="List the predictions the predict function recorded in the predictions table "
                     "(SQLite by default, DynamoDB with --stack-name or --table dynamodb://TABLE).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default: %(default)s; 0 = all)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
-    p.set_defaults(run=run)
 
 
 def _image(record) -> str:

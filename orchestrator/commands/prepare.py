@@ -19,6 +19,7 @@ from tqdm import tqdm
 from dlpipe import datasets
 from dlpipe.preprocess import RESIZE_MODES, Recipe
 from dlpipe.training import PackRequest
+from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary
 from orchestrator.rounds import invoke_with_retries
@@ -45,13 +46,13 @@ centre crop, ImageNet mean/std); --size/--channels/... override a recipe's field
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="pack class-folder images into sharded arrays for training",
+    p = add_command(
+        subparsers, "prepare", help="pack class-folder images into sharded arrays for training",
         description="Split the images under --source into train and validation sets, give each of --workers "
                     "training workers its own shard, and pack every shard into a few uint8 .npz objects "
                     "(decoded and resized by the train function with the preprocessing recipe that serving "
                     "will use). Writes datasets/<dataset>/manifest.json in the data store.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--source", required=True, metavar="PREFIX", help="images as PREFIX/<class>/<image>")
     p.add_argument("--dataset", required=True, metavar="NAME", help="name of the prepared dataset")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers (= shards)")
@@ -70,7 +71,6 @@ def register(subparsers) -> None:
     p.add_argument("--part-size", type=int, default=5000, metavar="N",
                    help="images per packed object (default: %(default)s)")
     p.add_argument("--retries", type=int, default=1, metavar="K", help="re-invocations of a failed pack (default: 1)")
-    p.set_defaults(run=run)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:

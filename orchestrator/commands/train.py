@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary
 from orchestrator.rounds import DEFAULTS, TrainingFailed, TrainOptions, run_training
@@ -29,13 +30,13 @@ metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train SqueezeNet data-parallel on a prepared dataset",
+    p = add_command(
+        subparsers, "train", help="train SqueezeNet data-parallel on a prepared dataset",
         description="Run ROUNDS rounds of data-parallel training: each round every worker (one train function "
                     "invocation) starts from the global weights and trains --local-epochs on its shard; the new "
                     "global weights are the workers' weights averaged by example count, scored on the validation "
                     "set. Failed workers are retried; a round is committed only when complete.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     p.add_argument("--dataset", required=True, metavar="NAME", help="a dataset made by `orchestrator prepare`")
     p.add_argument("--run", dest="run_name", required=True, metavar="RUN", help="name of this training run")
     p.add_argument("--rounds", type=int, required=True, metavar="R", help="train until round R is complete")
@@ -63,7 +64,6 @@ def register(subparsers) -> None:
                    help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
     p.add_argument("--keep-worker-weights", action="store_true",
                    help="keep every worker's weights in the store (default: delete once the round is averaged)")
-    p.set_defaults(run=run)
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

@@ -14,6 +14,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from dlpipe.store import InvalidKey, join_key, validate_prefix
+from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -28,17 +29,16 @@ uploaded as it is: bad images are reported later, by `augment`, one by one."""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "upload", help="copy a local folder of class sub-folders into the data store",
+    parser = add_command(
+        subparsers, "upload", help="copy a local folder of class sub-folders into the data store",
         description="Copy DIR into the data store under PREFIX, keeping the relative paths, "
                     "so that each sub-folder of DIR becomes a class.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, run=run)
     parser.add_argument("directory", metavar="DIR", help="local folder with one sub-folder per class")
     parser.add_argument("--prefix", required=True, metavar="P",
                         help="key prefix in the data store, e.g. raw ('' for the store's root)")
     parser.add_argument("--threads", type=int, default=8, metavar="N",
                         help="parallel uploads (default: %(default)s)")
-    parser.set_defaults(run=run)
 
 
 def local_files(root: Path) -> tuple[list[Path], int]:
