@@ -18,11 +18,14 @@ from dlpipe import checkpoints as ck
 from dlpipe import datasets
 from dlpipe.config import Settings
 from dlpipe.store import DirStore
+from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
+
+HANGING = Path(__file__).parent / "handlers" / "hanging_train.py"
 
 @pytest.fixture(scope="module")
 def fashion_mnist_files():
@@ -198,6 +201,26 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
                 ck.load_weights(models, ck.worker_optimizer_key("survivor", 1, 1, 0)))
     assert record["val"]["count"] == json.loads(tiny["data"].get(datasets.manifest_key("tiny")))["val"]["count"]
     assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
+
+
+@pytest.mark.slow
+def test_a_worker_that_times_out_is_retried_and_the_round_is_unchanged(tiny, monkeypatch):
+    models = tiny["models"]
+    train(tiny, options("punctual", 1))
+    # Worker 1's first attempt hangs past the function's time limit (long enough for a
+    # cold worker to train this tiny shard) and is killed; its retry succeeds.
+    monkeypatch.setitem(functions.FUNCTIONS, "train",
+                        functions.FunctionSpec("train", f"{HANGING}:handler", 4096, 45, "TrainFunctionName"))
+    result = train(tiny, options("late", 1, retries=1))
+    record = result.final
+    assert record["workers_ok"] == 2 and not record["failed_workers"]
+    assert [r["attempt"] for r in record["worker_results"]] == [0, 1]
+    assert result.failures == [] and any(
+        not inv.ok and "Sandbox.Timedout: Task timed out after 45.00 seconds" in inv.error
+        for inv in result.invocations)
+    # A worker's training depends on (seed, round, worker), not on the attempt: same weights.
+    assert same(ck.load_weights(models, ck.global_key("late", 1)),
+                ck.load_weights(models, ck.global_key("punctual", 1)))
 
 
 def test_bad_training_requests_are_refused_before_any_work(tiny):
