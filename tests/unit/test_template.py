@@ -307,6 +307,10 @@ def test_train_dockerfile_pins_its_base_image_and_packages():
     for base in (words[0] for words in froms if words[0] not in stages):
         pinned = "@sha256:" in base or re.search(r":[^/:]+$", base)
         assert pinned and not base.endswith(":latest"), f"base image {base} is not pinned to a tag"
+        if base.startswith("public.ecr.aws/lambda/") and "@sha256:" not in base:
+            # AWS moves 3.12 with every release; the dated tags (3.12.YYYY.MM.DD.HH) stay put.
+            assert re.search(r":\d+\.\d+\.\d{4}\.\d{2}\.\d{2}\.\d{2}(-\w+)?$", base), \
+                f"base image {base} is a moving tag: pin a dated release or a digest"
     runs = [rest for keyword, rest in instructions if keyword == "RUN"]
     problems = [p for run in runs for p in unpinned_pip_arguments(run)]
     assert not problems, f"unpinned packages in {DOCKERFILE.name}: {problems}"
