@@ -13,6 +13,7 @@ EXAMPLES = """\
 examples:
   orchestrator predictions                      # the 20 most recent
   orchestrator predictions --limit 200 --json   # as JSON records
+  orchestrator predictions --model fm1          # one model's (on DynamoDB: its index, no scan)
   orchestrator --stack-name dlpipe predictions  # the DynamoDB table of a deployed stack"""
 
 
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
                     "(SQLite by default, DynamoDB with --stack-name or --table dynamodb://TABLE).",
         examples=EXAMPLES, run=run)
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default: %(default)s; 0 = all)")
+    p.add_argument("--model", metavar="NAME", help="only this model's predictions (any version)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
 
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace, session) -> int:
         raise SystemExit("error: --limit must be 0 (all) or more")
     table = open_table(session.settings.table_url)
     try:
-        records = table.list(args.limit or None)
+        records = table.list(args.limit or None, model=args.model)
     except TableError as err:
         raise SystemExit(f"error: {err}")
     finally:
@@ -45,7 +47,9 @@ def run(args: argparse.Namespace, session) -> int:
         print()
         return 0
     if not records:
-        print(f"no predictions recorded in {table.url} yet: run `orchestrator predict IMAGE`")
+        which = f"for model {args.model!r} " if args.model else ""
+        print(f"no predictions recorded {which}in {table.url} yet: run `orchestrator predict IMAGE`"
+              + (" or see `orchestrator models`" if args.model else ""))
         return 0
     rows = [(r.created[:19].replace("T", " "), f"{r.model} {r.version}", _image(r),
              f"{r.top[0]['label']} {r.top[0]['probability']:.3f}" if r.top else "-", f"{r.latency_ms:.1f}",

@@ -117,3 +117,8 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
         assert item["model"] == "e2e" and item["version"] == p["model"]["version"]
         assert [t["label"] for t in item["top"]] == [t["label"] for t in p["top"]]
     assert by_id[predicted[1]["id"]]["image_key"] == "raw/coat/" + sorted(photos.glob("coat/*.png"))[0].name
+    # Listing one model's predictions goes through the template's index on the table.
+    listed = json.loads(cli("predictions", "--model", "e2e", "--json"))
+    assert sorted(r["id"] for r in listed) == sorted(p["id"] for p in predicted)
+    assert [r["created"] for r in listed] == sorted((r["created"] for r in listed), reverse=True)
+    assert json.loads(cli("predictions", "--model", "other", "--json")) == []

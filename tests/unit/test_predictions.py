@@ -12,8 +12,9 @@ from dlpipe.predictions import DynamoTable, PredictionRecord, SqliteTable, Table
 
 
 def record(i: int, created: str | None = None, **fields) -> PredictionRecord:
+    fields = {"model": "m", **fields}
     return PredictionRecord(
-        id=f"id-{i:04d}", created=created or f"2026-01-01T00:00:{i % 60:02d}.000+00:00", model="m", version="v1",
+        id=f"id-{i:04d}", created=created or f"2026-01-01T00:00:{i % 60:02d}.000+00:00", version="v1",
         top=[{"label": "cat", "index": 3, "probability": 0.812345}, {"label": "dog", "index": 1, "probability": 0.1}],
         latency_ms=7.25, image_sha256="ab" * 32, **fields)
 
@@ -56,6 +57,15 @@ def test_list_is_newest_first_with_limit(table):
     assert [r.id for r in table.list(3)] == ["id-0005", "id-0004", "id-0003"]
     assert [r.id for r in table.list(None)] == [f"id-000{i}" for i in (5, 4, 3, 2, 1)]
     assert table.count() == 5
+
+
+def test_list_one_model_newest_first(table):
+    for i in (3, 1, 2, 5, 4, 6):
+        table.put(record(i, model="even" if i % 2 == 0 else "odd"))
+    assert [r.id for r in table.list(None, model="even")] == ["id-0006", "id-0004", "id-0002"]
+    assert [r.id for r in table.list(2, model="odd")] == ["id-0005", "id-0003"]
+    assert table.list(5, model="none") == []
+    assert len(table.list(None)) == 6
 
 
 def test_open_table_urls(tmp_path):

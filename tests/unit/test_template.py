@@ -17,6 +17,7 @@ from cfnlint.config import ManualArgs
 from cfnlint.decode.decode import decode_str
 from cfnlint.helpers import REGIONS
 
+from dlpipe.predictions import DynamoTable
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -213,8 +214,15 @@ def test_predictions_table_is_on_demand_keyed_by_id_with_point_in_time_recovery(
     props = template["Resources"]["PredictionsTable"]["Properties"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
-    assert props["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    # The index DynamoTable.list(model=...) queries: a model's records by time, every attribute.
+    [index] = props["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == DynamoTable.MODEL_INDEX
+    assert index["KeySchema"] == [{"AttributeName": "model", "KeyType": "HASH"},
+                                  {"AttributeName": "created", "KeyType": "RANGE"}]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+    assert {d["AttributeName"]: d["AttributeType"] for d in props["AttributeDefinitions"]} == \
+        {"id": "S", "model": "S", "created": "S"}
 
 
 def test_samconfig_deploys_stack_dlpipe_non_interactively_in_the_environments_region():

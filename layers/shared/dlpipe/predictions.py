@@ -58,8 +58,8 @@ class PredictionsTable(ABC):
         """The record with this id, or None."""
 
     @abstractmethod
-    def list(self, limit: int | None = 20) -> list[PredictionRecord]:
-        """Records, newest first; all of them when limit is None."""
+    def list(self, limit: int | None = 20, model: str | None = None) -> list[PredictionRecord]:
+        """Records, newest first; all of them when limit is None; only `model`'s if given."""
 
     def count(self) -> int:
         return len(self.list(None))
@@ -99,6 +99,7 @@ class SqliteTable(PredictionsTable):
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
                 conn.execute(self.SCHEMA)
                 conn.execute("CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created)")
+                conn.execute("CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, created)")
             except sqlite3.Error as err:
                 raise TableError(f"cannot open the predictions table {self.url}: {err}") from None
             self._local.conn, self._local.pid = conn, os.getpid()
@@ -114,10 +115,14 @@ class SqliteTable(PredictionsTable):
         row = self._conn().execute("SELECT body FROM predictions WHERE id = ?", (record_id,)).fetchone()
         return PredictionRecord.from_dict(json.loads(row[0])) if row else None
 
-    def list(self, limit: int | None = 20) -> list[PredictionRecord]:
-        sql = "SELECT body FROM predictions ORDER BY created DESC, id"
-        rows = self._conn().execute(sql + (" LIMIT ?" if limit is not None else ""),
-                                    (limit,) if limit is not None else ()).fetchall()
+    def list(self, limit: int | None = 20, model: str | None = None) -> list[PredictionRecord]:
+        sql, params = "SELECT body FROM predictions", []
+        if model is not None:
+            sql, params = sql + " WHERE model = ?", [model]
+        sql += " ORDER BY created DESC, id"
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, limit]
+        rows = self._conn().execute(sql, params).fetchall()
         return [PredictionRecord.from_dict(json.loads(body)) for (body,) in rows]
 
     def count(self) -> int:
@@ -155,11 +160,14 @@ def _from_dynamo(value):
 class DynamoTable(PredictionsTable):
     """A DynamoDB table keyed by `id` (string), as template.yaml creates it.
 
-    `list` scans and sorts by `created`: fine for the hundreds-to-thousands of records
-    of a demo; a large table wants a GSI on time instead.
+    A model's records come newest first from the `by-model` index (partition `model`, sort
+    `created`), reading only as many as asked for. Listing across all models scans and
+    sorts: DynamoDB has no global order without a single hot partition key, and a scan is
+    fine for an occasional look at a table of thousands.
     """
 
     KEY = "id"
+    MODEL_INDEX = "by-model"
 
     def __init__(self, name: str, resource=None) -> None:
         if not name:
@@ -208,18 +216,31 @@ class DynamoTable(PredictionsTable):
         item = self._call(self.table.get_item, Key={self.KEY: record_id}, ConsistentRead=True).get("Item")
         return PredictionRecord.from_dict(_from_dynamo(item)) if item else None
 
-    def _scan(self) -> Iterator[dict]:
-        kwargs: dict = {}
+    def _pages(self, fn, **kwargs) -> Iterator[dict]:
         while True:
-            page = self._call(self.table.scan, **kwargs)
+            page = self._call(fn, **kwargs)
             yield from page.get("Items", [])
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def list(self, limit: int | None = 20) -> list[PredictionRecord]:
-        items = sorted(self._scan(), key=lambda item: (item.get("created", ""), item[self.KEY]), reverse=True)
-        return [PredictionRecord.from_dict(_from_dynamo(item)) for item in items[:limit]]
+    def list(self, limit: int | None = 20, model: str | None = None) -> list[PredictionRecord]:
+        if model is None:
+            items = sorted(self._pages(self.table.scan), key=lambda item: (item.get("created", ""), item[self.KEY]),
+                           reverse=True)[:limit]
+        else:
+            from boto3.dynamodb.conditions import Key
+
+            query = {"IndexName": self.MODEL_INDEX, "KeyConditionExpression": Key("model").eq(model),
+                     "ScanIndexForward": False}
+            if limit is not None:
+                query["Limit"] = limit
+            items = []
+            for item in self._pages(self.table.query, **query):
+                items.append(item)
+                if limit is not None and len(items) >= limit:
+                    break
+        return [PredictionRecord.from_dict(_from_dynamo(item)) for item in items]
 
     @staticmethod
     def create(name: str, client=None) -> "DynamoTable":
@@ -227,9 +248,13 @@ class DynamoTable(PredictionsTable):
         import boto3
 
         client = client or boto3.client("dynamodb")
-        client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                            AttributeDefinitions=[{"AttributeName": DynamoTable.KEY, "AttributeType": "S"}],
-                            KeySchema=[{"AttributeName": DynamoTable.KEY, "KeyType": "HASH"}])
+        client.create_table(
+            TableName=name, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in (DynamoTable.KEY, "model", "created")],
+            KeySchema=[{"AttributeName": DynamoTable.KEY, "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[{"IndexName": DynamoTable.MODEL_INDEX, "Projection": {"ProjectionType": "ALL"},
+                                     "KeySchema": [{"AttributeName": "model", "KeyType": "HASH"},
+                                                   {"AttributeName": "created", "KeyType": "RANGE"}]}])
         client.get_waiter("table_exists").wait(TableName=name)
         return DynamoTable(name)
 
