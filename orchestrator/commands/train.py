@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SEC",
                    help="stop each worker's local training after SEC seconds (default: the function timeout "
                         "minus a margin)")
+    p.add_argument("--server-momentum", type=float, metavar="M",
+                   help="momentum on the global weights across rounds (FedAvgM; default 0: plain averaging). "
+                        "Makes up for the shorter distance an average of N workers moves per round")
     p.add_argument("--stem", choices=("auto", "small", "imagenet"), default="auto",
                    help="first convolution: stride 1 for small inputs, ImageNet's stride 2, or auto "
                         "(stride 1 up to 64 px; default)")
@@ -72,7 +75,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         learning_rate=args.learning_rate, seed=args.seed, min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
-                        output_dir=args.output,
+                        server_momentum=args.server_momentum, output_dir=args.output,
                         keep_worker_weights=args.keep_worker_weights)
 
 
