@@ -32,7 +32,7 @@ from dlpipe.training import EvaluateRequest, Hyper, InitRequest, ModelSpec, Trai
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
 
-DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0}
+DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0}
 SMALL_INPUT_LIMIT = 64   # --stem auto: inputs up to this size get the stride-1 stem
 
 
@@ -50,6 +50,7 @@ class TrainOptions:
     batch_size: int | None = None
     learning_rate: float | None = None
     seed: int | None = None
+    warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
     min_workers: int | None = None       # default: all workers must succeed
     retries: int = 1
     resume: bool = False

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SEC",
                    help="stop each worker's local training after SEC seconds (default: the function timeout "
                         "minus a margin)")
+    p.add_argument("--warmup-epochs", type=float, metavar="E",
+                   help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard "
+                        "(default 0). Keeps workers close enough early on for their average to be good")
     p.add_argument("--server-momentum", type=float, metavar="M",
                    help="momentum on the global weights across rounds (FedAvgM; default 0: plain averaging). "
                         "Makes up for the shorter distance an average of N workers moves per round")
@@ -72,7 +75,8 @@ def register(subparsers) -> None:
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
                         local_epochs=args.local_epochs, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, seed=args.seed, min_workers=args.min_workers,
+                        learning_rate=args.learning_rate, seed=args.seed, warmup_epochs=args.warmup_epochs,
+                        min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
                         server_momentum=args.server_momentum, output_dir=args.output,

@@ -121,18 +121,21 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
 
 
 @pytest.mark.slow
-def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler):
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.5])
+def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, warmup_epochs):
     """Round 2 starts from round 1's weights AND Adam state: one worker over two rounds is
-    plain Keras training that simply goes on (with the dropout seed of each round)."""
+    plain Keras training that simply goes on (with the dropout seed of each round), and a
+    learning-rate warm-up longer than a round goes on where round 1 left it."""
     import keras
 
-    init_key = init(handler, "long")
-    first = train_event(world, "long", output_optimizer_key=checkpoints.worker_optimizer_key("long", 1, 0))
-    first["hyper"]["local_epochs"] = 1
+    run = f"long-{warmup_epochs}"
+    init_key = init(handler, run)
+    first = train_event(world, run, output_optimizer_key=checkpoints.worker_optimizer_key(run, 1, 0))
+    first["hyper"].update(local_epochs=1, warmup_epochs=warmup_epochs)
     r1 = handler(first, context())
     second = {**first, "round": 2, "global_key": r1["weights_key"], "global_optimizer_key": r1["optimizer_key"],
-              "output_key": checkpoints.worker_key("long", 2, 0),
-              "output_optimizer_key": checkpoints.worker_optimizer_key("long", 2, 0)}
+              "output_key": checkpoints.worker_key(run, 2, 0),
+              "output_optimizer_key": checkpoints.worker_optimizer_key(run, 2, 0)}
     r2 = handler(second, context())
     state = checkpoints.load_weights(world["models"], r2["optimizer_key"])
     assert state[0] == 2 * r2["steps"] and len(state) == 1 + 2 * 52   # steps, then Adam's m and v per weight
@@ -142,11 +145,23 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler):
     model = checkpoints.build_model(model_dict(), checkpoints.load_weights(world["models"], init_key),
                                     dropout_seed=training.dropout_seed(seed, 1, 0))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    warmup_steps = warmup_epochs * r1["steps"]
+    rates = []
+
+    def warm(batch, logs=None):  # the n-th step of the whole run (from 1) uses 0.001 * n / warmup_steps
+        if warmup_steps:
+            rate = 1e-3 * min(1.0, (int(model.optimizer.iterations.numpy()) + 1) / warmup_steps)
+            model.optimizer.learning_rate.assign(rate)
+        rates.append(float(model.optimizer.learning_rate.numpy()))
+
     for round_ in (1, 2):
         if round_ == 2:  # each round's dropout masks come from its own seed
             model.get_layer("dropout").seed_generator.state.assign([training.dropout_seed(seed, 2, 0), 0])
         order = training.epoch_order(seed, round_, 0, 0, len(y))
-        model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0)
+        model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=warm)])
+    if warmup_epochs:  # the schedule really rose over both rounds, then held
+        assert rates[0] < rates[r1["steps"]] < rates[-1] == pytest.approx(1e-3)
     worker = checkpoints.load_weights(world["models"], r2["weights_key"])
     for got, want in zip(worker, model.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
