@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="total epochs per configuration (default: 10)")
     parser.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"],
+                        help="Adam learning rate for 1 worker (default: %(default)s)")
+    parser.add_argument("--scale-lr", choices=("none", "sqrt"), default="none",
+                        help="sqrt: N workers train with lr * sqrt(N) (default: %(default)s)")
+    parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"],
+                        help="learning-rate warm-up (default: %(default)s)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--target", type=float, default=0.90, help="test accuracy to time (default: 0.90)")
     parser.add_argument("--repeats", type=int, default=5, help="speed measurements (default: 5)")
@@ -153,15 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         if "accuracy" in args.skip:
             return 0
         rounds = args.epochs // args.local_epochs
-        results, overhead_rows = {}, []
+        results, overhead_rows, result_lr = {}, [], {}
         for workers in args.workers:
             session = Session(settings, "local", concurrency=workers)
             try:
+                lr = args.lr * (workers ** 0.5 if args.scale_lr == "sqrt" else 1.0)
                 opts = TrainOptions(dataset=f"fm-w{workers}", run=f"acc-w{workers}", rounds=rounds,
-                                    local_epochs=args.local_epochs, batch_size=args.batch_size, output_dir=None)
+                                    local_epochs=args.local_epochs, batch_size=args.batch_size, learning_rate=lr,
+                                    warmup_epochs=args.warmup_epochs, output_dir=None)
                 run_start = time.perf_counter()
                 result = run_training(session, opts, out=sys.stdout, progress=False)
                 results[workers] = (result, time.perf_counter() - run_start)
+                result_lr[workers] = lr
                 overhead_rows += overhead(result.records, f"{workers} workers")
             finally:
                 session.close()
@@ -185,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                 if reached is None and record["val"]["accuracy"] >= args.target:
                     reached = (record["round"], elapsed)
             final = result.final["val"]["accuracy"]
-            rows.append([workers, rounds, f"{final:.2%}",
+            rows.append([workers, rounds, f"{result_lr[workers]:g}", f"{final:.2%}",
                          f"{(final - one[0].final['val']['accuracy']) * 100:+.2f}" if one else "-",
                          f"round {reached[0]}, {reached[1]:.0f} s" if reached else "not reached",
                          f"{wall:.0f}", f"{summarize(result.invocations).gb_seconds:,.0f}"])
         table(f"3. accuracy at equal total epochs ({args.epochs}); test set of {args.test_images}; target "
-              f"{args.target:.0%}", ["workers", "rounds", "final test acc", "vs 1 worker (points)",
+              f"{args.target:.0%}; warm-up {args.warmup_epochs:g} epochs",
+              ["workers", "rounds", "lr", "final test acc", "vs 1 worker (points)",
                                      f"time to {args.target:.0%}", "wall s", "GB-s"], rows)
     return 0
 
