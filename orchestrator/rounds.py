@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dlpipe import checkpoints as ck
 from dlpipe import datasets
-from dlpipe.averaging import AveragingError, WeightedAverage, momentum_step
+from dlpipe.averaging import AveragingError, WeightedAverage
 from dlpipe.store import StoreError
 from dlpipe.training import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
 from orchestrator.costs import summarize
@@ -58,7 +58,6 @@ class TrainOptions:
     version: str = "1.1"
     stem: str = "auto"                   # auto | small | imagenet
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.model)
-    server_momentum: float | None = None  # FedAvgM on the global weights; None: 0, or the run's own on --resume
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
 
@@ -125,17 +124,6 @@ def resolve_hyper(options: TrainOptions, stored: dict | None) -> Hyper:
                                  "or start a new --run")
         values[name] = given if given is not None else previous if previous is not None else DEFAULTS[name]
     return Hyper(**values)
-
-
-def resolve_server_momentum(options: TrainOptions, stored: dict) -> float:
-    given, previous = options.server_momentum, stored.get("server_momentum")
-    if given is not None and previous is not None and given != previous:
-        raise TrainingFailed(f"run {options.run!r} was trained with server-momentum {previous}; resuming with "
-                             f"{given} would not continue the same run. Drop the option or start a new --run")
-    value = given if given is not None else previous if previous is not None else 0.0
-    if not 0.0 <= value < 1.0:
-        raise TrainingFailed(f"--server-momentum must be at least 0 and below 1, not {value}")
-    return float(value)
 
 
 # --- invoking with retries ---------------------------------------------------------------
@@ -292,7 +280,6 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
                              "continue it with --resume or choose another --run")
     stored_training = (config or {}).get("training") or {}
     hyper = resolve_hyper(options, stored_training)
-    momentum = resolve_server_momentum(options, stored_training)
     workers = options.workers or stored_training.get("workers") or len(manifest["shards"])
     if stored_training.get("workers") not in (None, workers):
         raise TrainingFailed(f"run {options.run!r} was trained with {stored_training['workers']} workers; "
@@ -305,8 +292,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     if config is None:
         config = {"model": model_config_for(manifest, options.version, options.stem, options.classifier_relu),
                   "dataset": options.dataset, "manifest_id": manifest.get("id"),
-                  "training": {**hyper.model_dump(), "workers": workers, "server_momentum": momentum},
-                  "created": datasets.now_iso()}
+                  "training": {**hyper.model_dump(), "workers": workers}, "created": datasets.now_iso()}
         ck.write_run_config(model_store, options.run, config)
     elif config.get("dataset") != options.dataset:
         raise TrainingFailed(f"run {options.run!r} trains on dataset {config.get('dataset')!r}, not "
@@ -348,8 +334,8 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
                   "nothing to train", file=out)
 
         for round_ in range(last + 1, options.rounds + 1):
-            record = _train_round(session, options, round_, hyper, momentum, model_spec, recipe, shard_parts,
-                                  val_parts, min_workers, tick, failures)
+            record = _train_round(session, options, round_, hyper, model_spec, recipe, shard_parts, val_parts,
+                                  min_workers, tick, failures)
             bar.write(round_line(record), file=out)
             last = round_
     finally:
@@ -361,8 +347,8 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
                        invocations=invoker.records[first_record:], failures=failures, outputs=outputs)
 
 
-def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, momentum: float, model_spec: ModelSpec,
-                 recipe: dict, shard_parts: list[list[str]], val_parts: list[str], min_workers: int,
+def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, model_spec: ModelSpec, recipe: dict,
+                 shard_parts: list[list[str]], val_parts: list[str], min_workers: int,
                  tick: Callable[[Invocation], None], failures: list[tuple[str, str]]) -> dict:
     invoker, model_store = session.invoker, session.model_store()
     run = options.run
@@ -403,18 +389,11 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mome
             for w in sorted(done):
                 average.add(ck.load_weights(model_store, done[w][field_name]), int(done[w]["num_examples"]),
                             source=f"worker {w}")
-            result = average.result()
-            if field_name == "weights_key" and momentum:
-                # The velocity is stored before the weights: a round is complete once its weights are.
-                velocity = ck.load_weights(model_store, ck.velocity_key(run, round_ - 1)) if round_ > 1 else None
-                result, velocity = momentum_step(ck.load_weights(model_store, ck.global_key(run, round_ - 1)),
-                                                 result, velocity, momentum)
-                ck.save_weights(model_store, ck.velocity_key(run, round_), velocity)
         except (AveragingError, ck.CheckpointError, StoreError) as err:
             raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
                                  f"round is {round_ - 1}; if a worker diverged, start a new --run with a lower "
                                  "--lr") from err
-        ck.save_weights(model_store, key, result)
+        ck.save_weights(model_store, key, average.result())
     averaged_at = time.perf_counter()
 
     val = evaluate(invoker, model_spec, recipe, ck.global_key(run, round_), val_parts, options.retries,

@@ -56,9 +56,6 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-epochs", type=float, metavar="E",
                    help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard "
                         "(default 0). Keeps workers close enough early on for their average to be good")
-    p.add_argument("--server-momentum", type=float, metavar="M",
-                   help="momentum on the global weights across rounds (FedAvgM; default 0: plain averaging). "
-                        "Makes up for the shorter distance an average of N workers moves per round")
     p.add_argument("--stem", choices=("auto", "small", "imagenet"), default="auto",
                    help="first convolution: stride 1 for small inputs, ImageNet's stride 2, or auto "
                         "(stride 1 up to 64 px; default)")
@@ -79,7 +76,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
-                        server_momentum=args.server_momentum, output_dir=args.output,
+                        output_dir=args.output,
                         keep_worker_weights=args.keep_worker_weights)
 
 

@@ -184,28 +184,6 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
 
 
 @pytest.mark.slow
-def test_server_momentum_moves_the_model_further_and_resumes_exactly(tiny):
-    models = tiny["models"]
-    plain = train(tiny, options("plain", 2))
-    straight = train(tiny, options("mom", 3, server_momentum=0.5))
-    # Round 1 is plain averaging (no velocity yet); from round 2 the velocity adds to the step.
-    assert same(ck.load_weights(models, ck.global_key("mom", 1)), ck.load_weights(models, ck.global_key("plain", 1)))
-    assert not same(ck.load_weights(models, ck.global_key("mom", 2)),
-                    ck.load_weights(models, ck.global_key("plain", 2)))
-    assert plain.records[-1]["round"] == 2 and straight.records[-1]["round"] == 3
-    # Resumed without the option, the run keeps its own momentum and its velocity: same weights.
-    train(tiny, options("mom-resumed", 1, server_momentum=0.5))
-    train(tiny, options("mom-resumed", 3, resume=True))
-    assert same(ck.load_weights(models, ck.global_key("mom-resumed", 3)),
-                ck.load_weights(models, ck.global_key("mom", 3)))
-    assert models.exists(ck.velocity_key("mom", 3)) and not models.exists(ck.velocity_key("plain", 2))
-    with pytest.raises(TrainingFailed, match="trained with server-momentum 0.5"):
-        train(tiny, options("mom", 4, resume=True, server_momentum=0.9))
-    with pytest.raises(TrainingFailed, match="--server-momentum must be at least 0 and below 1"):
-        train(tiny, options("too-much", 1, server_momentum=1.0))
-
-
-@pytest.mark.slow
 def test_min_workers_closes_a_round_on_the_survivors(tiny):
     models = tiny["models"]
     with corrupt_shard(tiny, 0) as key:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlpipe.averaging import AveragingError, WeightedAverage, momentum_step, weighted_average
+from dlpipe.averaging import AveragingError, WeightedAverage, weighted_average
 
 
 def model(value: float, dtype=np.float32) -> list[np.ndarray]:
@@ -80,32 +80,3 @@ def test_diverged_or_non_float_weights_are_rejected():
         weighted_average([(model(1.0), 1), (bad, 1)])
     with pytest.raises(AveragingError, match="only floating"):
         weighted_average([([np.zeros(3, np.int64)], 1)])
-
-
-# --- server momentum --------------------------------------------------------------------
-
-def test_momentum_step_accumulates_the_rounds_updates():
-    start = model(0.0)
-    # Round 1: no velocity yet, so the step is plain averaging.
-    weights, velocity = momentum_step(start, model(1.0), None, 0.5)
-    np.testing.assert_allclose(weights[0], np.ones((2, 3)))
-    np.testing.assert_allclose(velocity[0], np.ones((2, 3)))
-    # Round 2: the workers moved the model by 1 again; the velocity adds half the last step.
-    weights, velocity = momentum_step(weights, model(2.0), velocity, 0.5)
-    np.testing.assert_allclose(weights[0], np.full((2, 3), 2.5))
-    np.testing.assert_allclose(velocity[1], np.full(4, -1.5))  # the second array is negated
-    assert weights[0].dtype == np.float32 and velocity[0].dtype == np.float32
-
-
-def test_zero_momentum_is_plain_averaging():
-    weights, _ = momentum_step(model(3.0), model(1.0), model(7.0), 0.0)
-    np.testing.assert_array_equal(weights[0], model(1.0)[0])
-
-
-def test_bad_momentum_and_mismatched_arrays_are_rejected():
-    with pytest.raises(AveragingError, match=r"momentum must be in \[0, 1\)"):
-        momentum_step(model(0.0), model(1.0), None, 1.0)
-    with pytest.raises(AveragingError, match="same arrays"):
-        momentum_step(model(0.0), model(1.0)[:1], None, 0.5)
-    with pytest.raises(AveragingError, match="shapes"):
-        momentum_step(model(0.0), [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)], None, 0.5)

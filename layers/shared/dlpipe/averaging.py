@@ -77,30 +77,3 @@ def weighted_average(pairs: Iterable[tuple[Sequence[np.ndarray], int]]) -> list[
     for index, (weights, num_examples) in enumerate(pairs):
         average.add(weights, num_examples, source=f"worker #{index}")
     return average.result()
-
-
-def momentum_step(previous: Sequence[np.ndarray], average: Sequence[np.ndarray],
-                  velocity: Sequence[np.ndarray] | None, momentum: float
-                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Server momentum (FedAvgM, Hsu et al. 2019): (new global weights, new velocity).
-
-    A round's update is `average - previous`; the velocity accumulates updates
-    (v = momentum * v + update) and the new global weights are `previous + v`. With N
-    workers a round moves the model about as far as one worker's 1/N share of the data
-    would; the velocity makes up the distance over rounds, starting from plain averaging
-    in round 1 (velocity None), so the first, fragile rounds are not amplified.
-    """
-    if not 0.0 <= momentum < 1.0:
-        raise AveragingError(f"momentum must be in [0, 1), got {momentum}")
-    if len(previous) != len(average) or (velocity is not None and len(velocity) != len(average)):
-        raise AveragingError("previous weights, average and velocity must have the same arrays")
-    new_weights, new_velocity = [], []
-    for i, (p, a) in enumerate(zip(previous, average)):
-        if p.shape != a.shape or (velocity is not None and velocity[i].shape != a.shape):
-            raise AveragingError(f"array {i}: shapes {p.shape} and {a.shape} differ")
-        v = a.astype(np.float64) - p.astype(np.float64)
-        if velocity is not None:
-            v += momentum * velocity[i].astype(np.float64)
-        new_velocity.append(v.astype(a.dtype))
-        new_weights.append((p.astype(np.float64) + v).astype(a.dtype))
-    return new_weights, new_velocity

@@ -78,11 +78,6 @@ def optimizer_key(run: str, round: int) -> str:
     return f"{round_prefix(run, round)}optimizer.npz"
 
 
-def velocity_key(run: str, round: int) -> str:
-    """Server momentum's velocity after `round` (runs with --server-momentum only)."""
-    return f"{round_prefix(run, round)}velocity.npz"
-
-
 def record_key(run: str, round: int) -> str:
     return f"{round_prefix(run, round)}record.json"
 

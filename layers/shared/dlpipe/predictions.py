@@ -250,8 +250,8 @@ class DynamoTable(PredictionsTable):
         client = client or boto3.client("dynamodb")
         client.create_table(
             TableName=name, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"}
-                                  for name in (DynamoTable.KEY, "model", "created")],
+            AttributeDefinitions=[{"AttributeName": attr, "AttributeType": "S"}
+                                  for attr in (DynamoTable.KEY, "model", "created")],
             KeySchema=[{"AttributeName": DynamoTable.KEY, "KeyType": "HASH"}],
             GlobalSecondaryIndexes=[{"IndexName": DynamoTable.MODEL_INDEX, "Projection": {"ProjectionType": "ALL"},
                                      "KeySchema": [{"AttributeName": "model", "KeyType": "HASH"},
