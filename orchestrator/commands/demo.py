@@ -26,7 +26,8 @@ examples:
 
 def register(subparsers) -> None:
     p = add_command(
-        subparsers, "demo", help="run the whole pipeline on Fashion-MNIST (load, augment, prepare, train, export, predict)",
+        subparsers, "demo",
+        help="run the whole pipeline on Fashion-MNIST (load, augment, prepare, train, export, predict)",
         description="Write Fashion-MNIST into the data store as images in class folders, augment the training "
                     "images (original + mirror image), pack them into shards, train SqueezeNet 1.1 data-parallel "
                     "for a few rounds, export the result for LiteRT serving and predict on held-out test images.",
