@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Adam learning rate for 1 worker (default: %(default)s)")
     parser.add_argument("--scale-lr", choices=("none", "sqrt"), default="none",
                         help="sqrt: N workers train with lr * sqrt(N) (default: %(default)s)")
+    parser.add_argument("--split-batch", action="store_true",
+                        help="N workers train with batch-size / N each, so the batch across workers stays the same")
     parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"],
                         help="learning-rate warm-up (default: %(default)s)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
@@ -159,18 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         if "accuracy" in args.skip:
             return 0
         rounds = args.epochs // args.local_epochs
-        results, overhead_rows, result_lr = {}, [], {}
+        results, overhead_rows, settings_used = {}, [], {}
         for workers in args.workers:
             session = Session(settings, "local", concurrency=workers)
             try:
                 lr = args.lr * (workers ** 0.5 if args.scale_lr == "sqrt" else 1.0)
+                batch = max(1, args.batch_size // workers) if args.split_batch else args.batch_size
                 opts = TrainOptions(dataset=f"fm-w{workers}", run=f"acc-w{workers}", rounds=rounds,
-                                    local_epochs=args.local_epochs, batch_size=args.batch_size, learning_rate=lr,
+                                    local_epochs=args.local_epochs, batch_size=batch, learning_rate=lr,
                                     warmup_epochs=args.warmup_epochs, output_dir=None)
                 run_start = time.perf_counter()
                 result = run_training(session, opts, out=sys.stdout, progress=False)
                 results[workers] = (result, time.perf_counter() - run_start)
-                result_lr[workers] = lr
+                settings_used[workers] = (lr, batch)
                 overhead_rows += overhead(result.records, f"{workers} workers")
             finally:
                 session.close()
@@ -194,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                 if reached is None and record["val"]["accuracy"] >= args.target:
                     reached = (record["round"], elapsed)
             final = result.final["val"]["accuracy"]
-            rows.append([workers, rounds, f"{result_lr[workers]:g}", f"{final:.2%}",
+            lr, batch = settings_used[workers]
+            rows.append([workers, rounds, f"{lr:g}", batch, f"{final:.2%}",
                          f"{(final - one[0].final['val']['accuracy']) * 100:+.2f}" if one else "-",
                          f"round {reached[0]}, {reached[1]:.0f} s" if reached else "not reached",
                          f"{wall:.0f}", f"{summarize(result.invocations).gb_seconds:,.0f}"])
         table(f"3. accuracy at equal total epochs ({args.epochs}); test set of {args.test_images}; target "
               f"{args.target:.0%}; warm-up {args.warmup_epochs:g} epochs",
-              ["workers", "rounds", "lr", "final test acc", "vs 1 worker (points)",
+              ["workers", "rounds", "lr", "batch", "final test acc", "vs 1 worker (points)",
                                      f"time to {args.target:.0%}", "wall s", "GB-s"], rows)
     return 0
 
