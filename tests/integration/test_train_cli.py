@@ -84,7 +84,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     config = ck.read_run_config(models, "ref")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
     assert config["training"] == {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
-                                  "workers": 2}
+                                  "warmup_epochs": 0.0, "workers": 2}
     assert all(models.exists(ck.global_key("ref", r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
     metrics = json.loads(models.get(ck.metrics_key("ref")))
