@@ -82,7 +82,8 @@ def session_from_args(args: argparse.Namespace) -> Session:
     architecture = "x86_64"
     kind = args.invoker or "local"
     if args.stack_name:
-        from orchestrator.invokers.aws import StackNotFound, deployed_function_names, stack_outputs
+        from orchestrator.invokers.aws import (StackNotFound, deployed_function_names, stack_architecture,
+                                               stack_outputs)
 
         try:
             outputs = stack_outputs(args.stack_name)
@@ -96,7 +97,7 @@ def session_from_args(args: argparse.Namespace) -> Session:
                             model_url=f"s3://{outputs['ModelBucketName']}",
                             table_url=f"dynamodb://{outputs['PredictionsTableName']}")
         function_names = deployed_function_names(outputs)
-        architecture = outputs.get("Architecture", architecture)  # Lambda's price depends on it
+        architecture = stack_architecture(outputs)
         kind = args.invoker or "lambda"
     settings = settings.with_overrides(args.data, args.models, args.table)
     if kind == "lambda" and not function_names:

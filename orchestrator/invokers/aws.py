@@ -73,6 +73,11 @@ def deployed_function_names(outputs: dict[str, str]) -> dict[str, str]:
     return {spec.name: outputs[spec.output] for spec in FUNCTIONS.values() if spec.output in outputs}
 
 
+def stack_architecture(outputs: dict[str, str]) -> str:
+    """The functions' instruction set (template output `Architecture`): Lambda's price depends on it."""
+    return outputs.get("Architecture", "x86_64")
+
+
 def lambda_client(read_timeout_s: float, max_connections: int):
     import boto3
     from botocore.config import Config
@@ -107,7 +112,7 @@ class LambdaInvoker(Invoker):
         names = deployed_function_names(outputs)
         if not names:
             raise RuntimeError(f"stack {stack_name!r} has no function outputs; was it deployed from template.yaml?")
-        return cls(names, concurrency, architecture=outputs.get("Architecture", "x86_64"))
+        return cls(names, concurrency, architecture=stack_architecture(outputs))
 
     def _deployed_name(self, function: str) -> str:
         try:
