@@ -30,8 +30,9 @@ class CostSummary:
 def summarize(records: Iterable) -> CostSummary:
     """Cost of a set of Invocation records (billed_ms, memory_mb, ok, architecture), each at its own price."""
     records = list(records)
-    gbs = sum(gb_seconds(r.billed_ms, r.memory_mb) for r in records)
-    compute = sum(gb_seconds(r.billed_ms, r.memory_mb) * PRICE_PER_GB_SECOND[r.architecture] for r in records)
+    each = [(gb_seconds(r.billed_ms, r.memory_mb), r.architecture) for r in records]
+    gbs = sum(g for g, _ in each)
+    compute = sum(g * PRICE_PER_GB_SECOND[arch] for g, arch in each)
     return CostSummary(
         invocations=len(records),
         failures=sum(1 for r in records if not r.ok),
