@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 

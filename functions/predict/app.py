@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 

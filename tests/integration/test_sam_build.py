@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -134,22 +135,30 @@ def test_the_layer_holds_binaries_lambda_can_load(build):
     assert not {"tensorflow", "keras", "boto3", "botocore"} & top, "TensorFlow stays out; boto3 is in the runtime"
 
 
-def python312() -> str | None:
-    found = shutil.which("python3.12")
+def find_python(version: str) -> str | None:
+    """A python{version} on this machine (PATH or pyenv) to load the layer's cp3xx wheels with."""
+    found = shutil.which(f"python{version}")
     if found and subprocess.run([found, "-V"], capture_output=True).returncode == 0:
         return found
-    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+    pyenv = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
     return pyenv[-1] if pyenv else None
+
+
+def runtime_python(version: str) -> str:
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine to load the layer's cp{version.replace('.', '')} wheels with")
+    return python
 
 
 IMPORT_CHECK = textwrap.dedent("""
     import io, json, sys
+    import app  # first, as Lambda does: the handler's own imports come before anything here
     import numpy as np
     from PIL import Image
     from pydantic import BaseModel
     from aws_lambda_powertools.utilities.parser import parse
     import ai_edge_litert.interpreter
-    import app
 
     class Event(BaseModel):
         keys: list[str]
@@ -164,31 +173,82 @@ IMPORT_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("function", sorted(ZIP_FUNCTIONS))
-def test_the_built_function_imports_on_python312_with_only_its_layer(build, function, tmp_path):
+def import_function(python: str, code: Path, layer: Path, function: str, tmp_path: Path):
     """As Lambda loads it: the function's code, then /opt/python (the layer), then the
-    runtime's boto3; no project venv. The zip functions must not pull in TensorFlow."""
-    python = python312()
-    if python is None:
-        pytest.skip("no python3.12 on this machine to load the layer's cp312 wheels with")
-    runtime = tmp_path / "runtime"  # Lambda's python3.12 runtime ships boto3 (pure Python)
-    runtime.mkdir()
+    runtime's boto3; no project venv."""
+    runtime = tmp_path / "runtime"  # Lambda's python runtimes ship boto3 (pure Python)
+    runtime.mkdir(exist_ok=True)
     site = Path(__import__("boto3").__file__).parent.parent
     for name in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py"):
-        (runtime / name).symlink_to(site / name)
-    code, layer = build / ZIP_FUNCTIONS[function], build / "SharedLayer" / "python"
+        if not (runtime / name).exists():
+            (runtime / name).symlink_to(site / name)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(map(str, (code, layer, runtime))),
            "DLPIPE_DATA_URL": str(tmp_path / "data"), "DLPIPE_MODEL_URL": str(tmp_path / "models"),
            "DLPIPE_TABLE_URL": f"sqlite:///{tmp_path / 'predictions.sqlite'}",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": FUNCTIONS[function].name}
-    done = subprocess.run([python, "-s", "-c", IMPORT_CHECK], env=env, capture_output=True, text=True,
+    return subprocess.run([python, "-s", "-c", IMPORT_CHECK], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
+
+
+def check_import(done, version: str, layer: Path, function: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["python"] == [3, 12] and report["handler"] is True
+    assert report["python"] == [int(n) for n in version.split(".")] and report["handler"] is True
     assert report["heavy"] == [], f"{function} imports {report['heavy']}: zip functions must not"
     assert report["numpy"].startswith(str(layer))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("function", sorted(ZIP_FUNCTIONS))
+def test_the_built_function_imports_on_its_runtime_with_only_its_layer(build, function, tmp_path):
+    """The zip functions must not pull in TensorFlow."""
+    version = makefile_default("LAMBDA_PYTHON")
+    code, layer = build / ZIP_FUNCTIONS[function], build / "SharedLayer" / "python"
+    assert json.loads((layer / "dlpipe" / "layer_target.json").read_text()) == {
+        "python": version, "machine": {"x86_64": "x86_64", "arm64": "aarch64"}[makefile_default("LAMBDA_ARCH")]}
+    check_import(import_function(runtime_python(version), code, layer, function, tmp_path), version, layer, function)
+
+
+def other_runtimes() -> list[str]:
+    """The template's PythonRuntime choices besides the default (which `sam build` built)."""
+    from cfnlint.decode.decode import decode_str
+
+    template, _ = decode_str((REPO_ROOT / "template.yaml").read_text())
+    allowed = template["Parameters"]["PythonRuntime"]["AllowedValues"]
+    return [r.removeprefix("python") for r in allowed if r != f"python{makefile_default('LAMBDA_PYTHON')}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", other_runtimes())
+def test_every_allowed_runtime_gets_a_layer_that_imports(version, tmp_path):
+    """PythonRuntime=python3.13 with a layer built by LAMBDA_PYTHON=3.13, as the README says."""
+    python = runtime_python(version)
+    out = tmp_path / "layer"
+    done = subprocess.run(["make", "-f", str(REPO_ROOT / "layers" / "shared" / "Makefile"), "build-SharedLayer",
+                           f"ARTIFACTS_DIR={out}", f"LAMBDA_PYTHON={version}", f"PIP={sys.executable} -m pip"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for function in ZIP_FUNCTIONS:
+        code = REPO_ROOT / "functions" / function
+        check_import(import_function(python, code, out / "python", function, tmp_path), version, out / "python",
+                     function)
+
+
+@pytest.mark.slow
+def test_a_layer_built_for_another_python_stops_the_function_with_what_to_do(build, tmp_path):
+    """Without the check, numpy (or pydantic-core) fails deep in its import, naming neither cause nor cure."""
+    built = makefile_default("LAMBDA_PYTHON")
+    other = next((v for v in ("3.13", "3.12", "3.11") if v != built and find_python(v)), None)
+    if other is None:
+        pytest.skip("no second Python version on this machine to load the layer with")
+    done = import_function(find_python(other), build / ZIP_FUNCTIONS["predict"], build / "SharedLayer" / "python",
+                           "predict", tmp_path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("dlpipe.layer_target.LayerMismatch: the shared layer was built for Python "
+                           f"{built} on "), last
+    assert f"runs Python {other}" in last and f"LAMBDA_PYTHON={other}" in last
+    assert f"PythonRuntime=python{other}" in last
 
 
 TRANSLATE = textwrap.dedent("""

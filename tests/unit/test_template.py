@@ -113,7 +113,7 @@ def test_zip_functions_run_the_orchestrators_handler_on_the_shared_layer(templat
     module, _, attr = props["Handler"].partition(".")
     assert (module + ".py", attr) == (spec.handler_path.name, spec.handler_name)
     assert props["Layers"] == [{"Ref": "SharedLayer"}]
-    assert props["Runtime"] == f"python{makefile_default('LAMBDA_PYTHON')}"
+    assert props["Runtime"] == {"Ref": "PythonRuntime"}
 
 
 def test_zip_functions_bring_no_requirements_of_their_own(template):
@@ -131,8 +131,12 @@ def test_layer_is_built_by_the_makefile_for_the_functions_runtime_and_architectu
     assert layer["Metadata"]["BuildMethod"] == "makefile"
     assert (REPO_ROOT / layer["Properties"]["ContentUri"] / "Makefile").resolve() == LAYER_MAKEFILE
     assert "build-SharedLayer:" in LAYER_MAKEFILE.read_text()
-    runtime = f"python{makefile_default('LAMBDA_PYTHON')}"
-    assert layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Properties"]["CompatibleRuntimes"] == [{"Ref": "PythonRuntime"}]
+    runtime = template["Parameters"]["PythonRuntime"]
+    assert runtime["Default"] == f"python{makefile_default('LAMBDA_PYTHON')}"
+    assert runtime["Default"] in runtime["AllowedValues"]
+    # Amazon Linux 2023 runtimes only: python3.11 and older run on Amazon Linux 2 (glibc 2.26).
+    assert all(tuple(map(int, r.removeprefix("python").split("."))) >= (3, 12) for r in runtime["AllowedValues"])
     assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}]
     assert template["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
     assert template["Parameters"]["Architecture"]["Default"] == makefile_default("LAMBDA_ARCH")
