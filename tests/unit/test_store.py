@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -85,6 +88,36 @@ def test_dir_store_cannot_be_escaped_through_a_symlink(tmp_path):
     with pytest.raises(InvalidKey):
         store.put("link/secret", b"x")
     assert not (tmp_path / "outside" / "secret").exists()
+
+
+def test_dir_store_refuses_a_file_symlink_that_leads_out_even_in_a_known_folder(tmp_path):
+    root = tmp_path / "root"
+    (tmp_path / "secret.txt").write_bytes(b"not yours")
+    store = DirStore(root)
+    store.put("cat/1.jpg", b"x")  # the folder is now known to lie inside the root
+    (root / "cat" / "2.jpg").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(InvalidKey):
+        store.get("cat/2.jpg")
+    (root / "cat" / "3.jpg").symlink_to(root / "cat" / "1.jpg")  # one that stays inside is followed
+    assert store.get("cat/3.jpg") == b"x"
+
+
+def test_dir_store_folder_created_by_another_writer_or_removed_meanwhile(tmp_path):
+    a, b = DirStore(tmp_path), DirStore(tmp_path)
+    a.put("dog/1.jpg", b"1")
+    b.put("dog/2.jpg", b"2")
+    shutil.rmtree(tmp_path / "dog")  # a remembers dog/ as a folder inside the root
+    a.put("dog/3.jpg", b"3")
+    assert list(a.list("dog/")) == ["dog/3.jpg"] and b.get("dog/3.jpg") == b"3"
+
+
+def test_dir_store_concurrent_writers_into_a_new_folder(tmp_path):
+    store = DirStore(tmp_path)
+    keys = [f"new/{i:03d}.bin" for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: store.put(k, k.encode() * 100), keys))
+    assert list(store.list("new/")) == keys
+    assert all(store.get(k) == k.encode() * 100 for k in keys)
 
 
 def test_dir_store_writes_are_atomic_and_leave_no_temporaries(tmp_path):

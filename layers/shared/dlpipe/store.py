@@ -9,12 +9,16 @@ chosen by URL in `open_store`: ``s3://bucket/prefix`` or a directory path (optio
 from __future__ import annotations
 
 import os
+import itertools
 import posixpath
-import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
+
+
+_TMP_COUNTER = itertools.count()
 
 
 class StoreError(Exception):
@@ -108,17 +112,39 @@ class ObjectStore(ABC):
 
 
 class DirStore(ObjectStore):
-    """A local directory standing in for S3: the embedded default."""
+    """A local directory standing in for S3: the embedded default.
+
+    validate_key rules out `..` and absolute keys, so only a symlink inside the root can lead
+    out of it, and every path is checked against that. Resolving a path costs a system call
+    per component, half the cost of a small put; so the directories found to lie inside the
+    root are remembered, and only a final component that is itself a symlink is resolved
+    each time. (A directory swapped for a symlink while the store is open is not noticed:
+    the store guards against mistakes in keys, not against someone with write access to it.)
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
+        self._inside: dict[str, Path] = {}  # key prefix -> its directory, checked to lie inside the root
 
-    def _path(self, key: str) -> Path:
-        path = (self.root / validate_key(key)).resolve()
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_inside": {}}
+
+    def _resolve(self, path: Path, key: str) -> Path:
+        path = path.resolve()
         if self.root != path and self.root not in path.parents:
             raise InvalidKey(f"key {key!r} resolves outside the store root")
         return path
+
+    def _path(self, key: str) -> Path:
+        folder, _, name = validate_key(key).rpartition("/")
+        directory = self._inside.get(folder)
+        if directory is None:
+            directory = self._resolve(self.root / folder, key) if folder else self.root
+            if directory.is_dir():
+                self._inside[folder] = directory
+        path = directory / name
+        return self._resolve(path, key) if path.is_symlink() else path
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -129,12 +155,23 @@ class DirStore(ObjectStore):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file in the same directory, then rename: atomic on POSIX.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-20:])
+        # Write to a temporary file in the same directory, then rename: atomic on POSIX. The
+        # name is unique to this process and thread, and O_EXCL refuses a leftover.
+        tmp = f"{path.parent}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_COUNTER)}-{path.name[-20:]}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:  # the first object under this prefix
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._path(key)  # now that it exists: check it, and remember it
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
