@@ -8,8 +8,8 @@ chosen by URL in `open_store`: ``s3://bucket/prefix`` or a directory path (optio
 
 from __future__ import annotations
 
-import os
 import itertools
+import os
 import posixpath
 import threading
 from abc import ABC, abstractmethod
