@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from dlpipe.layer_target import MACHINES
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 
 UNZIPPED_LIMIT = 262_144_000      # Lambda: function code plus all layers, unzipped, bytes
@@ -205,7 +206,7 @@ def test_the_built_function_imports_on_its_runtime_with_only_its_layer(build, fu
     version = makefile_default("LAMBDA_PYTHON")
     code, layer = build / ZIP_FUNCTIONS[function], build / "SharedLayer" / "python"
     assert json.loads((layer / "dlpipe" / "layer_target.json").read_text()) == {
-        "python": version, "machine": {"x86_64": "x86_64", "arm64": "aarch64"}[makefile_default("LAMBDA_ARCH")]}
+        "python": version, "machine": MACHINES[makefile_default("LAMBDA_ARCH")]}
     check_import(import_function(runtime_python(version), code, layer, function, tmp_path), version, layer, function)
 
 
@@ -238,10 +239,11 @@ def test_every_allowed_runtime_gets_a_layer_that_imports(version, tmp_path):
 def test_a_layer_built_for_another_python_stops_the_function_with_what_to_do(build, tmp_path):
     """Without the check, numpy (or pydantic-core) fails deep in its import, naming neither cause nor cure."""
     built = makefile_default("LAMBDA_PYTHON")
-    other = next((v for v in ("3.13", "3.12", "3.11") if v != built and find_python(v)), None)
+    found = {v: find_python(v) for v in ("3.13", "3.12", "3.11") if v != built}
+    other = next((v for v, python in found.items() if python), None)
     if other is None:
         pytest.skip("no second Python version on this machine to load the layer with")
-    done = import_function(find_python(other), build / ZIP_FUNCTIONS["predict"], build / "SharedLayer" / "python",
+    done = import_function(found[other], build / ZIP_FUNCTIONS["predict"], build / "SharedLayer" / "python",
                            "predict", tmp_path)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]

@@ -19,11 +19,11 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
+from dlpipe.layer_target import MACHINES
 from orchestrator.functions import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "functions" / "train" / "Dockerfile"
 GLIBC_MINOR = 34                                   # Amazon Linux 2023
-WHEEL_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
 
 
 def image_python() -> str:
@@ -55,9 +55,9 @@ def image_requirements(python: str, machine: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("architecture", sorted(WHEEL_ARCH))
+@pytest.mark.parametrize("architecture", sorted(MACHINES))
 def test_the_train_images_packages_have_wheels_for_its_python_and_cpu(architecture, tmp_path):
-    python, machine = image_python(), WHEEL_ARCH[architecture]
+    python, machine = image_python(), MACHINES[architecture]
     requirements = image_requirements(python, machine)
     (tmp_path / "requirements.txt").write_text("\n".join(requirements) + "\n")
     platforms = [f"manylinux_2_{n}_{machine}" for n in range(GLIBC_MINOR, 4, -1)]

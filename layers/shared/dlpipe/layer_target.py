@@ -18,6 +18,7 @@ from pathlib import Path
 
 MARKER = Path(__file__).with_name("layer_target.json")
 ARCHITECTURES = {"x86_64": "x86_64", "aarch64": "arm64"}  # platform.machine() -> Lambda's name
+MACHINES = {arch: machine for machine, arch in ARCHITECTURES.items()}  # Lambda's name -> platform.machine()
 
 
 class LayerMismatch(ImportError):
