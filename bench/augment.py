@@ -37,9 +37,17 @@ import warnings
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from dlpipe.augment import (BLUR_RADIUS, COLOR_FACTOR, CONTRAST_FACTOR, CROP_ASPECT, CROP_SIDE, DEFAULT_VARIANTS,
-                            JPEG_QUALITY, ROTATE_DEGREES, AugmentRequest, AugmentSpec)
-from dlpipe.store import DirStore
+from dlpipe.augment.batch import (
+    BLUR_RADIUS,
+    COLOR_FACTOR,
+    CONTRAST_FACTOR,
+    CROP_ASPECT,
+    CROP_SIDE,
+    JPEG_QUALITY,
+    ROTATE_DEGREES,
+)
+from dlpipe.shared.store import DirStore
+from dlpipe.wire import DEFAULT_VARIANTS, AugmentRequest, AugmentSpec
 
 SIZE = 224
 BATCH = 8

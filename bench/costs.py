@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import importlib.util
+import io
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dlpipe.store import DirStore
+from dlpipe.shared.store import DirStore
 from orchestrator.cli import build_parser
 from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, summarize
 from orchestrator.functions import FUNCTIONS

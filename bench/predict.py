@@ -36,8 +36,8 @@ import numpy as np
 x = np.load(f"{workdir}/input.npy")
 result = {}
 if mode == "litert":
-    from dlpipe.serving import Classifier, load_version
-    from dlpipe.store import DirStore
+    from dlpipe.predict.serving import Classifier, load_version
+    from dlpipe.shared.store import DirStore
     classifier = Classifier(load_version(DirStore(f"{workdir}/models"), "bench"), num_threads=1)
     infer = classifier.probabilities
     labels = classifier.version.labels
@@ -59,8 +59,9 @@ for _ in range(warm_n):
     t = time.perf_counter(); infer(x); times.append((time.perf_counter() - t) * 1000)
 result["warm_ms"] = times
 if mode == "litert" and warm_n:
-    from dlpipe.predictions import SqliteTable
-    from dlpipe.serving import PredictRequest, Predictor
+    from dlpipe.shared.table import SqliteTable
+    from dlpipe.predict.serving import Predictor
+    from dlpipe.wire import PredictRequest
     predictor = Predictor(DirStore(f"{workdir}/data"), DirStore(f"{workdir}/models"),
                           SqliteTable(f"{workdir}/p.sqlite"), num_threads=1)
     request = PredictRequest(model="bench", key="photo.jpg")
@@ -79,19 +80,19 @@ def prepare(workdir: Path) -> str:
     from PIL import Image
     from skimage import data
 
-    from dlpipe.export import export_model
-    from dlpipe.store import DirStore
+    from dlpipe.publish.export import export_model
+    from dlpipe.shared.store import DirStore
 
     photo = Image.fromarray(data.chelsea())
     if (SHARED / "squeezenet1.1.onnx").is_file():
-        from dlpipe.onnx_import import RECIPES, load, read_labels
+        from dlpipe.publish.onnx_import import RECIPES, load, read_labels
 
         model, _ = load(SHARED / "squeezenet1.1.onnx")
         labels = read_labels((SHARED / "imagenet_synset_words.txt").read_text())
         recipe, source = RECIPES["1.1"], "pretrained (../shared)"
     else:
-        from dlpipe.model import squeezenet
-        from dlpipe.onnx_import import RECIPES
+        from dlpipe.publish.onnx_import import RECIPES
+        from dlpipe.train.model import squeezenet
 
         model = squeezenet("1.1", (224, 224, 3), 1000)
         labels, recipe, source = [f"class{i}" for i in range(1000)], RECIPES["1.1"], "random weights"

@@ -26,10 +26,11 @@ import sys
 import tempfile
 import time
 
-from dlpipe import checkpoints as ck
-from dlpipe import datasets, training
-from dlpipe.config import Settings
-from dlpipe.preprocess import Recipe
+from dlpipe.shared.config import Settings
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train import checkpoints as ck
+from dlpipe.train import datasets
+from dlpipe.train import worker as training
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize

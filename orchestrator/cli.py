@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from orchestrator.errors import EXIT_CODES_HELP, CommandError
 from orchestrator.session import add_arguments, session_from_args
 
 # Sub-commands in the order --help lists them.
@@ -21,7 +22,9 @@ examples:
   orchestrator augment --source raw --output augmented
   orchestrator --stack-name dlpipe augment ...      # the same, on AWS Lambda
 
-Run `orchestrator COMMAND --help` for a command's options."""
+Run `orchestrator COMMAND --help` for a command's options.
+
+""" + EXIT_CODES_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    session = session_from_args(args)
+    try:
+        session = session_from_args(args)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
     try:
         return int(args.run(args, session) or 0)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

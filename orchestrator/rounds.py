@@ -2,9 +2,9 @@
 
 Each round: every worker (a train function invocation) starts from the global weights and
 trains on its shard; failed workers are retried; the new global weights (and Adam
-state) are the example-weighted mean of the workers' (dlpipe.averaging, in worker order,
+state) are the example-weighted mean of the workers' (dlpipe.train.averaging, in worker order,
 one worker in memory at a time); the evaluate action scores them on the validation parts;
-then the round is committed (dlpipe.checkpoints: optimizer state, weights, record, latest
+then the round is committed (dlpipe.train.checkpoints: optimizer state, weights, record, latest
 pointer, in that order). Everything a worker does is a function of (seed, round, worker), so a resumed
 run ends with the same weights as an uninterrupted one.
 
@@ -24,11 +24,11 @@ from typing import Callable, TextIO
 
 from tqdm import tqdm
 
-from dlpipe import checkpoints as ck
-from dlpipe import datasets
-from dlpipe.averaging import AveragingError, WeightedAverage
-from dlpipe.store import StoreError
-from dlpipe.training import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
+from dlpipe.shared.store import StoreError
+from dlpipe.train import checkpoints as ck
+from dlpipe.train import datasets
+from dlpipe.train.averaging import AveragingError, WeightedAverage
+from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
 
@@ -57,7 +57,7 @@ class TrainOptions:
     time_budget_s: float | None = None
     version: str = "1.1"
     stem: str = "auto"                   # auto | small | imagenet
-    classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.model)
+    classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
 

@@ -11,7 +11,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from dlpipe.config import ENV_HOME, Settings
+from dlpipe.shared.config import ENV_HOME, Settings
 from orchestrator.invokers.base import Invoker
 
 
@@ -82,8 +82,7 @@ def session_from_args(args: argparse.Namespace) -> Session:
     architecture = "x86_64"
     kind = args.invoker or "local"
     if args.stack_name:
-        from orchestrator.invokers.aws import (StackNotFound, deployed_function_names, stack_architecture,
-                                               stack_outputs)
+        from orchestrator.invokers.aws import StackNotFound, deployed_function_names, stack_architecture, stack_outputs
 
         try:
             outputs = stack_outputs(args.stack_name)

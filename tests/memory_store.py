@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from dlpipe.store import KeyNotFound, ObjectStore, StoreError
+from dlpipe.shared.store import KeyNotFound, ObjectStore, StoreError
 
 
 class MemoryStore(ObjectStore):

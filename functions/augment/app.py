@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
-
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 
-from dlpipe.augment import AugmentRequest, augment_batch
-from dlpipe.config import Settings
-from dlpipe.store import ObjectStore
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+from dlpipe.augment.batch import augment_batch
+from dlpipe.shared.config import Settings
+from dlpipe.shared.store import ObjectStore
+from dlpipe.wire import AugmentRequest
 
 logger = Logger(service="augment")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
-
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-from dlpipe.config import Settings
-from dlpipe.predictions import open_table
-from dlpipe.serving import PredictRequest, Predictor, ServingError, error_response
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+from dlpipe.predict.serving import Predictor, error_response
+from dlpipe.shared.config import Settings
+from dlpipe.shared.table import open_table
+from dlpipe.wire import PredictRequest, ServingError
 
 logger = Logger(service="predict")
 _predictor: Predictor | None = None

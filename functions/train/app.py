@@ -1,7 +1,7 @@
 """The train function (container image): init, pack, train and evaluate actions.
 
 Thin on purpose: parse the event into the core's pydantic models, call the core
-(dlpipe.training), log and return its JSON-safe result. A malformed event or a missing or
+(dlpipe.train.worker), log and return its JSON-safe result. A malformed event or a missing or
 corrupt shard fails the invocation with a message naming the problem; the orchestrator
 retries or reports it. TensorFlow is loaded only by the actions that need it.
 """
@@ -17,9 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 
-from dlpipe import training
-from dlpipe.config import Settings
-from dlpipe.store import ObjectStore
+from dlpipe import wire
+from dlpipe.shared.config import Settings
+from dlpipe.shared.store import ObjectStore
+from dlpipe.train import worker as training
 
 logger = Logger(service="train")
 
@@ -32,15 +33,15 @@ def _stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:
 
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
-    request = parse(event=event, model=training.TrainEvent)
+    request = parse(event=event, model=wire.TrainEvent)
     data_store, model_store = _stores(Settings.from_env())
-    if isinstance(request, training.TrainRequest):
+    if isinstance(request, wire.TrainRequest):
         logger.append_keys(run=request.run, round=request.round, worker=request.worker, attempt=request.attempt)
         result = training.run_train(request, data_store, model_store,
                                     remaining_ms=context.get_remaining_time_in_millis)
-    elif isinstance(request, training.EvaluateRequest):
+    elif isinstance(request, wire.EvaluateRequest):
         result = training.run_evaluate(request, data_store, model_store)
-    elif isinstance(request, training.PackRequest):
+    elif isinstance(request, wire.PackRequest):
         result = training.run_pack(request, data_store)
         for skipped in result["skipped"]:
             logger.warning("image skipped", extra=skipped)

@@ -9,9 +9,10 @@ import time
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from dlpipe.augment import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec, output_stem, relative_key
-from dlpipe.images import ImageError
-from dlpipe.store import InvalidKey, validate_prefix
+from dlpipe.augment.batch import output_stem, relative_key
+from dlpipe.shared.images import ImageError
+from dlpipe.shared.store import InvalidKey, validate_prefix
+from dlpipe.wire import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec
 from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary

@@ -30,9 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from dlpipe.checkpoints import CheckpointError, build_model, latest_round, load_global
-    from dlpipe.export import ExportError, export_model
-    from dlpipe.preprocess import Recipe
+    from dlpipe.publish.export import ExportError, export_model
+    from dlpipe.shared.recipe import Recipe
+    from dlpipe.train.checkpoints import CheckpointError, build_model, latest_round, load_global
 
     store = session.model_store()
     name = args.name or args.run_name

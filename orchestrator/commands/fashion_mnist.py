@@ -14,8 +14,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from dlpipe import datasets
-from dlpipe.store import InvalidKey, join_key, validate_prefix
+from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
+from dlpipe.train import datasets
 from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from dlpipe.preprocess import Recipe
+from dlpipe.shared.recipe import Recipe
 from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
@@ -33,14 +33,14 @@ def register(subparsers) -> None:
     p.add_argument("--name", metavar="NAME", help="model name (default: the file name without .onnx)")
     p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
     p.add_argument("--recipe", metavar="RECIPE.json",
-                   help="preprocessing recipe (dlpipe.preprocess.Recipe fields) if the weights were not trained "
+                   help="preprocessing recipe (dlpipe.shared.recipe.Recipe fields) if the weights were not trained "
                         "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "
                         "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from dlpipe.export import ExportError
-    from dlpipe.onnx_import import OnnxImportError, import_onnx, read_labels
+    from dlpipe.publish.export import ExportError
+    from dlpipe.publish.onnx_import import OnnxImportError, import_onnx, read_labels
 
     path = Path(args.file)
     if not path.is_file():

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from dlpipe.serving import NotFound, latest_version, list_models, read_meta
+from dlpipe.predict.serving import latest_version, list_models, read_meta
+from dlpipe.wire import NotFound
 from orchestrator.commands import add_command
 
 EXAMPLES = """\

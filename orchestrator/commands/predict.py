@@ -16,8 +16,9 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from dlpipe.serving import MAX_IMAGE_B64_CHARS, PredictRequest, list_models
-from dlpipe.store import StoreError, validate_key
+from dlpipe.predict.serving import list_models
+from dlpipe.shared.store import StoreError, validate_key
+from dlpipe.wire import MAX_IMAGE_B64_CHARS, PredictRequest
 from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 
@@ -136,7 +137,7 @@ def draw(items: list[Item], data_store, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dlpipe.images import ImageError, open_image
+    from dlpipe.shared.images import ImageError, open_image
 
     fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.6 * len(items)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.6]})

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dlpipe.predictions import TableError, open_table
+from dlpipe.shared.table import TableError, open_table
 from orchestrator.commands import add_command
 
 EXAMPLES = """\

@@ -1,6 +1,6 @@
 """`orchestrator prepare`: class-folder images -> packed, sharded arrays + a manifest.
 
-The orchestrator lists and plans (dlpipe.datasets.plan_dataset: pure key arithmetic); the
+The orchestrator lists and plans (dlpipe.train.datasets.plan_dataset: pure key arithmetic); the
 decoding fans out over the train function's "pack" action, one part per invocation.
 `prepare_dataset(session, ...)` is the whole job without the CLI.
 """
@@ -16,9 +16,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from dlpipe import datasets
-from dlpipe.preprocess import RESIZE_MODES, Recipe
-from dlpipe.training import PackRequest
+from dlpipe.shared.recipe import RESIZE_MODES, Recipe
+from dlpipe.train import datasets
+from dlpipe.wire import PackRequest
 from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from dlpipe.store import InvalidKey, join_key, validate_prefix
+from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from orchestrator.commands import add_command
 from orchestrator.report import print_summary
 

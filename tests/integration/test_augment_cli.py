@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
+import imagefiles as f
 import pytest
 
-import imagefiles as f
-from dlpipe.augment import DEFAULT_VARIANTS
-from dlpipe.store import DirStore, S3Store
+from dlpipe.shared.store import DirStore, S3Store
+from dlpipe.wire import DEFAULT_VARIANTS
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.functions import FunctionSpec

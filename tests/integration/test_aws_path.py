@@ -16,8 +16,8 @@ import boto3
 import pytest
 from cfnlint.decode.decode import decode_str
 
-from dlpipe import datasets
-from dlpipe.checkpoints import global_key, latest_round, load_weights
+from dlpipe.train import datasets
+from dlpipe.train.checkpoints import global_key, latest_round, load_weights
 from orchestrator.cli import main
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -98,7 +98,7 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
     manifest = json.loads(s3.get_object(Bucket=data, Key="datasets/e2e/manifest.json")["Body"].read())
     assert sorted(manifest["classes"]) == sorted(datasets.FASHION_MNIST_CLASSES)
 
-    from dlpipe.store import open_store
+    from dlpipe.shared.store import open_store
 
     model_store = open_store(f"s3://{models}")
     assert latest_round(model_store, "e2e") == 1

@@ -211,7 +211,7 @@ def test_the_real_augment_handler_behind_the_api_reads_and_writes_s3(api, aws_en
     """The handler file as deployed, its event built from the core's model, S3 on moto."""
     from PIL import Image
 
-    from dlpipe.augment import AugmentRequest, AugmentSpec
+    from dlpipe.wire import AugmentRequest, AugmentSpec
 
     s3 = boto3.client("s3")
     bucket = f"data-{time.monotonic_ns()}"

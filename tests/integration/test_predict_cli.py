@@ -13,15 +13,15 @@ import re
 import uuid
 from pathlib import Path
 
+import imagefiles as f
 import pytest
 from PIL import Image
 
-import imagefiles as f
-from dlpipe.export import export_model
-from dlpipe.predictions import DynamoTable, SqliteTable
-from dlpipe.preprocess import Recipe
-from dlpipe.serving import PredictRequest
-from dlpipe.store import DirStore
+from dlpipe.publish.export import export_model
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.shared.table import DynamoTable, SqliteTable
+from dlpipe.wire import PredictRequest
 from orchestrator.cli import main
 from orchestrator.invokers.local import LocalInvoker
 
@@ -30,7 +30,7 @@ LABELS = ["red", "green", "blue"]
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from dlpipe.model import squeezenet
+    from dlpipe.train.model import squeezenet
 
     return squeezenet("1.1", (32, 32, 3), len(LABELS), small_inputs=True)
 
@@ -119,7 +119,7 @@ def test_model_choice_errors_say_what_exists(where, files, tmp_path, capsys, mod
 
 
 def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
-    from dlpipe import checkpoints as ck
+    from dlpipe.train import checkpoints as ck
 
     models = DirStore(tmp_path / "models")
     recipe = Recipe(size=32, channels=1, mean=(0.5,), std=(0.5,))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dlpipe.layer_target import MACHINES
+from dlpipe.shared.layer_target import MACHINES
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 
 UNZIPPED_LIMIT = 262_144_000      # Lambda: function code plus all layers, unzipped, bytes
@@ -247,7 +247,7 @@ def test_a_layer_built_for_another_python_stops_the_function_with_what_to_do(bui
                            "predict", tmp_path)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("dlpipe.layer_target.LayerMismatch: the shared layer was built for Python "
+    assert last.startswith("dlpipe.shared.layer_target.LayerMismatch: the shared layer was built for Python "
                            f"{built} on "), last
     assert f"runs Python {other}" in last and f"LAMBDA_PYTHON={other}" in last
     assert f"PythonRuntime=python{other}" in last

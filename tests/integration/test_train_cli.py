@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlpipe import checkpoints as ck
-from dlpipe import datasets
-from dlpipe.config import Settings
-from dlpipe.store import DirStore
+from dlpipe.shared.config import Settings
+from dlpipe.shared.store import DirStore
+from dlpipe.train import checkpoints as ck
+from dlpipe.train import datasets
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
@@ -237,7 +237,7 @@ def test_bad_training_requests_are_refused_before_any_work(tiny):
 def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeypatch, fashion_mnist_files):
     import boto3
 
-    from dlpipe.store import S3Store
+    from dlpipe.shared.store import S3Store
 
     s3 = boto3.client("s3")
     for bucket in ("dlpipe-train-data", "dlpipe-train-models"):
@@ -275,7 +275,7 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
     (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2, "dataset name"),
     (["prepare", "--source", "photos", "--dataset", "d", "--workers", "0"], 2, "--workers must be at least 1"),
     (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 1, "no prepared dataset 'd'"),
-    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 1, "run name '../r' is not valid"),
+    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 1, "invalid run name '../r'"),
     (["fashion-mnist", "--limit", "0"], 2, "--limit must be at least 1"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, code, message):

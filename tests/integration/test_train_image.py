@@ -19,7 +19,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from dlpipe.layer_target import MACHINES
+from dlpipe.shared.layer_target import MACHINES
 from orchestrator.functions import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "functions" / "train" / "Dockerfile"

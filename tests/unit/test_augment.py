@@ -9,18 +9,32 @@ import random
 import subprocess
 import sys
 
+import imagefiles as f
 import numpy as np
 import pytest
+from memory_store import MemoryStore
 from PIL import Image
 from pydantic import ValidationError
 
-import imagefiles as f
-from memory_store import MemoryStore
-from dlpipe.augment import (CROP_MIN_SIDE, DEFAULT_VARIANTS, JPEG_QUALITY, ROTATE_DEGREES, TRANSFORMS, VARIANTS,
-                            AugmentRequest, AugmentSpec, augment_batch, augment_image, decode_size, encode, make_frame,
-                            output_names, output_stem, relative_key, sample, variant_seed)
-from dlpipe.images import ImageError, open_image
-from dlpipe.store import DirStore
+from dlpipe.augment.batch import (
+    CROP_MIN_SIDE,
+    JPEG_QUALITY,
+    ROTATE_DEGREES,
+    TRANSFORMS,
+    augment_batch,
+    augment_image,
+    decode_size,
+    encode,
+    make_frame,
+    output_names,
+    output_stem,
+    relative_key,
+    sample,
+    variant_seed,
+)
+from dlpipe.shared.images import ImageError, open_image
+from dlpipe.shared.store import DirStore
+from dlpipe.wire import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -85,7 +99,7 @@ def test_variant_seed_is_stable_across_processes():
     assert here[0] != here[1]
     assert variant_seed(8, "cat/x.jpg", "rotate", 0) != here[0]
     assert variant_seed(7, "cat/y.jpg", "rotate", 0) != here[0]
-    code = ("from dlpipe.augment import variant_seed;"
+    code = ("from dlpipe.augment.batch import variant_seed;"
             "print(variant_seed(7, 'cat/x.jpg', 'rotate', 0), variant_seed(7, 'cat/x.jpg', 'rotate', 1))")
     for hash_seed in ("1", "2"):  # hash() would differ between these processes
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagefiles as f
 import pytest
 
-import imagefiles as f
-from dlpipe.store import DirStore
+from dlpipe.shared.store import DirStore
 from orchestrator.invokers.local import LocalContext
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlpipe.averaging import AveragingError, WeightedAverage, weighted_average
+from dlpipe.train.averaging import AveragingError, WeightedAverage, weighted_average
 
 
 def model(value: float, dtype=np.float32) -> list[np.ndarray]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlpipe import checkpoints as ck
-from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.train import checkpoints as ck
 
 RECIPE = Recipe(size=32, channels=1, pad=2)
 LABELS = ["a", "b", "c"]

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from dlpipe.config import Settings
-from dlpipe.store import DirStore, S3Store
+from dlpipe.shared.config import Settings
+from dlpipe.shared.store import DirStore, S3Store
 
 
 def test_defaults_live_under_home_and_are_absolute(tmp_path):

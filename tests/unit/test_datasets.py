@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from memory_store import MemoryStore
 from PIL import Image
 
-from dlpipe import datasets
-from memory_store import MemoryStore
-from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.train import datasets
 
 FASHION = Path(datasets.FASHION_MNIST_DIRS[0])
 

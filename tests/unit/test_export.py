@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from dlpipe.export import ExportError, export_model, next_version, set_latest
-from dlpipe.preprocess import Recipe
-from dlpipe.serving import Classifier, latest_version, list_models, load_version
-from dlpipe.store import DirStore
+from dlpipe.predict.serving import Classifier, latest_version, list_models, load_version
+from dlpipe.publish.export import ExportError, export_model, next_version, set_latest
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
 
 LABELS = ["t-shirt", "trouser", "pullover", "dress"]
 RECIPE = Recipe(size=32, channels=1, scale=1 / 255, mean=(0.5,), std=(0.5,))
@@ -18,7 +18,7 @@ RECIPE = Recipe(size=32, channels=1, scale=1 / 255, mean=(0.5,), std=(0.5,))
 
 @pytest.fixture(scope="module")
 def model():
-    from dlpipe.model import squeezenet
+    from dlpipe.train.model import squeezenet
 
     return squeezenet("1.1", (32, 32, 1), len(LABELS), small_inputs=True)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import imagefiles as f
 import numpy as np
 import pytest
 from PIL import Image
 
-import imagefiles as f
-from dlpipe.images import ImageError, open_image
+from dlpipe.shared.images import ImageError, open_image
 
 
 def pixel(image: Image.Image, x: int, y: int) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""The check that the shared layer fits the Python and CPU that load it (dlpipe.layer_target)."""
+"""The check that the shared layer fits the Python and CPU that load it (dlpipe.shared.layer_target)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dlpipe.layer_target import LayerMismatch, check_layer_target
+from dlpipe.shared.layer_target import LayerMismatch, check_layer_target
 
 
 def marker(tmp_path, python: str = "3.12", machine: str = "x86_64"):

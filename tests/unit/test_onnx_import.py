@@ -14,10 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dlpipe.model import FIRE_FILTERS, POOL_AFTER
-from dlpipe.onnx_import import OnnxImportError, analyse, import_onnx, load, read_labels
-from dlpipe.serving import Classifier, load_version
-from dlpipe.store import DirStore
+from dlpipe.predict.serving import Classifier, load_version
+from dlpipe.publish.onnx_import import OnnxImportError, analyse, import_onnx, load, read_labels
+from dlpipe.shared.store import DirStore
+from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
 
 
 def make_squeezenet_onnx(version: str = "1.1", size: int = 50, classes: int = 10, seed: int = 0,

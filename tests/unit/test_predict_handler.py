@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imagefiles as f
 import pytest
 
-import imagefiles as f
-from dlpipe.predictions import SqliteTable
-from dlpipe.preprocess import Recipe
-from dlpipe.serving import PredictRequest, latest_key, version_key
-from dlpipe.store import DirStore
+from dlpipe.predict.serving import latest_key, version_key
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.shared.table import SqliteTable
+from dlpipe.wire import PredictRequest
 from orchestrator.invokers.local import LocalContext, LocalInvoker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +27,8 @@ LABELS = ["red", "green", "blue"]
 
 @pytest.fixture(scope="module")
 def tflite() -> bytes:
-    from dlpipe.export import to_tflite
-    from dlpipe.model import squeezenet
+    from dlpipe.publish.export import to_tflite
+    from dlpipe.train.model import squeezenet
 
     return to_tflite(squeezenet("1.1", (32, 32, 3), len(LABELS), small_inputs=True))
 

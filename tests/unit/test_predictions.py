@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dlpipe.predictions import DynamoTable, PredictionRecord, SqliteTable, TableError, open_table
+from dlpipe.shared.table import DynamoTable, PredictionRecord, SqliteTable, TableError, open_table
 
 
 def record(i: int, created: str | None = None, **fields) -> PredictionRecord:

@@ -10,12 +10,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlpipe.predictions import SqliteTable
-from dlpipe.preprocess import Recipe
-from dlpipe.serving import (BadRequest, Classifier, ModelError, NotFound, PredictRequest, Predictor, latest_key,
-                            latest_version, list_models, load_version, prediction_id, read_meta, top_k,
-                            version_key, version_sort_key)
-from dlpipe.store import DirStore
+from dlpipe.predict.serving import (
+    Classifier,
+    Predictor,
+    latest_key,
+    latest_version,
+    list_models,
+    load_version,
+    prediction_id,
+    read_meta,
+    top_k,
+    version_key,
+    version_sort_key,
+)
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.shared.table import SqliteTable
+from dlpipe.wire import BadRequest, ModelError, NotFound, PredictRequest
 
 LABELS = ["red", "green", "blue"]
 RECIPE = Recipe(size=32)
@@ -23,20 +34,20 @@ RECIPE = Recipe(size=32)
 
 @pytest.fixture(scope="module")
 def keras_model():
-    from dlpipe.model import squeezenet
+    from dlpipe.train.model import squeezenet
 
     return squeezenet("1.1", (32, 32, 3), len(LABELS), small_inputs=True)
 
 
 @pytest.fixture(scope="module")
 def tflite(keras_model) -> bytes:
-    from dlpipe.export import to_tflite
+    from dlpipe.publish.export import to_tflite
 
     return to_tflite(keras_model)
 
 
 def put_version(store, version: str, tflite: bytes, name: str = "tiny") -> None:
-    """Write a version in the documented layout (dlpipe.export does the same; converting once is faster)."""
+    """Write a version in the documented layout (dlpipe.publish.export does the same; converting once is faster)."""
     store.put(version_key(name, version, "model.tflite"), tflite)
     store.put(version_key(name, version, "labels.json"), json.dumps(LABELS).encode())
     store.put(version_key(name, version, "recipe.json"), json.dumps(RECIPE.to_dict()).encode())

@@ -9,7 +9,16 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dlpipe.store import DirStore, InvalidKey, KeyNotFound, S3Store, StoreError, join_key, open_store, validate_key
+from dlpipe.shared.store import (
+    DirStore,
+    InvalidKey,
+    KeyNotFound,
+    S3Store,
+    StoreError,
+    join_key,
+    open_store,
+    validate_key,
+)
 
 
 @pytest.fixture(params=["dir", "s3", "s3-prefixed"])

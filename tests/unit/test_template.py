@@ -17,7 +17,7 @@ from cfnlint.config import ManualArgs
 from cfnlint.decode.decode import decode_str
 from cfnlint.helpers import REGIONS
 
-from dlpipe.predictions import DynamoTable
+from dlpipe.shared.table import DynamoTable
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlpipe import checkpoints, datasets, training
-from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import DirStore
+from dlpipe.train import checkpoints, datasets
+from dlpipe.train import worker as training
 from orchestrator.invokers.local import LocalContext
 
 REPO = Path(__file__).resolve().parents[2]

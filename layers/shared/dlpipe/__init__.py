@@ -4,7 +4,7 @@ Imported by the Lambda handlers (through the shared layer) and by the orchestrat
 Modules that need TensorFlow import it lazily so the zip functions never load it.
 """
 
-from dlpipe.layer_target import check_layer_target
+from dlpipe.shared.layer_target import check_layer_target
 
 check_layer_target()  # before any module imports numpy: a wrong layer gets a clear message
 

@@ -62,11 +62,11 @@ class Settings:
         return {ENV_DATA: self.data_url, ENV_MODELS: self.model_url, ENV_TABLE: self.table_url}
 
     def data_store(self):
-        from dlpipe.store import open_store
+        from dlpipe.shared.store import open_store
 
         return open_store(self.data_url)
 
     def model_store(self):
-        from dlpipe.store import open_store
+        from dlpipe.shared.store import open_store
 
         return open_store(self.model_url)

@@ -34,8 +34,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dlpipe.preprocess import Recipe
-from dlpipe.store import DirStore, KeyNotFound, join_key
+from dlpipe.shared.names import validate_name
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import KeyNotFound, join_key
 
 # --- Fashion-MNIST -------------------------------------------------------------------
 
@@ -136,13 +137,10 @@ def fashion_mnist_pngs(split: str, limit: int | None = None, directory: str | os
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PREPARED_PREFIX = "datasets"
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def validate_dataset(name: str) -> str:
-    if not isinstance(name, str) or not DATASET_NAME.match(name):
-        raise ValueError(f"dataset name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'")
-    return name
+    return validate_name(name, "dataset name")
 
 
 def dataset_prefix(name: str) -> str:
@@ -331,9 +329,9 @@ def _evict(folder: Path, need: int, limit: int) -> None:
 
 
 def fetch_part(store, key: str) -> bytes:
-    """Bytes of a part, from the /tmp cache when a warm worker has it (S3 stores only:
-    a directory store is already local)."""
-    if isinstance(store, DirStore):
+    """Bytes of a part, from the /tmp cache when a warm worker has it (remote stores only:
+    a local one needs no cache)."""
+    if store.is_local:
         data = store.get(key)
         verify_part(key, data)
         return data

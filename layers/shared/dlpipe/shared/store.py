@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-
 _TMP_COUNTER = itertools.count()
 
 
@@ -78,6 +77,8 @@ class ObjectStore(ABC):
     """A flat key/value store of bytes, keyed by relative POSIX paths."""
 
     url: str
+    # False where every request crosses a network (S3): worth caching and reading ahead.
+    is_local: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes:
@@ -121,6 +122,8 @@ class DirStore(ObjectStore):
     each time. (A directory swapped for a symlink while the store is open is not noticed:
     the store guards against mistakes in keys, not against someone with write access to it.)
     """
+
+    is_local = True
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()

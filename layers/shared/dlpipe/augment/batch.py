@@ -23,14 +23,13 @@ import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
-from pydantic import BaseModel, Field, field_validator
 
-from dlpipe.images import DEFAULT_MAX_PIXELS, ImageError, open_image
-from dlpipe.store import DirStore, KeyNotFound, ObjectStore, StoreError, join_key, validate_key, validate_prefix
+from dlpipe.shared.images import ImageError, open_image
+from dlpipe.shared.store import KeyNotFound, ObjectStore, StoreError, join_key, validate_key
 
 JPEG_QUALITY = 90          # fixed: outputs must be reproducible and comparable across runs
 PNG_COMPRESS_LEVEL = 3     # zlib level: most of level 6's size at a fraction of its time
@@ -49,68 +48,12 @@ COLOR_FACTOR = (0.5, 1.5)          # saturation: 0 is greyscale, 1 unchanged
 CONTRAST_FACTOR = (0.6, 1.4)
 BRIGHTNESS_FACTOR = (0.7, 1.3)
 
-DETERMINISTIC_VARIANTS = ("original", "flip")
-RANDOM_VARIANTS = ("rotate", "crop", "blur", "color", "contrast", "brightness")
-VARIANTS = DETERMINISTIC_VARIANTS + RANDOM_VARIANTS
-DEFAULT_VARIANTS = ("original", "flip", "rotate", "crop", "blur", "color", "contrast")
-MAX_BATCH = 1000
+from dlpipe.wire import DETERMINISTIC_VARIANTS, AugmentRequest, AugmentResponse, AugmentSpec, ImageResult
+
 IO_THREADS = 8             # store requests in flight: they wait on the network, not the CPU
 PREFETCH = 2               # sources read ahead of the one being augmented
 WRITE_BACKLOG = 4          # images whose outputs may still be uploading (bounds memory)
 EXTENSIONS = {"jpeg": "jpg", "png": "png"}
-
-
-class AugmentSpec(BaseModel):
-    """What to make of each source image."""
-
-    variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), min_length=1)
-    seed: int = 0
-    size: int | None = Field(default=None, ge=8, le=4096,
-                             description="outputs are size x size (centre square, scaled); None keeps the source size")
-    format: Literal["jpeg", "png"] = "jpeg"
-    copies: int = Field(default=1, ge=1, le=32, description="outputs per random variant, each with its own seed")
-    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger sources are refused unread")
-
-    @field_validator("variants")
-    @classmethod
-    def _known_variants(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in VARIANTS]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"variants listed twice in {value}; use copies for several random versions")
-        return value
-
-
-class AugmentRequest(BaseModel):
-    """The augment function's event: a batch of source keys and what to make of them."""
-
-    keys: list[str] = Field(min_length=1, max_length=MAX_BATCH)
-    source_prefix: str = Field(description="keys are under this prefix; the rest of the path is kept")
-    output_prefix: str = Field(min_length=1)
-    spec: AugmentSpec = Field(default_factory=AugmentSpec)
-
-    @field_validator("source_prefix", "output_prefix")
-    @classmethod
-    def _clean_prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if value:
-            validate_prefix(value)
-        return value
-
-
-class ImageResult(BaseModel):
-    key: str
-    outputs: list[str] = Field(default_factory=list)
-    error: str | None = None
-
-
-class AugmentResponse(BaseModel):
-    results: list[ImageResult]
-    images_in: int
-    images_out: int
-    failed: int
-    bytes_out: int
 
 
 # --- naming and seeding ----------------------------------------------------------------
@@ -423,7 +366,7 @@ def augment_batch(request: AugmentRequest, store: ObjectStore,
         relative = relative_key(keys[i], request.source_prefix)
         return relative, store.get(keys[i])
 
-    executor = _Inline if isinstance(store, DirStore) else ThreadPoolExecutor
+    executor = _Inline if store.is_local else ThreadPoolExecutor
     with executor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
         reads = {i: pool.submit(fetch, i) for i in range(min(PREFETCH, len(keys)))}
         for i, result in enumerate(results):

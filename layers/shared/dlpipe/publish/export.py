@@ -3,7 +3,7 @@
 The version holds everything the predict function needs and nothing that needs
 TensorFlow: the float32 LiteRT flatbuffer, the labels, the preprocessing recipe and a
 meta.json. Only the orchestrator runs this module (TensorFlow is imported lazily); the
-layout is described in `dlpipe.serving`.
+layout is described in `dlpipe.predict.serving`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from dlpipe.preprocess import Recipe
-from dlpipe.serving import MODELS_PREFIX, latest_key, list_models, validate_name, version_key
-from dlpipe.store import ObjectStore
+from dlpipe.predict.serving import MODELS_PREFIX, latest_key, list_models, version_key
+from dlpipe.shared.names import validate_name
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import ObjectStore
 
 
 class ExportError(ValueError):
@@ -90,7 +91,7 @@ def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe
     Files are written in an order that keeps readers safe: meta.json (which marks a
     version complete) after the others, the `latest` pointer last.
     """
-    validate_name(name)
+    validate_name(name, "model name")
     input_shape, classes = _check_consistent(model, labels, recipe)
     version = validate_name(version, "model version") if version else next_version(store, name)
     if store.exists(version_key(name, version, "meta.json")):

@@ -4,19 +4,17 @@ This module runs inside the predict zip function, so it must never import Tensor
 Keras: models are served with LiteRT (`ai_edge_litert`), whose interpreter starts in a
 fraction of a second and runs SqueezeNet several times faster than Keras on one core.
 
-A servable model version is a directory of the model store written by `dlpipe.export`:
+A servable model version is a directory of the model store written by `dlpipe.publish.export`:
 
     models/<name>/<version>/model.tflite    the float32 network, image in, probabilities out
     models/<name>/<version>/labels.json     class names in output order
-    models/<name>/<version>/recipe.json     the preprocessing recipe (dlpipe.preprocess.Recipe)
+    models/<name>/<version>/recipe.json     the preprocessing recipe (dlpipe.shared.recipe.Recipe)
     models/<name>/<version>/meta.json       source, creation time, input shape, classes (written last)
     models/<name>/latest                    the version served by default (written after the version)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -28,113 +26,27 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dlpipe.preprocess import Recipe
-from dlpipe.store import InvalidKey, KeyNotFound, ObjectStore, join_key, validate_key
+from dlpipe.shared.names import validate_name
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import InvalidKey, KeyNotFound, ObjectStore, join_key
 
 MODELS_PREFIX = "models"
 LATEST = "latest"
 MODEL_FILES = ("model.tflite", "labels.json", "recipe.json", "meta.json")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_NAME_RE = re.compile(NAME_PATTERN)
 # Lambda refuses synchronous request payloads over 6 MB; the base64 text has to fit in that.
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
-MAX_IMAGE_B64_CHARS = MAX_PAYLOAD_BYTES - 4096
-MAX_TOP_K = 100
 
 
-# --- errors: each carries the HTTP-like status the handler answers with -------------
-
-class ServingError(Exception):
-    """A request that cannot be served; `status` is the response's statusCode."""
-
-    status = 500
-
-
-class BadRequest(ServingError, ValueError):
-    status = 400
-
-
-class NotFound(ServingError, LookupError):
-    status = 404
-
-
-class ModelError(ServingError):
-    """A model version whose files are missing or unusable (a deployment problem, not the caller's)."""
-
-    status = 500
-
-
-# --- the request ---------------------------------------------------------------------
-
-class PredictRequest(BaseModel):
-    """The predict function's event. The orchestrator builds events from this same model.
-
-    Exactly one image source: `key` (an object in the data store) or `image_b64` (the
-    image file's bytes, base64-encoded, within Lambda's 6 MB payload limit).
-    """
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(pattern=NAME_PATTERN, description="model name in the model store")
-    version: str | None = Field(default=None, pattern=NAME_PATTERN,
-                                description="model version; default: the model's latest")
-    key: str | None = Field(default=None, max_length=1024, description="data-store key of the image")
-    image_b64: str | None = Field(default=None, description="the image file's bytes, base64")
-    name: str | None = Field(default=None, max_length=256,
-                             description="display name of the image (e.g. its file name), for messages")
-    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
-    request_id: str | None = Field(default=None, max_length=128,
-                                   description="client's id: a retried request with the same id is recorded once")
-
-    @field_validator("image_b64")
-    @classmethod
-    def _fits_a_request(cls, value: str | None) -> str | None:
-        if value is not None and len(value) > MAX_IMAGE_B64_CHARS:
-            raise ValueError(f"the inline image is {len(value) / 1e6:.1f} MB of base64, more than a Lambda request "
-                             "can carry (6 MB): put it in the data store and send its key")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "PredictRequest":
-        if (self.key is None) == (self.image_b64 is None):
-            raise ValueError("give exactly one image source: 'key' (data-store key) or 'image_b64'")
-        if self.key is not None:
-            try:
-                validate_key(self.key)
-            except InvalidKey as err:
-                raise ValueError(str(err)) from None
-        return self
-
-    @property
-    def label(self) -> str:
-        """How messages name the image."""
-        return self.name or self.key or "image"
-
-    def image_bytes(self) -> bytes:
-        """The decoded inline image; BadRequest if it is not base64."""
-        try:
-            return base64.b64decode(self.image_b64 or "", validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"image_b64 of {self.label!r} is not valid base64") from None
-
-
-def validate_name(value: str, what: str = "model name") -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
-    return value
-
+from dlpipe.wire import BadRequest, ModelError, NotFound, PredictRequest  # noqa: E402
 
 # --- model versions in the store -------------------------------------------------------
 
 def version_key(name: str, version: str, filename: str) -> str:
-    return join_key(MODELS_PREFIX, validate_name(name), validate_name(version, "model version"), filename)
+    return join_key(MODELS_PREFIX, validate_name(name, "model name"), validate_name(version, "model version"), filename)
 
 
 def latest_key(name: str) -> str:
-    return join_key(MODELS_PREFIX, validate_name(name), LATEST)
+    return join_key(MODELS_PREFIX, validate_name(name, "model name"), LATEST)
 
 
 def list_models(store: ObjectStore) -> dict[str, list[str]]:
@@ -333,8 +245,8 @@ class Predictor:
         latency_ms covers reading, decoding, preprocessing and inference; loading the model
         on a container's first request for it is reported apart, as model_load_ms.
         """
-        from dlpipe.images import ImageError, open_image
-        from dlpipe.predictions import PredictionRecord
+        from dlpipe.shared.images import ImageError, open_image
+        from dlpipe.shared.table import PredictionRecord
 
         start = time.perf_counter()
         classifier, loaded = self.classifier(request.model, request.version)

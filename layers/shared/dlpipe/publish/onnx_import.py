@@ -5,10 +5,10 @@ conversions say `fire2/squeeze1x1`), so nothing here reads a name: the importer 
 graph from its input and recognises SqueezeNet by structure (conv1, then fire modules -
 a squeeze convolution feeding two expand convolutions joined by a Concat - with max
 pools between them, an optional Pad, the classifier convolution, global average pooling).
-The weights go onto the Keras model `dlpipe.model.squeezenet` builds, converted from
+The weights go onto the Keras model `dlpipe.train.model.squeezenet` builds, converted from
 NCHW/OIHW to NHWC/HWIO and with the expand channels in whatever order the Concat used;
 the feature-map sizes are checked against ONNX shape inference, so a ceil/floor pooling
-mismatch fails loudly instead of serving wrong answers. Then `dlpipe.export` writes it.
+mismatch fails loudly instead of serving wrong answers. Then `dlpipe.publish.export` writes it.
 
 Needs `onnx` and TensorFlow: an orchestrator-side module, never imported by a function.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlpipe.model import FIRE_FILTERS, POOL_AFTER
-from dlpipe.preprocess import Recipe
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
 
 
 class OnnxImportError(ValueError):
@@ -307,7 +307,7 @@ def build_keras(found: SqueezeNetGraph):
     import keras
     from keras import layers
 
-    from dlpipe.model import squeezenet
+    from dlpipe.train.model import squeezenet
 
     base = squeezenet(found.version, found.input_shape, found.classes,
                       name=f"squeezenet{found.version.replace('.', '_')}_imported")
@@ -369,7 +369,7 @@ def load(path: str | Path, input_size: int | None = None):
 def import_onnx(path: str | Path, labels: list[str], store, name: str, version: str | None = None,
                 recipe: Recipe | None = None, input_size: int | None = None):
     """Import an ONNX SqueezeNet into the model store as a servable version: (ExportedVersion, what was found)."""
-    from dlpipe.export import export_model
+    from dlpipe.publish.export import export_model
 
     model, found = load(path, input_size)
     if recipe is None:

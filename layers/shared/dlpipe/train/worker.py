@@ -3,7 +3,7 @@
 Actions, all on the one container-image function:
 
 - ``init``: the round-0 weights, created deterministically from the seed.
-- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.datasets).
+- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.train.datasets).
 - ``train``: start from the global weights, train on this worker's shard for a few local
   epochs, store the weights; returns the example count and metrics.
 - ``evaluate``: loss/accuracy of some weights on validation parts.
@@ -23,97 +23,18 @@ TensorFlow/Keras are imported inside functions; the event models import without 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Callable, Literal, Sequence, Union
+from typing import Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from dlpipe import checkpoints, datasets
-from dlpipe.preprocess import Recipe
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train import checkpoints, datasets
 
 # Stop this long before the function's deadline, leaving time to upload the weights.
 DEFAULT_MARGIN_S = 20.0
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Event):
-    version: Literal["1.0", "1.1"] = "1.1"
-    input_shape: tuple[int, int, int]
-    classes: int = Field(ge=2)
-    small_inputs: bool = False
-    classifier_relu: bool = True
-
-    @classmethod
-    def from_config(cls, config: dict) -> "ModelSpec":
-        return cls(version=config["version"], input_shape=tuple(config["input_shape"]),
-                   classes=config["classes"], small_inputs=config["small_inputs"],
-                   classifier_relu=config.get("classifier_relu", True))
-
-    def config(self) -> dict:
-        return {"version": self.version, "input_shape": self.input_shape, "classes": self.classes,
-                "small_inputs": self.small_inputs, "classifier_relu": self.classifier_relu}
-
-    def key(self) -> tuple:
-        return tuple(self.config().values())
-
-
-class Hyper(_Event):
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    seed: int = Field(0, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0, description="the learning rate rises linearly from 0 over this many "
-                                                          "epochs of the worker's shard (0: no warm-up)")
-
-
-class InitRequest(_Event):
-    action: Literal["init"]
-    model: ModelSpec
-    seed: int = Field(0, ge=0)
-    output_key: str
-
-
-class PackRequest(_Event):
-    action: Literal["pack"]
-    items: list[tuple[str, int]] = Field(min_length=1)
-    recipe: dict
-    output_prefix: str
-
-
-class TrainRequest(_Event):
-    """One worker's share of one round."""
-
-    action: Literal["train"]
-    run: str
-    round: int = Field(ge=1)
-    worker: int = Field(ge=0)
-    attempt: int = Field(0, ge=0)
-    global_key: str                      # weights to start from (model store)
-    global_optimizer_key: str | None = None   # Adam state to start from (None: a fresh optimizer)
-    shard_keys: list[str] = Field(min_length=1)   # packed parts (data store)
-    output_key: str                      # where to store this worker's weights (model store)
-    output_optimizer_key: str | None = None   # where to store its Adam state (None: not stored)
-    model: ModelSpec
-    recipe: dict
-    hyper: Hyper = Hyper()
-    time_budget_s: float | None = Field(None, gt=0)  # also bounded by the function's own deadline
-
-
-class EvaluateRequest(_Event):
-    action: Literal["evaluate"]
-    weights_key: str
-    shard_keys: list[str] = Field(min_length=1)
-    model: ModelSpec
-    recipe: dict
-    batch_size: int = Field(256, ge=1)
-
-
-TrainEvent = Annotated[Union[InitRequest, PackRequest, TrainRequest, EvaluateRequest],
-                       Field(discriminator="action")]
-
+from dlpipe.wire import EvaluateRequest, InitRequest, ModelSpec, PackRequest, TrainRequest  # noqa: E402
 
 # --- seeds and data order -----------------------------------------------------------
 

@@ -30,8 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dlpipe.shared.names import validate_name
+
 RUNS_PREFIX = "runs"
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_CONFIG_FIELDS = ("version", "input_shape", "classes", "small_inputs", "labels", "recipe", "classifier_relu")
 # Fields added later, with the value that configs written before them mean.
 MODEL_CONFIG_DEFAULTS = {"classifier_relu": True}
@@ -42,10 +43,7 @@ class CheckpointError(RuntimeError):
 
 
 def validate_run(run: str) -> str:
-    if not isinstance(run, str) or not RUN_NAME.match(run):
-        raise ValueError(f"run name {run!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
-    return run
+    return validate_name(run, "run name")
 
 
 def run_prefix(run: str) -> str:
@@ -215,7 +213,7 @@ def build_model(config: dict, weights: Sequence[np.ndarray] | None = None, dropo
     TensorFlow/Keras is imported here, not at module level: zip functions import this
     module's helpers without loading TensorFlow.
     """
-    from dlpipe.model import squeezenet
+    from dlpipe.train.model import squeezenet
 
     model = squeezenet(config["version"], tuple(config["input_shape"]), int(config["classes"]),
                        small_inputs=bool(config["small_inputs"]), dropout_seed=dropout_seed,

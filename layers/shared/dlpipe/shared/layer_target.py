@@ -16,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-MARKER = Path(__file__).with_name("layer_target.json")
+MARKER = Path(__file__).resolve().parents[1] / "layer_target.json"  # dlpipe/layer_target.json
 ARCHITECTURES = {"x86_64": "x86_64", "aarch64": "arm64"}  # platform.machine() -> Lambda's name
 MACHINES = {arch: machine for machine, arch in ARCHITECTURES.items()}  # Lambda's name -> platform.machine()
 

@@ -1,0 +1,241 @@
+"""The wire contract: every request and response of the three functions, on both sides.
+
+The orchestrator builds events from these models and parses replies with them; the
+handlers parse events with them and build replies with them. pydantic only: this module is
+in the shared layer and the train image, and must never import TensorFlow or LiteRT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dlpipe.shared.images import DEFAULT_MAX_PIXELS
+from dlpipe.shared.names import NAME_PATTERN
+from dlpipe.shared.store import InvalidKey, validate_key, validate_prefix
+
+# Lambda refuses synchronous request payloads over 6 MB; the base64 text has to fit in that.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+MAX_IMAGE_B64_CHARS = MAX_PAYLOAD_BYTES - 4096
+MAX_TOP_K = 100
+
+
+# --- errors: each carries the status code a handler answers with -------------------
+
+class ServingError(Exception):
+    """A request that cannot be served; `status` is the response's statusCode."""
+
+    status = 500
+
+
+class BadRequest(ServingError, ValueError):
+    status = 400
+
+
+class NotFound(ServingError, LookupError):
+    status = 404
+
+
+class ModelError(ServingError):
+    """A model version whose files are missing or unusable (a deployment problem, not the caller's)."""
+
+    status = 500
+
+
+# --- augment ------------------------------------------------------------------------
+
+DETERMINISTIC_VARIANTS = ("original", "flip")
+RANDOM_VARIANTS = ("rotate", "crop", "blur", "color", "contrast", "brightness")
+VARIANTS = DETERMINISTIC_VARIANTS + RANDOM_VARIANTS
+DEFAULT_VARIANTS = ("original", "flip", "rotate", "crop", "blur", "color", "contrast")
+MAX_BATCH = 1000
+
+
+class AugmentSpec(BaseModel):
+    """What to make of each source image."""
+
+    variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), min_length=1)
+    seed: int = 0
+    size: int | None = Field(default=None, ge=8, le=4096,
+                             description="outputs are size x size (centre square, scaled); None keeps the source size")
+    format: Literal["jpeg", "png"] = "jpeg"
+    copies: int = Field(default=1, ge=1, le=32, description="outputs per random variant, each with its own seed")
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger sources are refused unread")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"variants listed twice in {value}; use copies for several random versions")
+        return value
+
+
+class AugmentRequest(BaseModel):
+    """The augment function's event: a batch of source keys and what to make of them."""
+
+    keys: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    source_prefix: str = Field(description="keys are under this prefix; the rest of the path is kept")
+    output_prefix: str = Field(min_length=1)
+    spec: AugmentSpec = Field(default_factory=AugmentSpec)
+
+    @field_validator("source_prefix", "output_prefix")
+    @classmethod
+    def _clean_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value:
+            validate_prefix(value)
+        return value
+
+
+class ImageResult(BaseModel):
+    key: str
+    outputs: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class AugmentResponse(BaseModel):
+    results: list[ImageResult]
+    images_in: int
+    images_out: int
+    failed: int
+    bytes_out: int
+
+# --- train: init, pack, train, evaluate ---------------------------------------------
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Event):
+    version: Literal["1.0", "1.1"] = "1.1"
+    input_shape: tuple[int, int, int]
+    classes: int = Field(ge=2)
+    small_inputs: bool = False
+    classifier_relu: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelSpec":
+        return cls(version=config["version"], input_shape=tuple(config["input_shape"]),
+                   classes=config["classes"], small_inputs=config["small_inputs"],
+                   classifier_relu=config.get("classifier_relu", True))
+
+    def config(self) -> dict:
+        return {"version": self.version, "input_shape": self.input_shape, "classes": self.classes,
+                "small_inputs": self.small_inputs, "classifier_relu": self.classifier_relu}
+
+    def key(self) -> tuple:
+        return tuple(self.config().values())
+
+
+class Hyper(_Event):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="the learning rate rises linearly from 0 over this many "
+                                                          "epochs of the worker's shard (0: no warm-up)")
+
+
+class InitRequest(_Event):
+    action: Literal["init"]
+    model: ModelSpec
+    seed: int = Field(0, ge=0)
+    output_key: str
+
+
+class PackRequest(_Event):
+    action: Literal["pack"]
+    items: list[tuple[str, int]] = Field(min_length=1)
+    recipe: dict
+    output_prefix: str
+
+
+class TrainRequest(_Event):
+    """One worker's share of one round."""
+
+    action: Literal["train"]
+    run: str
+    round: int = Field(ge=1)
+    worker: int = Field(ge=0)
+    attempt: int = Field(0, ge=0)
+    global_key: str                      # weights to start from (model store)
+    global_optimizer_key: str | None = None   # Adam state to start from (None: a fresh optimizer)
+    shard_keys: list[str] = Field(min_length=1)   # packed parts (data store)
+    output_key: str                      # where to store this worker's weights (model store)
+    output_optimizer_key: str | None = None   # where to store its Adam state (None: not stored)
+    model: ModelSpec
+    recipe: dict
+    hyper: Hyper = Hyper()
+    time_budget_s: float | None = Field(None, gt=0)  # also bounded by the function's own deadline
+
+
+class EvaluateRequest(_Event):
+    action: Literal["evaluate"]
+    weights_key: str
+    shard_keys: list[str] = Field(min_length=1)
+    model: ModelSpec
+    recipe: dict
+    batch_size: int = Field(256, ge=1)
+
+
+TrainEvent = Annotated[Union[InitRequest, PackRequest, TrainRequest, EvaluateRequest],
+                       Field(discriminator="action")]
+
+# --- predict ------------------------------------------------------------------------
+
+class PredictRequest(BaseModel):
+    """The predict function's event. The orchestrator builds events from this same model.
+
+    Exactly one image source: `key` (an object in the data store) or `image_b64` (the
+    image file's bytes, base64-encoded, within Lambda's 6 MB payload limit).
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(pattern=NAME_PATTERN, description="model name in the model store")
+    version: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                description="model version; default: the model's latest")
+    key: str | None = Field(default=None, max_length=1024, description="data-store key of the image")
+    image_b64: str | None = Field(default=None, description="the image file's bytes, base64")
+    name: str | None = Field(default=None, max_length=256,
+                             description="display name of the image (e.g. its file name), for messages")
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
+    request_id: str | None = Field(default=None, max_length=128,
+                                   description="client's id: a retried request with the same id is recorded once")
+
+    @field_validator("image_b64")
+    @classmethod
+    def _fits_a_request(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_IMAGE_B64_CHARS:
+            raise ValueError(f"the inline image is {len(value) / 1e6:.1f} MB of base64, more than a Lambda request "
+                             "can carry (6 MB): put it in the data store and send its key")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PredictRequest":
+        if (self.key is None) == (self.image_b64 is None):
+            raise ValueError("give exactly one image source: 'key' (data-store key) or 'image_b64'")
+        if self.key is not None:
+            try:
+                validate_key(self.key)
+            except InvalidKey as err:
+                raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name the image."""
+        return self.name or self.key or "image"
+
+    def image_bytes(self) -> bytes:
+        """The decoded inline image; BadRequest if it is not base64."""
+        try:
+            return base64.b64decode(self.image_b64 or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"image_b64 of {self.label!r} is not valid base64") from None
