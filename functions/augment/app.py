@@ -7,12 +7,15 @@ event fails the invocation (with pydantic's account of what is wrong).
 
 from __future__ import annotations
 
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+
+# isort: split
+
 from functools import lru_cache
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
 from dlpipe.augment.batch import augment_batch
 from dlpipe.shared.config import Settings
 from dlpipe.shared.store import ObjectStore

@@ -8,12 +8,15 @@ container keeps its loaded model and keeps serving. No TensorFlow here: LiteRT o
 
 from __future__ import annotations
 
+import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+
+# isort: split
+
 import os
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
 from dlpipe.predict.serving import Predictor, error_response
 from dlpipe.shared.config import Settings
 from dlpipe.shared.table import open_table
