@@ -30,15 +30,22 @@ from dlpipe.shared.store import StoreError
 from dlpipe.train import datasets
 from dlpipe.train.averaging import AveragingError, weighted_average, weighted_metrics
 from dlpipe.train.model import model_config_for
-from dlpipe.train.run import RunConfig, Training, TrainingRun
+from dlpipe.predict.serving import version_key
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train.pretrained import starting_point
+from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import EvaluateRequest, EvaluateResponse, Hyper, InitRequest, InitResponse, TrainRequest, TrainResponse
+from dlpipe.wire import (EvaluateRequest, EvaluateResponse, Hyper, InitFrom, InitRequest, InitResponse, ModelConfig,
+                         TrainRequest, TrainResponse)
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.training_report import round_line, write_outputs
 
-DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0}
+DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0,
+            "trainable": "all"}
+# Runs that start from a pretrained version (--init-from): measured on flowers12 (README, bench/finetune.py).
+FINE_TUNE_DEFAULTS = {**DEFAULTS, "local_epochs": 1, "batch_size": 32, "trainable": "classifier"}
 
 
 class TrainingFailed(RuntimeError):
@@ -60,8 +67,10 @@ class TrainOptions:
     retries: int = 1
     resume: bool = False
     time_budget_s: float | None = None
-    version: str = "1.1"
-    stem: str = "auto"                   # auto | small | imagenet
+    version: str | None = None           # None: 1.1, or the --init-from model's
+    stem: str | None = None              # auto (None) | small | imagenet; --init-from: the model's
+    init_from: str | None = None         # MODEL[:VERSION]: round 0 from a servable version's weights
+    trainable: str | None = None         # all | classifier (default: all; classifier with --init-from)
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
@@ -92,6 +101,14 @@ class Plan:
     val_parts: list[str]
     min_workers: int
 
+    @property
+    def init_from(self) -> InitFrom | None:
+        lineage = self.config.init_from
+        if lineage is None:
+            return None
+        return InitFrom(weights_key=version_key(lineage.model, lineage.version, "weights.npz"),
+                        keep_classifier=lineage.kept_classifier)
+
 
 # --- planning --------------------------------------------------------------------------
 
@@ -118,17 +135,23 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
     return assigned
 
 
-def resolve_hyper(options: TrainOptions, stored: dict | None) -> Hyper:
-    """Hyper-parameters: explicit options, else the run's stored ones (resume), else defaults."""
+def resolve_hyper(options: TrainOptions, stored: dict | None, defaults: dict = DEFAULTS) -> Hyper:
+    """Hyper-parameters: explicit options, else the run's stored ones (resume), else defaults.
+
+    Runs started before an option existed stored no value for it: they keep what they meant
+    (DEFAULTS, never the newer defaults for other kinds of run).
+    """
+    if stored:
+        defaults = DEFAULTS
     values = {}
-    for name in DEFAULTS:
+    for name in defaults:
         given = getattr(options, name)
         previous = stored.get(name) if stored else None
         if given is not None and previous is not None and given != previous:
             raise TrainingFailed(f"run {options.run!r} was trained with {name.replace('_', '-')} {previous}; "
                                  f"resuming with {given} would not continue the same run. Drop the option "
                                  "or start a new --run")
-        values[name] = given if given is not None else previous if previous is not None else DEFAULTS[name]
+        values[name] = given if given is not None else previous if previous is not None else defaults[name]
     try:
         return Hyper(**values)
     except ValidationError as err:
@@ -148,14 +171,50 @@ def _check_options(options: TrainOptions) -> None:
         raise TrainingFailed(str(err)) from None
 
 
-def _new_config(options: TrainOptions, manifest: dict, hyper: Hyper, workers: int) -> RunConfig:
+def _new_config(options: TrainOptions, manifest: dict, hyper: Hyper, workers: int, model_store) -> RunConfig:
+    lineage = None
     try:
-        model = model_config_for(manifest["recipe"], manifest["classes"], options.version, options.stem,
-                                 options.classifier_relu)
+        if options.init_from:
+            model, lineage = _fine_tune_model(options, manifest, model_store)
+        else:
+            model = model_config_for(manifest["recipe"], manifest["classes"], options.version or "1.1",
+                                     options.stem or "auto", options.classifier_relu)
     except (ValueError, ValidationError) as err:
         raise TrainingFailed(f"cannot build a model for dataset {options.dataset!r}: {err}") from None
     return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.get("id"),
-                     training=Training(**hyper.model_dump(), workers=workers), created=now_iso())
+                     training=Training(**hyper.model_dump(), workers=workers), created=now_iso(),
+                     init_from=lineage)
+
+
+def _same_recipe(a: dict, b: dict) -> bool:
+    return Recipe.from_dict(a).to_dict() == Recipe.from_dict(b).to_dict()
+
+
+def _fine_tune_model(options: TrainOptions, manifest: dict, model_store) -> tuple[ModelConfig, Lineage]:
+    """The starting version's network with the dataset's classes; options that contradict it are refused."""
+    try:
+        start = starting_point(model_store, options.init_from)
+    except CheckpointError as err:
+        raise TrainingFailed(str(err)) from None
+    source, what = start.config, f"{start.name} {start.version}"
+    if options.version not in (None, source.version):
+        raise TrainingFailed(f"--version {options.version} conflicts with --init-from {what}, a SqueezeNet "
+                             f"{source.version}: drop --version")
+    if options.stem is not None:
+        raise TrainingFailed(f"--stem conflicts with --init-from: the first convolution comes from {what}; "
+                             "drop --stem")
+    if not _same_recipe(manifest["recipe"], source.recipe):
+        raise TrainingFailed(
+            f"dataset {options.dataset!r} was prepared with recipe {json.dumps(manifest['recipe'])}, but {what} "
+            f"expects {json.dumps(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
+            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --recipe-from "
+            f"{start.name}:{start.version}`")
+    labels = list(manifest["classes"])
+    keep = labels == list(source.labels)
+    model = ModelConfig(**{**source.model_dump(), "labels": labels, "classes": len(labels),
+                           "classifier_relu": source.classifier_relu if keep else options.classifier_relu})
+    return model, Lineage(model=start.name, version=start.version, weights_sha256=start.weights_sha256,
+                          kept_classifier=keep)
 
 
 def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, manifest: dict) -> None:
@@ -164,6 +223,13 @@ def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, ma
         state = "no round completed yet" if done is None else f"last completed round: {done}"
         raise TrainingFailed(f"run {options.run!r} already exists in {run.store.url} ({state}); "
                              "continue it with --resume or choose another --run")
+    if options.init_from:
+        name, version = options.init_from.partition(":")[::2]
+        start = config.init_from
+        if start is None or start.model != name or version not in ("", start.version):
+            began = f"from {start.model}:{start.version}" if start else "from scratch"
+            raise TrainingFailed(f"run {options.run!r} started {began}, not from {options.init_from}; "
+                                 "drop --init-from to resume it, or start a new --run")
     if config.dataset != options.dataset:
         raise TrainingFailed(f"run {options.run!r} trains on dataset {config.dataset!r}, not "
                              f"{options.dataset!r}; resume with --dataset {config.dataset}")
@@ -180,8 +246,8 @@ def plan_run(session, options: TrainOptions) -> Plan:
     config = run.config()
     if config is not None:
         _check_resume(options, run, config, manifest)
-    stored = config.training.model_dump() if config else {}
-    hyper = resolve_hyper(options, stored)
+    stored = config.training.model_dump(exclude_unset=True) if config else {}
+    hyper = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS)
     workers = options.workers or stored.get("workers") or len(manifest["shards"])
     if stored.get("workers") not in (None, workers):
         raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
@@ -191,7 +257,7 @@ def plan_run(session, options: TrainOptions) -> Plan:
     if not 1 <= min_workers <= workers:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
     if config is None:
-        config = _new_config(options, manifest, hyper, workers)
+        config = _new_config(options, manifest, hyper, workers, run.store)
         run.start(config)
     return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers)
 
@@ -237,7 +303,7 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     """Round 0: the initial weights, made by the train function from the seed."""
     started, n_before, run = time.perf_counter(), len(invoker.records), plan.run
     event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
-                        output_key=run.global_key(0)).model_dump(mode="json")
+                        output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
     done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
                                        check=_parse_check(InitResponse))
     if errors:
@@ -302,8 +368,9 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
     """Validation loss/accuracy of stored weights, one invocation per validation part."""
     if not plan.val_parts:
         return None
-    events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part],
-                              model=plan.config.model).model_dump(mode="json") for part in plan.val_parts]
+    events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part], model=plan.config.model,
+                              trainable=plan.config.training.trainable).model_dump(mode="json")
+              for part in plan.val_parts]
     done, errors = invoke_with_retries(invoker, "train", events, retries, check=_parse_check(EvaluateResponse))
     if errors:
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, session) -> int:
     from dlpipe.publish.export import ExportError, export_model
     from dlpipe.shared.recipe import Recipe
     from dlpipe.train.model import build_model
-    from dlpipe.train.run import TrainingRun
+    from dlpipe.train.run import TrainingRun, lineage_of
     from dlpipe.train.weights import CheckpointError
 
     store = session.model_store()
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace, session) -> int:
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...")
         model = build_model(config, weights)
         exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
-                                source={"kind": "run", "run": args.run_name, "round": round_}, version=args.version)
+                                source={"kind": "run", "run": args.run_name, "round": round_,
+                                        **lineage_of(run_.config())},
+                                version=args.version, config=config)
     except (CheckpointError, ExportError, ValueError) as err:
         raise CommandError(str(err)) from None
     print_summary("export", [

@@ -275,8 +275,8 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
      "no images in class folders under 'photos/'"),
     (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2, "dataset name"),
     (["prepare", "--source", "photos", "--dataset", "d", "--workers", "0"], 2, "--workers must be at least 1"),
-    (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 1, "no prepared dataset 'd'"),
-    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 1, "invalid run name '../r'"),
+    (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 2, "no prepared dataset 'd'"),
+    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 2, "invalid run name '../r'"),
     (["fashion-mnist", "--limit", "0"], 2, "--limit must be at least 1"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, code, message):

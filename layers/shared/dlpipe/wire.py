@@ -167,7 +167,13 @@ class ModelConfig(_Event):
         return (self.version, tuple(self.input_shape), self.classes, self.small_inputs, self.classifier_relu)
 
 
+TRAINABLE = ("all", "classifier")
+Trainable = Literal["all", "classifier"]
+
+
 class Hyper(_Event):
+    # "classifier": every layer but conv10 is frozen, and no gradients are computed for them.
+    trainable: Trainable = "all"
     local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
     batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
@@ -177,11 +183,20 @@ class Hyper(_Event):
                                              "epochs of the worker's shard (0: no warm-up)")
 
 
+class InitFrom(_Event):
+    """Round 0 from a servable version's Keras weights instead of from the seed alone."""
+
+    weights_key: StoreKey
+    # The same classes: keep the version's classifier (conv10). Otherwise a new one, from the seed.
+    keep_classifier: bool
+
+
 class InitRequest(_Event):
     action: Literal["init"]
     model: ModelConfig
     seed: int = Field(0, ge=0, lt=2**31)
     output_key: StoreKey
+    init_from: InitFrom | None = None
 
 
 class InitResponse(_Event):
@@ -249,6 +264,7 @@ class EvaluateRequest(_Event):
     shard_keys: list[StoreKey] = Field(min_length=1, max_length=MAX_SHARD_KEYS)
     model: ModelConfig
     batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    trainable: Trainable = "all"   # the run's, so that a warm worker keeps one compiled model
 
 
 class EvaluateResponse(_Event):

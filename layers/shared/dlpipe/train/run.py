@@ -38,6 +38,15 @@ class Training(Hyper):
     workers: int = Field(ge=1)
 
 
+class Lineage(BaseModel):
+    """Where a fine-tuned run's round 0 came from: a servable version and a hash of its weights."""
+
+    model: str
+    version: str
+    weights_sha256: str
+    kept_classifier: bool
+
+
 class RunConfig(BaseModel):
     """runs/<run>/config.json."""
 
@@ -48,6 +57,13 @@ class RunConfig(BaseModel):
     manifest_id: str | None = None
     training: Training
     created: str
+    init_from: Lineage | None = None     # None: trained from scratch (round 0 from the seed)
+
+
+def lineage_of(config: RunConfig) -> dict:
+    """What a version exported from this run records about its weights' origin and what was trained."""
+    return {"init_from": config.init_from.model_dump() if config.init_from else None,
+            "trainable": config.training.trainable}
 
 
 class TrainingRun:

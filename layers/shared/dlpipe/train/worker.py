@@ -55,30 +55,58 @@ def dropout_seed(seed: int, round: int, worker: int) -> int:
 
 # --- models -------------------------------------------------------------------------
 
-def init_weights(spec: ModelConfig, seed: int) -> list[np.ndarray]:
-    """Initial weights, a function of (spec, seed) only."""
+CLASSIFIER = "conv10"   # the layer a fine-tuning run replaces for new classes, and trains alone
+
+
+def init_weights(spec: ModelConfig, seed: int, start: Sequence[np.ndarray] | None = None,
+                 keep_classifier: bool = True) -> list[np.ndarray]:
+    """Initial weights, a function of (spec, seed, start) only.
+
+    start: weights of a servable version to begin from. With keep_classifier False, every
+    array but the classifier's comes from it and the classifier is new, drawn from the seed
+    (so its size may differ: the dataset's classes, not the version's).
+    """
     import keras
 
     keras.backend.clear_session()
     _MODELS.clear()
     keras.utils.set_random_seed(int(seed))
-    return build_model(spec).get_weights()
+    model = build_model(spec)
+    weights = model.get_weights()
+    if start is None:
+        return weights
+    if len(start) != len(weights):
+        raise CheckpointError(f"the starting weights have {len(start)} arrays, the model {len(weights)}")
+    for i, variable in enumerate(model.weights):
+        if keep_classifier or not variable.path.startswith(f"{CLASSIFIER}/"):
+            if tuple(np.shape(start[i])) != tuple(weights[i].shape):
+                raise CheckpointError(f"the starting weights' {variable.path} is {np.shape(start[i])}, "
+                                      f"the model's {tuple(weights[i].shape)}")
+            weights[i] = np.asarray(start[i], weights[i].dtype)
+    return weights
 
 
-# One compiled model per warm worker, keyed by its architecture (the learning rate is reset
-# on every call, so it is not part of the key).
+# One compiled model per warm worker, keyed by its architecture and what is trainable (the
+# learning rate is reset on every call, so it is not part of the key).
 _MODELS: dict[tuple, object] = {}
 
 
-def compiled_model(spec: ModelConfig):
-    """A compiled SqueezeNet for `spec`, reused while the spec stays the same."""
+def compiled_model(spec: ModelConfig, trainable: str = "all"):
+    """A compiled SqueezeNet for `spec`, reused while the spec stays the same.
+
+    trainable "classifier" freezes every other layer before compiling: Keras then computes
+    no gradients for them, and the optimizer holds state for the classifier only.
+    """
     import keras
 
-    key = spec.architecture()
+    key = (spec.architecture(), trainable)
     if key not in _MODELS:
         _MODELS.clear()
         keras.backend.clear_session()
         model = build_model(spec, dropout_seed=0)
+        if trainable == "classifier":
+            for layer in model.layers:
+                layer.trainable = layer.name == CLASSIFIER
         model.compile(optimizer=keras.optimizers.Adam(),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)
@@ -185,7 +213,10 @@ def _max_rss_mb() -> float | None:
 # --- actions --------------------------------------------------------------------------
 
 def run_init(request: InitRequest, model_store) -> InitResponse:
-    weights = init_weights(request.model, request.seed)
+    start = request.init_from
+    weights = init_weights(request.model, request.seed,
+                           load_weights(model_store, start.weights_key) if start else None,
+                           keep_classifier=start.keep_classifier if start else True)
     size = save_weights(model_store, request.output_key, weights)
     return InitResponse(weights_key=request.output_key, arrays=len(weights),
                         parameters=int(sum(w.size for w in weights)), bytes=size)
@@ -257,7 +288,7 @@ def run_train(request: TrainRequest, data_store, model_store,
     state = load_weights(model_store, request.global_optimizer_key) if request.global_optimizer_key else None
     loaded = time.monotonic()
 
-    model = compiled_model(request.model)
+    model = compiled_model(request.model, hyper.trainable)
     reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker),
                 state)
     built = time.monotonic()
@@ -284,7 +315,7 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     recipe = Recipe.from_dict(request.model.recipe)
     x, y = datasets.load_parts(data_store, request.shard_keys)
     weights = load_weights(model_store, request.weights_key)
-    model = compiled_model(request.model)
+    model = compiled_model(request.model, request.trainable)
     reset_model(model, weights, 1e-3, 0)
     loss, accuracy = model.evaluate(recipe.normalize(x), y, batch_size=request.batch_size, verbose=0)
     return EvaluateResponse(weights_key=request.weights_key, count=int(len(y)), loss=float(loss),
