@@ -28,8 +28,8 @@ import time
 
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import checkpoints as ck
 from dlpipe.train import datasets
+from dlpipe.train.model import build_model, model_config_for
 from dlpipe.train import worker as training
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
@@ -54,10 +54,9 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
 
     x, y = datasets.load_parts(data_store, manifest["shards"][0]["parts"])
     recipe = Recipe.from_dict(manifest["recipe"])
-    config = {"version": "1.1", "input_shape": list(x.shape[1:]), "classes": len(manifest["classes"]),
-              "small_inputs": True}
+    config = model_config_for(manifest["recipe"], manifest["classes"], stem="small")
     keras.utils.set_random_seed(seed)
-    model = ck.build_model(config, dropout_seed=seed)
+    model = build_model(config, dropout_seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model.fit(recipe.normalize(x[:batch_size * 2]), y[:batch_size * 2], batch_size=batch_size, verbose=0)

@@ -1,12 +1,12 @@
 """The round loop of data-parallel training: orchestration only, no ML.
 
 Each round: every worker (a train function invocation) starts from the global weights and
-trains on its shard; failed workers are retried; the new global weights (and Adam
-state) are the example-weighted mean of the workers' (dlpipe.train.averaging, in worker order,
-one worker in memory at a time); the evaluate action scores them on the validation parts;
-then the round is committed (dlpipe.train.checkpoints: optimizer state, weights, record, latest
-pointer, in that order). Everything a worker does is a function of (seed, round, worker), so a resumed
-run ends with the same weights as an uninterrupted one.
+trains on its shard; failed workers are retried; the new global weights (and Adam state)
+are the example-weighted mean of the workers' (dlpipe.train.averaging, in worker order, one
+worker in memory at a time); the evaluate action scores them on the validation parts; then
+the round is committed (dlpipe.train.run: optimizer state, weights, record, latest pointer,
+in that order). Everything a worker does is a function of (seed, round, worker), so a
+resumed run ends with the same weights as an uninterrupted one.
 
 `run_training(session, options)` is the whole job, callable without the CLI (the demo
 chains it after `prepare`).
@@ -14,7 +14,6 @@ chains it after `prepare`).
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -22,18 +21,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from dlpipe.shared.clock import now_iso
+from dlpipe.shared.names import validate_name
 from dlpipe.shared.store import StoreError
-from dlpipe.train import checkpoints as ck
 from dlpipe.train import datasets
-from dlpipe.train.averaging import AveragingError, WeightedAverage
-from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
+from dlpipe.train.averaging import AveragingError, weighted_average, weighted_metrics
+from dlpipe.train.model import model_config_for
+from dlpipe.predict.serving import version_key
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train.pretrained import starting_point
+from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
+from dlpipe.train.weights import CheckpointError
+from dlpipe.wire import (EvaluateRequest, EvaluateResponse, Hyper, InitFrom, InitRequest, InitResponse, ModelConfig,
+                         TrainRequest, TrainResponse)
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
+from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.training_report import round_line, write_outputs
 
-DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0}
-SMALL_INPUT_LIMIT = 64   # --stem auto: inputs up to this size get the stride-1 stem
+DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0,
+            "trainable": "all"}
+# Runs that start from a pretrained version (--init-from): measured on flowers12 (README, bench/finetune.py).
+FINE_TUNE_DEFAULTS = {**DEFAULTS, "local_epochs": 1, "batch_size": 32, "trainable": "classifier"}
 
 
 class TrainingFailed(RuntimeError):
@@ -55,8 +67,10 @@ class TrainOptions:
     retries: int = 1
     resume: bool = False
     time_budget_s: float | None = None
-    version: str = "1.1"
-    stem: str = "auto"                   # auto | small | imagenet
+    version: str | None = None           # None: 1.1, or the --init-from model's
+    stem: str | None = None              # auto (None) | small | imagenet; --init-from: the model's
+    init_from: str | None = None         # MODEL[:VERSION]: round 0 from a servable version's weights
+    trainable: str | None = None         # all | classifier (default: all; classifier with --init-from)
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
@@ -75,6 +89,25 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.records[-1] if self.records else {}
+
+
+@dataclass
+class Plan:
+    """What every round of this invocation of the job uses."""
+
+    run: TrainingRun
+    config: RunConfig
+    shard_parts: list[list[str]]
+    val_parts: list[str]
+    min_workers: int
+
+    @property
+    def init_from(self) -> InitFrom | None:
+        lineage = self.config.init_from
+        if lineage is None:
+            return None
+        return InitFrom(weights_key=version_key(lineage.model, lineage.version, "weights.npz"),
+                        keep_classifier=lineage.kept_classifier)
 
 
 # --- planning --------------------------------------------------------------------------
@@ -102,326 +135,299 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
     return assigned
 
 
-def model_config_for(manifest: dict, version: str, stem: str, classifier_relu: bool = False) -> dict:
-    recipe = manifest["recipe"]
-    size, channels = int(recipe["size"]), int(recipe["channels"])
-    if stem not in ("auto", "small", "imagenet"):
-        raise TrainingFailed(f"--stem must be auto, small or imagenet, not {stem!r}")
-    small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
-    return ck.model_config(version, (size, size, channels), len(manifest["classes"]), small,
-                           manifest["classes"], recipe, classifier_relu=classifier_relu)
+def resolve_hyper(options: TrainOptions, stored: dict | None, defaults: dict = DEFAULTS) -> Hyper:
+    """Hyper-parameters: explicit options, else the run's stored ones (resume), else defaults.
 
-
-def resolve_hyper(options: TrainOptions, stored: dict | None) -> Hyper:
-    """Hyper-parameters: explicit options, else the run's stored ones (resume), else defaults."""
+    Runs started before an option existed stored no value for it: they keep what they meant
+    (DEFAULTS, never the newer defaults for other kinds of run).
+    """
+    if stored:
+        defaults = DEFAULTS
     values = {}
-    for name in DEFAULTS:
+    for name in defaults:
         given = getattr(options, name)
         previous = stored.get(name) if stored else None
         if given is not None and previous is not None and given != previous:
             raise TrainingFailed(f"run {options.run!r} was trained with {name.replace('_', '-')} {previous}; "
                                  f"resuming with {given} would not continue the same run. Drop the option "
                                  "or start a new --run")
-        values[name] = given if given is not None else previous if previous is not None else DEFAULTS[name]
-    return Hyper(**values)
-
-
-# --- invoking with retries ---------------------------------------------------------------
-
-def invoke_with_retries(invoker, events: list[dict], retries: int, on_result: Callable[[Invocation], None],
-                        retry_event: Callable[[dict, int], dict] | None = None,
-                        check: Callable[[dict, dict], str | None] | None = None,
-                        ) -> tuple[dict[int, dict], dict[int, tuple[int, str]]]:
-    """Run `events` on the train function; re-invoke failed ones up to `retries` times.
-
-    Returns ({index: payload} of successes, {index: (attempts, last error)} of failures).
-    `check(event, payload)` may turn a success into a failure (a bad response).
-    """
-    done: dict[int, dict] = {}
-    errors: dict[int, tuple[int, str]] = {}
-    pending = {i: e for i, e in enumerate(events)}
-    for attempt in range(retries + 1):
-        if not pending:
-            break
-        order = list(pending)
-        batch = [pending[i] if attempt == 0 or retry_event is None else retry_event(pending[i], attempt)
-                 for i in order]
-        pending = {}
-        for inv in invoker.map("train", batch):
-            index, event = order[inv.index], batch[inv.index]
-            problem = inv.error if not inv.ok else (check(event, inv.payload) if check else None)
-            on_result(inv)
-            if problem:
-                errors[index] = (attempt + 1, problem)
-                pending[index] = event
-            else:
-                errors.pop(index, None)
-                done[index] = inv.payload
-    return done, errors
-
-
-def check_train_payload(event: dict, payload: dict) -> str | None:
-    if not isinstance(payload, dict) or payload.get("weights_key") != event["output_key"] \
-            or payload.get("optimizer_key") != event["output_optimizer_key"]:
-        return f"bad response: expected weights at {event['output_key']!r}, got {str(payload)[:200]}"
-    if int(payload.get("num_examples", 0)) <= 0:
-        return "trained on no examples (time budget too small?)"
-    return None
-
-
-# --- the loop ---------------------------------------------------------------------------
-
-def _fmt(value, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def round_line(record: dict) -> str:
-    train, val = record.get("train") or {}, record.get("val") or {}
-    return (f"round {record['round']:>3}  workers {record['workers_ok']}/{record['workers']}  "
-            f"train loss {_fmt(train.get('loss'))} acc {_fmt(train.get('accuracy'), '.3f')}  "
-            f"val loss {_fmt(val.get('loss'))} acc {_fmt(val.get('accuracy'), '.3f')}  "
-            f"{record['wall_seconds']:.1f} s  {record['gb_seconds']:.1f} GB-s")
-
-
-def evaluate(invoker, model_spec: ModelSpec, recipe: dict, weights_key: str, val_parts: list[str],
-             retries: int, on_result: Callable[[Invocation], None]) -> dict | None:
-    """Validation loss/accuracy of stored weights, one invocation per validation part."""
-    if not val_parts:
-        return None
-    events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part], model=model_spec,
-                              recipe=recipe).model_dump(mode="json") for part in val_parts]
-    done, errors = invoke_with_retries(invoker, events, retries, on_result)
-    if errors:
-        reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
-        raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
-    count = sum(p["count"] for p in done.values())
-    return {"count": count,
-            "loss": sum(p["loss"] * p["count"] for p in done.values()) / count,
-            "accuracy": sum(p["accuracy"] * p["count"] for p in done.values()) / count,
-            "seconds": max(p["seconds"] for p in done.values())}
-
-
-def metrics_from_records(run: str, config: dict, records: list[dict]) -> dict:
-    rounds = [r for r in records if r["round"] > 0]
-    return {"run": run, "dataset": config.get("dataset"), "training": config.get("training"),
-            "rounds": [{"round": r["round"], "workers_ok": r["workers_ok"], "train": r["train"], "val": r["val"],
-                        "wall_seconds": r["wall_seconds"], "gb_seconds": r["gb_seconds"],
-                        "train_share": r.get("train_share")} for r in rounds]}
-
-
-def plot_metrics(metrics: dict) -> bytes:
-    """PNG of loss and accuracy per round (train and validation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    rounds = metrics["rounds"]
-    xs = [r["round"] for r in rounds]
-    figure = Figure(figsize=(9, 3.6), dpi=100)
-    for position, (name, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy")), start=1):
-        axes = figure.add_subplot(1, 2, position)
-        for split, style in (("train", "o-"), ("val", "s-")):
-            ys = [(r[split] or {}).get(name) for r in rounds]
-            points = [(x, y) for x, y in zip(xs, ys) if y is not None]
-            if points:
-                axes.plot(*zip(*points), style, label="validation" if split == "val" else "train (workers)")
-        axes.set_xlabel("round")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.suptitle(f"run {metrics['run']} on {metrics['dataset']}")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def write_outputs(model_store, run: str, config: dict, records: list[dict], output_dir: Path | None) -> dict:
-    metrics = metrics_from_records(run, config, records)
-    metrics_bytes = json.dumps(metrics, indent=1).encode()
-    png = plot_metrics(metrics)
-    model_store.put(ck.metrics_key(run), metrics_bytes)
-    model_store.put(ck.plot_key(run), png)
-    outputs = {"metrics": f"{model_store.url}/{ck.metrics_key(run)}", "plot": f"{model_store.url}/{ck.plot_key(run)}"}
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / f"{run}-metrics.json").write_bytes(metrics_bytes)
-        (output_dir / f"{run}-metrics.png").write_bytes(png)
-        outputs["local metrics"] = str(output_dir / f"{run}-metrics.json")
-        outputs["local plot"] = str(output_dir / f"{run}-metrics.png")
-    return outputs
-
-
-def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
-    """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
-    out = out or sys.stdout  # resolved per call, so redirected output is honoured
-    start = time.perf_counter()
-    data_store, model_store = session.data_store(), session.model_store()
+        values[name] = given if given is not None else previous if previous is not None else defaults[name]
     try:
-        ck.validate_run(options.run)
-        datasets.validate_dataset(options.dataset)
-    except ValueError as err:
-        raise TrainingFailed(str(err)) from None
+        return Hyper(**values)
+    except ValidationError as err:
+        raise TrainingFailed(f"invalid training options: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") \
+            from None
+
+
+def _check_options(options: TrainOptions) -> None:
     if options.rounds < 1:
         raise TrainingFailed("--rounds must be at least 1")
     if options.retries < 0:
         raise TrainingFailed("--retries must be >= 0")
+    try:
+        validate_name(options.run, "run name")
+        datasets.validate_dataset(options.dataset)
+    except ValueError as err:
+        raise TrainingFailed(str(err)) from None
 
-    manifest = read_manifest(data_store, options.dataset)
-    config = ck.read_run_config(model_store, options.run)
-    if config is not None and not options.resume:
-        done = ck.latest_round(model_store, options.run)
+
+def _new_config(options: TrainOptions, manifest: dict, hyper: Hyper, workers: int, model_store) -> RunConfig:
+    lineage = None
+    try:
+        if options.init_from:
+            model, lineage = _fine_tune_model(options, manifest, model_store)
+        else:
+            model = model_config_for(manifest["recipe"], manifest["classes"], options.version or "1.1",
+                                     options.stem or "auto", options.classifier_relu)
+    except (ValueError, ValidationError) as err:
+        raise TrainingFailed(f"cannot build a model for dataset {options.dataset!r}: {err}") from None
+    return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.get("id"),
+                     training=Training(**hyper.model_dump(), workers=workers), created=now_iso(),
+                     init_from=lineage)
+
+
+def _same_recipe(a: dict, b: dict) -> bool:
+    return Recipe.from_dict(a).to_dict() == Recipe.from_dict(b).to_dict()
+
+
+def _fine_tune_model(options: TrainOptions, manifest: dict, model_store) -> tuple[ModelConfig, Lineage]:
+    """The starting version's network with the dataset's classes; options that contradict it are refused."""
+    try:
+        start = starting_point(model_store, options.init_from)
+    except CheckpointError as err:
+        raise TrainingFailed(str(err)) from None
+    source, what = start.config, f"{start.name} {start.version}"
+    if options.version not in (None, source.version):
+        raise TrainingFailed(f"--version {options.version} conflicts with --init-from {what}, a SqueezeNet "
+                             f"{source.version}: drop --version")
+    if options.stem is not None:
+        raise TrainingFailed(f"--stem conflicts with --init-from: the first convolution comes from {what}; "
+                             "drop --stem")
+    if not _same_recipe(manifest["recipe"], source.recipe):
+        raise TrainingFailed(
+            f"dataset {options.dataset!r} was prepared with recipe {json.dumps(manifest['recipe'])}, but {what} "
+            f"expects {json.dumps(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
+            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --recipe-from "
+            f"{start.name}:{start.version}`")
+    labels = list(manifest["classes"])
+    keep = labels == list(source.labels)
+    model = ModelConfig(**{**source.model_dump(), "labels": labels, "classes": len(labels),
+                           "classifier_relu": source.classifier_relu if keep else options.classifier_relu})
+    return model, Lineage(model=start.name, version=start.version, weights_sha256=start.weights_sha256,
+                          kept_classifier=keep)
+
+
+def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, manifest: dict) -> None:
+    if not options.resume:
+        done = run.latest_round()
         state = "no round completed yet" if done is None else f"last completed round: {done}"
-        raise TrainingFailed(f"run {options.run!r} already exists in {model_store.url} ({state}); "
+        raise TrainingFailed(f"run {options.run!r} already exists in {run.store.url} ({state}); "
                              "continue it with --resume or choose another --run")
-    stored_training = (config or {}).get("training") or {}
-    hyper = resolve_hyper(options, stored_training)
-    workers = options.workers or stored_training.get("workers") or len(manifest["shards"])
-    if stored_training.get("workers") not in (None, workers):
-        raise TrainingFailed(f"run {options.run!r} was trained with {stored_training['workers']} workers; "
+    if options.init_from:
+        name, version = options.init_from.partition(":")[::2]
+        start = config.init_from
+        if start is None or start.model != name or version not in ("", start.version):
+            began = f"from {start.model}:{start.version}" if start else "from scratch"
+            raise TrainingFailed(f"run {options.run!r} started {began}, not from {options.init_from}; "
+                                 "drop --init-from to resume it, or start a new --run")
+    if config.dataset != options.dataset:
+        raise TrainingFailed(f"run {options.run!r} trains on dataset {config.dataset!r}, not "
+                             f"{options.dataset!r}; resume with --dataset {config.dataset}")
+    if config.manifest_id != manifest.get("id"):
+        raise TrainingFailed(f"dataset {options.dataset!r} was prepared differently after run {options.run!r} started, "
+                             "so resuming would train on different shards; start a new --run")
+
+
+def plan_run(session, options: TrainOptions) -> Plan:
+    """Open or start the run, after checking every option against the dataset and the run's own config."""
+    _check_options(options)
+    run = TrainingRun(session.model_store(), options.run)
+    manifest = read_manifest(session.data_store(), options.dataset)
+    config = run.config()
+    if config is not None:
+        _check_resume(options, run, config, manifest)
+    stored = config.training.model_dump(exclude_unset=True) if config else {}
+    hyper = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS)
+    workers = options.workers or stored.get("workers") or len(manifest["shards"])
+    if stored.get("workers") not in (None, workers):
+        raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
                              "resume it with the same --workers (or start a new --run)")
     shard_parts = assign_shards(manifest, workers)
     min_workers = options.min_workers if options.min_workers is not None else workers
     if not 1 <= min_workers <= workers:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
-
     if config is None:
-        config = {"model": model_config_for(manifest, options.version, options.stem, options.classifier_relu),
-                  "dataset": options.dataset, "manifest_id": manifest.get("id"),
-                  "training": {**hyper.model_dump(), "workers": workers}, "created": datasets.now_iso()}
-        ck.write_run_config(model_store, options.run, config)
-    elif config.get("dataset") != options.dataset:
-        raise TrainingFailed(f"run {options.run!r} trains on dataset {config.get('dataset')!r}, not "
-                             f"{options.dataset!r}; resume with --dataset {config.get('dataset')}")
-    elif config.get("manifest_id") != manifest.get("id"):
-        raise TrainingFailed(f"dataset {options.dataset!r} was prepared differently after run {options.run!r} started, "
-                             "so resuming would train on different shards; start a new --run")
-    model_spec = ModelSpec.from_config(config["model"])
-    recipe = config["model"]["recipe"]
-    val_parts = manifest.get("val", {}).get("parts", [])
+        config = _new_config(options, manifest, hyper, workers, run.store)
+        run.start(config)
+    return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers)
 
-    invoker = session.invoker
+
+# --- the loop ---------------------------------------------------------------------------
+
+def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
+    """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
+    out = out or sys.stdout  # resolved per call, so redirected output is honoured
+    start = time.perf_counter()
+    plan = plan_run(session, options)
+    invoker, run = session.invoker, plan.run
     first_record = len(invoker.records)
     failures: list[tuple[str, str]] = []
-    last = ck.latest_round(model_store, options.run)
+    last = run.latest_round()
     todo = max(0, options.rounds - (last or 0))
-    bar = tqdm(total=todo * workers + (1 if last is None else 0), unit="worker", desc=f"train {options.run}",
-               disable=not progress)
+    bar = tqdm(total=todo * len(plan.shard_parts) + (1 if last is None else 0), unit="worker",
+               desc=f"train {options.run}", disable=not progress)
 
     def tick(inv: Invocation) -> None:
         bar.update(1 if inv.ok else 0)
 
     try:
         if last is None:
-            round_start = time.perf_counter()
-            n_before = len(invoker.records)
-            event = InitRequest(action="init", model=model_spec, seed=hyper.seed,
-                                output_key=ck.global_key(options.run, 0)).model_dump(mode="json")
-            done, errors = invoke_with_retries(invoker, [event], options.retries, tick)
-            if errors:
-                raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
-            ck.commit_round(model_store, options.run, 0, {
-                "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
-                "parameters": done[0]["parameters"], "wall_seconds": round(time.perf_counter() - round_start, 3),
-                "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": datasets.now_iso()})
+            _init_round(invoker, plan, options, tick)
             last = 0
         elif last >= options.rounds:
             print(f"run {options.run!r} already has {last} completed rounds (asked for {options.rounds}); "
                   "nothing to train", file=out)
-
         for round_ in range(last + 1, options.rounds + 1):
-            record = _train_round(session, options, round_, hyper, model_spec, recipe, shard_parts, val_parts,
-                                  min_workers, tick, failures)
+            record = _train_round(invoker, plan, options, round_, tick, failures)
             bar.write(round_line(record), file=out)
-            last = round_
     finally:
         bar.close()
 
-    records = ck.read_records(model_store, options.run)
-    outputs = write_outputs(model_store, options.run, config, records, options.output_dir)
+    records = run.records()
+    outputs = write_outputs(run, records, options.output_dir)
     return TrainResult(run=options.run, records=records, rounds_run=todo, wall_seconds=time.perf_counter() - start,
                        invocations=invoker.records[first_record:], failures=failures, outputs=outputs)
 
 
-def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, model_spec: ModelSpec, recipe: dict,
-                 shard_parts: list[list[str]], val_parts: list[str], min_workers: int,
-                 tick: Callable[[Invocation], None], failures: list[tuple[str, str]]) -> dict:
-    invoker, model_store = session.invoker, session.model_store()
-    run = options.run
-    round_start = time.perf_counter()
-    n_before = len(invoker.records)
-    events = [TrainRequest(action="train", run=run, round=round_, worker=w, attempt=0,
-                           global_key=ck.global_key(run, round_ - 1),
-                           global_optimizer_key=ck.optimizer_key(run, round_ - 1) if round_ > 1 else None,
-                           shard_keys=parts, output_key=ck.worker_key(run, round_, w, 0),
-                           output_optimizer_key=ck.worker_optimizer_key(run, round_, w, 0), model=model_spec,
-                           recipe=recipe,
-                           hyper=hyper, time_budget_s=options.time_budget_s).model_dump(mode="json")
-              for w, parts in enumerate(shard_parts)]
+def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invocation], None]) -> None:
+    """Round 0: the initial weights, made by the train function from the seed."""
+    started, n_before, run = time.perf_counter(), len(invoker.records), plan.run
+    event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
+                        output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
+    done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
+                                       check=_parse_check(InitResponse))
+    if errors:
+        raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
+    run.commit_round(0, {
+        "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
+        "parameters": InitResponse.model_validate(done[0]).parameters,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
 
-    def retry_event(event: dict, attempt: int) -> dict:
-        return {**event, "attempt": attempt, "output_key": ck.worker_key(run, round_, event["worker"], attempt),
-                "output_optimizer_key": ck.worker_optimizer_key(run, round_, event["worker"], attempt)}
 
-    done, errors = invoke_with_retries(invoker, events, options.retries, tick, retry_event, check_train_payload)
-    for w, (attempts, error) in sorted(errors.items()):
-        failures.append((f"round {round_} worker {w}", f"{error} (after {attempts} attempts)"))
-    if len(done) < min_workers:
-        reasons = "; ".join(f"worker {w}: {error}" for w, (_, error) in sorted(errors.items()))
-        previous = round_ - 1
-        raise TrainingFailed(
-            f"round {round_}: only {len(done)} of {len(events)} workers succeeded (need {min_workers}) after "
-            f"{options.retries} retries: {reasons}. The last completed round is {previous} "
-            f"({model_store.url}/{ck.global_key(run, previous)}). Fix the cause and continue with --resume, or "
-            "let a round close on fewer workers with --min-workers.")
-    trained_at = time.perf_counter()
-
-    # Average in worker order (not completion order) so the sum, and so the result, is
-    # reproducible; the optimizer states are averaged the same way, and stored first.
-    targets = (("optimizer_key", ck.optimizer_key(run, round_)), ("weights_key", ck.global_key(run, round_)))
-    for field_name, key in targets:
-        average = WeightedAverage()
+def _parse_check(model) -> Callable[[dict, object], str | None]:
+    """A retry check that refuses replies that do not parse as the wire model `model`."""
+    def check(event: dict, payload: object) -> str | None:
         try:
-            for w in sorted(done):
-                average.add(ck.load_weights(model_store, done[w][field_name]), int(done[w]["num_examples"]),
-                            source=f"worker {w}")
-        except (AveragingError, ck.CheckpointError, StoreError) as err:
+            model.model_validate(payload)
+        except ValidationError as err:
+            return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+        return None
+    return check
+
+
+def _check_train(event: dict, payload: object) -> str | None:
+    problem = _parse_check(TrainResponse)(event, payload)
+    if problem:
+        return problem
+    response = TrainResponse.model_validate(payload)
+    if response.num_examples <= 0:
+        return "trained on no examples (time budget too small?)"
+    return None
+
+
+def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]:
+    run, config = plan.run, plan.config
+    hyper = Hyper(**config.training.model_dump(include=set(Hyper.model_fields)))
+    return [TrainRequest(action="train", run=run.name, round=round_, worker=w, attempt=0,
+                         global_key=run.global_key(round_ - 1),
+                         global_optimizer_key=run.optimizer_key(round_ - 1) if round_ > 1 else None,
+                         shard_keys=parts, output_key=run.worker_key(round_, w, 0),
+                         output_optimizer_key=run.worker_optimizer_key(round_, w, 0), model=config.model,
+                         hyper=hyper, time_budget_s=options.time_budget_s).model_dump(mode="json")
+            for w, parts in enumerate(plan.shard_parts)]
+
+
+def _average(run: TrainingRun, round_: int, results: dict[int, TrainResponse]) -> None:
+    """The round's optimizer state, then its global weights: example-weighted means in worker order.
+
+    Worker order (not completion order) fixes the summation order, so the result is reproducible.
+    """
+    targets = (("optimizer_key", run.optimizer_key(round_)), ("weights_key", run.global_key(round_)))
+    for field_name, key in targets:
+        pairs = ((run.load_weights(getattr(results[w], field_name)), results[w].num_examples) for w in sorted(results))
+        try:
+            run.save_weights(key, weighted_average(pairs, sources=[f"worker {w}" for w in sorted(results)]))
+        except (AveragingError, CheckpointError, StoreError) as err:
             raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
                                  f"round is {round_ - 1}; if a worker diverged, start a new --run with a lower "
                                  "--lr") from err
-        ck.save_weights(model_store, key, average.result())
-    averaged_at = time.perf_counter()
 
-    val = evaluate(invoker, model_spec, recipe, ck.global_key(run, round_), val_parts, options.retries,
-                   lambda inv: None)
-    examples = sum(int(p["num_examples"]) for p in done.values())
+
+def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None:
+    """Validation loss/accuracy of stored weights, one invocation per validation part."""
+    if not plan.val_parts:
+        return None
+    events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part], model=plan.config.model,
+                              trainable=plan.config.training.trainable).model_dump(mode="json")
+              for part in plan.val_parts]
+    done, errors = invoke_with_retries(invoker, "train", events, retries, check=_parse_check(EvaluateResponse))
+    if errors:
+        reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
+        raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
+    results = [EvaluateResponse.model_validate(done[i]) for i in sorted(done)]
+    return {"count": sum(r.count for r in results),
+            **weighted_metrics((r.model_dump(), r.count) for r in results),
+            "seconds": max(r.seconds for r in results)}
+
+
+def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: Callable[[Invocation], None],
+                 failures: list[tuple[str, str]]) -> dict:
+    run = plan.run
+    round_start, n_before = time.perf_counter(), len(invoker.records)
+    events = _worker_events(plan, options, round_)
+
+    def retry_event(event: dict, attempt: int) -> dict:
+        return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
+                "output_optimizer_key": run.worker_optimizer_key(round_, event["worker"], attempt)}
+
+    done, errors = invoke_with_retries(invoker, "train", events, options.retries, tick, retry_event, _check_train)
+    for w, (attempts, error) in sorted(errors.items()):
+        failures.append((f"round {round_} worker {w}", f"{error} (after {attempts} attempts)"))
+    if len(done) < plan.min_workers:
+        reasons = "; ".join(f"worker {w}: {error}" for w, (_, error) in sorted(errors.items()))
+        raise TrainingFailed(
+            f"round {round_}: only {len(done)} of {len(events)} workers succeeded (need {plan.min_workers}) after "
+            f"{options.retries} retries: {reasons}. The last completed round is {round_ - 1} "
+            f"({run.url(run.global_key(round_ - 1))}). Fix the cause and continue with --resume, or "
+            "let a round close on fewer workers with --min-workers.")
+    results = {w: TrainResponse.model_validate(done[w]) for w in sorted(done)}
+    trained_at = time.perf_counter()
+    _average(run, round_, results)
+    averaged_at = time.perf_counter()
+    val = evaluate(invoker, plan, run.global_key(round_), options.retries)
+    record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
+    record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
+    run.commit_round(round_, record)
+    if not options.keep_worker_weights:
+        run.delete_worker_weights(round_)
+    return {**record, "round": round_}
+
+
+def _round_record(results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,
+                  val: dict | None, round_start: float, trained_at: float, averaged_at: float) -> dict:
     wall = time.perf_counter() - round_start
-    train_max = max(float(p["train_seconds"]) for p in done.values())
-    record = {
-        "kind": "round", "workers": len(events), "workers_ok": len(done),
-        "worker_results": [{k: done[w][k] for k in ("worker", "attempt", "num_examples", "epochs_done", "steps",
-                                                     "stopped_early", "loss", "accuracy", "train_seconds",
-                                                     "images_per_second", "load_seconds", "setup_seconds",
-                                                     "upload_seconds", "max_rss_mb")} for w in sorted(done)],
+    train_max = max(r.train_seconds for r in results.values())
+    return {
+        "kind": "round", "workers": workers, "workers_ok": len(results),
+        "worker_results": [r.model_dump(mode="json") for r in results.values()],
         "failed_workers": [{"worker": w, "attempts": a, "error": e} for w, (a, e) in sorted(errors.items())],
-        "train": {"examples": examples,
-                  "loss": sum(p["loss"] * p["num_examples"] for p in done.values()) / examples,
-                  "accuracy": sum(p["accuracy"] * p["num_examples"] for p in done.values()) / examples},
+        "train": {"examples": sum(r.num_examples for r in results.values()),
+                  **weighted_metrics((r.model_dump(), r.num_examples) for r in results.values())},
         "val": val,
         "wall_seconds": round(wall, 3),
         "phase_seconds": {"workers": round(trained_at - round_start, 3), "average": round(averaged_at - trained_at, 3),
                           "evaluate": round(time.perf_counter() - averaged_at, 3)},
         "train_share": round(train_max / wall, 4) if wall > 0 else None,
-        "gb_seconds": round(summarize(invoker.records[n_before:]).gb_seconds, 3),
-        "completed_at": datasets.now_iso(),
+        "completed_at": now_iso(),
     }
-    ck.commit_round(model_store, run, round_, record)
-    if not options.keep_worker_weights:
-        for key in list(model_store.list(ck.round_prefix(run, round_) + "workers/")):
-            model_store.delete(key)
-    return {**record, "round": round_}
-

@@ -47,5 +47,7 @@ def handler(event: dict, context) -> dict:
             logger.warning("image skipped", extra=skipped)
     else:
         result = training.run_init(request, model_store)
+    if not isinstance(result, dict):
+        result = result.model_dump(mode="json")
     logger.info(f"{result['action']} done", extra={k: v for k, v in result.items() if k != "skipped"})
     return result

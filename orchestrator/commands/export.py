@@ -6,6 +6,7 @@ import argparse
 import time
 
 from orchestrator.commands import add_command
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -32,26 +33,31 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace, session) -> int:
     from dlpipe.publish.export import ExportError, export_model
     from dlpipe.shared.recipe import Recipe
-    from dlpipe.train.checkpoints import CheckpointError, build_model, latest_round, load_global
+    from dlpipe.train.model import build_model
+    from dlpipe.train.run import TrainingRun, lineage_of
+    from dlpipe.train.weights import CheckpointError
 
     store = session.model_store()
     name = args.name or args.run_name
     start = time.perf_counter()
     try:
-        weights, config = load_global(store, args.run_name, args.round)
-        round_ = args.round if args.round is not None else latest_round(store, args.run_name)
+        run_ = TrainingRun(store, args.run_name)
+        weights, config = run_.load_global(args.round)
+        round_ = args.round if args.round is not None else run_.latest_round()
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...")
         model = build_model(config, weights)
-        exported = export_model(model, store, name, list(config["labels"]), Recipe.from_dict(config["recipe"]),
-                                source={"kind": "run", "run": args.run_name, "round": round_}, version=args.version)
+        exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
+                                source={"kind": "run", "run": args.run_name, "round": round_,
+                                        **lineage_of(run_.config())},
+                                version=args.version, config=config)
     except (CheckpointError, ExportError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+        raise CommandError(str(err)) from None
     print_summary("export", [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("from", f"run {args.run_name} round {round_}"),
         ("written to", f"{store.url}/{exported.prefix}"),
-        ("architecture", f"SqueezeNet {config['version']}, input {'x'.join(map(str, config['input_shape']))}, "
-                         f"{config['classes']} classes"),
+        ("architecture", f"SqueezeNet {config.version}, input {'x'.join(map(str, config.input_shape))}, "
+                         f"{config.classes} classes"),
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),

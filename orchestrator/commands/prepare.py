@@ -21,8 +21,8 @@ from dlpipe.train import datasets
 from dlpipe.wire import PackRequest
 from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
+from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.report import print_summary
-from orchestrator.rounds import invoke_with_retries
 
 RECIPES = {
     "fashion-mnist": datasets.FASHION_MNIST_RECIPE,
@@ -111,7 +111,7 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
               for split, shard, i, part in jobs]
 
     bar = tqdm(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", disable=not progress)
-    done, errors = invoke_with_retries(session.invoker, events, retries,
+    done, errors = invoke_with_retries(session.invoker, "train", events, retries,
                                        lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0))
     bar.close()
     if errors:

@@ -10,7 +10,8 @@ from typing import TextIO
 from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
 from orchestrator.report import print_summary
-from orchestrator.rounds import DEFAULTS, TrainingFailed, TrainOptions, run_training
+from orchestrator.errors import CommandError
+from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
 examples:
@@ -21,9 +22,13 @@ examples:
   orchestrator train --dataset fmnist --run fm2 --workers 4 --rounds 10 --local-epochs 1 \\
       --min-workers 3 --retries 2
   orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 5      # on AWS Lambda
+  orchestrator train --dataset flowers --run fl1 --rounds 3 --init-from squeezenet1.1
+      fine-tune the pretrained ImageNet SqueezeNet on your classes (a new classifier, the rest frozen)
 
 defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']}, \
---lr {DEFAULTS['learning_rate']}, --seed {DEFAULTS['seed']}; with --resume the run's own values.
+--lr {DEFAULTS['learning_rate']}, --seed {DEFAULTS['seed']}, --trainable all; with --init-from: \
+--local-epochs {FINE_TUNE_DEFAULTS['local_epochs']}, --batch-size {FINE_TUNE_DEFAULTS['batch_size']}, \
+--trainable {FINE_TUNE_DEFAULTS['trainable']}; with --resume the run's own values.
 Writes runs/RUN/ in the model store (config, per-round global weights and records, metrics.json,
 metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
   orchestrator export --run RUN"""
@@ -56,10 +61,18 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-epochs", type=float, metavar="E",
                    help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard "
                         "(default 0). Keeps workers close enough early on for their average to be good")
-    p.add_argument("--stem", choices=("auto", "small", "imagenet"), default="auto",
+    p.add_argument("--init-from", metavar="MODEL[:VERSION]",
+                   help="start from a servable model version (from `import-onnx` or `export`; default version: "
+                        "its latest) instead of random weights: a new classifier for the dataset's classes "
+                        "(kept if the classes are the same); its SqueezeNet version, stem and recipe are used")
+    p.add_argument("--trainable", choices=("classifier", "all"),
+                   help="what trains: only the classifier (conv10; every other layer frozen, no gradients "
+                        "computed: about 4 times faster) or all layers")
+    p.add_argument("--stem", choices=("auto", "small", "imagenet"), default=None,
                    help="first convolution: stride 1 for small inputs, ImageNet's stride 2, or auto "
                         "(stride 1 up to 64 px; default)")
-    p.add_argument("--version", choices=("1.0", "1.1"), default="1.1", help="SqueezeNet version (default: 1.1)")
+    p.add_argument("--version", choices=("1.0", "1.1"), default=None,
+                   help="SqueezeNet version (default: 1.1, or the --init-from model's)")
     p.add_argument("--classifier-relu", action="store_true",
                    help="keep the reference SqueezeNet's ReLU after the last convolution (off by default: a class "
                         "whose output it zeroes everywhere can never be learned again)")
@@ -76,6 +89,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
+                        init_from=args.init_from, trainable=args.trainable,
                         output_dir=args.output,
                         keep_worker_weights=args.keep_worker_weights)
 
@@ -86,8 +100,7 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     try:
         result = run_training(session, options, out=out)
     except TrainingFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(str(err)) from None
     final = result.final
     val = final.get("val") or {}
     best = max((r for r in result.records if r.get("val")), key=lambda r: r["val"]["accuracy"], default=None)
@@ -112,4 +125,4 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
     print_failures(result.failures, out=out)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
-    return 0
+    return 1 if result.failures else 0

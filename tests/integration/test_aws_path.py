@@ -17,7 +17,8 @@ import pytest
 from cfnlint.decode.decode import decode_str
 
 from dlpipe.train import datasets
-from dlpipe.train.checkpoints import global_key, latest_round, load_weights
+from dlpipe.train.run import TrainingRun
+from dlpipe.train.weights import load_weights
 from orchestrator.cli import main
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -101,8 +102,8 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
     from dlpipe.shared.store import open_store
 
     model_store = open_store(f"s3://{models}")
-    assert latest_round(model_store, "e2e") == 1
-    assert len(load_weights(model_store, global_key("e2e", 1))) > 0
+    assert TrainingRun(model_store, "e2e").latest_round() == 1
+    assert len(load_weights(model_store, TrainingRun(None, "e2e").global_key(1))) > 0
     served = keys(models, "models/e2e/")
     for name in ("model.tflite", "labels.json", "recipe.json", "meta.json"):
         assert any(k.endswith("/" + name) for k in served), (name, served)

@@ -119,25 +119,28 @@ def test_model_choice_errors_say_what_exists(where, files, tmp_path, capsys, mod
 
 
 def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
-    from dlpipe.train import checkpoints as ck
+    from dlpipe.train.model import build_model, model_config_for
+    from dlpipe.train.run import RunConfig, Training, TrainingRun
 
     models = DirStore(tmp_path / "models")
     recipe = Recipe(size=32, channels=1, mean=(0.5,), std=(0.5,))
-    config = ck.model_config("1.1", (32, 32, 1), 4, True, ["shirt", "shoe", "bag", "coat"], recipe.to_dict())
-    ck.write_run_config(models, "r1", {"model": config})
-    trained = ck.build_model(config)
-    ck.save_weights(models, ck.global_key("r1", 0), trained.get_weights())
-    ck.commit_round(models, "r1", 0, {})
+    config = model_config_for(recipe.to_dict(), ["shirt", "shoe", "bag", "coat"])
+    run = TrainingRun(models, "r1")
+    run.start(RunConfig(model=config, dataset="d", training=Training(workers=1), created="now"))
+    trained = build_model(config)
+    run.save_weights(run.global_key(0), trained.get_weights())
+    run.commit_round(0, {})
     where = ["--home", str(tmp_path / "home"), "--models", str(models.root), "--concurrency", "1"]
 
     assert main([*where, "export", "--run", "r1"]) == 0
     assert "r1 v1 (now latest)" in capsys.readouterr().out
     meta = json.loads(models.get("models/r1/v1/meta.json"))
-    assert meta["source"] == {"kind": "run", "run": "r1", "round": 0} and meta["input_shape"] == [32, 32, 1]
-    with pytest.raises(SystemExit, match="round 5 is not one of them"):
-        main([*where, "export", "--run", "r1", "--round", "5"])
-    with pytest.raises(SystemExit, match="no training run 'r9'"):
-        main([*where, "export", "--run", "r9"])
+    assert meta["source"] == {"kind": "run", "run": "r1", "round": 0, "init_from": None, "trainable": "all"}
+    assert meta["input_shape"] == [32, 32, 1] and models.exists("models/r1/v1/weights.npz")
+    assert main([*where, "export", "--run", "r1", "--round", "5"]) == 2
+    assert "round 5 is not one of them" in capsys.readouterr().err
+    assert main([*where, "export", "--run", "r9"]) == 2
+    assert "no training run 'r9'" in capsys.readouterr().err
 
     assert main([*where, "predict", str(files["cat.jpg"]), "--json"]) == 0     # an RGB photo, a greyscale model
     response = json.loads(capsys.readouterr().out)[0]

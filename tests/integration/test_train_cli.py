@@ -16,8 +16,9 @@ import pytest
 
 from dlpipe.shared.config import Settings
 from dlpipe.shared.store import DirStore
-from dlpipe.train import checkpoints as ck
 from dlpipe.train import datasets
+from dlpipe.train.run import TrainingRun
+from dlpipe.train.weights import load_weights, save_weights
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
@@ -72,7 +73,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     for r in (1, 2, 3):
         assert f"round   {r}  workers 2/2" in train_out
     models = learned["models"]
-    records = ck.read_records(models, "ref")
+    records = TrainingRun(models, "ref").records()
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     val = [r["val"]["accuracy"] for r in records[1:]]
     # Chance is 10%: three short rounds must get far past it, and the last beats the first.
@@ -81,20 +82,20 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     assert "validation       loss" in train_out and "invocations" in train_out and "GB-s" in train_out
 
     # The layout: config, weights per round, no leftover worker weights, metrics and plot.
-    config = ck.read_run_config(models, "ref")
+    config = TrainingRun(models, "ref").config().model_dump(mode="json")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
     assert config["training"] == {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
                                   "warmup_epochs": 0.0, "workers": 2}
-    assert all(models.exists(ck.global_key("ref", r)) for r in range(4))
+    assert all(models.exists(TrainingRun(None, "ref").global_key(r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
-    metrics = json.loads(models.get(ck.metrics_key("ref")))
+    metrics = json.loads(models.get(TrainingRun(None, "ref").metrics_key))
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
-    assert models.get(ck.plot_key("ref"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert models.get(TrainingRun(None, "ref").plot_key)[:8] == b"\x89PNG\r\n\x1a\n"
     local = learned["home"] / "out"
     assert json.loads((local / "ref-metrics.json").read_text()) == metrics
     assert (local / "ref-metrics.png").read_bytes()[:4] == b"\x89PNG"
-    weights, model_config = ck.load_global(models, "ref")
-    assert model_config["labels"] == manifest["classes"] and len(weights) == 52
+    weights, model_config = TrainingRun(models, "ref").load_global()
+    assert model_config.labels == manifest["classes"] and len(weights) == 52
 
     # Starting the same run again is refused; resuming a finished run has nothing to do.
     where = ["--home", str(learned["home"] / "home"), "--concurrency", "2"]
@@ -150,10 +151,10 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     models = tiny["models"]
     train(tiny, options("straight", 3))
-    reference = ck.load_weights(models, ck.global_key("straight", 3))
+    reference = load_weights(models, TrainingRun(None, "straight").global_key(3))
 
     train(tiny, options("bumpy", 1))
-    round1 = models.get(ck.global_key("bumpy", 1))
+    round1 = models.get(TrainingRun(None, "bumpy").global_key(1))
     # Round 2 fails for good on worker 1: the run stops, round 1 stays the last good checkpoint.
     with corrupt_shard(tiny, 1):
         with pytest.raises(TrainingFailed) as failure:
@@ -161,22 +162,22 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     message = str(failure.value)
     assert "round 2: only 1 of 2 workers succeeded (need 2) after 1 retries" in message
     assert "worker 1: CorruptPart" in message and "--resume" in message and "--min-workers" in message
-    assert ck.latest_round(models, "bumpy") == 1 and models.get(ck.global_key("bumpy", 1)) == round1
-    assert not models.exists(ck.global_key("bumpy", 2))
+    assert TrainingRun(models, "bumpy").latest_round() == 1 and models.get(TrainingRun(None, "bumpy").global_key(1)) == round1
+    assert not models.exists(TrainingRun(None, "bumpy").global_key(2))
 
     # Resume to round 2, then fake a crash after round 3's weights were written but before
     # its record and pointer: resuming must redo round 3 and land on the same weights.
     train(tiny, options("bumpy", 2, resume=True))
     train(tiny, options("bumpy", 3, resume=True))
-    assert same(ck.load_weights(models, ck.global_key("bumpy", 3)), reference)
-    models.delete(ck.record_key("bumpy", 3))
-    ck.put_json(models, ck.latest_key("bumpy"), {"round": 2})
-    ck.save_weights(models, ck.global_key("bumpy", 3), [np.zeros(1, np.float32)])  # a torn, wrong file
+    assert same(load_weights(models, TrainingRun(None, "bumpy").global_key(3)), reference)
+    models.delete(TrainingRun(None, "bumpy").record_key(3))
+    models.put(TrainingRun(None, "bumpy").latest_key, json.dumps({"round": 2}).encode())
+    save_weights(models, TrainingRun(None, "bumpy").global_key(3), [np.zeros(1, np.float32)])  # a torn, wrong file
     result = train(tiny, options("bumpy", 3, resume=True))
-    assert result.rounds_run == 1 and ck.latest_round(models, "bumpy") == 3
-    assert same(ck.load_weights(models, ck.global_key("bumpy", 3)), reference)
+    assert result.rounds_run == 1 and TrainingRun(models, "bumpy").latest_round() == 3
+    assert same(load_weights(models, TrainingRun(None, "bumpy").global_key(3)), reference)
     # The records of a resumed run read like an uninterrupted one's.
-    assert [r["round"] for r in ck.read_records(models, "bumpy")] == [0, 1, 2, 3]
+    assert [r["round"] for r in TrainingRun(models, "bumpy").records()] == [0, 1, 2, 3]
 
     # Hyper-parameters of a run cannot change on resume.
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
@@ -195,10 +196,10 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
     assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
     assert result.failures and result.failures[0][0] == "round 1 worker 0"
     # The global model is worker 1's alone (an average of one), and it was evaluated.
-    assert same(ck.load_weights(models, ck.global_key("survivor", 1)),
-                ck.load_weights(models, ck.worker_key("survivor", 1, 1, 0)))
-    assert same(ck.load_weights(models, ck.optimizer_key("survivor", 1)),
-                ck.load_weights(models, ck.worker_optimizer_key("survivor", 1, 1, 0)))
+    assert same(load_weights(models, TrainingRun(None, "survivor").global_key(1)),
+                load_weights(models, TrainingRun(None, "survivor").worker_key(1, 1, 0)))
+    assert same(load_weights(models, TrainingRun(None, "survivor").optimizer_key(1)),
+                load_weights(models, TrainingRun(None, "survivor").worker_optimizer_key(1, 1, 0)))
     assert record["val"]["count"] == json.loads(tiny["data"].get(datasets.manifest_key("tiny")))["val"]["count"]
     assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
 
@@ -219,8 +220,8 @@ def test_a_worker_that_times_out_is_retried_and_the_round_is_unchanged(tiny, mon
         not inv.ok and "Sandbox.Timedout: Task timed out after 45.00 seconds" in inv.error
         for inv in result.invocations)
     # A worker's training depends on (seed, round, worker), not on the attempt: same weights.
-    assert same(ck.load_weights(models, ck.global_key("late", 1)),
-                ck.load_weights(models, ck.global_key("punctual", 1)))
+    assert same(load_weights(models, TrainingRun(None, "late").global_key(1)),
+                load_weights(models, TrainingRun(None, "punctual").global_key(1)))
 
 
 def test_bad_training_requests_are_refused_before_any_work(tiny):
@@ -230,7 +231,7 @@ def test_bad_training_requests_are_refused_before_any_work(tiny):
         train(tiny, options("x", 1, workers=3))
     with pytest.raises(TrainingFailed, match="--min-workers must be between 1 and 2"):
         train(tiny, options("x", 1, min_workers=5))
-    assert ck.read_run_config(tiny["models"], "x") is None
+    assert TrainingRun(tiny["models"], "x").config() is None
 
 
 @pytest.mark.slow
@@ -254,7 +255,7 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
     with contextlib.closing(Session(settings, "local", concurrency=2)) as session:
         opts = TrainOptions(dataset="s3fm", run="s3run", rounds=2, local_epochs=1, batch_size=32, output_dir=None)
         run_training(session, opts, out=io.StringIO(), progress=False)
-        assert ck.latest_round(models, "s3run") == 2 and models.exists(ck.plot_key("s3run"))
+        assert TrainingRun(models, "s3run").latest_round() == 2 and models.exists(TrainingRun(None, "s3run").plot_key)
         manifest = json.loads(data.get(datasets.manifest_key("s3fm")))
         parts = [k for s in manifest["shards"] for k in s["parts"]] + manifest["val"]["parts"]
         # The workers kept their parts in /tmp: exactly the prepared parts' bytes...
@@ -265,8 +266,8 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
             data.delete(key)
         opts.rounds, opts.resume = 3, True
         run_training(session, opts, out=io.StringIO(), progress=False)
-    weights, config = ck.load_global(models, "s3run")
-    assert ck.latest_round(models, "s3run") == 3 and config["classes"] == 10 and len(weights) == 52
+    weights, config = TrainingRun(models, "s3run").load_global()
+    assert TrainingRun(models, "s3run").latest_round() == 3 and config.classes == 10 and len(weights) == 52
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -274,8 +275,8 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
      "no images in class folders under 'photos/'"),
     (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2, "dataset name"),
     (["prepare", "--source", "photos", "--dataset", "d", "--workers", "0"], 2, "--workers must be at least 1"),
-    (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 1, "no prepared dataset 'd'"),
-    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 1, "invalid run name '../r'"),
+    (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 2, "no prepared dataset 'd'"),
+    (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 2, "invalid run name '../r'"),
     (["fashion-mnist", "--limit", "0"], 2, "--limit must be at least 1"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, code, message):

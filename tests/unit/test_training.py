@@ -17,14 +17,18 @@ from PIL import Image
 
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import checkpoints, datasets
+from dlpipe.train import datasets
 from dlpipe.train import worker as training
+from dlpipe.train.model import build_model
+from dlpipe.train.run import TrainingRun
+from dlpipe.train.weights import CheckpointError, load_weights
+from dlpipe.wire import ModelConfig
 from orchestrator.invokers.local import LocalContext
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "functions" / "train" / "app.py"
 EVENT = json.loads((REPO / "events" / "train.json").read_text())
-RECIPE = Recipe.from_dict(EVENT["recipe"])
+RECIPE = Recipe.from_dict(EVENT["model"]["recipe"])
 CLASSES = 3
 PER_CLASS = 24
 
@@ -69,11 +73,11 @@ def context(timeout_s: float = 900) -> LocalContext:
 
 
 def model_dict() -> dict:
-    return {**EVENT["model"], "classes": CLASSES}
+    return {**EVENT["model"], "classes": CLASSES, "labels": [f"c{i}" for i in range(CLASSES)]}
 
 
 def init(handler, run: str, seed: int = 3) -> str:
-    key = checkpoints.global_key(run, 0)
+    key = TrainingRun(None, run).global_key(0)
     response = handler({"action": "init", "model": model_dict(), "seed": seed, "output_key": key}, context())
     assert response["weights_key"] == key and response["arrays"] == 52
     return key
@@ -82,8 +86,8 @@ def init(handler, run: str, seed: int = 3) -> str:
 def train_event(world, run: str, **changes) -> dict:
     """events/train.json, pointed at this test's run and shard."""
     event = json.loads(json.dumps(EVENT))
-    event.update(run=run, global_key=checkpoints.global_key(run, 0), shard_keys=[world["train"]["key"]],
-                 output_key=checkpoints.worker_key(run, 1, 0), model=model_dict())
+    event.update(run=run, global_key=TrainingRun(None, run).global_key(0), shard_keys=[world["train"]["key"]],
+                 output_key=TrainingRun(None, run).worker_key(1, 0), model=model_dict())
     event["hyper"].update(batch_size=16, local_epochs=2, seed=11)
     event.update(changes)
     return event
@@ -98,13 +102,13 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     response = handler(event, context())
     assert response["num_examples"] == 2 * world["train"]["count"] and not response["stopped_early"]
     assert response["epochs_done"] == 2 and response["steps"] == 2 * -(-world["train"]["count"] // 16)
-    worker = checkpoints.load_weights(world["models"], event["output_key"])
+    worker = load_weights(world["models"], event["output_key"])
 
     # The same thing by hand, with nothing from the train function but the seed rules.
     x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
     hyper = event["hyper"]
-    initial = checkpoints.load_weights(world["models"], init_key)
-    model = checkpoints.build_model(model_dict(), initial,
+    initial = load_weights(world["models"], init_key)
+    model = build_model(ModelConfig(**model_dict()), initial,
                                     dropout_seed=training.dropout_seed(hyper["seed"], 1, 0))
     model.compile(optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -131,19 +135,19 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, 
 
     run = f"long-{warmup_epochs}"
     init_key = init(handler, run)
-    first = train_event(world, run, output_optimizer_key=checkpoints.worker_optimizer_key(run, 1, 0))
+    first = train_event(world, run, output_optimizer_key=TrainingRun(None, run).worker_optimizer_key(1, 0))
     first["hyper"].update(local_epochs=1, warmup_epochs=warmup_epochs)
     r1 = handler(first, context())
     second = {**first, "round": 2, "global_key": r1["weights_key"], "global_optimizer_key": r1["optimizer_key"],
-              "output_key": checkpoints.worker_key(run, 2, 0),
-              "output_optimizer_key": checkpoints.worker_optimizer_key(run, 2, 0)}
+              "output_key": TrainingRun(None, run).worker_key(2, 0),
+              "output_optimizer_key": TrainingRun(None, run).worker_optimizer_key(2, 0)}
     r2 = handler(second, context())
-    state = checkpoints.load_weights(world["models"], r2["optimizer_key"])
+    state = load_weights(world["models"], r2["optimizer_key"])
     assert state[0] == 2 * r2["steps"] and len(state) == 1 + 2 * 52   # steps, then Adam's m and v per weight
 
     x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
     seed = first["hyper"]["seed"]
-    model = checkpoints.build_model(model_dict(), checkpoints.load_weights(world["models"], init_key),
+    model = build_model(ModelConfig(**model_dict()), load_weights(world["models"], init_key),
                                     dropout_seed=training.dropout_seed(seed, 1, 0))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     warmup_steps = warmup_epochs * r1["steps"]
@@ -163,7 +167,7 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, 
                   callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=warm)])
     if warmup_epochs:  # the schedule really rose over both rounds, then held
         assert rates[0] < rates[r1["steps"]] < rates[-1] == pytest.approx(1e-3)
-    worker = checkpoints.load_weights(world["models"], r2["weights_key"])
+    worker = load_weights(world["models"], r2["weights_key"])
     for got, want in zip(worker, model.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
@@ -173,22 +177,22 @@ def test_warm_repeat_is_identical_and_seed_matters(world, handler):
     event = train_event(world, "repeat", time_budget_s=None)
     event["hyper"]["local_epochs"] = 1
     first = handler(event, context())
-    a = checkpoints.load_weights(world["models"], first["weights_key"])
-    again = handler({**event, "attempt": 1, "output_key": checkpoints.worker_key("repeat", 1, 0, 1)}, context())
-    b = checkpoints.load_weights(world["models"], again["weights_key"])
+    a = load_weights(world["models"], first["weights_key"])
+    again = handler({**event, "attempt": 1, "output_key": TrainingRun(None, "repeat").worker_key(1, 0, 1)}, context())
+    b = load_weights(world["models"], again["weights_key"])
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     other = json.loads(json.dumps(event))
     other["hyper"]["seed"] = 12
-    other["output_key"] = checkpoints.worker_key("repeat", 1, 0, 2)
+    other["output_key"] = TrainingRun(None, "repeat").worker_key(1, 0, 2)
     handler(other, context())
-    c = checkpoints.load_weights(world["models"], other["output_key"])
+    c = load_weights(world["models"], other["output_key"])
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
 
 def test_init_is_a_function_of_the_seed(world, handler):
-    a = checkpoints.load_weights(world["models"], init(handler, "seed-a", seed=5))
-    b = checkpoints.load_weights(world["models"], init(handler, "seed-b", seed=5))
-    c = checkpoints.load_weights(world["models"], init(handler, "seed-c", seed=6))
+    a = load_weights(world["models"], init(handler, "seed-a", seed=5))
+    b = load_weights(world["models"], init(handler, "seed-b", seed=5))
+    c = load_weights(world["models"], init(handler, "seed-c", seed=6))
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
@@ -209,9 +213,9 @@ def test_deadline_stops_between_batches(world, handler):
 def test_evaluate_matches_keras_evaluate(world, handler):
     key = init(handler, "eval")
     event = {"action": "evaluate", "weights_key": key, "shard_keys": [world["val"]["key"]],
-             "model": model_dict(), "recipe": EVENT["recipe"], "batch_size": 8}
+             "model": model_dict(), "batch_size": 8}
     response = handler(event, context())
-    model = checkpoints.build_model(model_dict(), checkpoints.load_weights(world["models"], key))
+    model = build_model(ModelConfig(**model_dict()), load_weights(world["models"], key))
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = datasets.npz_to_arrays(world["data"].get(world["val"]["key"]))
     loss, accuracy = model.evaluate(RECIPE.normalize(x), y, batch_size=8, verbose=0)
@@ -223,7 +227,7 @@ def test_evaluate_matches_keras_evaluate(world, handler):
 def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
     world["data"].put("raw/c0/broken.png", b"\x89PNG\r\n\x1a\n not really")
     event = {"action": "pack", "items": [["raw/c0/000.png", 0], ["raw/c0/broken.png", 0], ["raw/c1/000.png", 1]],
-             "recipe": EVENT["recipe"], "output_prefix": "datasets/p/train/shard-000/part-000"}
+             "recipe": EVENT["model"]["recipe"], "output_prefix": "datasets/p/train/shard-000/part-000"}
     response = handler(event, context())
     assert response["count"] == 2
     assert [s["key"] for s in response["skipped"]] == ["raw/c0/broken.png"]
@@ -241,8 +245,9 @@ def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler)
     missing = train_event(world, "bad", shard_keys=["datasets/t/train/shard-000/part-009-0000000000000000.npz"])
     with pytest.raises(datasets.CorruptPart, match="missing.*prepare"):
         handler(missing, context())
-    wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1})
-    with pytest.raises(checkpoints.CheckpointError, match="do not fit"):
+    wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1,
+                                                   "labels": [f"c{i}" for i in range(CLASSES + 1)]})
+    with pytest.raises(CheckpointError, match="do not fit"):
         handler(wrong_model, context())
     # Still serving.
     assert handler(train_event(world, "bad", time_budget_s=0.001), context())["steps"] == 1

@@ -11,7 +11,7 @@ import base64
 import binascii
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlpipe.shared.images import DEFAULT_MAX_PIXELS
 from dlpipe.shared.names import NAME_PATTERN
@@ -112,41 +112,99 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSpec(_Event):
+# Bounds that keep one invocation inside Lambda's memory (10 GB at most), /tmp and 15 minutes.
+MAX_CLASSES = 10_000
+MAX_INPUT_SIDE = 1024
+MAX_LOCAL_EPOCHS = 100
+MAX_BATCH_SIZE = 4096
+MAX_SHARD_KEYS = 10_000
+
+
+def _store_key(value: str) -> str:
+    try:
+        return validate_key(value)
+    except InvalidKey as err:
+        raise ValueError(str(err)) from None
+
+
+StoreKey = Annotated[str, AfterValidator(_store_key)]
+
+
+class ModelConfig(_Event):
+    """Everything needed to rebuild a model and feed it: the architecture, class names, preprocessing.
+
+    The run config stores it as `model`, every train request carries it, and export and
+    serving read it back: one type for all of them.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     version: Literal["1.0", "1.1"] = "1.1"
     input_shape: tuple[int, int, int]
-    classes: int = Field(ge=2)
+    classes: int = Field(ge=2, le=MAX_CLASSES)
     small_inputs: bool = False
+    # Configs written before this field existed meant the reference's ReLU after conv10.
     classifier_relu: bool = True
+    labels: list[str] = Field(max_length=MAX_CLASSES)
+    recipe: dict
 
+    @field_validator("input_shape")
     @classmethod
-    def from_config(cls, config: dict) -> "ModelSpec":
-        return cls(version=config["version"], input_shape=tuple(config["input_shape"]),
-                   classes=config["classes"], small_inputs=config["small_inputs"],
-                   classifier_relu=config.get("classifier_relu", True))
+    def _fits_a_function(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        height, width, channels = value
+        if not (8 <= height <= MAX_INPUT_SIDE and 8 <= width <= MAX_INPUT_SIDE) or channels not in (1, 3):
+            raise ValueError(f"input_shape {value} must be H x W x C with 8 <= H, W <= {MAX_INPUT_SIDE} and C 1 or 3")
+        return value
 
-    def config(self) -> dict:
-        return {"version": self.version, "input_shape": self.input_shape, "classes": self.classes,
-                "small_inputs": self.small_inputs, "classifier_relu": self.classifier_relu}
+    @model_validator(mode="after")
+    def _one_label_per_class(self) -> "ModelConfig":
+        if len(self.labels) != self.classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.classes} classes")
+        return self
 
-    def key(self) -> tuple:
-        return tuple(self.config().values())
+    def architecture(self) -> tuple:
+        """What the compiled network depends on (not its labels or preprocessing)."""
+        return (self.version, tuple(self.input_shape), self.classes, self.small_inputs, self.classifier_relu)
+
+
+TRAINABLE = ("all", "classifier")
+Trainable = Literal["all", "classifier"]
 
 
 class Hyper(_Event):
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    seed: int = Field(0, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0, description="the learning rate rises linearly from 0 over this many "
-                                                          "epochs of the worker's shard (0: no warm-up)")
+    # "classifier": every layer but conv10 is frozen, and no gradients are computed for them.
+    trainable: Trainable = "all"
+    local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    seed: int = Field(0, ge=0, lt=2**31)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_LOCAL_EPOCHS,
+                                 description="the learning rate rises linearly from 0 over this many "
+                                             "epochs of the worker's shard (0: no warm-up)")
+
+
+class InitFrom(_Event):
+    """Round 0 from a servable version's Keras weights instead of from the seed alone."""
+
+    weights_key: StoreKey
+    # The same classes: keep the version's classifier (conv10). Otherwise a new one, from the seed.
+    keep_classifier: bool
 
 
 class InitRequest(_Event):
     action: Literal["init"]
-    model: ModelSpec
-    seed: int = Field(0, ge=0)
-    output_key: str
+    model: ModelConfig
+    seed: int = Field(0, ge=0, lt=2**31)
+    output_key: StoreKey
+    init_from: InitFrom | None = None
+
+
+class InitResponse(_Event):
+    action: Literal["init"] = "init"
+    weights_key: str
+    arrays: int
+    parameters: int
+    bytes: int
 
 
 class PackRequest(_Event):
@@ -160,32 +218,67 @@ class TrainRequest(_Event):
     """One worker's share of one round."""
 
     action: Literal["train"]
-    run: str
+    run: str = Field(pattern=NAME_PATTERN)
     round: int = Field(ge=1)
     worker: int = Field(ge=0)
     attempt: int = Field(0, ge=0)
-    global_key: str                      # weights to start from (model store)
-    global_optimizer_key: str | None = None   # Adam state to start from (None: a fresh optimizer)
-    shard_keys: list[str] = Field(min_length=1)   # packed parts (data store)
-    output_key: str                      # where to store this worker's weights (model store)
-    output_optimizer_key: str | None = None   # where to store its Adam state (None: not stored)
-    model: ModelSpec
-    recipe: dict
+    global_key: StoreKey                      # weights to start from (model store)
+    global_optimizer_key: StoreKey | None = None   # Adam state to start from (None: a fresh optimizer)
+    shard_keys: list[StoreKey] = Field(min_length=1, max_length=MAX_SHARD_KEYS)   # packed parts (data store)
+    output_key: StoreKey                      # where to store this worker's weights (model store)
+    output_optimizer_key: StoreKey | None = None   # where to store its Adam state (None: not stored)
+    model: ModelConfig
     hyper: Hyper = Hyper()
     time_budget_s: float | None = Field(None, gt=0)  # also bounded by the function's own deadline
 
 
+class TrainResponse(_Event):
+    """What a worker did: the orchestrator averages by `num_examples` and records the rest."""
+
+    action: Literal["train"] = "train"
+    run: str
+    round: int
+    worker: int
+    attempt: int
+    weights_key: str
+    optimizer_key: str | None
+    num_examples: int              # examples trained on this round (all epochs): the averaging weight
+    shard_examples: int
+    epochs_done: int
+    steps: int
+    stopped_early: bool
+    loss: float | None
+    accuracy: float | None
+    train_seconds: float
+    images_per_second: float
+    load_seconds: float
+    setup_seconds: float
+    upload_seconds: float
+    weights_bytes: int
+    max_rss_mb: float | None
+
+
 class EvaluateRequest(_Event):
     action: Literal["evaluate"]
+    weights_key: StoreKey
+    shard_keys: list[StoreKey] = Field(min_length=1, max_length=MAX_SHARD_KEYS)
+    model: ModelConfig
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    trainable: Trainable = "all"   # the run's, so that a warm worker keeps one compiled model
+
+
+class EvaluateResponse(_Event):
+    action: Literal["evaluate"] = "evaluate"
     weights_key: str
-    shard_keys: list[str] = Field(min_length=1)
-    model: ModelSpec
-    recipe: dict
-    batch_size: int = Field(256, ge=1)
+    count: int
+    loss: float
+    accuracy: float
+    seconds: float
 
 
 TrainEvent = Annotated[Union[InitRequest, PackRequest, TrainRequest, EvaluateRequest],
                        Field(discriminator="action")]
+
 
 # --- predict ------------------------------------------------------------------------
 

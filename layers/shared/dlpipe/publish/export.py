@@ -22,6 +22,8 @@ from dlpipe.predict.serving import MODELS_PREFIX, latest_key, list_models, versi
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import ObjectStore
+from dlpipe.train.weights import weights_to_bytes
+from dlpipe.wire import ModelConfig
 
 
 class ExportError(ValueError):
@@ -83,8 +85,12 @@ def _check_consistent(model, labels: list[str], recipe: Recipe) -> tuple[tuple[i
 
 def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe: Recipe,
                  source: dict | None = None, version: str | None = None, check: bool = True,
-                 set_latest: bool = True) -> ExportedVersion:
+                 set_latest: bool = True, config: ModelConfig | None = None) -> ExportedVersion:
     """Write `model` as version `version` (default: the next vN) of `name`, then point latest at it.
+
+    config: the model's ModelConfig; with it the version also stores its Keras weights
+    (weights.npz) and config (model.json), so a training run can start from it
+    (`orchestrator train --init-from NAME:VERSION`).
 
     check: run the flatbuffer with LiteRT on a random input and require the same
     probabilities as Keras (to 1e-4), so a conversion problem fails here, not in serving.
@@ -113,6 +119,11 @@ def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe
         "format": "tflite float32", "output": "probabilities",
         "tflite_sha256": hashlib.sha256(tflite).hexdigest(), "tflite_bytes": len(tflite),
     }
+    if config is not None:
+        weights = weights_to_bytes(model.get_weights())
+        meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        store.put(version_key(name, version, "weights.npz"), weights)
+        store.put(version_key(name, version, "model.json"), config.model_dump_json(indent=1).encode())
     store.put(version_key(name, version, "model.tflite"), tflite)
     store.put(version_key(name, version, "labels.json"), json.dumps(list(labels), indent=0).encode())
     store.put(version_key(name, version, "recipe.json"), json.dumps(recipe.to_dict(), indent=2).encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dlpipe.shared.recipe import Recipe
+from dlpipe.wire import ModelConfig
 from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
 
 
@@ -383,4 +385,7 @@ def import_onnx(path: str | Path, labels: list[str], store, name: str, version: 
     source = {"kind": "onnx", "file": Path(path).name,
               "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
               "architecture": f"SqueezeNet {found.version}"}
-    return export_model(model, store, name, labels, recipe, source=source, version=version), found
+    config = ModelConfig(version=found.version, input_shape=found.input_shape, classes=found.classes,
+                         small_inputs=False, classifier_relu=True, labels=list(labels),
+                         recipe=json.loads(json.dumps(recipe.to_dict())))
+    return export_model(model, store, name, labels, recipe, source=source, version=version, config=config), found

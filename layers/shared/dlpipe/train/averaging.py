@@ -67,13 +67,27 @@ class WeightedAverage:
         return [(total / self.total_examples).astype(dtype) for total, dtype in zip(self._sums, self._dtypes)]
 
 
-def weighted_average(pairs: Iterable[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
-    """Example-weighted mean of (weights, num_examples) pairs, consumed one at a time.
+def weighted_average(pairs: Iterable[tuple[Sequence[np.ndarray], int]],
+                     sources: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Example-weighted mean of (weights, num_examples) pairs, consumed one at a time, in order.
 
     `pairs` may be a generator that loads each worker's weights lazily; only one worker's
-    arrays and the running sum are in memory at once.
+    arrays and the running sum are in memory at once. `sources` name the pairs in errors.
     """
     average = WeightedAverage()
     for index, (weights, num_examples) in enumerate(pairs):
-        average.add(weights, num_examples, source=f"worker #{index}")
+        average.add(weights, num_examples, source=sources[index] if sources else f"worker #{index}")
     return average.result()
+
+
+def weighted_mean(pairs: Iterable[tuple[float | None, int]]) -> float | None:
+    """Example-weighted mean of (value, num_examples) pairs, skipping missing values; None if none."""
+    pairs = [(float(v), int(n)) for v, n in pairs if v is not None and n > 0]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else None
+
+
+def weighted_metrics(pairs: Iterable[tuple[dict, int]], names: Sequence[str] = ("loss", "accuracy")) -> dict:
+    """Per-example means of the metrics `names` over (metrics, num_examples) pairs: a round's train or val score."""
+    pairs = list(pairs)
+    return {name: weighted_mean((metrics[name], n) for metrics, n in pairs) for name in names}

@@ -13,7 +13,14 @@ but must never load TensorFlow.
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Sequence
+
+import numpy as np
+
+from dlpipe.train.weights import CheckpointError
+from dlpipe.wire import ModelConfig
 
 # (squeeze, expand) filters of fire modules 2..9, the same in both versions.
 FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
@@ -34,8 +41,12 @@ def ceil_pool_padding(size: int, pool: int = 3, stride: int = 2) -> int:
 
 def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 224, 3),
                classes: int = 1000, small_inputs: bool = False, dropout: float = 0.5,
-               name: str | None = None, dropout_seed: int | None = None, classifier_relu: bool = True):
+               name: str | None = None, dropout_seed: int | None = None, classifier_relu: bool = True,
+               weights: Sequence[np.ndarray] | None = None):
     """Build SqueezeNet `version` ("1.0" or "1.1") returning class probabilities.
+
+    weights: arrays in `model.get_weights()` order to load (as Keras applications take
+    `weights=`); a list that does not fit the network is refused, naming the first mismatch.
 
     small_inputs: replace the ImageNet stem (7x7 or 3x3 stride-2 conv1) with a 3x3
     stride-1 convolution. On 32 px inputs such as Fashion-MNIST the stride-2 stem throws
@@ -94,4 +105,45 @@ def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 2
                       kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="conv10")(x)
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
     outputs = layers.Softmax(name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name or f"squeezenet{version.replace('.', '_')}")
+    model = keras.Model(inputs, outputs, name=name or f"squeezenet{version.replace('.', '_')}")
+    if weights is not None:
+        set_weights(model, weights)
+    return model
+
+
+def set_weights(model, weights: Sequence[np.ndarray]) -> None:
+    """`model.set_weights`, with a CheckpointError naming the first array that does not fit."""
+    expected = [tuple(w.shape) for w in model.weights]
+    got = [tuple(np.shape(w)) for w in weights]
+    if expected != got:
+        first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(got), len(expected)))
+        raise CheckpointError(f"weights do not fit the model: {len(got)} arrays for {len(expected)}, "
+                              f"first mismatch at array {first}; was the run started with another model?")
+    model.set_weights(list(weights))
+
+
+def build_model(config: ModelConfig, weights: Sequence[np.ndarray] | None = None,
+                dropout_seed: int | None = None):
+    """The Keras SqueezeNet a model config describes, with `weights` loaded if given."""
+    return squeezenet(config.version, tuple(config.input_shape), config.classes, small_inputs=config.small_inputs,
+                      dropout_seed=dropout_seed, classifier_relu=config.classifier_relu, weights=weights)
+
+
+SMALL_INPUT_LIMIT = 64   # stem "auto": inputs up to this size get the stride-1 stem
+STEMS = ("auto", "small", "imagenet")
+
+
+def model_config_for(recipe: dict, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
+                     classifier_relu: bool = False) -> ModelConfig:
+    """The model a dataset prepared with `recipe` needs: its input size, one output per label, a stem.
+
+    Stem "auto" picks the stride-1 stem up to SMALL_INPUT_LIMIT px: on 32 px inputs the
+    ImageNet stride-2 stem throws most of the resolution away (about 6 points of accuracy).
+    """
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
+    size, channels = int(recipe["size"]), int(recipe["channels"])
+    small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
+    return ModelConfig(version=version, input_shape=(size, size, channels), classes=len(labels),
+                       small_inputs=small, classifier_relu=classifier_relu, labels=list(labels),
+                       recipe=json.loads(json.dumps(dict(recipe))))  # as it reads back from JSON

@@ -28,13 +28,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import checkpoints, datasets
+from dlpipe.train import datasets
+from dlpipe.train.model import build_model
+from dlpipe.train.weights import CheckpointError, load_weights, save_weights
+from dlpipe.wire import (EvaluateRequest, EvaluateResponse, InitRequest, InitResponse, ModelConfig, PackRequest,
+                         TrainRequest, TrainResponse)
 
 # Stop this long before the function's deadline, leaving time to upload the weights.
 DEFAULT_MARGIN_S = 20.0
-
-
-from dlpipe.wire import EvaluateRequest, InitRequest, ModelSpec, PackRequest, TrainRequest  # noqa: E402
 
 # --- seeds and data order -----------------------------------------------------------
 
@@ -54,30 +55,58 @@ def dropout_seed(seed: int, round: int, worker: int) -> int:
 
 # --- models -------------------------------------------------------------------------
 
-def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
-    """Initial weights, a function of (spec, seed) only."""
+CLASSIFIER = "conv10"   # the layer a fine-tuning run replaces for new classes, and trains alone
+
+
+def init_weights(spec: ModelConfig, seed: int, start: Sequence[np.ndarray] | None = None,
+                 keep_classifier: bool = True) -> list[np.ndarray]:
+    """Initial weights, a function of (spec, seed, start) only.
+
+    start: weights of a servable version to begin from. With keep_classifier False, every
+    array but the classifier's comes from it and the classifier is new, drawn from the seed
+    (so its size may differ: the dataset's classes, not the version's).
+    """
     import keras
 
     keras.backend.clear_session()
     _MODELS.clear()
     keras.utils.set_random_seed(int(seed))
-    return checkpoints.build_model(spec.config()).get_weights()
+    model = build_model(spec)
+    weights = model.get_weights()
+    if start is None:
+        return weights
+    if len(start) != len(weights):
+        raise CheckpointError(f"the starting weights have {len(start)} arrays, the model {len(weights)}")
+    for i, variable in enumerate(model.weights):
+        if keep_classifier or not variable.path.startswith(f"{CLASSIFIER}/"):
+            if tuple(np.shape(start[i])) != tuple(weights[i].shape):
+                raise CheckpointError(f"the starting weights' {variable.path} is {np.shape(start[i])}, "
+                                      f"the model's {tuple(weights[i].shape)}")
+            weights[i] = np.asarray(start[i], weights[i].dtype)
+    return weights
 
 
-# One compiled model per warm worker, keyed by its ModelSpec (the learning rate is reset
-# on every call, so it is not part of the key).
+# One compiled model per warm worker, keyed by its architecture and what is trainable (the
+# learning rate is reset on every call, so it is not part of the key).
 _MODELS: dict[tuple, object] = {}
 
 
-def compiled_model(spec: ModelSpec):
-    """A compiled SqueezeNet for `spec`, reused while the spec stays the same."""
+def compiled_model(spec: ModelConfig, trainable: str = "all"):
+    """A compiled SqueezeNet for `spec`, reused while the spec stays the same.
+
+    trainable "classifier" freezes every other layer before compiling: Keras then computes
+    no gradients for them, and the optimizer holds state for the classifier only.
+    """
     import keras
 
-    key = spec.key()
+    key = (spec.architecture(), trainable)
     if key not in _MODELS:
         _MODELS.clear()
         keras.backend.clear_session()
-        model = checkpoints.build_model(spec.config(), dropout_seed=0)
+        model = build_model(spec, dropout_seed=0)
+        if trainable == "classifier":
+            for layer in model.layers:
+                layer.trainable = layer.name == CLASSIFIER
         model.compile(optimizer=keras.optimizers.Adam(),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)
@@ -108,7 +137,7 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
     expected = [tuple(w.shape) for w in model.weights]
     got = [tuple(np.shape(w)) for w in weights]
     if expected != got:
-        raise checkpoints.CheckpointError(f"global weights ({len(got)} arrays) do not fit the model "
+        raise CheckpointError(f"global weights ({len(got)} arrays) do not fit the model "
                                           f"({len(expected)} arrays); was the run started with another model?")
     model.set_weights(list(weights))
     slots = _slots(model)
@@ -117,7 +146,7 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
             variable.assign(np.zeros(variable.shape, variable.dtype))
     else:
         if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape) for a, v in zip(state[1:], slots)):
-            raise checkpoints.CheckpointError("the optimizer state does not fit the model's optimizer")
+            raise CheckpointError("the optimizer state does not fit the model's optimizer")
         model.optimizer.iterations.assign(int(round(float(state[0]))))
         for variable, value in zip(slots, state[1:]):
             variable.assign(np.asarray(value, variable.dtype))
@@ -183,11 +212,14 @@ def _max_rss_mb() -> float | None:
 
 # --- actions --------------------------------------------------------------------------
 
-def run_init(request: InitRequest, model_store) -> dict:
-    weights = init_weights(request.model, request.seed)
-    size = checkpoints.save_weights(model_store, request.output_key, weights)
-    return {"action": "init", "weights_key": request.output_key, "arrays": len(weights),
-            "parameters": int(sum(w.size for w in weights)), "bytes": size}
+def run_init(request: InitRequest, model_store) -> InitResponse:
+    start = request.init_from
+    weights = init_weights(request.model, request.seed,
+                           load_weights(model_store, start.weights_key) if start else None,
+                           keep_classifier=start.keep_classifier if start else True)
+    size = save_weights(model_store, request.output_key, weights)
+    return InitResponse(weights_key=request.output_key, arrays=len(weights),
+                        parameters=int(sum(w.size for w in weights)), bytes=size)
 
 
 def run_pack(request: PackRequest, data_store) -> dict:
@@ -195,45 +227,29 @@ def run_pack(request: PackRequest, data_store) -> dict:
                                                    request.output_prefix)}
 
 
-def run_train(request: TrainRequest, data_store, model_store,
-              remaining_ms: Callable[[], int] | None = None, margin_s: float = DEFAULT_MARGIN_S) -> dict:
-    """One worker's round: returns its example count and metrics (see module docstring)."""
-    started = time.monotonic()
-    budget = request.time_budget_s if request.time_budget_s is not None else float("inf")
-    if remaining_ms is not None:
-        budget = min(budget, remaining_ms() / 1000.0 - margin_s)
-    deadline = started + budget
-    hyper = request.hyper
-    recipe = Recipe.from_dict(request.recipe)
-
-    x, y = datasets.load_parts(data_store, request.shard_keys)
+def load_shard(data_store, keys: Sequence[str], model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's uint8 images and labels, checked against the model before any training."""
+    x, y = datasets.load_parts(data_store, keys)
     if len(y) == 0:
-        raise ValueError(f"shard {request.shard_keys} holds no images; run `orchestrator prepare` again")
-    expected_shape = tuple(request.model.input_shape)
-    if tuple(x.shape[1:]) != expected_shape:
-        raise ValueError(f"shard images are {tuple(x.shape[1:])}, the model expects {expected_shape}; "
+        raise ValueError(f"shard {list(keys)} holds no images; run `orchestrator prepare` again")
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(f"shard images are {tuple(x.shape[1:])}, the model expects {tuple(model.input_shape)}; "
                          "prepare the dataset with the run's recipe")
-    if int(y.max(initial=0)) >= request.model.classes or int(y.min(initial=0)) < 0:
-        raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, "
-                         f"the model has {request.model.classes} classes")
-    global_weights = checkpoints.load_weights(model_store, request.global_key)
-    state = (checkpoints.load_weights(model_store, request.global_optimizer_key)
-             if request.global_optimizer_key else None)
-    loaded = time.monotonic()
+    if int(y.max(initial=0)) >= model.classes or int(y.min(initial=0)) < 0:
+        raise ValueError(f"shard labels range {int(y.min())}..{int(y.max())}, the model has {model.classes} classes")
+    return x, y
 
-    model = compiled_model(request.model)
-    reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker),
-                state)
-    built = time.monotonic()
 
-    n = len(y)
+def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest, deadline: float) -> dict:
+    """Train up to `local_epochs` epochs, stopping between batches when the deadline nears."""
+    hyper, recipe, n = request.hyper, Recipe.from_dict(request.model.recipe), len(y)
     counter = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
     callbacks = [_deadline_callback(deadline, counter)]
     if hyper.warmup_epochs > 0:
         first_step = int(model.optimizer.iterations.numpy())  # steps already taken in earlier rounds
         callbacks.append(_warmup_callback(hyper.learning_rate, hyper.warmup_epochs * -(-n // hyper.batch_size),
                                           first_step))
-    examples_seen, epochs_done, loss, accuracy = 0, 0, None, None
+    done = {"examples": 0, "epochs": 0, "loss": None, "accuracy": None}
     for epoch in range(hyper.local_epochs):
         if epoch and time.monotonic() + 1.5 * counter["slowest"] > deadline:
             counter["stopped"] = True
@@ -247,44 +263,60 @@ def run_train(request: TrainRequest, data_store, model_store,
         history = model.fit(recipe.normalize(x[order]), y[order], batch_size=hyper.batch_size, epochs=1,
                             shuffle=False, verbose=0, callbacks=callbacks)
         steps = counter["steps"] - steps_before
-        examples_seen += min(n, steps * hyper.batch_size)
+        done["examples"] += min(n, steps * hyper.batch_size)
         if history.history.get("loss"):
-            loss, accuracy = float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
+            done["loss"], done["accuracy"] = float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
         if steps == -(-n // hyper.batch_size):
-            epochs_done += 1
+            done["epochs"] += 1
         if counter["stopped"]:
             break
-    trained = time.monotonic()
-    if examples_seen == 0:
+    if done["examples"] == 0:
         raise TimeoutError("the time budget ended before the first batch; raise --time-budget or the function timeout")
+    return {**done, "steps": counter["steps"], "stopped": bool(counter["stopped"])}
 
-    size = checkpoints.save_weights(model_store, request.output_key, model.get_weights())
+
+def run_train(request: TrainRequest, data_store, model_store,
+              remaining_ms: Callable[[], int] | None = None, margin_s: float = DEFAULT_MARGIN_S) -> TrainResponse:
+    """One worker's round: returns its example count and metrics (see module docstring)."""
+    started = time.monotonic()
+    budget = request.time_budget_s if request.time_budget_s is not None else float("inf")
+    if remaining_ms is not None:
+        budget = min(budget, remaining_ms() / 1000.0 - margin_s)
+    hyper = request.hyper
+    x, y = load_shard(data_store, request.shard_keys, request.model)
+    global_weights = load_weights(model_store, request.global_key)
+    state = load_weights(model_store, request.global_optimizer_key) if request.global_optimizer_key else None
+    loaded = time.monotonic()
+
+    model = compiled_model(request.model, hyper.trainable)
+    reset_model(model, global_weights, hyper.learning_rate, dropout_seed(hyper.seed, request.round, request.worker),
+                state)
+    built = time.monotonic()
+    done = fit_local_epochs(model, x, y, request, started + budget)
+    trained = time.monotonic()
+
+    size = save_weights(model_store, request.output_key, model.get_weights())
     if request.output_optimizer_key:
-        size += checkpoints.save_weights(model_store, request.output_optimizer_key, optimizer_state(model))
-    finished = time.monotonic()
+        size += save_weights(model_store, request.output_optimizer_key, optimizer_state(model))
     train_s = trained - built
-    return {
-        "action": "train", "run": request.run, "round": request.round, "worker": request.worker,
-        "attempt": request.attempt, "weights_key": request.output_key,
-        "optimizer_key": request.output_optimizer_key, "num_examples": int(examples_seen),
-        "shard_examples": int(n), "epochs_done": epochs_done, "steps": counter["steps"],
-        "stopped_early": bool(counter["stopped"]), "loss": loss, "accuracy": accuracy,
-        "train_seconds": round(train_s, 3), "images_per_second": round(examples_seen / max(train_s, 1e-9), 1),
-        "load_seconds": round(loaded - started, 3), "setup_seconds": round(built - loaded, 3),
-        "upload_seconds": round(finished - trained, 3), "weights_bytes": size,
-        "max_rss_mb": _max_rss_mb(),
-    }
+    return TrainResponse(
+        run=request.run, round=request.round, worker=request.worker, attempt=request.attempt,
+        weights_key=request.output_key, optimizer_key=request.output_optimizer_key,
+        num_examples=int(done["examples"]), shard_examples=len(y), epochs_done=done["epochs"], steps=done["steps"],
+        stopped_early=done["stopped"], loss=done["loss"], accuracy=done["accuracy"],
+        train_seconds=round(train_s, 3), images_per_second=round(done["examples"] / max(train_s, 1e-9), 1),
+        load_seconds=round(loaded - started, 3), setup_seconds=round(built - loaded, 3),
+        upload_seconds=round(time.monotonic() - trained, 3), weights_bytes=size, max_rss_mb=_max_rss_mb())
 
 
-def run_evaluate(request: EvaluateRequest, data_store, model_store) -> dict:
+def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateResponse:
     """Loss and accuracy of stored weights on validation parts (dropout off)."""
     started = time.monotonic()
-    recipe = Recipe.from_dict(request.recipe)
+    recipe = Recipe.from_dict(request.model.recipe)
     x, y = datasets.load_parts(data_store, request.shard_keys)
-    weights = checkpoints.load_weights(model_store, request.weights_key)
-    model = compiled_model(request.model)
+    weights = load_weights(model_store, request.weights_key)
+    model = compiled_model(request.model, request.trainable)
     reset_model(model, weights, 1e-3, 0)
     loss, accuracy = model.evaluate(recipe.normalize(x), y, batch_size=request.batch_size, verbose=0)
-    return {"action": "evaluate", "weights_key": request.weights_key, "count": int(len(y)),
-            "loss": float(loss), "accuracy": float(accuracy),
-            "seconds": round(time.monotonic() - started, 3)}
+    return EvaluateResponse(weights_key=request.weights_key, count=int(len(y)), loss=float(loss),
+                            accuracy=float(accuracy), seconds=round(time.monotonic() - started, 3))

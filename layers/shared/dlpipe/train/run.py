@@ -1,0 +1,192 @@
+"""A training run in the model store: its keys, its config, its rounds and the commit protocol.
+
+Layout (keys relative to the model store)::
+
+    runs/<run>/config.json                         model config + dataset + hyper-parameters
+    runs/<run>/rounds/0000/global.npz              initial weights (round 0, from the seed)
+    runs/<run>/rounds/<r>/workers/<w>-a<k>.npz     worker w's weights after round r (attempt k)
+    runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
+    runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
+    runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
+    runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
+    runs/<run>/latest.json                         {"round": r, ...}: the last COMPLETED round
+    runs/<run>/metrics.json, metrics.png           per-round metrics and their plot
+
+A round is committed by writing, in this order, its optimizer state, its global weights,
+its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
+a round whose files are all complete, so resuming from it is always safe.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from dlpipe.shared.names import validate_name
+from dlpipe.train.weights import CheckpointError, load_weights, save_weights
+from dlpipe.wire import Hyper, ModelConfig
+
+RUNS_PREFIX = "runs"
+
+
+class Training(Hyper):
+    """The run's hyper-parameters, fixed when it starts (`--resume` refuses others)."""
+
+    workers: int = Field(ge=1)
+
+
+class Lineage(BaseModel):
+    """Where a fine-tuned run's round 0 came from: a servable version and a hash of its weights."""
+
+    model: str
+    version: str
+    weights_sha256: str
+    kept_classifier: bool
+
+
+class RunConfig(BaseModel):
+    """runs/<run>/config.json."""
+
+    model_config = {"protected_namespaces": ()}
+
+    model: ModelConfig
+    dataset: str
+    manifest_id: str | None = None
+    training: Training
+    created: str
+    init_from: Lineage | None = None     # None: trained from scratch (round 0 from the seed)
+
+
+def lineage_of(config: RunConfig) -> dict:
+    """What a version exported from this run records about its weights' origin and what was trained."""
+    return {"init_from": config.init_from.model_dump() if config.init_from else None,
+            "trainable": config.training.trainable}
+
+
+class TrainingRun:
+    """One run's keys, reads and commits in a model store."""
+
+    def __init__(self, store, name: str) -> None:
+        self.store = store
+        self.name = validate_name(name, "run name")
+        self.prefix = f"{RUNS_PREFIX}/{self.name}/"
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def round_prefix(self, round: int) -> str:
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        return f"{self.prefix}rounds/{round:04d}/"
+
+    def global_key(self, round: int) -> str:
+        return f"{self.round_prefix(round)}global.npz"
+
+    def optimizer_key(self, round: int) -> str:
+        return f"{self.round_prefix(round)}optimizer.npz"
+
+    def record_key(self, round: int) -> str:
+        return f"{self.round_prefix(round)}record.json"
+
+    def worker_key(self, round: int, worker: int, attempt: int = 0) -> str:
+        return f"{self.round_prefix(round)}workers/{worker:03d}-a{attempt}.npz"
+
+    def worker_optimizer_key(self, round: int, worker: int, attempt: int = 0) -> str:
+        return f"{self.round_prefix(round)}workers/{worker:03d}-a{attempt}.adam.npz"
+
+    @property
+    def config_key(self) -> str:
+        return f"{self.prefix}config.json"
+
+    @property
+    def latest_key(self) -> str:
+        return f"{self.prefix}latest.json"
+
+    @property
+    def metrics_key(self) -> str:
+        return f"{self.prefix}metrics.json"
+
+    @property
+    def plot_key(self) -> str:
+        return f"{self.prefix}metrics.png"
+
+    def url(self, key: str) -> str:
+        return f"{self.store.url}/{key}"
+
+    # --- reads --------------------------------------------------------------------------
+
+    def config(self) -> RunConfig | None:
+        """The run's config, or None if the run was never started."""
+        if not self.store.exists(self.config_key):
+            return None
+        return RunConfig.model_validate(self._get_json(self.config_key))
+
+    def latest_round(self) -> int | None:
+        """The last completed round, or None if not even round 0 is complete."""
+        if not self.store.exists(self.latest_key):
+            return None
+        return int(self._get_json(self.latest_key)["round"])
+
+    def records(self, up_to: int | None = None) -> list[dict]:
+        """Records of rounds 0..up_to (default: the latest completed round), in order."""
+        last = self.latest_round() if up_to is None else up_to
+        if last is None:
+            return []
+        return [self._get_json(self.record_key(r)) for r in range(last + 1)]
+
+    def load_weights(self, key: str) -> list[np.ndarray]:
+        return load_weights(self.store, key)
+
+    def load_global(self, round: int | None = None) -> tuple[list[np.ndarray], ModelConfig]:
+        """Global weights of a completed round (default: the latest) and the run's model config."""
+        config = self.config()
+        if config is None:
+            raise CheckpointError(f"no training run {self.name!r} in {self.store.url}; "
+                                  "train one with `orchestrator train --run NAME ...`")
+        last = self.latest_round()
+        if last is None:
+            raise CheckpointError(f"run {self.name!r} has no completed round yet; "
+                                  "continue it with `orchestrator train --resume`")
+        if round is None:
+            round = last
+        elif not 0 <= round <= last:
+            raise CheckpointError(f"run {self.name!r} has completed rounds 0..{last}; round {round} is not one of them")
+        return self.load_weights(self.global_key(round)), config.model
+
+    # --- writes -------------------------------------------------------------------------
+
+    def start(self, config: RunConfig) -> None:
+        self._put_json(self.config_key, config.model_dump(mode="json"))
+
+    def save_weights(self, key: str, weights: Sequence[np.ndarray]) -> int:
+        return save_weights(self.store, key, weights)
+
+    def commit_round(self, round: int, record: dict) -> None:
+        """Mark `round` complete: its record, then the latest pointer (the commit point).
+
+        The round's global weights must already be stored; this checks, so a bug cannot
+        commit a round that has no weights.
+        """
+        if not self.store.exists(self.global_key(round)):
+            raise CheckpointError(f"refusing to commit round {round} of run {self.name!r}: "
+                                  f"{self.global_key(round)} is missing")
+        self._put_json(self.record_key(round), {**record, "round": round})
+        self._put_json(self.latest_key, {"round": round, "weights": self.global_key(round),
+                                         "record": self.record_key(round)})
+
+    def delete_worker_weights(self, round: int) -> None:
+        for key in list(self.store.list(self.round_prefix(round) + "workers/")):
+            self.store.delete(key)
+
+    def put_outputs(self, metrics: bytes, plot: bytes) -> dict[str, str]:
+        self.store.put(self.metrics_key, metrics)
+        self.store.put(self.plot_key, plot)
+        return {"metrics": self.url(self.metrics_key), "plot": self.url(self.plot_key)}
+
+    def _put_json(self, key: str, value: Any) -> None:
+        self.store.put(key, json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def _get_json(self, key: str) -> Any:
+        return json.loads(self.store.get(key))

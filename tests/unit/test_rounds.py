@@ -1,0 +1,201 @@
+"""The round loop on its own: an in-memory store and a fake train function (numpy, no TensorFlow).
+
+The fake function does what the real one promises: a worker's weights depend only on
+(global weights, round, worker), it reports how many examples it trained on, and evaluate
+scores stored weights. So the loop's own duties can be checked exactly: retries,
+--min-workers, averaging in worker order whatever the completion order, commit order, resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from dlpipe.shared.recipe import Recipe
+from dlpipe.train.run import TrainingRun
+from dlpipe.train.weights import load_weights, save_weights
+from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
+from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from tests.memory_store import MemoryStore
+
+SHARD_SIZES = [30, 10, 20]          # examples per worker: unequal, so the average must weight them
+
+
+class FakeTrainFunction(Invoker):
+    """Runs init/train/evaluate events in-process; `failures[(round, worker)]` attempts fail first."""
+
+    def __init__(self, store: MemoryStore, failures: dict | None = None, reverse: bool = True) -> None:
+        super().__init__()
+        self.store, self.failures, self.reverse = store, dict(failures or {}), reverse
+        self.events: list[dict] = []
+
+    def map(self, function, events, *, on_result=None):
+        assert function == "train"
+        results = [self._run(i, e) for i, e in enumerate(events)]
+        for inv in reversed(results) if self.reverse else results:  # completion order != worker order
+            yield self._record(inv)
+
+    def _run(self, index: int, event: dict) -> Invocation:
+        self.events.append(event)
+        try:
+            payload = getattr(self, f"_{event['action']}")(event)
+        except RuntimeError as err:
+            return Invocation("train", index, str(uuid.uuid4()), ok=False, error=f"RuntimeError: {err}",
+                              memory_mb=4096, duration_ms=10)
+        return Invocation("train", index, str(uuid.uuid4()), ok=True, payload=payload, memory_mb=4096,
+                          duration_ms=10, billed_ms=10)
+
+    def _init(self, event):
+        weights = [np.full(3, float(event["seed"]), np.float32), np.zeros((2, 2), np.float32)]
+        save_weights(self.store, event["output_key"], weights)
+        return InitResponse(weights_key=event["output_key"], arrays=2, parameters=7, bytes=1).model_dump()
+
+    def _train(self, event):
+        key = (event["round"], event["worker"])
+        if self.failures.get(key, 0) > 0:
+            self.failures[key] -= 1
+            raise RuntimeError(f"worker {key[1]} crashed")
+        w, r = event["worker"], event["round"]
+        start = load_weights(self.store, event["global_key"])
+        save_weights(self.store, event["output_key"], [a + np.float32(w + 1) / r for a in start])
+        save_weights(self.store, event["output_optimizer_key"], [np.asarray(float(r * 10 + w)), np.ones(3)])
+        n = SHARD_SIZES[w]
+        return TrainResponse(run=event["run"], round=r, worker=w, attempt=event["attempt"],
+                             weights_key=event["output_key"], optimizer_key=event["output_optimizer_key"],
+                             num_examples=n, shard_examples=n, epochs_done=1, steps=1, stopped_early=False,
+                             loss=1.0 / r + w, accuracy=0.5, train_seconds=1.0, images_per_second=n,
+                             load_seconds=0, setup_seconds=0, upload_seconds=0, weights_bytes=1,
+                             max_rss_mb=None).model_dump()
+
+    def _evaluate(self, event):
+        weights = load_weights(self.store, event["weights_key"])
+        return EvaluateResponse(weights_key=event["weights_key"], count=5, loss=float(weights[0][0]),
+                                accuracy=0.25, seconds=0.1).model_dump()
+
+
+@dataclass
+class FakeSession:
+    data: MemoryStore = field(default_factory=MemoryStore)
+    models: MemoryStore = field(default_factory=MemoryStore)
+    invoker: Invoker | None = None
+
+    def data_store(self):
+        return self.data
+
+    def model_store(self):
+        return self.models
+
+
+def session(failures=None, workers: int = 3) -> FakeSession:
+    s = FakeSession()
+    s.invoker = FakeTrainFunction(s.models, failures)
+    shards = [{"parts": [f"datasets/d/train/shard-{w:03d}/part-000.npz"], "count": SHARD_SIZES[w]}
+              for w in range(workers)]
+    manifest = {"dataset": "d", "classes": ["a", "b"], "recipe": Recipe(size=32, channels=1).to_dict(),
+                "shards": shards, "val": {"parts": ["datasets/d/val/part-000.npz"], "count": 5}, "id": "m1"}
+    s.data.put("datasets/d/manifest.json", json.dumps(manifest).encode())
+    return s
+
+
+def train(s: FakeSession, run: str, rounds: int, **options):
+    return run_training(s, TrainOptions(dataset="d", run=run, rounds=rounds, output_dir=None, **options),
+                        out=io.StringIO(), progress=False)
+
+
+def test_the_global_weights_are_the_example_weighted_mean_in_worker_order():
+    s = session()
+    result = train(s, "r", 1)
+    run = TrainingRun(s.models, "r")
+    expected = sum(n * (0 + (w + 1) / 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
+    assert np.allclose(load_weights(s.models, run.global_key(1))[0], expected)
+    state = load_weights(s.models, run.optimizer_key(1))
+    assert float(state[0]) == pytest.approx(sum(n * (10 + w) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES))
+    record = result.final
+    assert record["train"]["examples"] == sum(SHARD_SIZES)
+    assert record["train"]["loss"] == pytest.approx(sum(n * (1 + w) for w, n in enumerate(SHARD_SIZES)) / 60)
+    assert [r["worker"] for r in record["worker_results"]] == [0, 1, 2]
+    assert record["val"]["loss"] == pytest.approx(expected) and record["val"]["count"] == 5
+    assert not list(s.models.list(run.round_prefix(1) + "workers/"))  # worker weights deleted once averaged
+
+
+def test_a_failed_worker_is_retried_under_a_new_key_and_the_round_closes():
+    s = session(failures={(1, 1): 1})
+    record = train(s, "r", 1).final
+    assert record["workers_ok"] == 3 and record["failed_workers"] == []
+    assert [r["attempt"] for r in record["worker_results"]] == [0, 1, 0]
+    retried = [e for e in s.invoker.events if e["action"] == "train" and e["worker"] == 1]
+    assert [e["output_key"] for e in retried] == ["runs/r/rounds/0001/workers/001-a0.npz",
+                                                  "runs/r/rounds/0001/workers/001-a1.npz"]
+
+
+def test_too_few_workers_stop_the_run_and_leave_the_last_round_intact():
+    s = session(failures={(2, 0): 5})
+    with pytest.raises(TrainingFailed, match=r"round 2: only 2 of 3 workers succeeded \(need 3\).*worker 0: "
+                                             r"RuntimeError: worker 0 crashed.*--resume"):
+        train(s, "r", 2)
+    run = TrainingRun(s.models, "r")
+    assert run.latest_round() == 1 and not s.models.exists(run.global_key(2))
+    # --min-workers lets the round close on the two that succeeded, and records the failure.
+    s.invoker.failures[(2, 0)] = 5
+    result = train(s, "r", 2, resume=True, min_workers=2)
+    assert result.final["workers_ok"] == 2 and result.final["failed_workers"][0]["worker"] == 0
+    assert result.failures and "worker 0 crashed (after 2 attempts)" in result.failures[0][1]
+
+
+def test_a_round_is_committed_in_order_weights_record_then_latest():
+    s = session()
+    order = []
+    put = s.models.put
+
+    def recording_put(key, data):
+        order.append(key)
+        put(key, data)
+
+    s.models.put = recording_put
+    train(s, "r", 1)
+    run = TrainingRun(s.models, "r")
+    tail = [k for k in order if k.startswith(run.round_prefix(1)) and "/workers/" not in k or k == run.latest_key]
+    assert tail[-4:] == [run.optimizer_key(1), run.global_key(1), run.record_key(1), run.latest_key]
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run():
+    straight = session()
+    train(straight, "r", 3)
+    bumpy = session(failures={(3, 2): 2})  # both attempts of the first try
+    with pytest.raises(TrainingFailed):
+        train(bumpy, "r", 3)
+    assert TrainingRun(bumpy.models, "r").latest_round() == 2
+    train(bumpy, "r", 3, resume=True)
+    for r in range(4):
+        key = TrainingRun(None, "r").global_key(r)
+        assert straight.models.get(key) == bumpy.models.get(key)
+
+
+def test_resume_keeps_the_runs_own_settings_and_refuses_others():
+    s = session()
+    train(s, "r", 1, batch_size=32)
+    with pytest.raises(TrainingFailed, match="already exists"):
+        train(s, "r", 2)
+    with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
+        train(s, "r", 2, resume=True, batch_size=64)
+    train(s, "r", 2, resume=True)
+    assert all(e["hyper"]["batch_size"] == 32 for e in s.invoker.events if e["action"] == "train")
+    with pytest.raises(TrainingFailed, match="trained with 3 workers"):
+        train(s, "r", 3, resume=True, workers=2)
+
+
+def test_bad_options_are_refused_before_any_invocation():
+    s = session()
+    for options, message in [({"rounds": 0}, "--rounds must be at least 1"), ({"retries": -1}, "--retries"),
+                             ({"min_workers": 4}, "--min-workers must be between 1 and 3"),
+                             ({"workers": 4}, "prepared in 3 shards"), ({"run": "../x"}, "invalid run name")]:
+        kwargs = {"run": "r", "rounds": 1, **options}
+        with pytest.raises(TrainingFailed, match=message):
+            train(s, kwargs.pop("run"), kwargs.pop("rounds"), **kwargs)
+    assert s.invoker.records == []
