@@ -14,8 +14,8 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterable, Iterator
 
 from orchestrator.functions import FUNCTIONS, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
@@ -105,14 +105,6 @@ class LambdaInvoker(Invoker):
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s  # cap: without it the 8th retry could wait minutes
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invoke")
-
-    @classmethod
-    def from_stack(cls, stack_name: str, concurrency: int = 16, cfn_client=None) -> "LambdaInvoker":
-        outputs = stack_outputs(stack_name, cfn_client)
-        names = deployed_function_names(outputs)
-        if not names:
-            raise RuntimeError(f"stack {stack_name!r} has no function outputs; was it deployed from template.yaml?")
-        return cls(names, concurrency, architecture=stack_architecture(outputs))
 
     def _deployed_name(self, function: str) -> str:
         try:

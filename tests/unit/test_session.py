@@ -9,6 +9,7 @@ import pytest
 from moto import mock_aws
 
 from orchestrator.cli import build_parser
+from orchestrator.errors import CommandError
 from orchestrator.session import session_from_args
 
 STACK_TEMPLATE = {
@@ -43,7 +44,7 @@ def test_explicit_urls_override_the_default(tmp_path):
 
 
 def test_lambda_without_a_stack_is_refused_with_advice():
-    with pytest.raises(SystemExit, match="--stack-name"):
+    with pytest.raises(CommandError, match="--stack-name"):
         session_from_args(parse("--invoker", "lambda"))
 
 
