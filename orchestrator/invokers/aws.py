@@ -87,6 +87,29 @@ def lambda_client(read_timeout_s: float, max_connections: int):
     return boto3.client("lambda", config=config)
 
 
+def _read_response(inv: Invocation, resp: dict) -> None:
+    """Fill `inv` from an Invoke response: billing from the tail log's REPORT line, payload, error."""
+    inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
+    log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
+    report = parse_report(log)
+    inv.duration_ms = report.get("duration_ms", 0.0)
+    inv.billed_ms = report.get("billed_ms", 0)
+    inv.memory_mb = report.get("memory_mb", inv.memory_mb)
+    raw = resp["Payload"].read()
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = raw.decode("utf-8", "replace")
+    inv.payload = payload
+    if resp.get("FunctionError"):
+        if isinstance(payload, dict):
+            inv.error = f"{payload.get('errorType', resp['FunctionError'])}: {payload.get('errorMessage', '')}"
+        else:
+            inv.error = f"{resp['FunctionError']}: {payload}"
+    else:
+        inv.ok = True
+
+
 class LambdaInvoker(Invoker):
     """Calls deployed functions (RequestResponse) with bounded concurrency."""
 
@@ -139,25 +162,7 @@ class LambdaInvoker(Invoker):
                 # at least as long as we waited. A connection failure never reached it.
                 inv.extra["ran"] = isinstance(err, ReadTimeoutError)
                 break
-            inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
-            log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
-            report = parse_report(log)
-            inv.duration_ms = report.get("duration_ms", 0.0)
-            inv.billed_ms = report.get("billed_ms", 0)
-            inv.memory_mb = report.get("memory_mb", spec.memory_mb)
-            raw = resp["Payload"].read()
-            try:
-                payload = json.loads(raw) if raw else None
-            except ValueError:
-                payload = raw.decode("utf-8", "replace")
-            inv.payload = payload
-            if resp.get("FunctionError"):
-                if isinstance(payload, dict):
-                    inv.error = f"{payload.get('errorType', resp['FunctionError'])}: {payload.get('errorMessage', '')}"
-                else:
-                    inv.error = f"{resp['FunctionError']}: {payload}"
-            else:
-                inv.ok = True
+            _read_response(inv, resp)
             break
         inv.wall_ms = (time.perf_counter() - start) * 1000
         if not inv.billed_ms:  # no tail log: bill the round trip if the function ran, else nothing
