@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 
 from dlpipe.shared.config import ENV_HOME, Placement, Settings
-from dlpipe.shared.table import PredictionsTable, open_table
+from dlpipe.shared.store import ObjectStore, StoreError
+from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
 
@@ -78,15 +79,24 @@ class Session:
         quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
         return {k: v for k, v in quiet.items() if k not in os.environ}
 
-    def data_store(self):
-        return self.settings.data_store()
+    def data_store(self) -> ObjectStore:
+        try:
+            return self.settings.data_store()
+        except StoreError as err:  # a URL no store answers to: the user's to fix, not a crash
+            raise CommandError(f"data store: {err}") from None
 
-    def model_store(self):
-        return self.settings.model_store()
+    def model_store(self) -> ObjectStore:
+        try:
+            return self.settings.model_store()
+        except StoreError as err:
+            raise CommandError(f"model store: {err}") from None
 
     def table(self) -> PredictionsTable:
         """The predictions table, opened anew: the caller closes it."""
-        return open_table(self.settings.table_url)
+        try:
+            return open_table(self.settings.table_url)
+        except TableError as err:
+            raise CommandError(f"predictions table: {err}") from None
 
     def close(self) -> None:
         if self._invoker is not None:

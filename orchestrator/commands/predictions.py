@@ -36,10 +36,7 @@ def _image(record) -> str:
 def run(args: argparse.Namespace, session) -> int:
     if args.limit < 0:
         raise CommandError(f"--limit {args.limit}: give 0 (all) or a positive number")
-    try:
-        table = session.table()
-    except TableError as err:
-        raise CommandError(str(err)) from None
+    table = session.table()
     try:
         records = table.list(args.limit or None, model=args.model)
     except TableError as err:

@@ -33,6 +33,13 @@ def empty_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
+def photos(tmp_path) -> Path:
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "cat" / "1.jpg").write_bytes(b"uploaded as it is")
+    return tmp_path / "photos"
+
+
+@pytest.fixture
 def onnx_file(tmp_path) -> Path:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"not looked at: the labels are read first")
@@ -45,6 +52,9 @@ BAD_USAGE = {
     "upload, nothing to upload": (["upload", "{empty}", "--prefix", "raw"], "no images to upload under"),
     "predictions, negative limit": (["predictions", "--limit", "-1"], "--limit -1: give 0 (all)"),
     "predictions, unknown table URL": (["--table", "postgres://db/p", "predictions"], "sqlite:///PATH or dynamodb"),
+    "models, unknown store URL": (["--models", "ftp://host/models", "models"], "model store: unsupported store URL"),
+    "upload, unknown store URL": (["--data", "ftp://host/data", "upload", "{tmp}/photos", "--prefix", "raw"],
+                                  "data store: unsupported store URL"),
     "import-onnx, no such file": (["import-onnx", "/nonexistent.onnx", "--labels", "x.txt"], "no such file"),
     "import-onnx, no labels file": (["import-onnx", "{onnx}", "--labels", "/nonexistent/labels.txt"],
                                     "cannot read /nonexistent/labels.txt: No such file or directory"),
@@ -53,7 +63,8 @@ BAD_USAGE = {
 
 
 @pytest.mark.parametrize("case", BAD_USAGE, ids=list(BAD_USAGE))
-def test_bad_usage_exits_2_with_one_error_line_and_no_traceback(case, tmp_path, empty_folder, onnx_file, capsys):
+def test_bad_usage_exits_2_with_one_error_line_and_no_traceback(case, tmp_path, empty_folder, photos, onnx_file,
+                                                                capsys):
     argv, message = BAD_USAGE[case]
     argv = [a.format(tmp=tmp_path, empty=empty_folder, onnx=onnx_file) for a in argv]
     assert main(["--home", str(tmp_path / "home"), *argv]) == 2
