@@ -2,19 +2,33 @@
 
 Each sub-command lives in orchestrator/commands/<name>.py and exposes
 `register(subparsers)`, which adds its parser and sets `run(args, session) -> int`.
+Nothing imports this module back (the demo builds its own parser), so there is no cycle.
+`python -m orchestrator` runs `main` too (orchestrator/__main__.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from orchestrator.commands import (
+    augment,
+    demo,
+    export,
+    fashion_mnist,
+    import_onnx,
+    models,
+    predict,
+    predictions,
+    prepare,
+    train,
+    upload,
+)
 from orchestrator.errors import EXIT_CODES_HELP, CommandError
 from orchestrator.session import add_arguments, session_from_args
 
 # Sub-commands in the order --help lists them.
-COMMANDS = ["upload", "fashion_mnist", "augment", "prepare", "train", "export", "import_onnx", "models", "predict", "predictions", "demo"]
+COMMANDS = (upload, fashion_mnist, augment, prepare, train, export, import_onnx, models, predict, predictions, demo)
 
 EPILOG = """\
 examples:
@@ -35,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"orchestrator.commands.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

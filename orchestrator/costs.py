@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 # https://aws.amazon.com/lambda/pricing/ (us-east-1, first pricing tier)
 PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
@@ -21,10 +21,6 @@ class CostSummary:
     billed_ms: int
     gb_seconds: float
     dollars: float
-
-    def line(self) -> str:
-        return (f"{self.invocations} invocations ({self.failures} failed), "
-                f"{self.gb_seconds:,.1f} GB-s billed, ${self.dollars:.4f} at Lambda list price")
 
 
 def summarize(records: Iterable) -> CostSummary:

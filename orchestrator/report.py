@@ -1,9 +1,11 @@
-"""What the user sees at the end of a job: a short aligned summary with the bill."""
+"""What the user sees at the end of a job: a short aligned summary with the bill, then what failed."""
 
 from __future__ import annotations
 
 import sys
-from typing import Iterable, TextIO
+from collections import Counter
+from collections.abc import Iterable
+from typing import TextIO
 
 from orchestrator.costs import summarize
 
@@ -22,3 +24,18 @@ def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: I
     print("-" * max(len(title), 20), file=out)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}", file=out)
+
+
+def print_failures(failures: list[tuple[str, str]], out: TextIO | None = None, limit: int = 50,
+                   title: str = "failed") -> None:
+    """Each failure by name with its reason; past `limit`, a count by reason instead."""
+    out = out or sys.stdout
+    if not failures:
+        return
+    print(f"\n{title} ({len(failures)}):", file=out)
+    for name, reason in failures[:limit]:
+        print(f"  {name}: {reason}", file=out)
+    if len(failures) > limit:
+        print(f"  ... and {len(failures) - limit} more; all failures by reason:", file=out)
+        for reason, count in Counter(r for _, r in failures).most_common(10):
+            print(f"  {count:>6} x {reason}", file=out)

@@ -2,7 +2,9 @@
 
 Each step is the real sub-command, parsed from the same arguments a user would type and
 run on the same session (so the worker pools stay warm from one step to the next). The
-demo adds no logic of its own: if it works, the commands it chains work.
+demo adds no logic of its own: if it works, the commands it chains work. It registers the
+commands it chains on a parser of its own rather than importing orchestrator.cli, which
+imports this module.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, augment, export, fashion_mnist, predict, prepare, train
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
+
+STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
 
 EXAMPLES = """\
 examples:
@@ -42,12 +47,21 @@ def register(subparsers) -> None:
                    help="training run and model name (default: %(default)s); an existing run is resumed")
 
 
+def step_parser() -> argparse.ArgumentParser:
+    """The chained commands' own parsers, as `orchestrator COMMAND` has them."""
+    parser = argparse.ArgumentParser(prog="orchestrator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in STEP_COMMANDS:
+        command.register(sub)
+    return parser
+
+
 def _step(parser: argparse.ArgumentParser, session, title: str, argv: list[str]) -> None:
     print(f"\n=== {title}: orchestrator {shlex.join(argv)}", flush=True)
     args = parser.parse_args(argv)
     status = args.run(args, session)
     if status:
-        raise SystemExit(f"demo stopped: `orchestrator {shlex.join(argv)}` exited with status {status}")
+        raise CommandError(f"demo stopped: `orchestrator {shlex.join(argv)}` exited with status {status}")
 
 
 def held_out_sample(data_store, prefix: str) -> list[str]:
@@ -59,9 +73,7 @@ def held_out_sample(data_store, prefix: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    from orchestrator.cli import build_parser
-
-    parser = build_parser()
+    parser = step_parser()
     start = time.perf_counter()
     name = args.run_name
     out_dir = Path(session.settings.data_url).parent / "demo" if "://" not in session.settings.data_url \

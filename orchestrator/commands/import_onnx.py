@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dlpipe.shared.recipe import Recipe
 from orchestrator.commands import add_command
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -44,21 +45,21 @@ def run(args: argparse.Namespace, session) -> int:
 
     path = Path(args.file)
     if not path.is_file():
-        raise SystemExit(f"error: no such file: {path}")
+        raise CommandError(f"no such file: {path}")
     try:
         labels = read_labels(Path(args.labels).read_text(encoding="utf-8"))
         recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text())) if args.recipe else None
     except OSError as err:
-        raise SystemExit(f"error: {err}")
+        raise CommandError(f"cannot read {err.filename}: {err.strerror}") from None
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"error: bad labels or recipe file: {err}")
+        raise CommandError(f"bad labels or recipe file: {err}") from None
     name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
     start = time.perf_counter()
     print(f"importing {path} (loads TensorFlow; takes a few seconds)...")
     try:
         exported, found = import_onnx(path, labels, session.model_store(), name, args.version, recipe)
     except (OnnxImportError, ExportError) as err:
-        raise SystemExit(f"error: {path}: {err}")
+        raise CommandError(f"{path}: {err}") from None
     print_summary("import-onnx", [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("written to", f"{session.model_store().url}/{exported.prefix}"),

@@ -58,6 +58,6 @@ def run(args: argparse.Namespace, session) -> int:
     header = ("model", "version", "classes", "input", "created (UTC)", "source")
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths)).rstrip())
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"\n* = latest (served when no --version is given); store: {store.url}")
     return 0

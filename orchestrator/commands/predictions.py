@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from dlpipe.shared.table import TableError, open_table
+from dlpipe.shared.table import TableError
 from orchestrator.commands import add_command
+from orchestrator.errors import CommandError
 
 EXAMPLES = """\
 examples:
@@ -34,12 +35,12 @@ def _image(record) -> str:
 
 def run(args: argparse.Namespace, session) -> int:
     if args.limit < 0:
-        raise SystemExit("error: --limit must be 0 (all) or more")
-    table = open_table(session.settings.table_url)
+        raise CommandError(f"--limit {args.limit}: give 0 (all) or a positive number")
+    table = session.table()
     try:
         records = table.list(args.limit or None, model=args.model)
     except TableError as err:
-        raise SystemExit(f"error: {err}")
+        raise CommandError(str(err)) from None
     finally:
         table.close()
     if args.json:
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace, session) -> int:
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     widths[2] = min(widths[2], 48)
     for row in [header] + rows:
-        cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3):] for c, w in zip(row, widths)]
+        cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3):] for c, w in zip(row, widths, strict=True)]
         print("  ".join(f"{c:<{w}}" if i != 4 else f"{c:>{w}}"
-                        for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+                        for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
     print(f"\n{len(records)} shown from {table.url}" + (f" (--limit {args.limit})" if args.limit else ""))
     return 0

@@ -14,8 +14,8 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterable, Iterator
 
 from orchestrator.functions import FUNCTIONS, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
@@ -87,6 +87,29 @@ def lambda_client(read_timeout_s: float, max_connections: int):
     return boto3.client("lambda", config=config)
 
 
+def _read_response(inv: Invocation, resp: dict) -> None:
+    """Fill `inv` from an Invoke response: billing from the tail log's REPORT line, payload, error."""
+    inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
+    log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
+    report = parse_report(log)
+    inv.duration_ms = report.get("duration_ms", 0.0)
+    inv.billed_ms = report.get("billed_ms", 0)
+    inv.memory_mb = report.get("memory_mb", inv.memory_mb)
+    raw = resp["Payload"].read()
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = raw.decode("utf-8", "replace")
+    inv.payload = payload
+    if resp.get("FunctionError"):
+        if isinstance(payload, dict):
+            inv.error = f"{payload.get('errorType', resp['FunctionError'])}: {payload.get('errorMessage', '')}"
+        else:
+            inv.error = f"{resp['FunctionError']}: {payload}"
+    else:
+        inv.ok = True
+
+
 class LambdaInvoker(Invoker):
     """Calls deployed functions (RequestResponse) with bounded concurrency."""
 
@@ -105,14 +128,6 @@ class LambdaInvoker(Invoker):
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s  # cap: without it the 8th retry could wait minutes
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="invoke")
-
-    @classmethod
-    def from_stack(cls, stack_name: str, concurrency: int = 16, cfn_client=None) -> "LambdaInvoker":
-        outputs = stack_outputs(stack_name, cfn_client)
-        names = deployed_function_names(outputs)
-        if not names:
-            raise RuntimeError(f"stack {stack_name!r} has no function outputs; was it deployed from template.yaml?")
-        return cls(names, concurrency, architecture=stack_architecture(outputs))
 
     def _deployed_name(self, function: str) -> str:
         try:
@@ -147,25 +162,7 @@ class LambdaInvoker(Invoker):
                 # at least as long as we waited. A connection failure never reached it.
                 inv.extra["ran"] = isinstance(err, ReadTimeoutError)
                 break
-            inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
-            log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
-            report = parse_report(log)
-            inv.duration_ms = report.get("duration_ms", 0.0)
-            inv.billed_ms = report.get("billed_ms", 0)
-            inv.memory_mb = report.get("memory_mb", spec.memory_mb)
-            raw = resp["Payload"].read()
-            try:
-                payload = json.loads(raw) if raw else None
-            except ValueError:
-                payload = raw.decode("utf-8", "replace")
-            inv.payload = payload
-            if resp.get("FunctionError"):
-                if isinstance(payload, dict):
-                    inv.error = f"{payload.get('errorType', resp['FunctionError'])}: {payload.get('errorMessage', '')}"
-                else:
-                    inv.error = f"{resp['FunctionError']}: {payload}"
-            else:
-                inv.ok = True
+            _read_response(inv, resp)
             break
         inv.wall_ms = (time.perf_counter() - start) * 1000
         if not inv.billed_ms:  # no tail log: bill the round trip if the function ran, else nothing

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 
 @dataclass
@@ -25,14 +26,6 @@ class Invocation:
     attempts: int = 1
     wall_ms: float = 0.0            # client-side round trip, including queueing
     extra: dict = field(default_factory=dict)
-
-
-class FunctionFailed(RuntimeError):
-    """Raised by `Invoker.call` when the function reports an error."""
-
-    def __init__(self, invocation: Invocation) -> None:
-        super().__init__(f"{invocation.function} failed: {invocation.error}")
-        self.invocation = invocation
 
 
 class Invoker(ABC):
@@ -61,17 +54,10 @@ class Invoker(ABC):
     def invoke(self, function: str, event: dict) -> Invocation:
         return next(iter(self.map(function, [event])))
 
-    def call(self, function: str, event: dict) -> Any:
-        """Invoke once and return the payload, raising FunctionFailed on error."""
-        inv = self.invoke(function, event)
-        if not inv.ok:
-            raise FunctionFailed(inv)
-        return inv.payload
-
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: an invoker that holds nothing need not override it
         """Release workers and connections."""
 
-    def __enter__(self) -> "Invoker":
+    def __enter__(self) -> Invoker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,24 +1,30 @@
-"""Re-invoke the calls of a batch that failed: the round loop and `prepare` both need it."""
+"""Re-invoking the events that failed, for any function: the commands' one retry loop.
+
+The invokers retry only what the service asks them to (throttles); a function error or a
+bad response is the caller's to judge, and this is where it is judged again and again.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from orchestrator.invokers.base import Invocation
+from orchestrator.invokers.base import Invocation, Invoker
 
 
-def invoke_with_retries(invoker, function: str, events: list[dict], retries: int,
-                        on_result: Callable[[Invocation], None] = lambda inv: None,
+def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], retries: int,
+                        on_result: Callable[[Invocation], None],
                         retry_event: Callable[[dict, int], dict] | None = None,
-                        check: Callable[[dict, object], str | None] | None = None,
-                        ) -> tuple[dict[int, object], dict[int, tuple[int, str]]]:
-    """Run `events` on `function`; re-invoke failed ones up to `retries` times.
+                        check: Callable[[dict, dict], str | None] | None = None,
+                        ) -> tuple[dict[int, dict], dict[int, tuple[int, str]]]:
+    """Run `events` on `function`; re-invoke the failed ones up to `retries` times.
 
-    Returns ({index: payload} of successes, {index: (attempts, last error)} of failures).
-    `retry_event(event, attempt)` may rewrite an event for its retry; `check(event, payload)`
-    may turn a success into a failure (a bad response) by returning the reason.
+    Returns ({index: payload} of successes, {index: (attempts, last error)} of failures),
+    indexed by position in `events`. `check(event, payload)` may turn a success into a
+    failure (a bad response); `retry_event(event, attempt)` rewrites an event before its
+    attempt number `attempt` (1 for the first retry), e.g. to give it a new output key.
+    `on_result` sees every invocation, retries included.
     """
-    done: dict[int, object] = {}
+    done: dict[int, dict] = {}
     errors: dict[int, tuple[int, str]] = {}
     pending = dict(enumerate(events))
     for attempt in range(retries + 1):

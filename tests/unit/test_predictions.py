@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 
 import boto3
@@ -106,3 +107,34 @@ def test_sqlite_concurrent_writers_lose_nothing(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert SqliteTable(path).count() == 400
+
+
+# --- `orchestrator predictions`: the table as the CLI shows it -------------------------------
+
+def predictions_cli(tmp_path, *argv: str) -> int:
+    from orchestrator.cli import main
+
+    return main(["--home", str(tmp_path / "home"), "--table", f"sqlite:///{tmp_path}/p.sqlite", "predictions", *argv])
+
+
+def test_the_predictions_command_lists_the_sessions_table_newest_first(tmp_path, capsys):
+    table = open_table(f"sqlite:///{tmp_path}/p.sqlite")
+    for i in (1, 3, 2):
+        table.put(record(i, model="fm" if i != 2 else "other", image_key=f"raw/cat/{i}.jpg"))
+    table.close()
+
+    assert predictions_cli(tmp_path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["created", "(UTC)", "model", "image", "top-1", "ms", "id"]
+    assert [line.split()[4] for line in lines[1:4]] == ["raw/cat/3.jpg", "raw/cat/2.jpg", "raw/cat/1.jpg"]
+    assert "cat 0.812" in lines[1] and lines[-1] == f"3 shown from sqlite:///{tmp_path}/p.sqlite (--limit 20)"
+
+    assert predictions_cli(tmp_path, "--model", "fm", "--json", "--limit", "0") == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in records] == ["id-0003", "id-0001"]
+
+
+def test_the_predictions_command_on_an_empty_table_says_what_to_run(tmp_path, capsys):
+    assert predictions_cli(tmp_path, "--model", "fm") == 0
+    out = capsys.readouterr().out
+    assert "no predictions recorded for model 'fm' in sqlite:///" in out and "orchestrator predict IMAGE" in out

@@ -70,3 +70,35 @@ class Settings:
         from dlpipe.shared.store import open_store
 
         return open_store(self.model_url)
+
+
+# --- where the orchestrator runs: defaults of its command-line options ---------------------
+# orchestrator.session offers each of these as the default of one option (named in --help);
+# the command line wins. Only the orchestrator reads them: the handlers need the three URLs above.
+
+ENV_STACK_NAME = "DLPIPE_STACK_NAME"
+ENV_INVOKER = "DLPIPE_INVOKER"
+DEFAULT_HOME = ".dlpipe"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What `--home`, `--stack-name`, `--data`, `--models`, `--table` and `--invoker` default to."""
+
+    home: str = DEFAULT_HOME
+    stack_name: str | None = None
+    data_url: str | None = None
+    model_url: str | None = None
+    table_url: str | None = None
+    invoker: str | None = None
+
+    # The variable behind each field, for the options' help.
+    ENV = {"home": ENV_HOME, "stack_name": ENV_STACK_NAME, "data_url": ENV_DATA, "model_url": ENV_MODELS,
+           "table_url": ENV_TABLE, "invoker": ENV_INVOKER}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Placement:
+        """Set, non-empty variables only: `DLPIPE_STACK_NAME=` is the same as not set."""
+        env = os.environ if env is None else env
+        values = {name: env.get(variable) or None for name, variable in cls.ENV.items()}
+        return cls(**{**values, "home": values["home"] or DEFAULT_HOME})
