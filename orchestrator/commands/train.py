@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import TextIO
 
 from orchestrator.commands import add_command
-from orchestrator.commands.upload import print_failures
-from orchestrator.report import print_summary
 from orchestrator.errors import CommandError
+from orchestrator.report import print_failures, print_summary
 from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\

@@ -12,7 +12,7 @@ from orchestrator.invokers.base import Invocation, Invoker
 
 
 def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], retries: int,
-                        on_result: Callable[[Invocation], None],
+                        on_result: Callable[[Invocation], None] | None = None,
                         retry_event: Callable[[dict, int], dict] | None = None,
                         check: Callable[[dict, dict], str | None] | None = None,
                         ) -> tuple[dict[int, dict], dict[int, tuple[int, str]]]:
@@ -37,7 +37,8 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
         for inv in invoker.map(function, batch):
             index, event = order[inv.index], batch[inv.index]
             problem = inv.error if not inv.ok else (check(event, inv.payload) if check else None)
-            on_result(inv)
+            if on_result is not None:
+                on_result(inv)
             if problem:
                 errors[index] = (attempt + 1, problem)
                 pending[index] = event
