@@ -27,10 +27,11 @@ import tempfile
 import time
 
 from dlpipe.shared.config import Settings
-from dlpipe.shared.recipe import Recipe
 from dlpipe.train import checkpoints as ck
-from dlpipe.train import datasets
 from dlpipe.train import worker as training
+from dlpipe.train.fashion_mnist import FASHION_MNIST_RECIPE
+from dlpipe.train.manifest import Manifest
+from dlpipe.train.parts import load_parts
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize
@@ -48,13 +49,14 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, epochs: int, seed: int) -> list[float]:
+def plain_keras_images_per_second(data_store, manifest: Manifest, batch_size: int, epochs: int,
+                                  seed: int) -> list[float]:
     """Plain model.fit on the worker's shard, in this process, after a warm-up (tracing) call."""
     import keras
 
-    x, y = datasets.load_parts(data_store, manifest["shards"][0]["parts"])
-    recipe = Recipe.from_dict(manifest["recipe"])
-    config = {"version": "1.1", "input_shape": list(x.shape[1:]), "classes": len(manifest["classes"]),
+    x, y = load_parts(data_store, manifest.shards[0].parts)
+    recipe = manifest.recipe
+    config = {"version": "1.1", "input_shape": list(x.shape[1:]), "classes": len(manifest.classes),
               "small_inputs": True}
     keras.utils.set_random_seed(seed)
     model = ck.build_model(config, dropout_seed=seed)
@@ -70,10 +72,10 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
     return rates
 
 
-def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> None:
+def speed(session: Session, manifest: Manifest, batch_size: int, repeats: int) -> None:
     """Interleave plain fits and worker rounds so load from elsewhere hits both alike."""
     plain, worker = [], []
-    opts = TrainOptions(dataset=manifest["dataset"], run="speed", rounds=1, local_epochs=1, batch_size=batch_size,
+    opts = TrainOptions(dataset=manifest.dataset, run="speed", rounds=1, local_epochs=1, batch_size=batch_size,
                         output_dir=None)
     for repeat in range(repeats + 1):
         opts.rounds, opts.resume = repeat + 1, repeat > 0
@@ -86,7 +88,7 @@ def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> No
     # repeats is the least disturbed one, the median shows the spread.
     pb, wb = max(plain), max(worker)
     pm, wm = statistics.median(plain), statistics.median(worker)
-    table(f"1. per-worker training speed ({manifest['shards'][0]['count']} images, batch {batch_size}, "
+    table(f"1. per-worker training speed ({manifest.shards[0].count} images, batch {batch_size}, "
           f"{repeats} alternating repeats)", ["engine", "best images/s", "ratio", "median images/s", "ratio"],
           [["plain Keras model.fit, this process", f"{pb:,.0f}", "1.00", f"{pm:,.0f}", "1.00"],
            ["train function worker (local invoker)", f"{wb:,.0f}", f"{wb / pb:.2f}", f"{wm:,.0f}", f"{wm / pm:.2f}"]])
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in sorted(needed | ({1} if "speed" not in args.skip else set())):
             session = Session(settings, "local", concurrency=workers)
             manifests[workers] = prepare_dataset(session, "fm/train", f"fm-w{workers}", workers,
-                                                 datasets.FASHION_MNIST_RECIPE, val_source="fm/test",
+                                                 FASHION_MNIST_RECIPE, val_source="fm/test",
                                                  progress=False)
             session.close()
 

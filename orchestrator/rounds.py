@@ -24,9 +24,10 @@ from typing import Callable, TextIO
 
 from tqdm import tqdm
 
+from dlpipe.shared import clock
 from dlpipe.shared.store import StoreError
 from dlpipe.train import checkpoints as ck
-from dlpipe.train import datasets
+from dlpipe.train import manifest as manifests
 from dlpipe.train.averaging import AveragingError, WeightedAverage
 from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, ModelSpec, TrainRequest
 from orchestrator.costs import summarize
@@ -80,7 +81,7 @@ class TrainResult:
 # --- planning --------------------------------------------------------------------------
 
 def read_manifest(data_store, dataset: str) -> dict:
-    key = datasets.manifest_key(dataset)
+    key = manifests.manifest_key(dataset)
     if not data_store.exists(key):
         raise TrainingFailed(f"no prepared dataset {dataset!r} in {data_store.url}; prepare it first, e.g. "
                              f"`orchestrator prepare --source fashion-mnist/train --dataset {dataset} --workers 2`")
@@ -263,7 +264,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     data_store, model_store = session.data_store(), session.model_store()
     try:
         ck.validate_run(options.run)
-        datasets.validate_dataset(options.dataset)
+        manifests.validate_dataset(options.dataset)
     except ValueError as err:
         raise TrainingFailed(str(err)) from None
     if options.rounds < 1:
@@ -292,7 +293,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     if config is None:
         config = {"model": model_config_for(manifest, options.version, options.stem, options.classifier_relu),
                   "dataset": options.dataset, "manifest_id": manifest.get("id"),
-                  "training": {**hyper.model_dump(), "workers": workers}, "created": datasets.now_iso()}
+                  "training": {**hyper.model_dump(), "workers": workers}, "created": clock.now_iso()}
         ck.write_run_config(model_store, options.run, config)
     elif config.get("dataset") != options.dataset:
         raise TrainingFailed(f"run {options.run!r} trains on dataset {config.get('dataset')!r}, not "
@@ -327,7 +328,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
             ck.commit_round(model_store, options.run, 0, {
                 "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
                 "parameters": done[0]["parameters"], "wall_seconds": round(time.perf_counter() - round_start, 3),
-                "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": datasets.now_iso()})
+                "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": clock.now_iso()})
             last = 0
         elif last >= options.rounds:
             print(f"run {options.run!r} already has {last} completed rounds (asked for {options.rounds}); "
@@ -417,7 +418,7 @@ def _train_round(session, options: TrainOptions, round_: int, hyper: Hyper, mode
                           "evaluate": round(time.perf_counter() - averaged_at, 3)},
         "train_share": round(train_max / wall, 4) if wall > 0 else None,
         "gb_seconds": round(summarize(invoker.records[n_before:]).gb_seconds, 3),
-        "completed_at": datasets.now_iso(),
+        "completed_at": clock.now_iso(),
     }
     ck.commit_round(model_store, run, round_, record)
     if not options.keep_worker_weights:

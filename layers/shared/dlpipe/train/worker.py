@@ -3,7 +3,7 @@
 Actions, all on the one container-image function:
 
 - ``init``: the round-0 weights, created deterministically from the seed.
-- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.train.datasets).
+- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.train.parts).
 - ``train``: start from the global weights, train on this worker's shard for a few local
   epochs, store the weights; returns the example count and metrics.
 - ``evaluate``: loss/accuracy of some weights on validation parts.
@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import checkpoints, datasets
+from dlpipe.train import checkpoints, parts
 
 # Stop this long before the function's deadline, leaving time to upload the weights.
 DEFAULT_MARGIN_S = 20.0
@@ -190,9 +190,10 @@ def run_init(request: InitRequest, model_store) -> dict:
             "parameters": int(sum(w.size for w in weights)), "bytes": size}
 
 
-def run_pack(request: PackRequest, data_store) -> dict:
-    return {"action": "pack", **datasets.pack_part(data_store, request.items, Recipe.from_dict(request.recipe),
-                                                   request.output_prefix)}
+def run_pack(request: PackRequest, data_store, remaining_ms: Callable[[], int] | None = None) -> dict:
+    """A wire.PackResponse as JSON; NothingPacked if no image of the part decodes."""
+    return parts.pack_part(data_store, request.items, request.recipe, request.output_prefix,
+                           remaining_ms).model_dump(mode="json")
 
 
 def run_train(request: TrainRequest, data_store, model_store,
@@ -206,7 +207,7 @@ def run_train(request: TrainRequest, data_store, model_store,
     hyper = request.hyper
     recipe = Recipe.from_dict(request.recipe)
 
-    x, y = datasets.load_parts(data_store, request.shard_keys)
+    x, y = parts.load_parts(data_store, request.shard_keys)
     if len(y) == 0:
         raise ValueError(f"shard {request.shard_keys} holds no images; run `orchestrator prepare` again")
     expected_shape = tuple(request.model.input_shape)
@@ -280,7 +281,7 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> dict:
     """Loss and accuracy of stored weights on validation parts (dropout off)."""
     started = time.monotonic()
     recipe = Recipe.from_dict(request.recipe)
-    x, y = datasets.load_parts(data_store, request.shard_keys)
+    x, y = parts.load_parts(data_store, request.shard_keys)
     weights = checkpoints.load_weights(model_store, request.weights_key)
     model = compiled_model(request.model)
     reset_model(model, weights, 1e-3, 0)
