@@ -160,12 +160,12 @@ def _assemble(dataset: str, source: str, val_source: str | None, val_fraction: f
     shards = [PartList() for _ in plan.shards]
     val = PartList()
     skipped = []
-    for index, (split, shard, _, _) in enumerate(jobs):
+    for index, (_, shard, _, _) in enumerate(jobs):
         if index not in replies:
             continue
         reply = replies[index]
         skipped += reply.skipped
-        target = shards[shard] if split == "train" else val
+        target = val if shard is None else shards[shard]
         target.parts.append(reply.key)
         target.count += reply.count
     skipped += lost
@@ -201,9 +201,9 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
               for split, shard, i, part in jobs]
     replies, lost = _pack(session, events, jobs, retries, progress, dataset)
     manifest = _assemble(dataset, source, val_source, val_fraction, recipe, plan, jobs, replies, lost)
-    store.put(manifests.manifest_key(dataset), manifest.to_json())
+    key = manifests.write_manifest(store, manifest)
     # Parts of an earlier prepare of this name are now unreferenced: remove them.
-    keep = manifest.part_keys() | {manifests.manifest_key(dataset)}
+    keep = manifest.part_keys() | {key}
     for key in list(store.list(manifests.dataset_prefix(dataset))):
         if key not in keep:
             store.delete(key)

@@ -40,17 +40,17 @@ class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = Field(ge=1, le=MAX_SIZE, description="the model input is size x size")
-    channels: Literal[1, 3] = Field(3, description="3 = colour, 1 = greyscale")
-    color_order: Literal["RGB", "BGR"] = Field("RGB", description="channel order the model expects")
+    channels: Literal[1, 3] = Field(default=3, description="3 = colour, 1 = greyscale")
+    color_order: Literal["RGB", "BGR"] = Field(default="RGB", description="channel order the model expects")
     resize: Literal["stretch", "center_crop"] = Field(
-        "stretch", description="stretch to size, or shorter side then center crop")
-    resize_shorter: int | None = Field(None, ge=1, le=MAX_RESIZE_SHORTER,
+        default="stretch", description="stretch to size, or shorter side then center crop")
+    resize_shorter: int | None = Field(default=None, ge=1, le=MAX_RESIZE_SHORTER,
                                        description="center_crop: shorter side length before cropping")
-    pad: int = Field(0, ge=0, description="stretch: resize to size - 2*pad, then zero-pad")
-    scale: Positive = Field(1.0 / 255.0, description="pixel values 0..255 are multiplied by this...")
-    mean: tuple[Finite, ...] = Field((0.0,), min_length=1, max_length=3,
+    pad: int = Field(default=0, ge=0, description="stretch: resize to size - 2*pad, then zero-pad")
+    scale: Positive = Field(default=1.0 / 255.0, description="pixel values 0..255 are multiplied by this...")
+    mean: tuple[Finite, ...] = Field(default=(0.0,), min_length=1, max_length=3,
                                      description="...then this is subtracted per channel...")
-    std: tuple[Positive, ...] = Field((1.0,), min_length=1, max_length=3,
+    std: tuple[Positive, ...] = Field(default=(1.0,), min_length=1, max_length=3,
                                       description="...and the result divided by this")
 
     @model_validator(mode="after")

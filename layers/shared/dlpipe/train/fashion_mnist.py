@@ -38,7 +38,7 @@ FASHION_MNIST_CLASSES = ("tshirt-top", "trouser", "pullover", "dress", "coat",
 FASHION_MNIST_RECIPE = Recipe(size=32, channels=1, pad=2, scale=1.0 / 255.0)
 SPLIT_SIZES = {"train": 60000, "test": 10000}
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 class DownloadFailed(OSError):

@@ -41,13 +41,13 @@ class PartList(BaseModel):
     """Packed parts (data-store keys, in training order) and the images they hold."""
 
     parts: list[str] = Field(default_factory=list)
-    count: int = Field(0, ge=0)
+    count: int = Field(default=0, ge=0)
 
 
 class Counts(BaseModel):
     train: int = Field(ge=0)
     val: int = Field(ge=0)
-    skipped: int = Field(0, ge=0)
+    skipped: int = Field(default=0, ge=0)
     train_per_class: dict[str, int] = Field(default_factory=dict)
 
 
@@ -56,7 +56,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")   # fields a later version adds do not stop this one
 
-    format: int = Field(1, ge=1, le=1)
+    format: int = Field(default=1, ge=1, le=1)
     dataset: str
     source: str
     val_source: str | None = None
@@ -69,14 +69,11 @@ class Manifest(BaseModel):
     id: str
     counts: Counts
     skipped: list[PackResponse.Skipped] = Field(default_factory=list)
-    bytes: int = Field(0, ge=0)
+    bytes: int = Field(default=0, ge=0)
 
     def part_keys(self) -> set[str]:
         """Every part the dataset references (train and validation)."""
         return {key for shard in self.shards for key in shard.parts} | set(self.val.parts)
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(indent=1).encode()
 
 
 def dataset_id(classes: list[str], recipe: Recipe, shards: list[PartList], val: PartList) -> str:
@@ -89,6 +86,13 @@ def dataset_id(classes: list[str], recipe: Recipe, shards: list[PartList], val: 
 def _prepare_hint(name: str) -> str:
     return (f"prepare it with e.g. `orchestrator prepare --source fashion-mnist/train --dataset {name} "
             "--workers 2`")
+
+
+def write_manifest(store, manifest: Manifest) -> str:
+    """Store the manifest (the last step of `prepare`: it publishes the dataset); returns its key."""
+    key = manifest_key(manifest.dataset)
+    store.put(key, manifest.model_dump_json(indent=1).encode())
+    return key
 
 
 def read_manifest(store, name: str) -> Manifest:

@@ -67,7 +67,8 @@ def pack_part(store, items: Sequence[tuple[str, int]], recipe: Recipe, output_pr
     finish in time with a TimeoutError naming the way out, instead of being killed mid-way.
     """
     x = np.empty((len(items), recipe.size, recipe.size, recipe.channels), np.uint8)
-    labels, skipped = [], []
+    labels: list[int] = []
+    skipped: list[PackResponse.Skipped] = []
     for index, (key, label) in enumerate(items):
         if index % 64 == 0 and _out_of_time(remaining_ms):
             raise TimeoutError(f"packing {output_prefix} ran out of time after {index} of {len(items)} images; "
