@@ -88,7 +88,7 @@ def plain_keras(session: Session, rounds: int, seed: int = 0) -> list[float]:
     """The same classifier-only fine-tuning in this process: model.fit, batch 32, Adam 1e-3."""
     import keras
 
-    from dlpipe.train import datasets, worker
+    from dlpipe.train import parts, worker
     from dlpipe.train.model import build_model
     from dlpipe.train.weights import load_weights
     from dlpipe.wire import ModelConfig
@@ -104,8 +104,8 @@ def plain_keras(session: Session, rounds: int, seed: int = 0) -> list[float]:
         layer.trainable = layer.name == "conv10"
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     recipe = Recipe.from_dict(manifest["recipe"])
-    x, y = datasets.load_parts(data, [k for s in manifest["shards"] for k in s["parts"]])
-    xv, yv = datasets.load_parts(data, manifest["val"]["parts"])
+    x, y = parts.load_parts(data, [k for s in manifest["shards"] for k in s["parts"]])
+    xv, yv = parts.load_parts(data, manifest["val"]["parts"])
     accuracies, rates = [], []
     for epoch in range(rounds):
         order = np.random.default_rng([seed, epoch]).permutation(len(y))

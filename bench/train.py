@@ -28,9 +28,9 @@ import time
 
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import datasets
-from dlpipe.train.model import build_model, model_config_for
+from dlpipe.train import fashion_mnist, parts
 from dlpipe.train import worker as training
+from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize
@@ -52,7 +52,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
     """Plain model.fit on the worker's shard, in this process, after a warm-up (tracing) call."""
     import keras
 
-    x, y = datasets.load_parts(data_store, manifest["shards"][0]["parts"])
+    x, y = parts.load_parts(data_store, manifest["shards"][0]["parts"])
     recipe = Recipe.from_dict(manifest["recipe"])
     config = model_config_for(manifest["recipe"], manifest["classes"], stem="small")
     keras.utils.set_random_seed(seed)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in sorted(needed | ({1} if "speed" not in args.skip else set())):
             session = Session(settings, "local", concurrency=workers)
             manifests[workers] = prepare_dataset(session, "fm/train", f"fm-w{workers}", workers,
-                                                 datasets.FASHION_MNIST_RECIPE, val_source="fm/test",
+                                                 fashion_mnist.FASHION_MNIST_RECIPE, val_source="fm/test",
                                                  progress=False)
             session.close()
 

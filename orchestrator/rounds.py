@@ -24,19 +24,28 @@ from typing import Callable, TextIO
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from dlpipe.predict.serving import version_key
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
+from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import StoreError
-from dlpipe.train import datasets
+from dlpipe.train import manifest as manifests
 from dlpipe.train.averaging import AveragingError, weighted_average, weighted_metrics
 from dlpipe.train.model import model_config_for
-from dlpipe.predict.serving import version_key
-from dlpipe.shared.recipe import Recipe
 from dlpipe.train.pretrained import starting_point
 from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import (EvaluateRequest, EvaluateResponse, Hyper, InitFrom, InitRequest, InitResponse, ModelConfig,
-                         TrainRequest, TrainResponse)
+from dlpipe.wire import (
+    EvaluateRequest,
+    EvaluateResponse,
+    Hyper,
+    InitFrom,
+    InitRequest,
+    InitResponse,
+    ModelConfig,
+    TrainRequest,
+    TrainResponse,
+)
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
@@ -113,11 +122,10 @@ class Plan:
 # --- planning --------------------------------------------------------------------------
 
 def read_manifest(data_store, dataset: str) -> dict:
-    key = datasets.manifest_key(dataset)
-    if not data_store.exists(key):
-        raise TrainingFailed(f"no prepared dataset {dataset!r} in {data_store.url}; prepare it first, e.g. "
-                             f"`orchestrator prepare --source fashion-mnist/train --dataset {dataset} --workers 2`")
-    return json.loads(data_store.get(key))
+    try:
+        return manifests.read_manifest(data_store, dataset).model_dump(mode="json")
+    except manifests.ManifestError as err:
+        raise TrainingFailed(str(err)) from None
 
 
 def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
@@ -166,7 +174,7 @@ def _check_options(options: TrainOptions) -> None:
         raise TrainingFailed("--retries must be >= 0")
     try:
         validate_name(options.run, "run name")
-        datasets.validate_dataset(options.dataset)
+        manifests.validate_dataset(options.dataset)
     except ValueError as err:
         raise TrainingFailed(str(err)) from None
 

@@ -42,7 +42,7 @@ def handler(event: dict, context) -> dict:
     elif isinstance(request, wire.EvaluateRequest):
         result = training.run_evaluate(request, data_store, model_store)
     elif isinstance(request, wire.PackRequest):
-        result = training.run_pack(request, data_store)
+        result = training.run_pack(request, data_store, remaining_ms=context.get_remaining_time_in_millis)
         for skipped in result["skipped"]:
             logger.warning("image skipped", extra=skipped)
     else:

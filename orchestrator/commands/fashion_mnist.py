@@ -14,9 +14,11 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from dlpipe.shared.config import ENV_CACHE, download_cache_dir
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
-from dlpipe.train import datasets
+from dlpipe.train import fashion_mnist as fm
 from orchestrator.commands import add_command
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 
 EXAMPLES = f"""\
@@ -29,9 +31,10 @@ then:
       --dataset fmnist --workers 2 --recipe fashion-mnist
 
 Writes PREFIX/train/<class>/<index>.png and PREFIX/test/<class>/<index>.png; classes:
-{', '.join(datasets.FASHION_MNIST_CLASSES)}.
-The IDX files come from --idx-dir, the Debian package dataset-fashion-mnist
-({datasets.FASHION_MNIST_DIRS[0]}) or a download from the official address (cached)."""
+{', '.join(fm.FASHION_MNIST_CLASSES)}.
+The IDX files come from --idx-dir, the Debian package {fm.DEBIAN_PACKAGE}
+({fm.FASHION_MNIST_DIRS[0]}), the download cache (${ENV_CACHE}/fashion-mnist, default
+~/.cache/dlpipe/fashion-mnist) or a download from the official address into that cache."""
 
 
 def register(subparsers) -> None:
@@ -54,14 +57,15 @@ def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None 
     """Store the images; returns {split: count}. Callable without the CLI (the demo uses it)."""
     prefix = prefix.strip("/")
     validate_prefix(prefix)
+    cache = download_cache_dir()
     counts = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for split in splits:
-            total = 60000 if split == "train" else 10000
-            total = min(total, limit) if limit is not None else total
+            total = fm.SPLIT_SIZES[split] if limit is None else min(fm.SPLIT_SIZES[split], limit)
             futures = []
+            pngs = fm.fashion_mnist_pngs(split, limit, idx_dir, cache=cache)
             with tqdm(total=total, unit="img", desc=f"fashion-mnist {split}", disable=not progress) as bar:
-                for key, data in datasets.fashion_mnist_pngs(split, limit, idx_dir):
+                for key, data in pngs:
                     future = pool.submit(store.put, join_key(prefix, key), data)
                     future.add_done_callback(lambda _: bar.update(1))
                     futures.append(future)
@@ -71,18 +75,26 @@ def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None 
     return counts
 
 
+def unavailable_message(err: fm.DownloadFailed) -> str:
+    """What failed, and the ways to run without the network."""
+    names = ", ".join(name for name, _ in fm.FASHION_MNIST_FILES.values())
+    return (f"Fashion-MNIST is not on this machine: {err}. Either install the Debian package {fm.DEBIAN_PACKAGE} "
+            f"(apt-get install {fm.DEBIAN_PACKAGE}), or give --idx-dir DIR, a folder with the four IDX files "
+            f"({names}), or copy those files into {err.cache}, where this command and `make demo` look too")
+
+
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     if args.limit is not None and args.limit < 1:
-        print("error: --limit must be at least 1", file=sys.stderr)
-        return 2
+        raise CommandError("--limit must be at least 1")
     store = session.data_store()
     start = time.perf_counter()
     try:
         counts = write_fashion_mnist(store, args.prefix, args.limit, args.splits, args.idx_dir, args.threads)
+    except fm.DownloadFailed as err:
+        raise CommandError(unavailable_message(err)) from None
     except (OSError, ValueError, InvalidKey) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(str(err)) from None
     wall = time.perf_counter() - start
     images = sum(counts.values())
     print_summary("fashion-mnist", [

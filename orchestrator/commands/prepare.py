@@ -1,35 +1,43 @@
 """`orchestrator prepare`: class-folder images -> packed, sharded arrays + a manifest.
 
-The orchestrator lists and plans (dlpipe.train.datasets.plan_dataset: pure key arithmetic); the
-decoding fans out over the train function's "pack" action, one part per invocation.
-`prepare_dataset(session, ...)` is the whole job without the CLI.
+The orchestrator lists and plans (dlpipe.train.plan: pure key arithmetic); the decoding fans
+out over the train function's "pack" action, one part per invocation, and the manifest
+(dlpipe.train.manifest) is written last. `prepare_dataset(session, ...)` is the whole job
+without the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from typing import TextIO
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from dlpipe.shared import clock
 from dlpipe.shared.recipe import RESIZE_MODES, Recipe
-from dlpipe.train import datasets
-from dlpipe.wire import PackRequest
+from dlpipe.train import manifest as manifests
+from dlpipe.train import plan as planning
+from dlpipe.train.fashion_mnist import FASHION_MNIST_RECIPE
+from dlpipe.train.manifest import Counts, Manifest, PartList
+from dlpipe.train.parts import NothingPacked
+from dlpipe.wire import PackRequest, PackResponse
 from orchestrator.commands import add_command
-from orchestrator.commands.upload import print_failures
+from orchestrator.errors import CommandError
 from orchestrator.invokers.retry import invoke_with_retries
-from orchestrator.report import print_summary
+from orchestrator.report import print_failures, print_summary
 
 RECIPES = {
-    "fashion-mnist": datasets.FASHION_MNIST_RECIPE,
+    "fashion-mnist": FASHION_MNIST_RECIPE,
     "small-rgb": Recipe(size=64, channels=3),
     "imagenet": Recipe(size=224, channels=3, resize="center_crop", resize_shorter=256,
                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
+# Parts of at most this many pixel bytes by default: a part of large photos then decodes in
+# minutes, well inside the function's 15, and is a modest GET for the worker.
+PART_TARGET_BYTES = 64 * 2 ** 20
 
 EXAMPLES = """\
 examples:
@@ -43,6 +51,8 @@ the same images gives the same split, and new images never move old ones between
 Images that cannot be decoded are skipped and listed (exit status 1); the rest is packed.
 Recipes: fashion-mnist (32 px grey, 2 px padding), small-rgb (64 px), imagenet (224 px
 centre crop, ImageNet mean/std); --size/--channels/... override a recipe's fields."""
+
+Job = tuple[str, int | None, int, list]   # (split, shard, part, items)
 
 
 def register(subparsers) -> None:
@@ -68,8 +78,9 @@ def register(subparsers) -> None:
     p.add_argument("--resize-shorter", type=int, metavar="PX", help="center_crop: shorter side before the crop")
     p.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean after scaling")
     p.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std after scaling")
-    p.add_argument("--part-size", type=int, default=5000, metavar="N",
-                   help="images per packed object (default: %(default)s)")
+    p.add_argument("--part-size", type=int, metavar="N",
+                   help=f"images per packed object (default: as many as make {PART_TARGET_BYTES >> 20} MB of "
+                        f"pixels, at most {PackRequest.MAX_ITEMS})")
     p.add_argument("--retries", type=int, default=1, metavar="K", help="re-invocations of a failed pack (default: 1)")
 
 
@@ -82,76 +93,142 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe.from_dict(base)
 
 
+def part_size_for(recipe: Recipe, requested: int | None) -> int:
+    """The images per part: `requested`, checked against what one pack may hold, or the default."""
+    image_bytes = recipe.size ** 2 * recipe.channels
+    most = min(PackRequest.MAX_ITEMS, PackRequest.MAX_PART_BYTES // image_bytes)
+    if requested is None:
+        return max(1, min(most, PART_TARGET_BYTES // image_bytes))
+    if not 1 <= requested <= most:
+        raise ValueError(f"--part-size must be 1 to {most} for {recipe.size}x{recipe.size}x{recipe.channels} images "
+                         f"(a pack holds at most {PackRequest.MAX_ITEMS} images and "
+                         f"{PackRequest.MAX_PART_BYTES >> 20} MB of pixels), got {requested}")
+    return requested
+
+
+def _list_sources(store, source: str, val_source: str | None):
+    classes, items = planning.list_class_folders(store, source)
+    if not val_source:
+        return classes, items, None
+    val_classes, val_items = planning.list_class_folders(store, val_source.strip("/"))
+    unknown = sorted(set(val_classes) - set(classes))
+    if unknown:
+        raise ValueError(f"validation classes {unknown} under {val_source!r} are not training classes {classes}")
+    return classes, items, val_items
+
+
+def _jobs(plan: planning.DatasetPlan) -> list[Job]:
+    jobs: list[Job] = []
+    for shard, parts in enumerate(plan.shards):
+        jobs += [("train", shard, i, part) for i, part in enumerate(parts)]
+    return jobs + [("val", None, i, part) for i, part in enumerate(plan.val_parts)]
+
+
+def _check_reply(event: dict, payload: dict) -> str | None:
+    try:
+        reply = PackResponse.model_validate(payload)
+    except ValidationError as err:
+        return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+    if not reply.key.startswith(event["output_prefix"] + "-"):
+        return f"bad response: part stored at {reply.key!r}, not under {event['output_prefix']!r}"
+    return None
+
+
+def _pack(session, events: list[dict], jobs: list[Job], retries: int, progress: bool,
+          dataset: str) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
+    """Run the packs; ({job: reply}, images of parts where none decoded). RuntimeError for other failures."""
+    bar = tqdm(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", disable=not progress)
+    done, errors = invoke_with_retries(session.invoker, "train", events, retries,
+                                       lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0),
+                                       check=_check_reply)
+    bar.close()
+    unreadable = f"{NothingPacked.__name__}: "
+    failed = {i: error for i, (_, error) in errors.items() if not error.startswith(unreadable)}
+    if failed:
+        reasons = "; ".join(f"{events[i]['output_prefix']}: {error}" for i, error in sorted(failed.items())[:5])
+        raise RuntimeError(f"packing failed for {len(failed)} of {len(events)} parts ({reasons}); "
+                           "nothing was published, run prepare again")
+    lost = [PackResponse.Skipped(key=key, reason=error[:300]) for i, (_, error) in sorted(errors.items())
+            for key, _ in jobs[i][3]]
+    return {i: PackResponse.model_validate(payload) for i, payload in done.items()}, lost
+
+
+def _assemble(dataset: str, source: str, val_source: str | None, val_fraction: float, recipe: Recipe,
+              plan: planning.DatasetPlan, jobs: list[Job], replies: dict[int, PackResponse],
+              lost: list[PackResponse.Skipped]) -> Manifest:
+    shards = [PartList() for _ in plan.shards]
+    val = PartList()
+    skipped = []
+    for index, (_, shard, _, _) in enumerate(jobs):
+        if index not in replies:
+            continue
+        reply = replies[index]
+        skipped += reply.skipped
+        target = val if shard is None else shards[shard]
+        target.parts.append(reply.key)
+        target.count += reply.count
+    skipped += lost
+    empty = [w for w, s in enumerate(shards) if not s.count]
+    if empty:
+        raise ValueError(f"shards {empty} have no readable images; use fewer --workers or fix the images")
+    return Manifest(
+        dataset=dataset, source=source, val_source=val_source, val_fraction=0.0 if val_source else val_fraction,
+        classes=plan.classes, recipe=recipe, shards=shards, val=val, created=clock.now_iso(),
+        id=manifests.dataset_id(plan.classes, recipe, shards, val),
+        counts=Counts(train=sum(s.count for s in shards), val=val.count, skipped=len(skipped),
+                      train_per_class=plan.counts["train_per_class"]),
+        skipped=skipped[:manifests.MAX_SKIPPED_LISTED], bytes=sum(r.bytes for r in replies.values()))
+
+
 def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Recipe, val_fraction: float = 0.1,
-                    val_source: str | None = None, part_size: int = 5000, retries: int = 1,
-                    progress: bool = True) -> dict:
+                    val_source: str | None = None, part_size: int | None = None, retries: int = 1,
+                    progress: bool = True) -> Manifest:
     """Plan, pack (fanned out over the train function) and write the manifest; returns it.
 
     Raises ValueError for bad input and RuntimeError if packing fails after retries.
     """
     store = session.data_store()
-    datasets.validate_dataset(dataset)
+    manifests.validate_dataset(dataset)
+    part_size = part_size_for(recipe, part_size)
     source = source.strip("/")
-    classes, items = datasets.list_class_folders(store, source)
-    val_items = None
-    if val_source:
-        val_classes, val_items = datasets.list_class_folders(store, val_source.strip("/"))
-        unknown = sorted(set(val_classes) - set(classes))
-        if unknown:
-            raise ValueError(f"validation classes {unknown} under {val_source!r} are not training classes {classes}")
-    plan = datasets.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
+    classes, items, val_items = _list_sources(store, source, val_source)
+    plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
                                  source_prefix=source, val_items=val_items)
-    recipe_dict = recipe.to_dict()
-    jobs: list[tuple[str, int | None, int, list]] = []    # (split, shard, part, items)
-    for shard, parts in enumerate(plan.shards):
-        jobs += [("train", shard, i, part) for i, part in enumerate(parts)]
-    jobs += [("val", None, i, part) for i, part in enumerate(plan.val_parts)]
-    events = [PackRequest(action="pack", items=part, recipe=recipe_dict,
-                          output_prefix=datasets.part_prefix(dataset, split, shard, i)).model_dump(mode="json")
+    jobs = _jobs(plan)
+    events = [PackRequest(action="pack", items=part, recipe=recipe,
+                          output_prefix=planning.part_prefix(dataset, split, shard, i)).model_dump(mode="json")
               for split, shard, i, part in jobs]
-
-    bar = tqdm(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", disable=not progress)
-    done, errors = invoke_with_retries(session.invoker, "train", events, retries,
-                                       lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0))
-    bar.close()
-    if errors:
-        reasons = "; ".join(f"{events[i]['output_prefix']}: {error}" for i, (_, error) in sorted(errors.items())[:5])
-        raise RuntimeError(f"packing failed for {len(errors)} of {len(events)} parts ({reasons}); "
-                           "nothing was published, run prepare again")
-
-    shards = [{"parts": [], "count": 0} for _ in plan.shards]
-    val = {"parts": [], "count": 0}
-    skipped = []
-    for index, (split, shard, _, _) in enumerate(jobs):
-        result = done[index]
-        skipped += result["skipped"]
-        if result["count"] == 0:
-            continue
-        target = shards[shard] if split == "train" else val
-        target["parts"].append(result["key"])
-        target["count"] += result["count"]
-    empty = [w for w, s in enumerate(shards) if not s["count"]]
-    if empty:
-        raise ValueError(f"shards {empty} have no readable images; use fewer --workers or fix the images")
-    manifest = {
-        "format": 1, "dataset": dataset, "source": source, "val_source": val_source,
-        "val_fraction": 0.0 if val_source else val_fraction, "classes": classes, "recipe": recipe_dict,
-        "shards": shards, "val": val, "created": datasets.now_iso(),
-        # Same images, split and recipe -> same id: a run may resume on a dataset prepared again
-        # identically (the part keys are content hashes), never on one that changed.
-        "id": hashlib.sha256(json.dumps([classes, recipe_dict, shards, val], sort_keys=True).encode()).hexdigest()[:16],
-        "counts": {"train": sum(s["count"] for s in shards), "val": val["count"], "skipped": len(skipped),
-                   "train_per_class": plan.counts["train_per_class"]},
-        "skipped": skipped[:1000],
-        "bytes": sum(r["bytes"] for r in done.values()),
-    }
-    store.put(datasets.manifest_key(dataset), json.dumps(manifest, indent=1).encode())
+    replies, lost = _pack(session, events, jobs, retries, progress, dataset)
+    manifest = _assemble(dataset, source, val_source, val_fraction, recipe, plan, jobs, replies, lost)
+    key = manifests.write_manifest(store, manifest)
     # Parts of an earlier prepare of this name are now unreferenced: remove them.
-    keep = {k for s in shards for k in s["parts"]} | set(val["parts"]) | {datasets.manifest_key(dataset)}
-    for key in list(store.list(datasets.dataset_prefix(dataset))):
+    keep = manifest.part_keys() | {key}
+    for key in list(store.list(manifests.dataset_prefix(dataset))):
         if key not in keep:
             store.delete(key)
     return manifest
+
+
+def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: float, first: int,
+                  out: TextIO) -> None:
+    counts, recipe = manifest.counts, manifest.recipe
+    images = counts.train + counts.val + counts.skipped
+    shard_sizes = [s.count for s in manifest.shards]
+    print_summary(f"prepare {args.dataset}", [
+        ("store", f"{session.data_store().url}/{manifests.manifest_key(args.dataset)}"),
+        ("classes", f"{len(manifest.classes)}: {', '.join(manifest.classes[:10])}"
+                    + (" ..." if len(manifest.classes) > 10 else "")),
+        ("train", f"{counts.train} images in {len(shard_sizes)} shards ({min(shard_sizes)}-{max(shard_sizes)} each)"),
+        ("validation", f"{counts.val} images" + (f" from {manifest.val_source}" if manifest.val_source
+                                                 else f" ({manifest.val_fraction:.0%} held out)")),
+        ("skipped", f"{counts.skipped} unreadable images"),
+        ("recipe", f"{recipe.size} px, {recipe.channels} channel(s), {recipe.resize}"
+                   + (f", pad {recipe.pad}" if recipe.pad else "")),
+        ("packed", f"{manifest.bytes / 1e6:,.1f} MB"),
+        ("wall time", f"{wall:.2f} s"),
+        ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
+    ], invocations=session.invoker.records[first:], out=out)
+    print_failures([(s.key, s.reason) for s in manifest.skipped], out=out)
 
 
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
@@ -160,34 +237,15 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         recipe = recipe_from_args(args)
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
-        invoker = session.invoker
-        first = len(invoker.records)
+        if args.retries < 0:
+            raise ValueError("--retries must be 0 or more")
+        first = len(session.invoker.records)
         start = time.perf_counter()
         manifest = prepare_dataset(session, args.source, args.dataset, args.workers, recipe,
                                    val_fraction=args.val_fraction, val_source=args.val_source,
                                    part_size=args.part_size, retries=args.retries)
     except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    wall = time.perf_counter() - start
-    counts = manifest["counts"]
-    images = counts["train"] + counts["val"] + counts["skipped"]
-    shard_sizes = [s["count"] for s in manifest["shards"]]
-    print_summary(f"prepare {args.dataset}", [
-        ("store", f"{session.data_store().url}/{datasets.manifest_key(args.dataset)}"),
-        ("classes", f"{len(manifest['classes'])}: {', '.join(manifest['classes'][:10])}"
-                    + (" ..." if len(manifest["classes"]) > 10 else "")),
-        ("train", f"{counts['train']} images in {len(shard_sizes)} shards "
-                  f"({min(shard_sizes)}-{max(shard_sizes)} each)"),
-        ("validation", f"{counts['val']} images" + (f" from {manifest['val_source']}" if manifest["val_source"]
-                                                    else f" ({manifest['val_fraction']:.0%} held out)")),
-        ("skipped", f"{counts['skipped']} unreadable images"),
-        ("recipe", f"{recipe.size} px, {recipe.channels} channel(s), {recipe.resize}"
-                   + (f", pad {recipe.pad}" if recipe.pad else "")),
-        ("packed", f"{manifest['bytes'] / 1e6:,.1f} MB"),
-        ("wall time", f"{wall:.2f} s"),
-        ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
-    ], invocations=session.invoker.records[first:], out=out)
-    print_failures([(s["key"], s["reason"]) for s in manifest["skipped"]], out=out)
+        raise CommandError(str(err)) from None
+    _print_report(args, session, manifest, time.perf_counter() - start, first, out)
     print(f"\nnext: orchestrator train --dataset {args.dataset} --run RUN --rounds 5", file=out)
-    return 1 if counts["skipped"] else 0
+    return 1 if manifest.counts.skipped else 0

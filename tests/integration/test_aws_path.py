@@ -16,7 +16,7 @@ import boto3
 import pytest
 from cfnlint.decode.decode import decode_str
 
-from dlpipe.train import datasets
+from dlpipe.train import fashion_mnist
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights
 from orchestrator.cli import main
@@ -52,7 +52,7 @@ def photos(tmp_path) -> Path:
     """A user's folder of class sub-folders: real Fashion-MNIST images as PNG files."""
     root = tmp_path / "photos"
     counts: dict[str, int] = {}
-    for key, data in datasets.fashion_mnist_pngs("train", limit=1000):
+    for key, data in fashion_mnist.fashion_mnist_pngs("train", limit=1000):
         _, cls, name = key.split("/")
         if counts.get(cls, 0) < IMAGES_PER_CLASS:
             counts[cls] = counts.get(cls, 0) + 1
@@ -97,7 +97,7 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
     assert len(augmented) == 2 * len(raw)
     assert {k.split("/")[1] for k in augmented} == {k.split("/")[1] for k in raw}  # class folders kept
     manifest = json.loads(s3.get_object(Bucket=data, Key="datasets/e2e/manifest.json")["Body"].read())
-    assert sorted(manifest["classes"]) == sorted(datasets.FASHION_MNIST_CLASSES)
+    assert sorted(manifest["classes"]) == sorted(fashion_mnist.FASHION_MNIST_CLASSES)
 
     from dlpipe.shared.store import open_store
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlpipe.shared.config import Settings
+from dlpipe.shared.config import Settings, download_cache_dir
 from dlpipe.shared.store import DirStore
-from dlpipe.train import datasets
+from dlpipe.train import fashion_mnist
+from dlpipe.train import manifest as manifests
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from orchestrator import functions
@@ -30,7 +31,7 @@ HANGING = Path(__file__).parent / "handlers" / "hanging_train.py"
 
 @pytest.fixture(scope="module")
 def fashion_mnist_files():
-    for folder in (*datasets.FASHION_MNIST_DIRS, datasets.default_cache_dir() / "fashion-mnist"):
+    for folder in (*fashion_mnist.FASHION_MNIST_DIRS, download_cache_dir() / "fashion-mnist"):
         if (Path(folder) / "t10k-labels-idx1-ubyte.gz").is_file():
             return
     pytest.skip("Fashion-MNIST IDX files are absent: install the Debian package dataset-fashion-mnist")
@@ -66,8 +67,8 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     prepare_out, train_out = learned["outputs"]["prepare"][1], learned["outputs"]["train"][1]
     assert "2000 images in 2 shards (1000-1000 each)" in prepare_out
     assert "500 images from fashion-mnist/test" in prepare_out
-    manifest = json.loads(learned["data"].get(datasets.manifest_key("fm")))
-    assert manifest["classes"] == sorted(datasets.FASHION_MNIST_CLASSES)
+    manifest = json.loads(learned["data"].get(manifests.manifest_key("fm")))
+    assert manifest["classes"] == sorted(fashion_mnist.FASHION_MNIST_CLASSES)
     assert [s["count"] for s in manifest["shards"]] == [1000, 1000] and manifest["val"]["count"] == 500
 
     for r in (1, 2, 3):
@@ -115,7 +116,7 @@ def tiny(tmp_path_factory, fashion_mnist_files):
                         table_url=f"sqlite:///{root}/t.sqlite")
     session = Session(settings, "local", concurrency=2)
     write_fashion_mnist(settings.data_store(), "fm", limit=360, splits=("train",), progress=False)
-    prepare_dataset(session, "fm/train", "tiny", 2, datasets.FASHION_MNIST_RECIPE, val_fraction=0.2,
+    prepare_dataset(session, "fm/train", "tiny", 2, fashion_mnist.FASHION_MNIST_RECIPE, val_fraction=0.2,
                     progress=False)
     yield {"session": session, "root": root, "data": settings.data_store(), "models": settings.model_store()}
     session.close()
@@ -133,7 +134,7 @@ def train(tiny, opts: TrainOptions):
 @contextlib.contextmanager
 def corrupt_shard(tiny, worker: int):
     """Overwrite a worker's packed part with junk; put it back afterwards."""
-    manifest = json.loads(tiny["data"].get(datasets.manifest_key("tiny")))
+    manifest = json.loads(tiny["data"].get(manifests.manifest_key("tiny")))
     key = manifest["shards"][worker]["parts"][0]
     original = tiny["data"].get(key)
     tiny["data"].put(key, b"junk where a shard should be")
@@ -200,7 +201,7 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
                 load_weights(models, TrainingRun(None, "survivor").worker_key(1, 1, 0)))
     assert same(load_weights(models, TrainingRun(None, "survivor").optimizer_key(1)),
                 load_weights(models, TrainingRun(None, "survivor").worker_optimizer_key(1, 1, 0)))
-    assert record["val"]["count"] == json.loads(tiny["data"].get(datasets.manifest_key("tiny")))["val"]["count"]
+    assert record["val"]["count"] == json.loads(tiny["data"].get(manifests.manifest_key("tiny")))["val"]["count"]
     assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
 
 
@@ -256,7 +257,7 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
         opts = TrainOptions(dataset="s3fm", run="s3run", rounds=2, local_epochs=1, batch_size=32, output_dir=None)
         run_training(session, opts, out=io.StringIO(), progress=False)
         assert TrainingRun(models, "s3run").latest_round() == 2 and models.exists(TrainingRun(None, "s3run").plot_key)
-        manifest = json.loads(data.get(datasets.manifest_key("s3fm")))
+        manifest = json.loads(data.get(manifests.manifest_key("s3fm")))
         parts = [k for s in manifest["shards"] for k in s["parts"]] + manifest["val"]["parts"]
         # The workers kept their parts in /tmp: exactly the prepared parts' bytes...
         cached = sorted(p.read_bytes() for p in cache.glob("*.npz"))
@@ -298,16 +299,36 @@ def test_prepare_lists_unreadable_images_and_packs_the_rest(tmp_path, capsys):
             "--dataset", "mini", "--workers", "2", "--val-fraction", "0.25", "--size", "16", "--part-size", "2"]
     assert main(args) == 1          # something was skipped: the exit status says so
     out = capsys.readouterr().out
-    assert "photos/b/broken.jpg: UnidentifiedImageError" in out and "1 unreadable images" in out
-    manifest = json.loads(store.get(datasets.manifest_key("mini")))
+    assert "photos/b/broken.jpg: " in out and "not a recognised image" in out and "1 unreadable images" in out
+    manifest = json.loads(store.get(manifests.manifest_key("mini")))
     assert manifest["counts"]["train"] + manifest["counts"]["val"] == 12 and manifest["counts"]["skipped"] == 1
     assert all(len(s["parts"]) >= 2 for s in manifest["shards"])   # --part-size 2 cut the shards up
     first_parts = {k for s in manifest["shards"] for k in s["parts"]}
     assert main(args) == 1          # the same again: the same parts and dataset id, so runs on it may resume
-    again = json.loads(store.get(datasets.manifest_key("mini")))
+    again = json.loads(store.get(manifests.manifest_key("mini")))
     assert again["id"] == manifest["id"] and again["shards"] == manifest["shards"]
     assert main(args[:-2] + ["--part-size", "100"]) == 1           # prepared differently: the old parts are removed
     capsys.readouterr()
-    left = set(store.list(datasets.dataset_prefix("mini")))
-    assert not left & first_parts and datasets.manifest_key("mini") in left
-    assert json.loads(store.get(datasets.manifest_key("mini")))["id"] != manifest["id"]
+    left = set(store.list(manifests.dataset_prefix("mini")))
+    assert not left & first_parts and manifests.manifest_key("mini") in left
+    assert json.loads(store.get(manifests.manifest_key("mini")))["id"] != manifest["id"]
+
+
+def test_prepare_lists_a_part_none_of_whose_images_decode_and_packs_the_rest(tmp_path, capsys):
+    from PIL import Image
+
+    store = DirStore(tmp_path / "home" / "data")
+    for label in ("a", "b"):
+        for i in range(4):
+            buffer = io.BytesIO()
+            Image.new("L", (20, 20), 40 + i).save(buffer, "PNG")
+            store.put(f"photos/{label}/{i}.png", buffer.getvalue())
+    store.put("test/a/empty.png", b"")             # the whole validation set: one part, nothing decodes
+    args = ["--home", str(tmp_path / "home"), "prepare", "--source", "photos", "--val-source", "test",
+            "--dataset", "v", "--workers", "2", "--size", "8", "--retries", "0"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "test/a/empty.png: NothingPacked: none of the 1 images for datasets/v/val/part-000" in out
+    manifest = json.loads(store.get(manifests.manifest_key("v")))
+    assert manifest["counts"] == {"train": 8, "val": 0, "skipped": 1, "train_per_class": {"a": 4, "b": 4}}
+    assert manifest["val"] == {"parts": [], "count": 0} and not list(store.list("datasets/v/val/"))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import datasets
+from dlpipe.train import parts
 from dlpipe.train import worker as training
 from dlpipe.train.model import build_model
 from dlpipe.train.run import TrainingRun
@@ -53,8 +53,8 @@ def world(tmp_path_factory):
             key = f"raw/c{label}/{i:03d}.png"
             data.put(key, png(image))
             items.append((key, label))
-    train = datasets.pack_part(data, items[::2] + items[1::2][:24], RECIPE, "datasets/t/train/shard-000/part-000")
-    val = datasets.pack_part(data, items[1::2][24:], RECIPE, "datasets/t/val/part-000")
+    train = parts.pack_part(data, items[::2] + items[1::2][:24], RECIPE, "datasets/t/train/shard-000/part-000")
+    val = parts.pack_part(data, items[1::2][24:], RECIPE, "datasets/t/val/part-000")
     return {"root": root, "data": data, "models": models, "train": train, "val": val}
 
 
@@ -86,7 +86,7 @@ def init(handler, run: str, seed: int = 3) -> str:
 def train_event(world, run: str, **changes) -> dict:
     """events/train.json, pointed at this test's run and shard."""
     event = json.loads(json.dumps(EVENT))
-    event.update(run=run, global_key=TrainingRun(None, run).global_key(0), shard_keys=[world["train"]["key"]],
+    event.update(run=run, global_key=TrainingRun(None, run).global_key(0), shard_keys=[world["train"].key],
                  output_key=TrainingRun(None, run).worker_key(1, 0), model=model_dict())
     event["hyper"].update(batch_size=16, local_epochs=2, seed=11)
     event.update(changes)
@@ -100,12 +100,12 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     init_key = init(handler, "plain")
     event = train_event(world, "plain")
     response = handler(event, context())
-    assert response["num_examples"] == 2 * world["train"]["count"] and not response["stopped_early"]
-    assert response["epochs_done"] == 2 and response["steps"] == 2 * -(-world["train"]["count"] // 16)
+    assert response["num_examples"] == 2 * world["train"].count and not response["stopped_early"]
+    assert response["epochs_done"] == 2 and response["steps"] == 2 * -(-world["train"].count // 16)
     worker = load_weights(world["models"], event["output_key"])
 
     # The same thing by hand, with nothing from the train function but the seed rules.
-    x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
+    x, y = parts.npz_to_arrays(world["data"].get(world["train"].key))
     hyper = event["hyper"]
     initial = load_weights(world["models"], init_key)
     model = build_model(ModelConfig(**model_dict()), initial,
@@ -145,7 +145,7 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, 
     state = load_weights(world["models"], r2["optimizer_key"])
     assert state[0] == 2 * r2["steps"] and len(state) == 1 + 2 * 52   # steps, then Adam's m and v per weight
 
-    x, y = datasets.npz_to_arrays(world["data"].get(world["train"]["key"]))
+    x, y = parts.npz_to_arrays(world["data"].get(world["train"].key))
     seed = first["hyper"]["seed"]
     model = build_model(ModelConfig(**model_dict()), load_weights(world["models"], init_key),
                                     dropout_seed=training.dropout_seed(seed, 1, 0))
@@ -212,14 +212,14 @@ def test_deadline_stops_between_batches(world, handler):
 
 def test_evaluate_matches_keras_evaluate(world, handler):
     key = init(handler, "eval")
-    event = {"action": "evaluate", "weights_key": key, "shard_keys": [world["val"]["key"]],
+    event = {"action": "evaluate", "weights_key": key, "shard_keys": [world["val"].key],
              "model": model_dict(), "batch_size": 8}
     response = handler(event, context())
     model = build_model(ModelConfig(**model_dict()), load_weights(world["models"], key))
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    x, y = datasets.npz_to_arrays(world["data"].get(world["val"]["key"]))
+    x, y = parts.npz_to_arrays(world["data"].get(world["val"].key))
     loss, accuracy = model.evaluate(RECIPE.normalize(x), y, batch_size=8, verbose=0)
-    assert response["count"] == len(y) == world["val"]["count"]
+    assert response["count"] == len(y) == world["val"].count
     assert response["loss"] == pytest.approx(loss, rel=1e-5)
     assert response["accuracy"] == pytest.approx(accuracy)
 
@@ -231,9 +231,13 @@ def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
     response = handler(event, context())
     assert response["count"] == 2
     assert [s["key"] for s in response["skipped"]] == ["raw/c0/broken.png"]
-    assert "UnidentifiedImageError" in response["skipped"][0]["reason"]
-    x, y = datasets.npz_to_arrays(world["data"].get(response["key"]))
+    assert response["skipped"][0]["reason"].startswith("ImageError: ")   # the decoder serving uses
+    x, y = parts.npz_to_arrays(world["data"].get(response["key"]))
     assert x.shape == (2, 32, 32, 1) and x.dtype == np.uint8 and y.tolist() == [0, 1]
+    # A part none of whose images decode fails the invocation; no empty part is stored.
+    with pytest.raises(parts.NothingPacked, match="none of the 1 images for datasets/p/val/part-000"):
+        handler({**event, "items": [["raw/c0/broken.png", 0]], "output_prefix": "datasets/p/val/part-000"}, context())
+    assert not list(world["data"].list("datasets/p/val/"))
 
 
 def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler):
@@ -243,7 +247,7 @@ def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler)
     with pytest.raises(Exception, match="shard_keys"):
         handler({k: v for k, v in train_event(world, "bad").items() if k != "shard_keys"}, context())
     missing = train_event(world, "bad", shard_keys=["datasets/t/train/shard-000/part-009-0000000000000000.npz"])
-    with pytest.raises(datasets.CorruptPart, match="missing.*prepare"):
+    with pytest.raises(parts.CorruptPart, match="missing.*prepare"):
         handler(missing, context())
     wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1,
                                                    "labels": [f"c{i}" for i in range(CLASSES + 1)]})

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dlpipe.shared.images import DEFAULT_MAX_PIXELS
 from dlpipe.shared.names import NAME_PATTERN
+from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import InvalidKey, validate_key, validate_prefix
 
 # Lambda refuses synchronous request payloads over 6 MB; the base64 text has to fit in that.
@@ -208,10 +209,65 @@ class InitResponse(_Event):
 
 
 class PackRequest(_Event):
+    """Decode `items` (data-store key, label) with `recipe` into one part at `output_prefix`-<hash>.npz."""
+
+    # 5000 keys of S3's maximum 1024 bytes still fit Lambda's 6 MB request.
+    MAX_ITEMS: ClassVar[int] = 5000
+    # The packed pixels exist twice at the peak (the array, then its .npz): 2 x 256 MB fits the
+    # smallest train function (1024 MB) with a 40-megapixel source being decoded beside them.
+    MAX_PART_BYTES: ClassVar[int] = 256 * 2 ** 20
+
     action: Literal["pack"]
-    items: list[tuple[str, int]] = Field(min_length=1)
-    recipe: dict
-    output_prefix: str
+    items: list[tuple[str, int]] = Field(min_length=1, max_length=MAX_ITEMS)
+    recipe: Recipe
+    output_prefix: str = Field(min_length=1, max_length=900)
+
+    @field_validator("items")
+    @classmethod
+    def _valid_items(cls, items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        for key, label in items:
+            if not 0 <= label < 2 ** 31:
+                raise ValueError(f"label {label} of {key!r} is not a class index (0 or more)")
+            try:
+                validate_key(key)
+            except InvalidKey as err:
+                raise ValueError(str(err)) from None
+            if len(key.encode()) > 1024:
+                raise ValueError(f"key {key[:60]!r}... is longer than a store key may be (1024 bytes)")
+        return items
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _valid_prefix(cls, prefix: str) -> str:
+        try:
+            validate_key(prefix)
+        except InvalidKey as err:
+            raise ValueError(f"output_prefix is not a valid store key stem: {err}") from None
+        return prefix
+
+    @model_validator(mode="after")
+    def _fits_memory(self) -> PackRequest:
+        image_bytes = self.recipe.size ** 2 * self.recipe.channels
+        if len(self.items) * image_bytes > self.MAX_PART_BYTES:
+            raise ValueError(f"{len(self.items)} images of {self.recipe.size}x{self.recipe.size}x"
+                             f"{self.recipe.channels} make {len(self.items) * image_bytes / 2 ** 20:.0f} MB, more "
+                             f"than a part may hold ({self.MAX_PART_BYTES // 2 ** 20} MB): at most "
+                             f"{self.MAX_PART_BYTES // image_bytes} images per part")
+        return self
+
+
+class PackResponse(_Event):
+    """A packed part: its key, how many images it holds, and the images skipped as undecodable."""
+
+    class Skipped(BaseModel):
+        key: str
+        reason: str
+
+    action: Literal["pack"] = "pack"
+    key: str
+    count: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    skipped: list[Skipped] = Field(default_factory=list)
 
 
 class TrainRequest(_Event):

@@ -15,7 +15,6 @@ Needs `onnx` and TensorFlow: an orchestrator-side module, never imported by a fu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -25,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dlpipe.shared.recipe import Recipe
-from dlpipe.wire import ModelConfig
 from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
+from dlpipe.wire import ModelConfig
 
 
 class OnnxImportError(ValueError):
@@ -379,7 +378,7 @@ def import_onnx(path: str | Path, labels: list[str], store, name: str, version: 
         if recipe.size != found.input_shape[0]:
             size = found.input_shape[0]
             shorter = round(size * recipe.resize_shorter / recipe.size) if recipe.resize_shorter else None
-            recipe = dataclasses.replace(recipe, size=size, resize_shorter=shorter)
+            recipe = Recipe.from_dict({**recipe.to_dict(), "size": size, "resize_shorter": shorter})
     if len(labels) != found.classes:
         raise OnnxImportError(f"the labels file has {len(labels)} names but the model has {found.classes} classes")
     source = {"kind": "onnx", "file": Path(path).name,

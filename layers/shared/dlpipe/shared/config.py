@@ -2,20 +2,29 @@
 
 The same three variables configure the handlers (set by template.yaml on AWS, or by the
 local invoker for its worker processes) and the orchestrator (which may override them
-from the command line or from a CloudFormation stack's outputs).
+from the command line or from a CloudFormation stack's outputs). The caches (downloads on
+the orchestrator's machine, packed shards in a warm train worker's /tmp) are read here
+too, and their values passed to the code that uses them.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 ENV_HOME = "DLPIPE_HOME"
 ENV_DATA = "DLPIPE_DATA_URL"
 ENV_MODELS = "DLPIPE_MODEL_URL"
 ENV_TABLE = "DLPIPE_TABLE_URL"
+ENV_CACHE = "DLPIPE_CACHE"                    # downloads (Fashion-MNIST), default ~/.cache/dlpipe
+ENV_SHARD_CACHE = "DLPIPE_SHARD_CACHE"        # warm train workers' copies of packed parts
+ENV_SHARD_CACHE_MB = "DLPIPE_SHARD_CACHE_MB"
+# Leave room in Lambda's /tmp (512 MB unless the function asks for more) for the weights.
+DEFAULT_SHARD_CACHE_MB = 384.0
 
 
 def _absolute(url: str) -> str:
@@ -41,7 +50,7 @@ class Settings:
     table_url: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = env.get(ENV_HOME, ".dlpipe")
         return cls(
@@ -51,7 +60,7 @@ class Settings:
         )
 
     def with_overrides(self, data_url: str | None = None, model_url: str | None = None,
-                       table_url: str | None = None) -> "Settings":
+                       table_url: str | None = None) -> Settings:
         return Settings(
             data_url=_absolute(data_url) if data_url else self.data_url,
             model_url=_absolute(model_url) if model_url else self.model_url,
@@ -102,3 +111,30 @@ class Placement:
         env = os.environ if env is None else env
         values = {name: env.get(variable) or None for name, variable in cls.ENV.items()}
         return cls(**{**values, "home": values["home"] or DEFAULT_HOME})
+
+
+def download_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where downloaded datasets are kept between runs."""
+    env = os.environ if env is None else env
+    return Path(env.get(ENV_CACHE) or Path.home() / ".cache" / "dlpipe")
+
+
+@dataclass(frozen=True)
+class ShardCache:
+    """A warm train worker's copy of packed parts in /tmp: its folder and its size limit."""
+
+    folder: Path
+    limit_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ShardCache:
+        env = os.environ if env is None else env
+        text = env.get(ENV_SHARD_CACHE_MB) or str(DEFAULT_SHARD_CACHE_MB)
+        try:
+            megabytes = float(text)
+        except ValueError:
+            megabytes = -1.0
+        if not (math.isfinite(megabytes) and megabytes >= 0):
+            raise ValueError(f"{ENV_SHARD_CACHE_MB} must be a number of megabytes >= 0, got {text!r}")
+        folder = env.get(ENV_SHARD_CACHE) or Path(tempfile.gettempdir()) / "dlpipe-shards"
+        return cls(folder=Path(folder), limit_bytes=int(megabytes * 2 ** 20))

@@ -3,7 +3,7 @@
 Actions, all on the one container-image function:
 
 - ``init``: the round-0 weights, created deterministically from the seed.
-- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.train.datasets).
+- ``pack``: decode a part of a dataset into a uint8 .npz (see dlpipe.train.parts).
 - ``train``: start from the global weights, train on this worker's shard for a few local
   epochs, store the weights; returns the example count and metrics.
 - ``evaluate``: loss/accuracy of some weights on validation parts.
@@ -28,11 +28,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import datasets
+from dlpipe.train import parts
 from dlpipe.train.model import build_model
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
-from dlpipe.wire import (EvaluateRequest, EvaluateResponse, InitRequest, InitResponse, ModelConfig, PackRequest,
-                         TrainRequest, TrainResponse)
+from dlpipe.wire import (
+    EvaluateRequest,
+    EvaluateResponse,
+    InitRequest,
+    InitResponse,
+    ModelConfig,
+    PackRequest,
+    TrainRequest,
+    TrainResponse,
+)
 
 # Stop this long before the function's deadline, leaving time to upload the weights.
 DEFAULT_MARGIN_S = 20.0
@@ -222,14 +230,15 @@ def run_init(request: InitRequest, model_store) -> InitResponse:
                         parameters=int(sum(w.size for w in weights)), bytes=size)
 
 
-def run_pack(request: PackRequest, data_store) -> dict:
-    return {"action": "pack", **datasets.pack_part(data_store, request.items, Recipe.from_dict(request.recipe),
-                                                   request.output_prefix)}
+def run_pack(request: PackRequest, data_store, remaining_ms: Callable[[], int] | None = None) -> dict:
+    """A wire.PackResponse as JSON; NothingPacked if no image of the part decodes."""
+    return parts.pack_part(data_store, request.items, request.recipe, request.output_prefix,
+                           remaining_ms).model_dump(mode="json")
 
 
 def load_shard(data_store, keys: Sequence[str], model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """A worker's uint8 images and labels, checked against the model before any training."""
-    x, y = datasets.load_parts(data_store, keys)
+    x, y = parts.load_parts(data_store, keys)
     if len(y) == 0:
         raise ValueError(f"shard {list(keys)} holds no images; run `orchestrator prepare` again")
     if tuple(x.shape[1:]) != tuple(model.input_shape):
@@ -313,7 +322,7 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     """Loss and accuracy of stored weights on validation parts (dropout off)."""
     started = time.monotonic()
     recipe = Recipe.from_dict(request.model.recipe)
-    x, y = datasets.load_parts(data_store, request.shard_keys)
+    x, y = parts.load_parts(data_store, request.shard_keys)
     weights = load_weights(model_store, request.weights_key)
     model = compiled_model(request.model, request.trainable)
     reset_model(model, weights, 1e-3, 0)
