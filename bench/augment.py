@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from dlpipe.augment.batch import (
+from dlpipe.augment.transforms import (
     BLUR_RADIUS,
     COLOR_FACTOR,
     CONTRAST_FACTOR,
@@ -63,7 +63,7 @@ def base_photos() -> dict[str, np.ndarray]:
               ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")}
     photos["motorcycle"] = data.stereo_motorcycle()[0]
     samples = load_sample_images()
-    for name, image in zip(("china", "flower"), samples.images):
+    for name, image in zip(("china", "flower"), samples.images, strict=False):
         photos[name] = image
     return photos
 
@@ -186,7 +186,8 @@ def albumentations_composed_loop(store: DirStore, keys: list[str], composed: dic
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant in DEFAULT_VARIANTS:
             out = composed[variant](image=rgb)["image"]
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"albu2/{stem}__{variant}.jpg", data.tobytes())
             written += 1
     return written
@@ -211,7 +212,8 @@ def albumentations_loop(store: DirStore, keys: list[str], pipes: dict, prefix: s
             outputs[variant] = pipes[variant](image=source)["image"]
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant, out in outputs.items():
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"{prefix}/{stem}__{variant}.jpg", data.tobytes())
             written += 1
     return written
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     for row, label in labels.items():
         print(f"{label:<56} {best[row]:>7.1f} {median[row]:>9.1f} {per_cpu[row]:>10.1f} "
               f"{best[row] / best['b']:>6.2f}x {best[row] / best['b2']:>7.2f}x {best[row] / best['b3']:>7.2f}x")
-    rounds = [wb / wc for wb, wc in zip(wall["b"], wall["c"])]
+    rounds = [wb / wc for wb, wc in zip(wall["b"], wall["c"], strict=False)]
     print(f"\n(c) / (b): best {best['c'] / best['b']:.2f}x, median of rounds {statistics.median(rounds):.2f}x, "
           f"CPU time {per_cpu['c'] / per_cpu['b']:.2f}x (target >= 1.0);  (c) / (b2): {best['c'] / best['b2']:.2f}x; "
           f"(c) / (b3): {best['c'] / best['b3']:.2f}x, CPU time {per_cpu['c'] / per_cpu['b3']:.2f}x")

@@ -9,7 +9,7 @@ import time
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from dlpipe.augment.batch import output_stem, relative_key
+from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
 from dlpipe.shared.store import InvalidKey, validate_prefix
 from dlpipe.wire import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec
