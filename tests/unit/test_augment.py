@@ -69,8 +69,30 @@ def test_request_needs_keys_and_cleans_prefixes():
         AugmentRequest(keys=[], source_prefix="raw", output_prefix="out")
     with pytest.raises(ValidationError):
         AugmentRequest(keys=["a.jpg"], source_prefix="../etc", output_prefix="out")
-    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="/raw/", output_prefix="out/")
+    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw/", output_prefix="out/")
     assert (req.source_prefix, req.output_prefix) == ("raw", "out")
+
+
+@pytest.mark.parametrize("prefix, problem", [
+    ("/tmp/evil", "'/tmp/evil' is absolute"),
+    ("/", "'/' is absolute"),
+    ("../evil", "'..' segment"),
+    ("out/../../evil", "'..' segment"),
+    ("out//x", "empty"),
+])
+def test_request_refuses_prefixes_outside_the_store_instead_of_rewriting_them(prefix, problem):
+    for field in ("source_prefix", "output_prefix"):
+        with pytest.raises(ValidationError, match=problem) as caught:
+            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "out", field: prefix})
+        assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_request_and_spec_refuse_unknown_fields():
+    with pytest.raises(ValidationError, match="sise") as caught:
+        AugmentSpec(sise=64)                                 # would silently give full-size outputs
+    assert caught.value.errors()[0]["type"] == "extra_forbidden"
+    with pytest.raises(ValidationError, match="output"):
+        AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw", output_prefix="out", output="elsewhere")
 
 
 def test_layout_keeps_the_class_folder():

@@ -13,7 +13,7 @@ from pathlib import Path
 import imagefiles as f
 import pytest
 
-from dlpipe.predict.serving import latest_key, version_key
+from dlpipe.predict.versions import latest_key, version_key
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.shared.table import SqliteTable

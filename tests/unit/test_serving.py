@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlpipe.predict.serving import (
-    Classifier,
-    Predictor,
+from dlpipe.predict.classifier import Classifier, top_k
+from dlpipe.predict.predictor import Predictor, prediction_id
+from dlpipe.predict.versions import (
     latest_key,
     latest_version,
     list_models,
     load_version,
-    prediction_id,
     read_meta,
-    top_k,
     version_key,
     version_sort_key,
 )
@@ -105,11 +103,11 @@ def test_inline_image_must_be_base64():
 
 def test_top_k_orders_by_probability_and_clips_k():
     top = top_k(np.array([0.1, 0.6, 0.3]), LABELS, 2)
-    assert [(t["label"], t["index"]) for t in top] == [("green", 1), ("blue", 2)]
-    assert top[0]["probability"] == pytest.approx(0.6)
+    assert [(t.label, t.index) for t in top] == [("green", 1), ("blue", 2)]
+    assert top[0].probability == pytest.approx(0.6)
     assert len(top_k(np.array([0.2, 0.5, 0.3]), LABELS, 10)) == 3
     tied = top_k(np.array([0.25, 0.5, 0.25]), LABELS, 3)
-    assert [t["index"] for t in tied] == [1, 0, 2]          # ties keep class order
+    assert [t.index for t in tied] == [1, 0, 2]          # ties keep class order
 
 
 def test_version_sort_is_numeric():
@@ -150,7 +148,7 @@ def test_classifier_matches_keras_on_a_preprocessed_image(model_store, keras_mod
     expected = np.asarray(keras_model(x[None], training=False))[0]
     np.testing.assert_allclose(classifier.probabilities(x), expected, atol=1e-5)
     top = classifier.classify(image, k=2)
-    assert [t["index"] for t in top] == list(np.argsort(-expected)[:2])
+    assert [t.index for t in top] == list(np.argsort(-expected)[:2])
 
 
 def test_classifier_refuses_inconsistent_versions(model_store):
@@ -180,7 +178,7 @@ def predictor(tmp_path, model_store):
 
 
 def test_predict_records_the_prediction(predictor):
-    body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png", top_k=2), "req-1")
+    body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png", top_k=2), "req-1").model_dump()
     assert body["statusCode"] == 200 and body["model"] == {"name": "tiny", "version": "v1"}
     assert len(body["top"]) == 2 and body["top"][0]["probability"] >= body["top"][1]["probability"]
     assert body["latency_ms"] > 0 and body["model_load_ms"] > 0 and body["duplicate"] is False
@@ -195,17 +193,17 @@ def test_classifier_is_loaded_once_and_reused(predictor):
     again, loaded_again = predictor.classifier("tiny", "v1")
     assert loaded and not loaded_again and again is first
     body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png"), "req-2")
-    assert body["model_load_ms"] == 0
+    assert body.model_load_ms == 0
 
 
 def test_retried_request_is_recorded_once(predictor):
     request = PredictRequest(model="tiny", image_b64=base64.b64encode(png()).decode(), request_id="client-7")
     first = predictor.predict(request, "lambda-request-a")
     retry = predictor.predict(request, "lambda-request-b")     # a retry gets a new Lambda request id
-    assert first["id"] == retry["id"] and retry["duplicate"] is True
+    assert first.id == retry.id and retry.duplicate is True
     assert predictor.table.count() == 1
     other = predictor.predict(PredictRequest(model="tiny", image_b64=request.image_b64), "lambda-request-c")
-    assert other["id"] != first["id"] and predictor.table.count() == 2
+    assert other.id != first.id and predictor.table.count() == 2
 
 
 def test_latest_is_reread_after_its_ttl(predictor, tflite):

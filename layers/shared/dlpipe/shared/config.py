@@ -70,3 +70,32 @@ class Settings:
         from dlpipe.shared.store import open_store
 
         return open_store(self.model_url)
+
+
+ENV_PREDICT_THREADS = "DLPIPE_PREDICT_THREADS"
+ENV_LATEST_TTL = "DLPIPE_LATEST_TTL_S"
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type, least: float) -> int | float:
+    text = env.get(name) or default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise ValueError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'} of at least {least}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a warm predict container runs: LiteRT threads, and how long it trusts `latest`."""
+
+    predict_threads: int = 1
+    latest_ttl_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
+        env = os.environ if env is None else env
+        return cls(predict_threads=int(_number(env, ENV_PREDICT_THREADS, "1", int, 1)),
+                   latest_ttl_s=float(_number(env, ENV_LATEST_TTL, "10", float, 0)))
