@@ -156,7 +156,7 @@ def main() -> None:
                  f"{sorted(handler)[int(0.9 * (len(handler) - 1))]:.1f} ms", "", ""))
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths)).rstrip())
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
     same = runs["litert"]["top5"] == runs["keras"]["top5"]
     print(f"\ntop-5 identical in both engines: {same}  ({', '.join(runs['litert']['top5'])})")
     print("targets: cold start < 0.5 s, warm < 10 ms, >= 5x faster than Keras on both")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from dlpipe.predict.versions import list_models
 from dlpipe.shared.store import StoreError, validate_key
-from dlpipe.wire import MAX_IMAGE_B64_CHARS, ErrorResponse, PredictRequest, PredictResponse, parse_reply
+from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
@@ -219,8 +219,8 @@ def summary_rows(items: list[Item], model: str, wall: float, show: str | None) -
 
 
 def run(args: argparse.Namespace, session) -> int:
-    if not 1 <= args.top_k <= 100:
-        raise CommandError("--top-k must be between 1 and 100")
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise CommandError(f"--top-k must be between 1 and {MAX_TOP_K}")
     model = resolve_model(session, args.model)
     items = [make_item(arg) for arg in args.images]
 

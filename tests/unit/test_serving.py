@@ -245,6 +245,9 @@ def test_prediction_id_is_deterministic():
 def test_latest_pointer_is_plain_text_and_may_end_with_a_newline(model_store):
     model_store.put(latest_key("tiny"), b"v1\n")        # written by hand, as an operator might
     assert latest_version(model_store, "tiny") == "v1"
+    model_store.put(latest_key("tiny"), b"../v1")
+    with pytest.raises(ModelError, match="latest pointer names no version"):
+        latest_version(model_store, "tiny")
 
 
 # --- what the base64 tools write ---------------------------------------------------------

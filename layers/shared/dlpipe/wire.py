@@ -118,7 +118,8 @@ MAX_BATCH = 1000
 
 
 class AugmentSpec(BaseModel):
-    """What to make of each source image. Unknown fields are refused: a misspelt size must not give full-size outputs."""
+    """What to make of each source image. Unknown fields are refused: a misspelt `size` must not pass
+    unnoticed and give full-size outputs."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -60,7 +60,10 @@ def latest_version(store: ObjectStore, name: str) -> str:
         raise NotFound(f"unknown model {name!r}; "
                        + (f"known models: {', '.join(known)}" if known else
                           "no models yet: run `orchestrator export` or `orchestrator import-onnx`")) from None
-    return validate_name(version, "model version")
+    try:
+        return validate_name(version, "model version")
+    except ValueError as err:
+        raise ModelError(f"model {name!r}: its latest pointer names no version: {err}") from None
 
 
 def read_meta(store: ObjectStore, name: str, version: str) -> dict:
