@@ -12,12 +12,13 @@ from pathlib import Path
 
 import imagefiles as f
 import pytest
+from pydantic import ValidationError
 
 from dlpipe.predict.versions import latest_key, version_key
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.shared.table import SqliteTable
-from dlpipe.wire import ErrorResponse, PredictRequest
+from dlpipe.wire import ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.invokers.local import LocalContext, LocalInvoker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,3 +208,21 @@ def test_an_unforeseen_failure_is_a_500_that_points_to_the_log(app, monkeypatch)
                         "error": "internal error; the function's log has the details (request id req-1)"}
     monkeypatch.setenv("DLPIPE_PREDICT_THREADS", "1")
     assert call(app, {"model": "tiny", "key": "photos/cat.jpg"})["statusCode"] == 200
+
+
+def test_the_answer_keeps_the_documented_shape(app):
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": 2})
+    assert list(response) == ["statusCode", "id", "model", "image", "top", "latency_ms", "model_load_ms", "duplicate"]
+    assert response["image"] == "photos/cat.jpg" and response["model"] == {"name": "tiny", "version": "v1"}
+    assert [list(t) for t in response["top"]] == [["label", "index", "probability"]] * 2
+    assert parse_reply(response, PredictResponse).top[0].label == response["top"][0]["label"]
+
+
+def test_replies_parse_as_their_model_or_as_the_error_a_function_of_any_version_answered():
+    older = parse_reply({"statusCode": 404, "error": "unknown model 'x'"}, PredictResponse)   # no kind yet
+    assert isinstance(older, ErrorResponse) and (older.error, older.kind) == ("unknown model 'x'", "")
+    newer = parse_reply({"statusCode": 400, "error": "e", "kind": "something_new", "hint": "h"}, PredictResponse)
+    assert isinstance(newer, ErrorResponse) and newer.kind == "something_new"
+    for garbage in ({"statusCode": 200}, {"statusCode": 500}, ["a"], None):
+        with pytest.raises(ValidationError):
+            parse_reply(garbage, PredictResponse)

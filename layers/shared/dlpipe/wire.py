@@ -63,9 +63,6 @@ class Unavailable(ServingError):
     kind = "unavailable"
 
 
-ErrorKind = Literal["invalid_event", "bad_request", "not_found", "model_error", "unavailable", "internal"]
-
-
 def validation_message(function: str, err: ValidationError) -> str:
     """Each field and its problem, from pydantic's errors without their input values, URLs or traceback."""
     problems = []
@@ -79,14 +76,15 @@ class ErrorResponse(BaseModel):
     """What every handler answers instead of raising: the warm container keeps serving, the caller reads why.
 
     `error` is the message for people (the field every client already reads), `kind` the
-    class of problem for programs.
+    class of problem for programs. Parsing is lenient (extra fields ignored, `kind` any
+    string, empty from functions older than it), so that a function deployed from another
+    version still gets its message through.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     statusCode: int = Field(ge=400, le=599)
     error: str
-    kind: ErrorKind
+    kind: str = Field(default="", description="invalid_event, bad_request, not_found, model_error, unavailable "
+                                              "or internal")
 
     @classmethod
     def of(cls, err: ServingError) -> ErrorResponse:
@@ -157,8 +155,8 @@ class AugmentRequest(BaseModel):
     def _relative_prefix(cls, value: str) -> str:
         """A trailing '/' is dropped; an absolute prefix or a '..' is refused, never rewritten into another place."""
         if value.startswith("/"):
-            raise ValueError(f"prefix {value!r} is absolute; prefixes are relative to the store root, "
-                             f"e.g. {value.strip('/') or 'augmented'!r}")
+            raise ValueError(f"prefix {value!r} is absolute; prefixes are folders inside the store, "
+                             "relative to its root (no leading '/')")
         value = value.rstrip("/")
         try:
             return validate_prefix(value)
