@@ -7,12 +7,17 @@ answered with a 400 ErrorResponse naming each field and its problem, and nothing
 
 from __future__ import annotations
 
+# First, before anything imports pydantic or numpy: a layer built for another Python or CPU stops here,
+# saying so, instead of failing on a compiled module.
+import dlpipe  # noqa: F401
+
+# isort: split
+
 from functools import lru_cache
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
 from dlpipe.augment.batch import augment_batch
 from dlpipe.shared.config import Settings
 from dlpipe.shared.store import ObjectStore

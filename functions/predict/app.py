@@ -10,10 +10,15 @@ only. No TensorFlow here: LiteRT only.
 
 from __future__ import annotations
 
+# First, before anything imports pydantic or numpy: a layer built for another Python or CPU stops here,
+# saying so, instead of failing on a compiled module.
+import dlpipe  # noqa: F401
+
+# isort: split
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
 from dlpipe.predict.predictor import Predictor
 from dlpipe.shared.config import ServingSettings, Settings
 from dlpipe.shared.table import open_table
