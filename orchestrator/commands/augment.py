@@ -99,7 +99,8 @@ def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
                            copies=args.copies)
     except ValidationError as err:
-        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                     for e in err.errors())) from None
     except (ValueError, InvalidKey) as err:
         raise CommandError(str(err)) from None
     return source, output, spec
