@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from dlpipe.augment.batch import (
+from dlpipe.augment.transforms import (
     BLUR_RADIUS,
     COLOR_FACTOR,
     CONTRAST_FACTOR,
@@ -63,7 +63,7 @@ def base_photos() -> dict[str, np.ndarray]:
               ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")}
     photos["motorcycle"] = data.stereo_motorcycle()[0]
     samples = load_sample_images()
-    for name, image in zip(("china", "flower"), samples.images):
+    for name, image in zip(("china", "flower"), samples.images, strict=False):
         photos[name] = image
     return photos
 
@@ -186,7 +186,8 @@ def albumentations_composed_loop(store: DirStore, keys: list[str], composed: dic
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant in DEFAULT_VARIANTS:
             out = composed[variant](image=rgb)["image"]
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"albu2/{stem}__{variant}.jpg", data.tobytes())
             written += 1
     return written
@@ -211,7 +212,8 @@ def albumentations_loop(store: DirStore, keys: list[str], pipes: dict, prefix: s
             outputs[variant] = pipes[variant](image=source)["image"]
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant, out in outputs.items():
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"{prefix}/{stem}__{variant}.jpg", data.tobytes())
             written += 1
     return written
@@ -300,50 +302,59 @@ def main(argv: list[str] | None = None) -> int:
             "c": (lambda: through_invoker(one, keys, "aug1"), "aug1/", one_pids),
             "d": (lambda: through_invoker(many, keys, "augN"), "augN/", many_pids),
         }
-        wall: dict[str, list[float]] = {row: [] for row in runs}
-        cpu: dict[str, list[float]] = {row: [] for row in runs}
-        first: dict[str, str] = {}
         try:
-            # Rounds interleave the methods, so that a burst of load from elsewhere on the
-            # machine hits all of them alike.
-            for _ in range(args.repeat):
-                for row, (run, prefix, pids) in runs.items():
-                    cpu_start, start = cpu_seconds(pids), time.perf_counter()
-                    written = run()
-                    wall[row].append(time.perf_counter() - start)
-                    cpu[row].append(cpu_seconds(pids) - cpu_start)
-                    if written != expected:
-                        raise RuntimeError(f"({row}): expected {expected} outputs, got {written}")
-                    first.setdefault(row, digest(store, prefix))
-            changed = [row for row, (_, prefix, _) in runs.items() if digest(store, prefix) != first[row]]
+            wall, cpu, changed = measure(runs, args.repeat, store, expected)
         finally:
             one.close()
             many.close()
+    print_results(len(keys), wall, cpu, args.workers, cold_one, cold_many)
+    print("every pass rewrote byte-identical files" if not changed else f"NOT deterministic: {changed}")
+    return 0 if not changed else 1
 
-    best = {row: len(keys) / min(seconds) for row, seconds in wall.items()}
-    median = {row: len(keys) / statistics.median(seconds) for row, seconds in wall.items()}
-    per_cpu = {row: len(keys) / min(seconds) for row, seconds in cpu.items()}
+
+def measure(runs: dict, repeat: int, store, expected: int) -> tuple[dict, dict, list[str]]:
+    """Wall and CPU seconds of every row's rounds, and the rows whose outputs changed between rounds."""
+    wall: dict[str, list[float]] = {row: [] for row in runs}
+    cpu: dict[str, list[float]] = {row: [] for row in runs}
+    first: dict[str, str] = {}
+    # Rounds interleave the methods, so that a burst of load from elsewhere on the
+    # machine hits all of them alike.
+    for _ in range(repeat):
+        for row, (run, prefix, pids) in runs.items():
+            cpu_start, start = cpu_seconds(pids), time.perf_counter()
+            written = run()
+            wall[row].append(time.perf_counter() - start)
+            cpu[row].append(cpu_seconds(pids) - cpu_start)
+            if written != expected:
+                raise RuntimeError(f"({row}): expected {expected} outputs, got {written}")
+            first.setdefault(row, digest(store, prefix))
+    changed = [row for row, (_, prefix, _) in runs.items() if digest(store, prefix) != first[row]]
+    return wall, cpu, changed
+
+
+def print_results(images: int, wall: dict, cpu: dict, workers: int, cold_one: float, cold_many: float) -> None:
+    best = {row: images / min(seconds) for row, seconds in wall.items()}
+    median = {row: images / statistics.median(seconds) for row, seconds in wall.items()}
+    per_cpu = {row: images / min(seconds) for row, seconds in cpu.items()}
     labels = {
         "a": "(a) plain Pillow loop, 1 process",
         "b": "(b) albumentations + OpenCV, shared resize, 1 process",
         "b2": "(b2) albumentations, a Compose per variant, 1 process",
         "b3": "(b3) as (b), INTER_AREA where it shrinks, 1 process",
         "c": "(c) augment handler, LocalInvoker, 1 worker",
-        "d": f"(d) augment handler, LocalInvoker, {args.workers} workers",
+        "d": f"(d) augment handler, LocalInvoker, {workers} workers",
     }
     print(f"\n{'method':<56} {'best/s':>7} {'median/s':>9} {'per CPU-s':>10} {'vs (b)':>7} {'vs (b2)':>8} "
           f"{'vs (b3)':>8}")
     for row, label in labels.items():
         print(f"{label:<56} {best[row]:>7.1f} {median[row]:>9.1f} {per_cpu[row]:>10.1f} "
               f"{best[row] / best['b']:>6.2f}x {best[row] / best['b2']:>7.2f}x {best[row] / best['b3']:>7.2f}x")
-    rounds = [wb / wc for wb, wc in zip(wall["b"], wall["c"])]
+    rounds = [wb / wc for wb, wc in zip(wall["b"], wall["c"], strict=False)]
     print(f"\n(c) / (b): best {best['c'] / best['b']:.2f}x, median of rounds {statistics.median(rounds):.2f}x, "
           f"CPU time {per_cpu['c'] / per_cpu['b']:.2f}x (target >= 1.0);  (c) / (b2): {best['c'] / best['b2']:.2f}x; "
           f"(c) / (b3): {best['c'] / best['b3']:.2f}x, CPU time {per_cpu['c'] / per_cpu['b3']:.2f}x")
-    print(f"(d) / (c) = {best['d'] / best['c']:.2f}x with {args.workers} workers (target >= 1.8 on 2 cores)")
-    print(f"pool start and warm-up: {cold_one:.2f} s (1 worker), {cold_many:.2f} s ({args.workers} workers)")
-    print("every pass rewrote byte-identical files" if not changed else f"NOT deterministic: {changed}")
-    return 0 if not changed else 1
+    print(f"(d) / (c) = {best['d'] / best['c']:.2f}x with {workers} workers (target >= 1.8 on 2 cores)")
+    print(f"pool start and warm-up: {cold_one:.2f} s (1 worker), {cold_many:.2f} s ({workers} workers)")
 
 
 if __name__ == "__main__":

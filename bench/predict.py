@@ -36,7 +36,8 @@ import numpy as np
 x = np.load(f"{workdir}/input.npy")
 result = {}
 if mode == "litert":
-    from dlpipe.predict.serving import Classifier, load_version
+    from dlpipe.predict.classifier import Classifier
+    from dlpipe.predict.versions import load_version
     from dlpipe.shared.store import DirStore
     classifier = Classifier(load_version(DirStore(f"{workdir}/models"), "bench"), num_threads=1)
     infer = classifier.probabilities
@@ -60,7 +61,7 @@ for _ in range(warm_n):
 result["warm_ms"] = times
 if mode == "litert" and warm_n:
     from dlpipe.shared.table import SqliteTable
-    from dlpipe.predict.serving import Predictor
+    from dlpipe.predict.predictor import Predictor
     from dlpipe.wire import PredictRequest
     predictor = Predictor(DirStore(f"{workdir}/data"), DirStore(f"{workdir}/models"),
                           SqliteTable(f"{workdir}/p.sqlite"), num_threads=1)
@@ -155,7 +156,7 @@ def main() -> None:
                  f"{sorted(handler)[int(0.9 * (len(handler) - 1))]:.1f} ms", "", ""))
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths)).rstrip())
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
     same = runs["litert"]["top5"] == runs["keras"]["top5"]
     print(f"\ntop-5 identical in both engines: {same}  ({', '.join(runs['litert']['top5'])})")
     print("targets: cold start < 0.5 s, warm < 10 ms, >= 5x faster than Keras on both")

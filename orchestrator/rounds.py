@@ -24,7 +24,7 @@ from typing import Callable, TextIO
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from dlpipe.predict.serving import version_key
+from dlpipe.predict.versions import version_key
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe

@@ -1,25 +1,27 @@
 """The augment function: a batch of source images in, their variants written to the store.
 
 Thin on purpose: parse the event with the model the orchestrator builds it from, call the
-core, return per-image results. A bad image is a result, not an error; only a malformed
-event fails the invocation (with pydantic's account of what is wrong).
+core, return per-image results. A bad image is a result, not an error; a malformed event is
+answered with a 400 ErrorResponse naming each field and its problem, and nothing is written.
 """
 
 from __future__ import annotations
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+# First, before anything imports pydantic or numpy: a layer built for another Python or CPU stops here,
+# saying so, instead of failing on a compiled module.
+import dlpipe  # noqa: F401
 
 # isort: split
 
 from functools import lru_cache
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from dlpipe.augment.batch import augment_batch
 from dlpipe.shared.config import Settings
 from dlpipe.shared.store import ObjectStore
-from dlpipe.wire import AugmentRequest
+from dlpipe.wire import AugmentRequest, ErrorResponse
 
 logger = Logger(service="augment")
 
@@ -32,7 +34,11 @@ def _data_store(settings: Settings) -> ObjectStore:
 
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
-    request = parse(event=event, model=AugmentRequest)
+    try:
+        request = parse(event=event, model=AugmentRequest)
+    except ValidationError as err:
+        logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
+        return ErrorResponse.invalid_event("augment", err).model_dump()
     store = _data_store(Settings.from_env())
     response = augment_batch(request, store, time_left_ms=context.get_remaining_time_in_millis)
     logger.info("augmented batch", extra={"images_in": response.images_in, "images_out": response.images_out,

@@ -1,26 +1,29 @@
 """The predict function: one image in, its top-k classes out, the prediction recorded.
 
 Thin on purpose: parse the event with the model the orchestrator builds it from, call the
-core, shape an API-like response. Bad requests (invalid event, not an image, unknown key
-or model) are answered with a 4xx statusCode and a message, never raised, so the warm
-container keeps its loaded model and keeps serving. No TensorFlow here: LiteRT only.
+core, answer with a wire model. Every failure is answered, never raised, as an
+ErrorResponse (4xx for the caller's mistakes, 5xx for the deployment's), so the warm
+container keeps its loaded model and keeps serving. What the answer may reveal is decided
+in `dlpipe.wire.ServingError`: the details (store URLs, paths, tracebacks) go to the log
+only. No TensorFlow here: LiteRT only.
 """
 
 from __future__ import annotations
 
-import dlpipe  # noqa: F401  first: a layer built for another Python or CPU stops here, saying so
+# First, before anything imports pydantic or numpy: a layer built for another Python or CPU stops here,
+# saying so, instead of failing on a compiled module.
+import dlpipe  # noqa: F401
 
 # isort: split
 
-import os
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
-from dlpipe.predict.serving import Predictor, error_response
-from dlpipe.shared.config import Settings
+from dlpipe.predict.predictor import Predictor
+from dlpipe.shared.config import ServingSettings, Settings
 from dlpipe.shared.table import open_table
-from dlpipe.wire import PredictRequest, ServingError
+from dlpipe.wire import ErrorResponse, PredictRequest, ServingError
 
 logger = Logger(service="predict")
 _predictor: Predictor | None = None
@@ -30,19 +33,10 @@ def predictor() -> Predictor:
     """Created on the first request and kept while the container is warm (models stay loaded)."""
     global _predictor
     if _predictor is None:
-        settings = Settings.from_env()
+        settings, serving = Settings.from_env(), ServingSettings.from_env()
         _predictor = Predictor(settings.data_store(), settings.model_store(), open_table(settings.table_url),
-                               num_threads=int(os.environ.get("DLPIPE_PREDICT_THREADS", "1")),
-                               latest_ttl_s=float(os.environ.get("DLPIPE_LATEST_TTL_S", "10")))
+                               num_threads=serving.predict_threads, latest_ttl_s=serving.latest_ttl_s)
     return _predictor
-
-
-def _validation_message(err: ValidationError) -> str:
-    problems = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e.get("loc", ())) or "event"
-        problems.append(f"{where}: {e.get('msg', 'invalid').removeprefix('Value error, ')}")
-    return "invalid predict event: " + "; ".join(problems)
 
 
 @logger.inject_lambda_context
@@ -51,14 +45,19 @@ def handler(event: dict, context) -> dict:
         request = parse(event=event, model=PredictRequest)
     except ValidationError as err:
         logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
-        return error_response(400, _validation_message(err))
-    except Exception as err:  # not even a JSON object
-        return error_response(400, f"invalid predict event: {err}")
+        return ErrorResponse.invalid_event("predict", err).model_dump()
     try:
         response = predictor().predict(request, context.aws_request_id)
     except ServingError as err:
-        logger.warning("request refused", extra={"status": err.status, "reason": str(err), "model": request.model})
-        return error_response(err.status, str(err))
-    logger.info("predicted", extra={"id": response["id"], "model": response["model"],
-                                    "top1": response["top"][0]["label"], "latency_ms": response["latency_ms"]})
-    return response
+        cause = repr(err.__cause__) if err.__cause__ else None
+        logger.warning("request refused", extra={"status": err.status, "reason": str(err), "model": request.model,
+                                                 "cause": cause})
+        return ErrorResponse.of(err).model_dump()
+    except Exception:
+        logger.exception("request failed", extra={"model": request.model})
+        return ErrorResponse(statusCode=500, kind="internal",
+                             error=f"internal error; the function's log has the details "
+                                   f"(request id {context.aws_request_id})").model_dump()
+    logger.info("predicted", extra={"id": response.id, "model": response.model.model_dump(),
+                                    "top1": response.top[0].label, "latency_ms": response.latency_ms})
+    return response.model_dump()

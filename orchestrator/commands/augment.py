@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from dlpipe.augment.batch import output_stem, relative_key
+from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
 from dlpipe.shared.store import InvalidKey, validate_prefix
-from dlpipe.wire import DEFAULT_VARIANTS, VARIANTS, AugmentRequest, AugmentSpec
+from dlpipe.wire import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    AugmentRequest,
+    AugmentResponse,
+    AugmentSpec,
+    ErrorResponse,
+    parse_reply,
+)
 from orchestrator.commands import add_command
 from orchestrator.commands.upload import print_failures
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 
 EXAMPLES = f"""\
@@ -73,8 +82,9 @@ def plan(keys: list[str], source: str) -> tuple[list[str], list[tuple[str, str]]
     return todo, refused
 
 
-def run(args: argparse.Namespace, session) -> int:
-    source, output = args.source.strip("/"), args.output.strip("/")
+def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
+    """(source, output, spec) from the command line; CommandError naming what is wrong."""
+    source, output = args.source.rstrip("/"), args.output.rstrip("/")
     variants = [v for item in args.variants for v in item.split(",") if v]
     try:
         validate_prefix(source)
@@ -89,59 +99,83 @@ def run(args: argparse.Namespace, session) -> int:
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
                            copies=args.copies)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        print(f"error: {problems}", file=sys.stderr)
-        return 2
+        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                     for e in err.errors())) from None
     except (ValueError, InvalidKey) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(str(err)) from None
+    return source, output, spec
 
+
+@dataclass
+class Tally:
+    """What the function's replies say, image by image."""
+
+    failures: list[tuple[str, str]]
+    done: int = 0
+    images_out: int = 0
+    bytes_out: int = 0
+    refused: list[str] = field(default_factory=list)    # the messages of batches the function refused
+
+    def add(self, batch: list[str], inv) -> None:
+        if not inv.ok:
+            self.failures += [(key, f"invocation failed: {inv.error}") for key in batch]
+            return
+        try:
+            reply = parse_reply(inv.payload, AugmentResponse)
+        except ValidationError:
+            self.failures += [(key, "invocation failed: no results in the response") for key in batch]
+            return
+        if isinstance(reply, ErrorResponse):
+            self.refused.append(reply.error)
+            self.failures += [(key, f"refused by the function ({reply.statusCode}): {reply.error}") for key in batch]
+            return
+        seen = set()
+        for result in reply.results:
+            seen.add(result.key)
+            self.images_out += len(result.outputs)
+            if result.error:
+                self.failures.append((result.key, result.error))
+            else:
+                self.done += 1
+        self.failures += [(key, "no result returned for this key") for key in batch if key not in seen]
+        self.bytes_out += reply.bytes_out
+
+
+def run(args: argparse.Namespace, session) -> int:
+    source, output, spec = options(args)
     store = session.data_store()
     listed = [k for k in store.list(source + "/" if source else "") if not _hidden(k)]
     if not source:
         listed = [k for k in listed if not k.startswith(output + "/")]
     if not listed:
-        print(f"error: no images under {source + '/'!r} in {store.url}; put some there with "
-              f"`orchestrator upload DIR --prefix {source or 'raw'}`", file=sys.stderr)
-        return 2
-    keys, failures = plan(listed, source)
+        raise CommandError(f"no images under {source + '/'!r} in {store.url}; put some there with "
+                           f"`orchestrator upload DIR --prefix {source or 'raw'}`")
+    keys, refused = plan(listed, source)
     batches = [keys[i:i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
     events = [AugmentRequest(keys=batch, source_prefix=source, output_prefix=output, spec=spec).model_dump(mode="json")
               for batch in batches]
 
     invoker = session.invoker
     first_record = len(invoker.records)
-    images_out = bytes_out = done = 0
+    tally = Tally(failures=refused)
     start = time.perf_counter()
     with tqdm(total=len(keys), unit="img", desc="augment") as bar:
         for inv in invoker.map("augment", events):
-            batch = batches[inv.index]
-            results = inv.payload.get("results") if inv.ok and isinstance(inv.payload, dict) else None
-            if results is None:
-                reason = f"invocation failed: {inv.error or 'no results in the response'}"
-                failures += [(key, reason) for key in batch]
-            else:
-                seen = set()
-                for result in results:
-                    seen.add(result["key"])
-                    images_out += len(result.get("outputs") or [])
-                    if result.get("error"):
-                        failures.append((result["key"], result["error"]))
-                    else:
-                        done += 1
-                failures += [(key, "no result returned for this key") for key in batch if key not in seen]
-                bytes_out += int(inv.payload.get("bytes_out", 0))
-            bar.update(len(batch))
+            tally.add(batches[inv.index], inv)
+            bar.update(len(batches[inv.index]))
     wall = time.perf_counter() - start
+    if tally.refused and len(tally.refused) == len(batches):
+        raise CommandError(f"the augment function refused every batch: {tally.refused[0]} (if the deployed "
+                           "function is older or newer than this orchestrator, deploy this version)")
 
     print_summary("augment", [
         ("store", store.url),
         ("source", f"{source}/ ({len(listed)} images)"),
         ("output", f"{output}/<class>/<name>__<variant>.{'jpg' if spec.format == 'jpeg' else 'png'}"),
-        ("images in", f"{done} augmented, {len(failures)} failed"),
-        ("images out", f"{images_out} ({bytes_out / 1e6:,.1f} MB)"),
+        ("images in", f"{tally.done} augmented, {len(tally.failures)} failed"),
+        ("images out", f"{tally.images_out} ({tally.bytes_out / 1e6:,.1f} MB)"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
     ], invocations=invoker.records[first_record:])
-    print_failures(sorted(failures))
-    return 1 if failures else 0
+    print_failures(sorted(tally.failures))
+    return 1 if tally.failures else 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dlpipe.predict.serving import latest_version, list_models, read_meta
+from dlpipe.predict.versions import latest_version, list_models, read_meta
 from dlpipe.wire import NotFound
 from orchestrator.commands import add_command
 

@@ -10,16 +10,18 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from dlpipe.predict.serving import list_models
+from dlpipe.predict.versions import list_models
 from dlpipe.shared.store import StoreError, validate_key
-from dlpipe.wire import MAX_IMAGE_B64_CHARS, PredictRequest
+from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.commands import add_command
+from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 
 STORE_PREFIX = "store:"
@@ -57,9 +59,8 @@ class Item:
     arg: str
     key: str | None = None           # data-store key, or None for a local file
     path: Path | None = None
-    response: dict | None = None
+    response: PredictResponse | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -67,19 +68,19 @@ class Item:
 
 
 def resolve_model(session, name: str | None) -> str:
-    """--model, or the model store's only model; SystemExit with the choices otherwise."""
+    """--model, or the model store's only model; CommandError with the choices otherwise."""
     if name:
         return name
     try:
         models = list_models(session.model_store())
     except StoreError as err:
-        raise SystemExit(f"error: cannot list the model store: {err}")
+        raise CommandError(f"cannot list the model store: {err}") from None
     if len(models) == 1:
         return next(iter(models))
     if not models:
-        raise SystemExit("error: the model store has no models yet: run `orchestrator export` (a trained run) "
-                         "or `orchestrator import-onnx` (pretrained SqueezeNet) first")
-    raise SystemExit(f"error: several models are served, choose one with --model: {', '.join(models)}")
+        raise CommandError("the model store has no models yet: run `orchestrator export` (a trained run) "
+                           "or `orchestrator import-onnx` (pretrained SqueezeNet) first")
+    raise CommandError(f"several models are served, choose one with --model: {', '.join(models)}")
 
 
 def make_item(arg: str) -> Item:
@@ -123,11 +124,11 @@ def chunks(items: list, size: int) -> Iterator[list]:
 def format_table(item: Item, out=None) -> None:
     out = out or sys.stdout
     r = item.response
-    print(f"\n{item.arg}   {r['model']['name']} {r['model']['version']}   {r['latency_ms']:.1f} ms", file=out)
-    width = max(len(t["label"]) for t in r["top"])
-    for rank, t in enumerate(r["top"], 1):
-        bar = "#" * round(t["probability"] * 30)
-        print(f"  {rank:>2}. {t['label']:<{width}}  {t['probability'] * 100:6.2f}%  {bar}", file=out)
+    print(f"\n{item.arg}   {r.model.name} {r.model.version}   {r.latency_ms:.1f} ms", file=out)
+    width = max(len(t.label) for t in r.top)
+    for rank, t in enumerate(r.top, 1):
+        bar = "#" * round(t.probability * 30)
+        print(f"  {rank:>2}. {t.label:<{width}}  {t.probability * 100:6.2f}%  {bar}", file=out)
 
 
 def draw(items: list[Item], data_store, out: str) -> None:
@@ -141,7 +142,7 @@ def draw(items: list[Item], data_store, out: str) -> None:
 
     fig, axes = plt.subplots(len(items), 2, figsize=(9, 2.6 * len(items)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.6]})
-    for item, (ax_img, ax_bar) in zip(items, axes):
+    for item, (ax_img, ax_bar) in zip(items, axes, strict=True):
         ax_img.set_axis_off()
         try:
             data = item.path.read_bytes() if item.path else data_store.get(item.key)
@@ -153,56 +154,85 @@ def draw(items: list[Item], data_store, out: str) -> None:
             ax_bar.set_axis_off()
             ax_bar.text(0, 0.5, f"FAILED: {item.error}", va="center", wrap=True, fontsize=9, color="firebrick")
             continue
-        top = item.response["top"]
-        ax_bar.barh(range(len(top)), [t["probability"] for t in top], color="steelblue")
-        ax_bar.set_yticks(range(len(top)), [t["label"] for t in top], fontsize=9)
+        top = item.response.top
+        ax_bar.barh(range(len(top)), [t.probability for t in top], color="steelblue")
+        ax_bar.set_yticks(range(len(top)), [t.label for t in top], fontsize=9)
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
         ax_bar.set_xlabel("probability", fontsize=8)
         for rank, t in enumerate(top):
-            p = t["probability"]
+            p = t.probability
             inside = p > 0.8  # label inside the bar when it would run off the axes
             ax_bar.text(p - 0.01 if inside else p + 0.01, rank, f"{p:.3f}", va="center", fontsize=8,
                         ha="right" if inside else "left", color="white" if inside else "black")
-        model = item.response["model"]
-        ax_bar.set_title(f"{model['name']} {model['version']}", fontsize=9)
+        model = item.response.model
+        ax_bar.set_title(f"{model.name} {model.version}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
+def read_response(item: Item, inv) -> None:
+    """Record one invocation's outcome on its item: the response, or the function's own message."""
+    if not inv.ok:
+        item.error = inv.error
+        return
+    try:
+        reply = parse_reply(inv.payload, PredictResponse)
+    except ValidationError:
+        item.error = f"unexpected response {inv.payload!r}"
+        return
+    if isinstance(reply, ErrorResponse):
+        # The function names the image in its messages; here the image is named already.
+        item.error = reply.error.removeprefix(f"{item.path.name if item.path else item.key}: ")
+    else:
+        item.response = reply
+
+
+def predict_all(session, todo: list[Item], model: str, version: str | None, top_k: int) -> None:
+    """Invoke the function for every item, a chunk at a time, so only a few base64 images are held in memory."""
+    chunk_size = max(32, 4 * (session.concurrency or 8))
+    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2, file=sys.stderr) as bar:
+        for chunk in chunks(todo, chunk_size):
+            sent = [(item, make_event(item, model, version, top_k)) for item in chunk]
+            sent = [(item, event) for item, event in sent if event is not None]
+            for inv in session.invoker.map("predict", [event for _, event in sent]):
+                read_response(sent[inv.index][0], inv)
+                bar.update()
+
+
+def summary_rows(items: list[Item], model: str, wall: float, show: str | None) -> list[tuple[str, object]]:
+    done = [item for item in items if item.ok]
+    latencies = sorted(item.response.latency_ms for item in done)
+    served = f"{model} {done[0].response.model.version}" if done else model
+    rows: list[tuple[str, object]] = [
+        ("model", served), ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
+    rows += [("failed", f"{item.arg}: {item.error}") for item in items if not item.ok][:20]
+    rows.append(("wall time", f"{wall:.2f} s"))
+    if done:
+        rows.append(("throughput", f"{len(done) / wall:.1f} images/s"))
+        rows.append(("latency in function", f"median {statistics.median(latencies):.1f} ms, "
+                                            f"max {latencies[-1]:.1f} ms"))
+    if show:
+        rows.append(("figure", show))
+    return rows
+
+
 def run(args: argparse.Namespace, session) -> int:
-    if not 1 <= args.top_k <= 100:
-        raise SystemExit("error: --top-k must be between 1 and 100")
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise CommandError(f"--top-k must be between 1 and {MAX_TOP_K}")
     model = resolve_model(session, args.model)
     items = [make_item(arg) for arg in args.images]
-    todo = [item for item in items if item.error is None]
 
     start = time.perf_counter()
     invoker = session.invoker
     first_record = len(invoker.records)
-    # In chunks, so that only a few base64-encoded images are held in memory at a time.
-    chunk_size = max(32, 4 * (session.concurrency or 8))
-    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2, file=sys.stderr) as bar:
-        for chunk in chunks(todo, chunk_size):
-            sent = [(item, make_event(item, model, args.version, args.top_k)) for item in chunk]
-            sent = [(item, event) for item, event in sent if event is not None]
-            for inv in invoker.map("predict", [event for _, event in sent]):
-                item = sent[inv.index][0]
-                if not inv.ok:
-                    item.error = inv.error
-                elif not isinstance(inv.payload, dict) or inv.payload.get("statusCode") != 200:
-                    error = (inv.payload or {}).get("error", f"unexpected response {inv.payload!r}")
-                    # The function names the image in its messages; here the image is named already.
-                    item.error = error.removeprefix(f"{item.path.name if item.path else item.key}: ")
-                else:
-                    item.response = inv.payload
-                bar.update()
+    predict_all(session, [item for item in items if item.error is None], model, args.version, args.top_k)
     wall = time.perf_counter() - start
 
     if args.json:
-        json.dump([{**(item.response or {"error": item.error}), "image": item.arg} for item in items],
-                  sys.stdout, indent=2)
+        json.dump([{**(item.response.model_dump() if item.response else {"error": item.error}), "image": item.arg}
+                   for item in items], sys.stdout, indent=2)
         print()
     else:
         for item in items:
@@ -212,19 +242,6 @@ def run(args: argparse.Namespace, session) -> int:
                 print(f"\n{item.arg}   FAILED: {item.error}")
     if args.show:
         draw(items, session.data_store(), args.show)
-
-    done = [item for item in items if item.ok]
-    latencies = sorted(item.response["latency_ms"] for item in done)
-    served = f"{model} {done[0].response['model']['version']}" if done else model
-    rows: list[tuple[str, object]] = [
-        ("model", served), ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
-    rows += [("failed", f"{item.arg}: {item.error}") for item in items if not item.ok][:20]
-    rows.append(("wall time", f"{wall:.2f} s"))
-    if done:
-        rows.append(("throughput", f"{len(done) / wall:.1f} images/s"))
-        rows.append(("latency in function", f"median {statistics.median(latencies):.1f} ms, "
-                                            f"max {latencies[-1]:.1f} ms"))
-    if args.show:
-        rows.append(("figure", args.show))
-    print_summary("predict", rows, invoker.records[first_record:], out=sys.stderr if args.json else sys.stdout)
-    return 0 if len(done) == len(items) else 1
+    print_summary("predict", summary_rows(items, model, wall, args.show), invoker.records[first_record:],
+                  out=sys.stderr if args.json else sys.stdout)
+    return 0 if all(item.ok for item in items) else 1

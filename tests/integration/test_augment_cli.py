@@ -19,6 +19,7 @@ from orchestrator.cli import main
 from orchestrator.functions import FunctionSpec
 
 FLAKY = Path(__file__).parent / "handlers" / "flaky_augment.py"
+SKEWED = Path(__file__).parent / "handlers" / "skewed_augment.py"
 BAD = {"empty.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
 
 
@@ -104,6 +105,31 @@ def test_failed_invocations_are_reported_with_their_keys(tmp_path, photos, capsy
     assert len(list(DirStore(data).list("aug/dog/"))) == 3 * len(DEFAULT_VARIANTS)
 
 
+def test_the_functions_400_is_shown_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(functions.FUNCTIONS, "augment",
+                        FunctionSpec("augment", f"{SKEWED}:handler", 1024, 30, "AugmentFunctionName"))
+    photos = tmp_path / "photos"
+    (photos / "cat").mkdir(parents=True)
+    for name in ("old-1.jpg", "old-2.jpg", "new.jpg"):
+        (photos / "cat" / name).write_bytes(f.jpeg(32, 32))
+    data = tmp_path / "store"
+    assert cli(tmp_path, data, "upload", photos, "--prefix", "raw") == 0
+    capsys.readouterr()
+    refusal = "invalid augment event: spec.sise: Extra inputs are not permitted"
+
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--batch-size", "1") == 1
+    out = capsys.readouterr().out
+    assert f"raw/cat/old-1.jpg: refused by the function (400): {refusal}" in out
+    assert "1 augmented, 2 failed" in out and "invocations  3 (0 failed)" in out
+    assert {k.split("__")[0] for k in DirStore(data).list("aug/")} == {"aug/cat/new"}
+
+    DirStore(data).delete("raw/cat/new.jpg")
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug2", "--batch-size", "1") == 2
+    err = capsys.readouterr().err
+    assert f"error: the augment function refused every batch: {refusal}" in err and "Traceback" not in err
+    assert list(DirStore(data).list("aug2/")) == []
+
+
 def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     boto3.client("s3").create_bucket(Bucket="dlpipe-cli-test")
     data = "s3://dlpipe-cli-test/project"
@@ -127,6 +153,8 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     (["augment", "--source", "raw", "--output", "raw/aug"], "overlap"),
     (["augment", "--source", "raw", "--output", "aug", "--variants", "flip,sepia"], "unknown variant"),
     (["augment", "--source", "raw", "--output", "aug", "--size", "3"], "size"),
+    (["augment", "--source", "raw", "--output", "/tmp/evil"], "'/tmp/evil' is absolute"),
+    (["augment", "--source", "raw", "--output", "aug/../../evil"], "'..' segment"),
     (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):

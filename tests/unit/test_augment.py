@@ -16,21 +16,18 @@ from memory_store import MemoryStore
 from PIL import Image
 from pydantic import ValidationError
 
-from dlpipe.augment.batch import (
+from dlpipe.augment.batch import augment_batch
+from dlpipe.augment.naming import output_names, output_stem, relative_key, variant_seed
+from dlpipe.augment.transforms import (
     CROP_MIN_SIDE,
     JPEG_QUALITY,
     ROTATE_DEGREES,
     TRANSFORMS,
-    augment_batch,
     augment_image,
     decode_size,
     encode,
     make_frame,
-    output_names,
-    output_stem,
-    relative_key,
     sample,
-    variant_seed,
 )
 from dlpipe.shared.images import ImageError, open_image
 from dlpipe.shared.store import DirStore
@@ -72,8 +69,30 @@ def test_request_needs_keys_and_cleans_prefixes():
         AugmentRequest(keys=[], source_prefix="raw", output_prefix="out")
     with pytest.raises(ValidationError):
         AugmentRequest(keys=["a.jpg"], source_prefix="../etc", output_prefix="out")
-    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="/raw/", output_prefix="out/")
+    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw/", output_prefix="out/")
     assert (req.source_prefix, req.output_prefix) == ("raw", "out")
+
+
+@pytest.mark.parametrize("prefix, problem", [
+    ("/tmp/evil", "'/tmp/evil' is absolute"),
+    ("/", "'/' is absolute"),
+    ("../evil", "'..' segment"),
+    ("out/../../evil", "'..' segment"),
+    ("out//x", "empty"),
+])
+def test_request_refuses_prefixes_outside_the_store_instead_of_rewriting_them(prefix, problem):
+    for field in ("source_prefix", "output_prefix"):
+        with pytest.raises(ValidationError, match=problem) as caught:
+            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "out", field: prefix})
+        assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_request_and_spec_refuse_unknown_fields():
+    with pytest.raises(ValidationError, match="sise") as caught:
+        AugmentSpec(sise=64)                                 # would silently give full-size outputs
+    assert caught.value.errors()[0]["type"] == "extra_forbidden"
+    with pytest.raises(ValidationError, match="output"):
+        AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw", output_prefix="out", output="elsewhere")
 
 
 def test_layout_keeps_the_class_folder():
@@ -99,7 +118,7 @@ def test_variant_seed_is_stable_across_processes():
     assert here[0] != here[1]
     assert variant_seed(8, "cat/x.jpg", "rotate", 0) != here[0]
     assert variant_seed(7, "cat/y.jpg", "rotate", 0) != here[0]
-    code = ("from dlpipe.augment.batch import variant_seed;"
+    code = ("from dlpipe.augment.naming import variant_seed;"
             "print(variant_seed(7, 'cat/x.jpg', 'rotate', 0), variant_seed(7, 'cat/x.jpg', 'rotate', 1))")
     for hash_seed in ("1", "2"):  # hash() would differ between these processes
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -216,7 +235,9 @@ def test_crop_zooms_into_part_of_the_frame():
 def test_blur_removes_detail():
     noisy = f.encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)), "PNG")
     outs = outputs(noisy, variants=["original", "blur"])
-    detail = lambda a: np.abs(np.diff(a, axis=1)).mean()
+    def detail(a):
+        return np.abs(np.diff(a, axis=1)).mean()
+
     assert detail(outs["blur"]) < 0.6 * detail(outs["original"])
 
 
@@ -224,7 +245,9 @@ def test_colour_changes_keep_the_picture():
     outs = outputs(f.encode(f.photo(48, 48, seed=1), "PNG"), variants=["original", "color", "contrast", "brightness"],
                    seed=2)
     orig = outs["original"]
-    chroma = lambda a: np.abs(a - a.mean(axis=2, keepdims=True)).mean()
+    def chroma(a):
+        return np.abs(a - a.mean(axis=2, keepdims=True)).mean()
+
     assert abs(chroma(outs["color"]) - chroma(orig)) > 1           # saturation moved...
     assert abs(luma(outs["color"]).mean() - luma(orig).mean()) < 3  # ...brightness did not
     assert abs(luma(outs["contrast"]).std() - luma(orig).std()) > 1

@@ -12,7 +12,7 @@ import imagefiles as f
 import pytest
 
 from dlpipe.shared.store import DirStore
-from orchestrator.invokers.local import LocalContext
+from orchestrator.invokers.local import LocalContext, LocalInvoker
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "functions" / "augment" / "app.py"
@@ -53,13 +53,37 @@ def test_sample_event_augments_every_valid_key(handler):
     assert {k.split("/")[1] for k in written} == {"cat", "dog"}
 
 
-def test_bad_event_fails_the_call_clearly_and_the_function_stays_usable(handler):
-    with pytest.raises(Exception, match="keys"):
-        handler.handler({"source_prefix": "raw", "output_prefix": "augmented"}, context())
-    with pytest.raises(Exception, match="unknown variant"):
-        handler.handler({**EVENT, "spec": {"variants": ["sepia"]}}, context())
+@pytest.mark.parametrize("event, message", [
+    ({"source_prefix": "raw", "output_prefix": "augmented"}, "invalid augment event: keys: Field required"),
+    ({**EVENT, "spec": {"variants": ["sepia"]}}, "spec.variants: unknown variant(s) ['sepia']"),
+    ({**EVENT, "spec": {"sise": 64}}, "spec.sise: Extra inputs are not permitted"),
+    ({**EVENT, "outputs": "elsewhere"}, "outputs: Extra inputs are not permitted"),
+    ({**EVENT, "output_prefix": "/tmp/evil"}, "output_prefix: prefix '/tmp/evil' is absolute"),
+    ({**EVENT, "output_prefix": "../evil"}, "output_prefix: not a folder inside the store"),
+    ({**EVENT, "keys": "raw/cat/cat-1.jpg"}, "keys: Input should be a valid list"),
+    (["not", "an", "object"], "invalid augment event: event: Input should be a valid dictionary"),
+])
+def test_bad_event_is_a_400_naming_the_problem_and_nothing_is_written(handler, event, message):
+    response = handler.handler(json.loads(json.dumps(event)), context())
+    assert response == {"statusCode": 400, "error": response["error"], "kind": "invalid_event"}
+    assert message in response["error"]
+    assert "Traceback" not in response["error"] and "https://" not in response["error"]
+    assert "input_value" not in response["error"]
+    assert sorted(handler.store.list("")) == sorted(EVENT["keys"])     # nothing written, anywhere
+
+
+def test_function_stays_usable_after_a_bad_event(handler):
+    assert handler.handler({**EVENT, "spec": {"sise": 64}}, context())["statusCode"] == 400
     response = handler.handler(EVENT, context())   # the same warm module, next call
-    assert response["images_out"] > 0
+    assert response["statusCode"] == 200 and response["images_out"] > 0
+
+
+def test_bad_event_through_the_local_invoker_is_an_answer_not_a_function_error(tmp_path):
+    with LocalInvoker(concurrency=1, env={"DLPIPE_DATA_URL": str(tmp_path / "data")}) as invoker:
+        (result,) = invoker.map("augment", [{**EVENT, "spec": {"sise": 64}}])
+    assert result.ok and result.error is None
+    assert result.payload["statusCode"] == 400 and "spec.sise" in result.payload["error"]
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.jpg"))
 
 
 def test_handler_never_imports_tensorflow():

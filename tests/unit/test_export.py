@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from dlpipe.predict.serving import Classifier, latest_version, list_models, load_version
+from dlpipe.predict.classifier import Classifier
+from dlpipe.predict.versions import latest_version, list_models, load_version
 from dlpipe.publish.export import ExportError, export_model, next_version, set_latest
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore

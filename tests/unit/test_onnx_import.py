@@ -14,7 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from dlpipe.predict.serving import Classifier, load_version
+from dlpipe.predict.classifier import Classifier
+from dlpipe.predict.versions import load_version
 from dlpipe.publish.onnx_import import OnnxImportError, analyse, import_onnx, load, read_labels
 from dlpipe.shared.store import DirStore
 from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
@@ -194,7 +195,7 @@ def test_pretrained_squeezenet_reproduces_onnxruntime_and_the_reference(shared_m
         expected = onnxruntime_probs(models / f"squeezenet{version}.onnx", x)
         np.testing.assert_allclose(classifier.probabilities(x), expected, atol=1e-4)
         top = classifier.classify(image, k=3)
-        assert [t["label"] for t in top] == REFERENCE_TOP3[(version, photo)], (version, photo, top)
+        assert [t.label for t in top] == REFERENCE_TOP3[(version, photo)], (version, photo, top)
 
 
 REFERENCE_PROBABILITIES = {  # ../shared/models/README.md: onnxruntime with OpenCV 4 preprocessing

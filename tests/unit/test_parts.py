@@ -117,8 +117,8 @@ RECIPES = [Recipe(size=24), Recipe(size=16, channels=1, resize="center_crop", re
 
 
 def serving_pixels(data: bytes, recipe: Recipe) -> np.ndarray:
-    """The predict path's preprocessing, as dlpipe.predict.serving does it, before normalisation."""
-    from dlpipe.predict.serving import needed_size
+    """The predict path's preprocessing, as dlpipe.predict does it, before normalisation."""
+    from dlpipe.predict.classifier import needed_size
 
     return recipe.resize_image(open_image(data, min_size=needed_size(recipe)))
 
@@ -149,7 +149,7 @@ def test_files_serving_refuses_are_skipped_by_pack(tmp_path, name):
 
 
 def test_the_recipe_decodes_at_the_size_serving_asks_for():
-    from dlpipe.predict.serving import needed_size
+    from dlpipe.predict.classifier import needed_size
 
     for recipe in [*RECIPES, Recipe(size=224, resize="center_crop", resize_shorter=256),
                    Recipe(size=224, resize="center_crop")]:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import imagefiles as f
 import pytest
+from pydantic import ValidationError
 
-from dlpipe.predict.serving import latest_key, version_key
+from dlpipe.predict.versions import latest_key, version_key
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.shared.table import SqliteTable
-from dlpipe.wire import PredictRequest
+from dlpipe.wire import ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.invokers.local import LocalContext, LocalInvoker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,12 +116,55 @@ def test_inline_request_is_recorded_by_digest(app, home):
     ({"model": "other", "key": "photos/cat.jpg"}, 404, "unknown model 'other'"),
     ({"model": "tiny", "version": "v3", "key": "photos/cat.jpg"}, 404, "no version 'v3'; versions: v1"),
 ])
-def test_bad_requests_get_a_4xx_naming_the_problem_and_record_nothing(app, home, event, status, message):
+def test_bad_requests_get_a_4xx_naming_the_problem_and_record_nothing(app, home, event, status, message, tmp_path):
     response = call(app, event)
     assert response["statusCode"] == status
     assert message in response["error"]
     assert "top" not in response
+    assert str(tmp_path) not in response["error"]          # never where the stores are (see ServingError)
     assert table(home).count() == 0
+
+
+def test_error_answers_have_one_shape(app):
+    invalid = call(app, {"model": "tiny", "key": "photos/cat.jpg", "topk": 3})
+    assert invalid == {"statusCode": 400, "kind": "invalid_event",
+                       "error": "invalid predict event: topk: Extra inputs are not permitted"}
+    assert ErrorResponse.model_validate(call(app, {"model": "other", "key": "photos/cat.jpg"})).kind == "not_found"
+    assert call(app, {"model": "tiny", "image_b64": b64(b""), "name": "e.jpg"})["kind"] == "bad_request"
+
+
+def test_validation_messages_carry_no_input_values_or_links(app):
+    secret = "x" * 40
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": secret, "version": {"v": secret}})
+    assert response["statusCode"] == 400 and "top_k: Input should be a valid integer" in response["error"]
+    assert "version: Input should be a valid string" in response["error"]
+    assert secret not in response["error"] and "errors.pydantic.dev" not in response["error"]
+
+
+def test_wrapped_and_url_safe_base64_are_served(app):
+    text = b64(f.jpeg(40, 40, seed=5))
+    wrapped = "\n".join(text[i:i + 76] for i in range(0, len(text), 76)) + "\n"
+    urlsafe = text.replace("+", "-").replace("/", "_").rstrip("=")
+    answers = [call(app, {"model": "tiny", "image_b64": t, "name": "w.jpg"}) for t in (text, wrapped, urlsafe)]
+    assert [a["statusCode"] for a in answers] == [200, 200, 200]
+    assert answers[1]["top"] == answers[0]["top"] == answers[2]["top"]
+
+
+def test_an_unusable_table_is_a_503_that_does_not_reveal_its_path(home, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("DLPIPE_TABLE_URL", f"sqlite:///{tmp_path}/a-file/predictions.sqlite")
+    spec = importlib.util.spec_from_file_location("predict_app_broken_table", APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg"})
+    assert response["statusCode"] == 503 and response["kind"] == "unavailable"
+    assert "predictions table" in response["error"] and str(tmp_path) not in response["error"]
+
+
+def test_threads_and_latest_ttl_come_from_the_environment(app, monkeypatch):
+    monkeypatch.setenv("DLPIPE_PREDICT_THREADS", "2")
+    monkeypatch.setenv("DLPIPE_LATEST_TTL_S", "0.25")
+    assert (app.predictor().num_threads, app.predictor().latest_ttl_s) == (2, 0.25)
 
 
 def test_not_a_json_object_is_a_400(app):
@@ -155,3 +199,30 @@ print(json.dumps({{"status": r["statusCode"], "heavy": heavy}}))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "heavy": []}
+
+
+def test_an_unforeseen_failure_is_a_500_that_points_to_the_log(app, monkeypatch):
+    monkeypatch.setenv("DLPIPE_PREDICT_THREADS", "two")          # a misconfigured deployment
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg"})
+    assert response == {"statusCode": 500, "kind": "internal",
+                        "error": "internal error; the function's log has the details (request id req-1)"}
+    monkeypatch.setenv("DLPIPE_PREDICT_THREADS", "1")
+    assert call(app, {"model": "tiny", "key": "photos/cat.jpg"})["statusCode"] == 200
+
+
+def test_the_answer_keeps_the_documented_shape(app):
+    response = call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": 2})
+    assert list(response) == ["statusCode", "id", "model", "image", "top", "latency_ms", "model_load_ms", "duplicate"]
+    assert response["image"] == "photos/cat.jpg" and response["model"] == {"name": "tiny", "version": "v1"}
+    assert [list(t) for t in response["top"]] == [["label", "index", "probability"]] * 2
+    assert parse_reply(response, PredictResponse).top[0].label == response["top"][0]["label"]
+
+
+def test_replies_parse_as_their_model_or_as_the_error_a_function_of_any_version_answered():
+    older = parse_reply({"statusCode": 404, "error": "unknown model 'x'"}, PredictResponse)   # no kind yet
+    assert isinstance(older, ErrorResponse) and (older.error, older.kind) == ("unknown model 'x'", "")
+    newer = parse_reply({"statusCode": 400, "error": "e", "kind": "something_new", "hint": "h"}, PredictResponse)
+    assert isinstance(newer, ErrorResponse) and newer.kind == "something_new"
+    for garbage in ({"statusCode": 200}, {"statusCode": 500}, ["a"], None):
+        with pytest.raises(ValidationError):
+            parse_reply(garbage, PredictResponse)

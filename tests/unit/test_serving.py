@@ -10,23 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlpipe.predict.serving import (
-    Classifier,
-    Predictor,
+from dlpipe.predict.classifier import Classifier, top_k
+from dlpipe.predict.predictor import Predictor, prediction_id
+from dlpipe.predict.versions import (
     latest_key,
     latest_version,
     list_models,
     load_version,
-    prediction_id,
     read_meta,
-    top_k,
     version_key,
     version_sort_key,
 )
+from dlpipe.shared.config import ServingSettings
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.shared.table import SqliteTable
-from dlpipe.wire import BadRequest, ModelError, NotFound, PredictRequest
+from dlpipe.shared.table import SqliteTable, TableError
+from dlpipe.wire import BadRequest, ModelError, NotFound, PredictRequest, Unavailable
 
 LABELS = ["red", "green", "blue"]
 RECIPE = Recipe(size=32)
@@ -105,11 +104,11 @@ def test_inline_image_must_be_base64():
 
 def test_top_k_orders_by_probability_and_clips_k():
     top = top_k(np.array([0.1, 0.6, 0.3]), LABELS, 2)
-    assert [(t["label"], t["index"]) for t in top] == [("green", 1), ("blue", 2)]
-    assert top[0]["probability"] == pytest.approx(0.6)
+    assert [(t.label, t.index) for t in top] == [("green", 1), ("blue", 2)]
+    assert top[0].probability == pytest.approx(0.6)
     assert len(top_k(np.array([0.2, 0.5, 0.3]), LABELS, 10)) == 3
     tied = top_k(np.array([0.25, 0.5, 0.25]), LABELS, 3)
-    assert [t["index"] for t in tied] == [1, 0, 2]          # ties keep class order
+    assert [t.index for t in tied] == [1, 0, 2]          # ties keep class order
 
 
 def test_version_sort_is_numeric():
@@ -150,7 +149,7 @@ def test_classifier_matches_keras_on_a_preprocessed_image(model_store, keras_mod
     expected = np.asarray(keras_model(x[None], training=False))[0]
     np.testing.assert_allclose(classifier.probabilities(x), expected, atol=1e-5)
     top = classifier.classify(image, k=2)
-    assert [t["index"] for t in top] == list(np.argsort(-expected)[:2])
+    assert [t.index for t in top] == list(np.argsort(-expected)[:2])
 
 
 def test_classifier_refuses_inconsistent_versions(model_store):
@@ -180,7 +179,7 @@ def predictor(tmp_path, model_store):
 
 
 def test_predict_records_the_prediction(predictor):
-    body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png", top_k=2), "req-1")
+    body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png", top_k=2), "req-1").model_dump()
     assert body["statusCode"] == 200 and body["model"] == {"name": "tiny", "version": "v1"}
     assert len(body["top"]) == 2 and body["top"][0]["probability"] >= body["top"][1]["probability"]
     assert body["latency_ms"] > 0 and body["model_load_ms"] > 0 and body["duplicate"] is False
@@ -195,17 +194,17 @@ def test_classifier_is_loaded_once_and_reused(predictor):
     again, loaded_again = predictor.classifier("tiny", "v1")
     assert loaded and not loaded_again and again is first
     body = predictor.predict(PredictRequest(model="tiny", key="imgs/red.png"), "req-2")
-    assert body["model_load_ms"] == 0
+    assert body.model_load_ms == 0
 
 
 def test_retried_request_is_recorded_once(predictor):
     request = PredictRequest(model="tiny", image_b64=base64.b64encode(png()).decode(), request_id="client-7")
     first = predictor.predict(request, "lambda-request-a")
     retry = predictor.predict(request, "lambda-request-b")     # a retry gets a new Lambda request id
-    assert first["id"] == retry["id"] and retry["duplicate"] is True
+    assert first.id == retry.id and retry.duplicate is True
     assert predictor.table.count() == 1
     other = predictor.predict(PredictRequest(model="tiny", image_b64=request.image_b64), "lambda-request-c")
-    assert other["id"] != first["id"] and predictor.table.count() == 2
+    assert other.id != first.id and predictor.table.count() == 2
 
 
 def test_latest_is_reread_after_its_ttl(predictor, tflite):
@@ -246,3 +245,68 @@ def test_prediction_id_is_deterministic():
 def test_latest_pointer_is_plain_text_and_may_end_with_a_newline(model_store):
     model_store.put(latest_key("tiny"), b"v1\n")        # written by hand, as an operator might
     assert latest_version(model_store, "tiny") == "v1"
+    model_store.put(latest_key("tiny"), b"../v1")
+    with pytest.raises(ModelError, match="latest pointer names no version"):
+        latest_version(model_store, "tiny")
+
+
+# --- what the base64 tools write ---------------------------------------------------------
+
+def test_inline_image_may_be_wrapped_unpadded_or_url_safe():
+    data = png() + bytes(range(256))               # long enough to wrap, with bytes that need '+' and '/'
+    plain = base64.b64encode(data).decode()
+    assert "+" in plain and "/" in plain
+    wrapped = "\n".join(plain[i:i + 76] for i in range(0, len(plain), 76)) + "\n"   # what `base64` prints
+    urlsafe = base64.urlsafe_b64encode(data).decode()
+    for text in (wrapped, wrapped.replace("\n", "\r\n"), urlsafe, urlsafe.rstrip("=")):
+        assert PredictRequest(model="m", image_b64=text).image_bytes() == data
+
+
+@pytest.mark.parametrize("garbage", ["not base64!", "%%% not base64 %%%", "ab+c-d==", "abcde", "a=bc"])
+def test_inline_garbage_is_still_refused(garbage):
+    with pytest.raises(BadRequest, match="not valid base64"):
+        PredictRequest(model="m", image_b64=garbage).image_bytes()
+
+
+# --- what errors may reveal -------------------------------------------------------------------
+
+def test_errors_name_models_and_keys_but_never_where_the_stores_are(predictor, tmp_path):
+    model_store = predictor.model_store
+    model_store.delete(version_key("tiny", "v1", "labels.json"))
+    for call in (lambda: latest_version(model_store, "other"), lambda: read_meta(model_store, "other", "v1"),
+                 lambda: load_version(model_store, "tiny"),
+                 lambda: predictor.predict(PredictRequest(model="tiny", key="imgs/missing.png"), "r")):
+        with pytest.raises((NotFound, ModelError)) as caught:
+            call()
+        assert str(tmp_path) not in str(caught.value) and "/models" not in str(caught.value)
+    with pytest.raises(ModelError, match="incomplete: it has no labels.json"):
+        load_version(model_store, "tiny")
+
+
+def test_a_table_folder_that_cannot_be_created_is_a_table_error(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    table = SqliteTable(tmp_path / "a-file" / "sub" / "predictions.sqlite")
+    with pytest.raises(TableError, match="cannot open the predictions table"):
+        table.count()
+
+
+def test_a_broken_table_is_unavailable_and_the_answer_keeps_its_path_to_the_log(tmp_path, model_store):
+    (tmp_path / "a-file").write_text("not a folder")
+    data = DirStore(tmp_path / "data")
+    data.put("imgs/red.png", png())
+    predictor = Predictor(data, model_store, SqliteTable(tmp_path / "a-file" / "predictions.sqlite"))
+    with pytest.raises(Unavailable, match="predictions table cannot be written") as caught:
+        predictor.predict(PredictRequest(model="tiny", key="imgs/red.png"), "r")
+    assert caught.value.status == 503 and str(tmp_path) not in str(caught.value)
+    assert isinstance(caught.value.__cause__, TableError)      # the detail, for the function's log
+
+
+# --- the container's settings ------------------------------------------------------------------
+
+def test_serving_settings_come_from_the_environment():
+    assert ServingSettings.from_env({}) == ServingSettings(predict_threads=1, latest_ttl_s=10.0)
+    assert ServingSettings.from_env({"DLPIPE_PREDICT_THREADS": "2", "DLPIPE_LATEST_TTL_S": "0.5"}) == \
+        ServingSettings(predict_threads=2, latest_ttl_s=0.5)
+    for env in ({"DLPIPE_PREDICT_THREADS": "two"}, {"DLPIPE_PREDICT_THREADS": "0"}, {"DLPIPE_LATEST_TTL_S": "-1"}):
+        with pytest.raises(ValueError, match=next(iter(env))):
+            ServingSettings.from_env(env)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dlpipe.shared.images import DEFAULT_MAX_PIXELS
 from dlpipe.shared.names import NAME_PATTERN
@@ -24,26 +24,87 @@ MAX_IMAGE_B64_CHARS = MAX_PAYLOAD_BYTES - 4096
 MAX_TOP_K = 100
 
 
-# --- errors: each carries the status code a handler answers with -------------------
+# --- errors: one shape for every handler --------------------------------------------
 
 class ServingError(Exception):
-    """A request that cannot be served; `status` is the response's statusCode."""
+    """A request that cannot be served; `status` is the response's statusCode, `kind` its ErrorResponse kind.
+
+    What a message may reveal: the caller's own inputs (key, model, version, image name) and
+    what the caller may choose from (the model names and versions in the model store), since
+    that is what makes a message actionable; never where things live (bucket names, store
+    URLs, paths, table names) nor the text of an infrastructure error, which may hold them.
+    Those go to the function's log, which only the deployment's owner reads.
+    """
 
     status = 500
+    kind = "internal"
 
 
 class BadRequest(ServingError, ValueError):
     status = 400
+    kind = "bad_request"
 
 
 class NotFound(ServingError, LookupError):
     status = 404
+    kind = "not_found"
 
 
 class ModelError(ServingError):
     """A model version whose files are missing or unusable (a deployment problem, not the caller's)."""
 
     status = 500
+    kind = "model_error"
+
+
+class Unavailable(ServingError):
+    """The data store or the predictions table failed: the details are logged, not answered."""
+
+    status = 503
+    kind = "unavailable"
+
+
+def validation_message(function: str, err: ValidationError) -> str:
+    """Each field and its problem, from pydantic's errors without their input values, URLs or traceback."""
+    problems = []
+    for e in err.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in e.get("loc", ())) or "event"
+        problems.append(f"{where}: {e.get('msg', 'invalid').removeprefix('Value error, ')}")
+    return f"invalid {function} event: " + "; ".join(problems)
+
+
+class ErrorResponse(BaseModel):
+    """What every handler answers instead of raising: the warm container keeps serving, the caller reads why.
+
+    `error` is the message for people (the field every client already reads), `kind` the
+    class of problem for programs. Parsing is lenient (extra fields ignored, `kind` any
+    string, empty from functions older than it), so that a function deployed from another
+    version still gets its message through.
+    """
+
+    statusCode: int = Field(ge=400, le=599)
+    error: str
+    kind: str = Field(default="", description="invalid_event, bad_request, not_found, model_error, unavailable "
+                                              "or internal")
+
+    @classmethod
+    def of(cls, err: ServingError) -> ErrorResponse:
+        return cls(statusCode=err.status, error=str(err), kind=err.kind)
+
+    @classmethod
+    def invalid_event(cls, function: str, err: ValidationError) -> ErrorResponse:
+        """The 400 for an event that does not parse: names each field and its problem."""
+        return cls(statusCode=400, error=validation_message(function, err), kind="invalid_event")
+
+
+Reply = TypeVar("Reply", bound=BaseModel)
+
+
+def parse_reply(payload: object, model: type[Reply]) -> Reply | ErrorResponse:
+    """A function's reply as `model`, or as the ErrorResponse it answered with; ValidationError if neither."""
+    if isinstance(payload, dict) and payload.get("statusCode", 200) != 200:
+        return ErrorResponse.model_validate(payload)
+    return model.model_validate(payload)
 
 
 # --- augment ------------------------------------------------------------------------
@@ -56,7 +117,10 @@ MAX_BATCH = 1000
 
 
 class AugmentSpec(BaseModel):
-    """What to make of each source image."""
+    """What to make of each source image. Unknown fields are refused: a misspelt `size` must not pass
+    unnoticed and give full-size outputs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     variants: list[str] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), min_length=1)
     seed: int = 0
@@ -80,6 +144,8 @@ class AugmentSpec(BaseModel):
 class AugmentRequest(BaseModel):
     """The augment function's event: a batch of source keys and what to make of them."""
 
+    model_config = ConfigDict(extra="forbid")
+
     keys: list[str] = Field(min_length=1, max_length=MAX_BATCH)
     source_prefix: str = Field(description="keys are under this prefix; the rest of the path is kept")
     output_prefix: str = Field(min_length=1)
@@ -87,11 +153,16 @@ class AugmentRequest(BaseModel):
 
     @field_validator("source_prefix", "output_prefix")
     @classmethod
-    def _clean_prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if value:
-            validate_prefix(value)
-        return value
+    def _relative_prefix(cls, value: str) -> str:
+        """A trailing '/' is dropped; an absolute prefix or a '..' is refused, never rewritten into another place."""
+        if value.startswith("/"):
+            raise ValueError(f"prefix {value!r} is absolute; prefixes are folders inside the store, "
+                             "relative to its root (no leading '/')")
+        value = value.rstrip("/")
+        try:
+            return validate_prefix(value)
+        except InvalidKey as err:
+            raise ValueError(f"not a folder inside the store: {err}") from None
 
 
 class ImageResult(BaseModel):
@@ -101,6 +172,7 @@ class ImageResult(BaseModel):
 
 
 class AugmentResponse(BaseModel):
+    statusCode: Literal[200] = 200
     results: list[ImageResult]
     images_in: int
     images_out: int
@@ -367,7 +439,7 @@ class PredictRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PredictRequest":
+    def _one_source(self) -> PredictRequest:
         if (self.key is None) == (self.image_b64 is None):
             raise ValueError("give exactly one image source: 'key' (data-store key) or 'image_b64'")
         if self.key is not None:
@@ -383,8 +455,43 @@ class PredictRequest(BaseModel):
         return self.name or self.key or "image"
 
     def image_bytes(self) -> bytes:
-        """The decoded inline image; BadRequest if it is not base64."""
+        """The decoded inline image; BadRequest if it is not base64.
+
+        Accepted as the usual tools write it: wrapped in lines (`base64` wraps at 76),
+        unpadded, or in the URL-safe alphabet ('-' and '_' for '+' and '/'), not mixed.
+        """
+        text = "".join((self.image_b64 or "").split())
+        urlsafe = "-" in text or "_" in text
         try:
-            return base64.b64decode(self.image_b64 or "", validate=True)
+            if urlsafe and ("+" in text or "/" in text):
+                raise ValueError("two base64 alphabets mixed")
+            return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if urlsafe else None,
+                                    validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(f"image_b64 of {self.label!r} is not valid base64") from None
+
+
+class TopClass(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    """The predict function's answer to a request it served (README documents this shape)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    statusCode: Literal[200] = 200
+    id: str = Field(description="the prediction's record in the predictions table")
+    model: ModelInfo
+    image: str = Field(description="how the request named the image")
+    top: list[TopClass] = Field(description="most probable first")
+    latency_ms: float = Field(description="reading, decoding, preprocessing and inference")
+    model_load_ms: float = Field(description="loading the model, on a container's first request for it; else 0")
+    duplicate: bool = Field(description="a retried request: recorded before, not again")

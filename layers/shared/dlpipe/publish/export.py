@@ -3,7 +3,7 @@
 The version holds everything the predict function needs and nothing that needs
 TensorFlow: the float32 LiteRT flatbuffer, the labels, the preprocessing recipe and a
 meta.json. Only the orchestrator runs this module (TensorFlow is imported lazily); the
-layout is described in `dlpipe.predict.serving`.
+layout is described in `dlpipe.predict.versions`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
-from dlpipe.predict.serving import MODELS_PREFIX, latest_key, list_models, version_key
+from dlpipe.predict.classifier import LiteRTNetwork
+from dlpipe.predict.versions import MODELS_PREFIX, latest_key, list_models, version_key
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import ObjectStore
@@ -47,18 +48,6 @@ def to_tflite(model) -> bytes:
     # Keras prints the intermediate SavedModel's signature to stdout: not the user's business.
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
-
-
-def litert_outputs(tflite: bytes, x: np.ndarray) -> np.ndarray:
-    """Run a flatbuffer on one input with LiteRT, as the predict function will."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=tflite, num_threads=1)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.set_tensor(inp["index"], np.asarray(x, np.float32)[None])
-    interpreter.invoke()
-    return interpreter.get_tensor(out["index"])[0]
 
 
 def next_version(store: ObjectStore, name: str) -> str:
@@ -108,13 +97,13 @@ def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe
     if check:
         x = np.random.default_rng(0).normal(size=input_shape).astype(np.float32)
         expected = np.asarray(model(x[None], training=False))[0]
-        max_diff = float(np.max(np.abs(litert_outputs(tflite, x) - expected)))
+        max_diff = float(np.max(np.abs(LiteRTNetwork(tflite).run(x) - expected)))  # as serving runs it
         if not max_diff <= 1e-4:
             raise ExportError(f"the converted model disagrees with Keras by {max_diff:.3g} (> 1e-4); not exported")
 
     meta = {
         "name": name, "version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source or {}, "input_shape": list(input_shape), "classes": classes,
         "format": "tflite float32", "output": "probabilities",
         "tflite_sha256": hashlib.sha256(tflite).hexdigest(), "tflite_bytes": len(tflite),

@@ -138,3 +138,32 @@ class ShardCache:
             raise ValueError(f"{ENV_SHARD_CACHE_MB} must be a number of megabytes >= 0, got {text!r}")
         folder = env.get(ENV_SHARD_CACHE) or Path(tempfile.gettempdir()) / "dlpipe-shards"
         return cls(folder=Path(folder), limit_bytes=int(megabytes * 2 ** 20))
+
+
+ENV_PREDICT_THREADS = "DLPIPE_PREDICT_THREADS"
+ENV_LATEST_TTL = "DLPIPE_LATEST_TTL_S"
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type, least: float) -> int | float:
+    text = env.get(name) or default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise ValueError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'} of at least {least}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a warm predict container runs: LiteRT threads, and how long it trusts `latest`."""
+
+    predict_threads: int = 1
+    latest_ttl_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
+        env = os.environ if env is None else env
+        return cls(predict_threads=int(_number(env, ENV_PREDICT_THREADS, "1", int, 1)),
+                   latest_ttl_s=float(_number(env, ENV_LATEST_TTL, "10", float, 0)))

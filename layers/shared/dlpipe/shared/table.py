@@ -100,7 +100,7 @@ class SqliteTable(PredictionsTable):
                 conn.execute(self.SCHEMA)
                 conn.execute("CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created)")
                 conn.execute("CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, created)")
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OSError) as err:  # OSError: its folder cannot be created
                 raise TableError(f"cannot open the predictions table {self.url}: {err}") from None
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlpipe.predict.serving import latest_version, read_meta, version_key
+from dlpipe.predict.versions import latest_version, read_meta, version_key
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.store import KeyNotFound
 from dlpipe.train.weights import CheckpointError
