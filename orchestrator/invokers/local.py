@@ -4,22 +4,29 @@ Each function gets its own pool, like Lambda gives each function its own executi
 environments: workers stay warm between invocations (module-level state such as a loaded
 model is reused), the JSON event is serialised and parsed as Lambda would, and the
 handler gets a Lambda-like context. A call that overruns the function's timeout has its
-worker killed and replaced, as Lambda does, and is reported as "Task timed out".
+worker killed and replaced, as Lambda does, and is reported as "Task timed out"; a worker
+whose memory goes over the function's memory size is killed and replaced too, and the call
+fails with Lambda's "Runtime.OutOfMemory". Each record carries the invocation's peak memory
+(extra["max_memory_mb"], Lambda's "Max Memory Used").
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib.util
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import uuid
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from pebble import ProcessExpired, ProcessPool
 
@@ -48,14 +55,101 @@ class LocalContext:
 
 _HANDLERS: dict[str, Callable] = {}
 _INVOCATIONS = 0
+WATCH_INTERVAL_S = 0.05    # how often a worker checks its memory while a handler runs
 
 
-def _init_worker(env: dict[str, str]) -> None:
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB, since the last `_reset_peak`.
+
+    Linux's VmHWM rather than a sample of the RSS, so that a peak between two checks still
+    counts; and not ru_maxrss, which in a spawned worker includes the parent's memory at the
+    fork. Elsewhere, ru_maxrss (the whole life of the process).
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _reset_peak() -> None:
+    """Start the peak afresh (Linux), so that each invocation reports its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
+class MemoryGuard:
+    """Holds a worker to its function's memory size, as Lambda does.
+
+    A watchdog thread checks the peak every WATCH_INTERVAL_S while a handler runs, and the
+    invocation checks it once more at its end (code that holds the GIL delays the watchdog,
+    but its peak is kept). Over the size, the worker leaves a note with the peak for the
+    invoker and kills itself with SIGKILL, as Lambda's out-of-memory kill does. Only while a
+    handler runs: then the process holds none of the pool's locks.
+    """
+
+    def __init__(self, limit_mb: int, notes_dir: str) -> None:
+        self.limit_mb = limit_mb
+        self.notes_dir = notes_dir
+        self._lock = threading.Lock()
+        self._busy = threading.Event()
+        self._started: float | None = None   # perf_counter() at the running invocation's start
+        threading.Thread(target=self._watch, name="memory-guard", daemon=True).start()
+
+    def begin(self) -> None:
+        _reset_peak()
+        with self._lock:
+            self._started = time.perf_counter()
+        self._busy.set()
+
+    def end(self) -> float:
+        """The invocation's peak in MB; over the size, the worker dies here instead."""
+        self._busy.clear()
+        with self._lock:
+            peak = self._check()
+            self._started = None
+        return peak
+
+    def _watch(self) -> None:
+        while self._busy.wait():
+            time.sleep(WATCH_INTERVAL_S)
+            with self._lock:
+                if self._started is not None:
+                    self._check()
+
+    def _check(self) -> float:
+        peak = _peak_rss_mb()
+        if peak > self.limit_mb:
+            note = {"max_memory_mb": math.ceil(peak), "ms": (time.perf_counter() - self._started) * 1000}
+            try:
+                with open(os.path.join(self.notes_dir, f"{os.getpid()}.json"), "w") as out:
+                    json.dump(note, out)
+            except OSError:
+                pass  # the invoker then reports an exit without the peak
+            os.kill(os.getpid(), signal.SIGKILL)
+        return peak
+
+
+_GUARD: MemoryGuard | None = None
+
+
+def _init_worker(env: dict[str, str], memory_mb: int, notes_dir: str) -> None:
+    global _GUARD
     os.environ.update(env)
     # Function logs are not the CLI's output (on Lambda they go to CloudWatch): send the
     # worker's stdout to stderr so that e.g. `orchestrator predict --json | jq` stays clean.
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _GUARD = MemoryGuard(memory_mb, notes_dir)
 
 
 def _load_handler(path: str, name: str) -> Callable:
@@ -76,17 +170,20 @@ def _run(path: str, name: str, event_json: str, function: str, memory_mb: int,
     global _INVOCATIONS
     _INVOCATIONS += 1
     cold = _INVOCATIONS == 1
+    _GUARD.begin()
     start = time.perf_counter()
     try:
         handler = _load_handler(path, name)
         context = LocalContext(function, memory_mb, timeout_s, request_id)
         response = handler(json.loads(event_json), context)
         body = json.dumps(response)  # Lambda refuses responses that are not JSON
-        return {"ok": True, "body": body, "ms": (time.perf_counter() - start) * 1000, "cold": cold}
+        result = {"ok": True, "body": body, "ms": (time.perf_counter() - start) * 1000, "cold": cold}
     except Exception as err:  # the handler's failure is the function's error response
         error = {"errorType": type(err).__name__, "errorMessage": str(err),
                  "stackTrace": traceback.format_exc().splitlines()[-12:]}
-        return {"ok": False, "error": error, "ms": (time.perf_counter() - start) * 1000, "cold": cold}
+        result = {"ok": False, "error": error, "ms": (time.perf_counter() - start) * 1000, "cold": cold}
+    result["max_memory_mb"] = math.ceil(_GUARD.end())
+    return result
 
 
 # --- orchestrator side -------------------------------------------------------------
@@ -104,16 +201,46 @@ class LocalInvoker(Invoker):
         self.timeouts = dict(timeouts or {})  # per-function override of the template's timeout
         self.start_method = start_method
         self._pools: dict[str, ProcessPool] = {}
+        self._notes: tempfile.TemporaryDirectory | None = None  # out-of-memory workers' last words
 
     def _pool(self, spec: FunctionSpec) -> ProcessPool:
         if spec.name not in self._pools:
+            if self._notes is None:
+                self._notes = tempfile.TemporaryDirectory(prefix="dlpipe-workers-")
             self._pools[spec.name] = ProcessPool(
                 max_workers=self.concurrency,
                 initializer=_init_worker,
-                initargs=(self.env,),
+                initargs=(self.env, spec.memory_mb, self._notes.name),
                 context=multiprocessing.get_context(self.start_method),
             )
         return self._pools[spec.name]
+
+    def _expired(self, inv: Invocation, err: ProcessExpired) -> None:
+        """A worker that died during the call: killed for its memory (as Lambda reports it), or crashed."""
+        note = self._out_of_memory_note(err.pid)
+        if not note:
+            inv.error = f"Runtime.ExitError: worker exited with code {err.exitcode} (crashed or killed)"
+            return
+        message = (f"Runtime exited with error: signal: killed (Max Memory Used: {note['max_memory_mb']} MB, "
+                   f"over the function's Memory Size of {inv.memory_mb} MB)")
+        inv.error = f"Runtime.OutOfMemory: {message}"
+        inv.payload = {"errorType": "Runtime.OutOfMemory", "errorMessage": message}
+        inv.duration_ms = note["ms"]
+        inv.extra["max_memory_mb"] = note["max_memory_mb"]
+
+    def _out_of_memory_note(self, pid: int | None) -> dict | None:
+        """What a worker killed for its memory left behind (MemoryGuard), if it was that."""
+        if self._notes is None or pid is None:
+            return None
+        path = os.path.join(self._notes.name, f"{pid}.json")
+        try:
+            with open(path) as note:
+                return json.load(note)
+        except (OSError, ValueError):
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
     def timeout_for(self, spec: FunctionSpec) -> float:
         return float(self.timeouts.get(spec.name, spec.timeout_s))
@@ -146,12 +273,13 @@ class LocalInvoker(Invoker):
                 inv.error = f"Sandbox.Timedout: Task timed out after {timeout:.2f} seconds"
                 inv.duration_ms = timeout * 1000
             except ProcessExpired as err:
-                inv.error = f"Runtime.ExitError: worker exited with code {err.exitcode} (out of memory or crashed)"
+                self._expired(inv, err)
             except Exception as err:  # e.g. the event could not be pickled
                 inv.error = f"{type(err).__name__}: {err}"
             else:
                 inv.duration_ms = result["ms"]
                 inv.extra["cold"] = result["cold"]
+                inv.extra["max_memory_mb"] = result["max_memory_mb"]
                 if result["ok"]:
                     inv.ok = True
                     inv.payload = json.loads(result["body"])
@@ -170,3 +298,6 @@ class LocalInvoker(Invoker):
             pool.close()
             pool.join()
         self._pools.clear()
+        if self._notes is not None:
+            self._notes.cleanup()
+            self._notes = None

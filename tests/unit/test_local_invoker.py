@@ -81,6 +81,51 @@ def test_crashed_worker_is_reported_and_replaced(invoker):
     assert replaced.ok and replaced.payload["echo"] == 5
 
 
+@pytest.fixture
+def one_worker(probe):
+    """One environment, so that the calls after an out-of-memory kill show its replacement."""
+    inv = LocalInvoker(concurrency=1, timeouts={"probe": 5.0})
+    yield inv
+    inv.close()
+
+
+def test_worker_over_its_memory_size_fails_like_lambda_and_is_replaced(one_worker):
+    before = one_worker.call("probe", {"echo": 0})
+    # Allocated and freed within the handler: the peak counts, as on Lambda, however brief.
+    result = one_worker.invoke("probe", {"allocate_mb": 400})
+    assert not result.ok
+    assert result.error.startswith("Runtime.OutOfMemory: Runtime exited with error: signal: killed")
+    peak = result.extra["max_memory_mb"]
+    assert peak > 400 and f"Max Memory Used: {peak} MB" in result.error
+    assert "Memory Size of 256 MB" in result.error
+    assert result.payload["errorType"] == "Runtime.OutOfMemory"
+    assert result.billed_ms >= 1
+    after = one_worker.invoke("probe", {"echo": 1})
+    assert after.ok and after.payload["echo"] == 1
+    assert after.payload["pid"] != before["pid"] and after.extra["cold"]     # a new environment
+
+
+def test_memory_held_over_the_size_is_stopped_while_the_handler_runs(one_worker):
+    """The watchdog kills the worker long before the handler's 10 s sleep or the 5 s timeout."""
+    result = one_worker.invoke("probe", {"allocate_mb": 400, "sleep": 10})
+    assert result.error.startswith("Runtime.OutOfMemory: ") and result.extra["max_memory_mb"] > 400
+    assert one_worker.call("probe", {"echo": 2})["echo"] == 2
+
+
+def test_worker_under_its_memory_size_succeeds_and_records_its_peak(one_worker):
+    result = one_worker.invoke("probe", {"allocate_mb": 96})
+    assert result.ok and result.payload["allocated_mb"] == 96
+    assert 96 < result.extra["max_memory_mb"] <= 256
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-invocation peaks need Linux's clear_refs")
+def test_each_invocation_records_its_own_peak(one_worker):
+    big = one_worker.invoke("probe", {"allocate_mb": 160})
+    small = one_worker.invoke("probe", {"echo": 3})
+    assert big.ok and small.ok and small.payload["pid"] == big.payload["pid"]   # the same warm worker
+    assert big.extra["max_memory_mb"] > 160 > small.extra["max_memory_mb"]
+
+
 def test_non_json_response_is_an_error_like_lambda(invoker):
     result = invoker.invoke("probe_bad_json", {})
     assert not result.ok and result.error.startswith("TypeError")

@@ -1,4 +1,4 @@
-"""A handler for invoker tests: echoes, fails, sleeps or exits on request."""
+"""A handler for invoker tests: echoes, allocates, fails, sleeps or exits on request."""
 
 import os
 import time
@@ -8,6 +8,8 @@ WARM_STATE = {"calls": 0}
 
 def handler(event, context):
     WARM_STATE["calls"] += 1
+    # Zero-filled, so every page is touched and resident; held until the handler returns.
+    held = bytearray(event["allocate_mb"] * 2**20) if "allocate_mb" in event else b""
     if "sleep" in event:
         time.sleep(event["sleep"])
     if "fail" in event:
@@ -23,6 +25,7 @@ def handler(event, context):
         "pid": os.getpid(),
         "calls_in_this_process": WARM_STATE["calls"],
         "env": os.environ.get("DLPIPE_DATA_URL"),
+        "allocated_mb": len(held) // 2**20,
     }
 
 
