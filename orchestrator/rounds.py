@@ -36,6 +36,7 @@ from dlpipe.train.pretrained import starting_point
 from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
+    ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
     Hyper,
@@ -45,6 +46,7 @@ from dlpipe.wire import (
     ModelConfig,
     TrainRequest,
     TrainResponse,
+    parse_reply,
 )
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
@@ -324,13 +326,13 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
 
 
 def _parse_check(model) -> Callable[[dict, object], str | None]:
-    """A retry check that refuses replies that do not parse as the wire model `model`."""
+    """A retry check that refuses error answers (their message) and replies that are not `model`."""
     def check(event: dict, payload: object) -> str | None:
         try:
-            model.model_validate(payload)
+            reply = parse_reply(payload, model)
         except ValidationError as err:
             return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
-        return None
+        return reply.error if isinstance(reply, ErrorResponse) else None
     return check
 
 

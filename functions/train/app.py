@@ -1,7 +1,8 @@
 """The train function (container image): init, pack, train and evaluate actions.
 
 Thin on purpose: parse the event into the core's pydantic models, call the core
-(dlpipe.train.worker), log and return its JSON-safe result. A malformed event or a missing or
+(dlpipe.train.worker), log and return its JSON-safe result. A malformed event is answered
+with a 400 ErrorResponse naming each field and its problem, before any work; a missing or
 corrupt shard fails the invocation with a message naming the problem; the orchestrator
 retries or reports it. TensorFlow is loaded only by the actions that need it.
 """
@@ -15,7 +16,7 @@ from functools import lru_cache
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from dlpipe import wire
 from dlpipe.shared.config import Settings
@@ -33,7 +34,11 @@ def _stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:
 
 @logger.inject_lambda_context
 def handler(event: dict, context) -> dict:
-    request = parse(event=event, model=wire.TrainEvent)
+    try:
+        request = parse(event=event, model=wire.TrainEvent)
+    except ValidationError as err:
+        logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
+        return wire.ErrorResponse.invalid_event("train", err).model_dump()
     data_store, model_store = _stores(Settings.from_env())
     if isinstance(request, wire.TrainRequest):
         logger.append_keys(run=request.run, round=request.round, worker=request.worker, attempt=request.attempt)

@@ -22,9 +22,8 @@ from dlpipe.wire import (
     parse_reply,
 )
 from orchestrator.commands import add_command
-from orchestrator.commands.upload import print_failures
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import print_failures, print_summary
 
 EXAMPLES = f"""\
 examples:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dlpipe.shared.images import IMAGE_EXTENSIONS
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
-from dlpipe.train.datasets import IMAGE_EXTENSIONS
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_failures, print_summary  # re-export: remove after merge
+from orchestrator.report import print_failures, print_summary
 
 EXAMPLES = """\
 examples:
@@ -35,9 +35,6 @@ Images are taken by extension (.jpg, .png, ...) and uploaded as they are: bad im
 reported later, by `augment`, one by one. Hidden files and folders (names starting with '.')
 and other files are skipped and counted. Symbolic links are followed while they lead to a
 place inside DIR; a link leading out of it is refused and listed (exit status 1)."""
-
-# print_failures lives in orchestrator.report now; augment, prepare and train still import it from here
-# until the lead switches them (the re-export above).
 
 HIDDEN, NOT_IMAGE, OUTSIDE = "hidden", "not an image", "link outside the folder"
 BROKEN, LOOP, SPECIAL = "broken link", "link loop", "not a regular file"

@@ -20,8 +20,8 @@ from cfnlint.decode.decode import decode_str
 from cfnlint.helpers import REGIONS
 
 from dlpipe.shared.table import DynamoTable
-from dlpipe.train.checkpoints import RUNS_PREFIX
-from dlpipe.train.datasets import PREPARED_PREFIX
+from dlpipe.train.manifest import PREPARED_PREFIX
+from dlpipe.train.run import RUNS_PREFIX
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 from orchestrator.invokers.aws import LambdaInvoker
 

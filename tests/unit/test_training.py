@@ -242,10 +242,15 @@ def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
 
 def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler):
     init(handler, "bad")
-    with pytest.raises(Exception, match="action"):
-        handler({"action": "fly"}, context())
-    with pytest.raises(Exception, match="shard_keys"):
-        handler({k: v for k, v in train_event(world, "bad").items() if k != "shard_keys"}, context())
+    answer = handler({"action": "fly"}, context())
+    assert answer["statusCode"] == 400 and "action" in answer["error"] and "Traceback" not in answer["error"]
+    answer = handler({k: v for k, v in train_event(world, "bad").items() if k != "shard_keys"}, context())
+    assert answer["statusCode"] == 400 and "shard_keys" in answer["error"]
+    # Keys are checked before any work, not when the weights are saved after a training pass.
+    answer = handler(train_event(world, "bad", output_key="../outside.npz"), context())
+    assert answer["statusCode"] == 400 and "output_key" in answer["error"]
+    answer = handler(train_event(world, "bad", model={**model_dict(), "classes": 10**9}), context())
+    assert answer["statusCode"] == 400 and "classes" in answer["error"]
     missing = train_event(world, "bad", shard_keys=["datasets/t/train/shard-000/part-009-0000000000000000.npz"])
     with pytest.raises(parts.CorruptPart, match="missing.*prepare"):
         handler(missing, context())

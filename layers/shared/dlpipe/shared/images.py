@@ -18,6 +18,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 # 40 megapixels: a 40 MP RGB image is 120 MB decoded, safe in a 1 GB function, and far
 # beyond any photo a classifier needs. Checked against the header BEFORE decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
+# What counts as an image file by name, where a listing has to decide before reading anything.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 # Formats we accept; naming them stops Pillow from trying every plugin (some, like EPS or
 # PSD, have large attack surfaces and no place in a photo pipeline).

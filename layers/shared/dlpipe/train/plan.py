@@ -13,9 +13,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dlpipe.shared.images import IMAGE_EXTENSIONS
 from dlpipe.train.manifest import dataset_prefix
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 Item = tuple[str, int]   # (data-store key, label)
 
