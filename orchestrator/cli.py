@@ -16,6 +16,7 @@ from orchestrator.commands import (
     demo,
     export,
     fashion_mnist,
+    fetch_model,
     import_onnx,
     models,
     predict,
@@ -28,7 +29,8 @@ from orchestrator.errors import EXIT_CODES_HELP, CommandError
 from orchestrator.session import add_arguments, session_from_args
 
 # Sub-commands in the order --help lists them.
-COMMANDS = (upload, fashion_mnist, augment, prepare, train, export, import_onnx, models, predict, predictions, demo)
+COMMANDS = (upload, fashion_mnist, augment, prepare, train, export, import_onnx, fetch_model, models, predict,
+            predictions, demo)
 
 EPILOG = """\
 examples:

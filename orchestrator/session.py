@@ -13,11 +13,12 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from dlpipe.shared.config import ENV_HOME, Placement, Settings
+from dlpipe.shared.config import ENV_HOME, ENV_WORKER_LOG, Placement, Settings
 from dlpipe.shared.store import ObjectStore, StoreError
 from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
+from orchestrator.quiet import worker_log
 
 INVOKERS = ("local", "lambda")
 STACK_OUTPUTS = ("DataBucketName", "ModelBucketName", "PredictionsTableName")
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="concurrent invocations (default: cores for local, 16 for lambda)")
     g.add_argument("-v", "--verbose", action="store_true",
-                   help="show the local functions' own logs (Powertools JSON lines, TensorFlow messages)")
+                   help="show the libraries' and the local functions' own logs (Powertools JSON lines, TensorFlow, "
+                        "absl and oneDNN messages); without it the local workers' go to HOME/logs/workers.log")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Session:
     function_names: dict[str, str] = field(default_factory=dict)
     architecture: str = "x86_64"
     verbose: bool = False
+    home: str | None = None       # where the local workers' log goes without --verbose
     _invoker: Invoker | None = None
 
     @property
@@ -73,10 +76,12 @@ class Session:
         return self._invoker
 
     def worker_log_env(self) -> dict[str, str]:
-        """Keep local workers' INFO logs out of the progress bars unless asked (or set by the user)."""
+        """Keep local workers' logs out of the progress bars unless asked (or set by the user)."""
         if self.verbose:
             return {}
         quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if self.home is not None:
+            quiet[ENV_WORKER_LOG] = worker_log(self.home)
         return {k: v for k, v in quiet.items() if k not in os.environ}
 
     def data_store(self) -> ObjectStore:
@@ -137,4 +142,5 @@ def session_from_args(args: argparse.Namespace) -> Session:
         raise CommandError(f"stack {args.stack_name!r} has no function outputs (AugmentFunctionName, ...): was it "
                            "deployed from this repository's template.yaml?" if args.stack_name else
                            "--invoker lambda needs --stack-name to find the deployed functions")
-    return Session(settings, kind, args.concurrency, function_names, architecture, verbose=args.verbose)
+    return Session(settings, kind, args.concurrency, function_names, architecture, verbose=args.verbose,
+                   home=args.home)

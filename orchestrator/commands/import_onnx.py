@@ -11,13 +11,15 @@ from pathlib import Path
 from dlpipe.shared.recipe import Recipe
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.quiet import native_output_captured
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
 examples:
   orchestrator import-onnx squeezenet1.1.onnx --labels imagenet_synset_words.txt
   orchestrator import-onnx squeezenet1.0.onnx --labels synset_words.txt --name sqz10 --version v1
-  orchestrator predict cat.jpg --model squeezenet1.1"""
+  orchestrator predict cat.jpg --model squeezenet1.1
+  orchestrator fetch-model squeezenet1.1     # download the ONNX model zoo's file and import it"""
 
 
 def register(subparsers) -> None:
@@ -39,36 +41,58 @@ def register(subparsers) -> None:
                         "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
 
 
-def run(args: argparse.Namespace, session) -> int:
-    from dlpipe.publish.export import ExportError
-    from dlpipe.publish.onnx_import import OnnxImportError, import_onnx, read_labels
+def read_labels_file(path: str | Path) -> list[str]:
+    from dlpipe.publish.onnx_import import OnnxImportError, read_labels
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise CommandError(f"no such file: {path}")
     try:
-        labels = read_labels(Path(args.labels).read_text(encoding="utf-8"))
-        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text())) if args.recipe else None
+        return read_labels(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise CommandError(f"cannot read {err.filename}: {err.strerror}") from None
-    except (ValueError, TypeError) as err:
-        raise CommandError(f"bad labels or recipe file: {err}") from None
-    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
-    start = time.perf_counter()
-    print(f"importing {path} (loads TensorFlow; takes a few seconds)...")
+    except (ValueError, OnnxImportError) as err:
+        raise CommandError(f"bad labels file {path}: {err}") from None
+
+
+def import_file(session, path: Path, labels: list[str], name: str, version: str | None = None,
+                recipe: Recipe | None = None):
+    """Import `path` as version `version` of `name`: (ExportedVersion, what was found). CommandError otherwise."""
+    from dlpipe.publish.export import ExportError
+    from dlpipe.publish.onnx_import import OnnxImportError, import_onnx
+
+    print(f"importing {path} (loads TensorFlow; takes a few seconds)...", flush=True)
     try:
-        exported, found = import_onnx(path, labels, session.model_store(), name, args.version, recipe)
+        with native_output_captured(session.verbose):
+            return import_onnx(path, labels, session.model_store(), name, version, recipe)
     except (OnnxImportError, ExportError) as err:
         raise CommandError(f"{path}: {err}") from None
-    print_summary("import-onnx", [
+
+
+def print_import(session, exported, found, classes: int, start: float, title: str = "import-onnx") -> None:
+    print_summary(title, [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("written to", f"{session.model_store().url}/{exported.prefix}"),
         ("architecture", f"SqueezeNet {found.version}, input {'x'.join(map(str, found.input_shape))}"
                          + (", explicit Pad before conv10" if found.final_pad else "")),
-        ("classes", len(labels)),
+        ("classes", classes),
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
     ])
     print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+
+
+def run(args: argparse.Namespace, session) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"no such file: {path}")
+    labels = read_labels_file(args.labels)
+    try:
+        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text())) if args.recipe else None
+    except OSError as err:
+        raise CommandError(f"cannot read {err.filename}: {err.strerror}") from None
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"bad recipe file {args.recipe}: {err}") from None
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
+    start = time.perf_counter()
+    exported, found = import_file(session, path, labels, name, args.version, recipe)
+    print_import(session, exported, found, len(labels), start)
     return 0

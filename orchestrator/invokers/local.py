@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from pebble import ProcessExpired, ProcessPool
 
+from dlpipe.shared.config import ENV_WORKER_LOG
 from orchestrator.functions import FunctionSpec, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
 
@@ -149,7 +150,21 @@ def _init_worker(env: dict[str, str], memory_mb: int, notes_dir: str) -> None:
     # worker's stdout to stderr so that e.g. `orchestrator predict --json | jq` stays clean.
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _output_to_log(os.environ.get(ENV_WORKER_LOG))
     _GUARD = MemoryGuard(memory_mb, notes_dir)
+
+
+def _output_to_log(path: str | None) -> None:
+    """Without --verbose: the worker's fds 1 and 2 into the log file, where TensorFlow's C++ logging
+    (absl, oneDNN), which no environment variable fully silences, cannot reach the progress bars."""
+    if not path:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 
 
 def _load_handler(path: str, name: str) -> Callable:

@@ -60,6 +60,7 @@ class SqueezeNetGraph:
     input_name: str = ""
     convs: list[ConvWeights] = field(default_factory=list)
     final_pad: tuple[tuple[int, int], tuple[int, int]] | None = None   # ((top, bottom), (left, right))
+    pool_kernel: tuple[int, int] | None = None   # an AveragePool for the global pool (the ONNX zoo's 1.1: 13x13)
     # ONNX tensor name -> Keras layer name, for the feature-map size check
     checkpoints: dict[str, str] = field(default_factory=dict)
 
@@ -227,8 +228,10 @@ def analyse(model, input_size: int | None = None) -> SqueezeNetGraph:
             found.convs.append(ConvWeights("conv10", _hwio(w, perm), b))
             found.checkpoints[node.output[0]] = "conv10"
             out = g.only_next(g.relu_after(node, "conv10"), "after conv10")
-            if out.op_type != "GlobalAveragePool":
-                raise OnnxImportError(f"expected GlobalAveragePool after conv10, found {out.op_type}")
+            if out.op_type == "AveragePool" and not any(g.attrs(out).get("pads", [0])):
+                found.pool_kernel = tuple(int(k) for k in g.attrs(out).get("kernel_shape", []))
+            elif out.op_type != "GlobalAveragePool":
+                raise OnnxImportError(f"expected a global average pool after conv10, found {out.op_type}")
             break
         else:
             raise OnnxImportError(f"{where}: unexpected {node.op_type} node ({node.name or node.output[0]})")
@@ -339,8 +342,11 @@ def check_feature_maps(model_proto, found: SqueezeNetGraph, keras_sizes: dict) -
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model_proto)
     dims = next(i for i in fixed.graph.input if i.name == found.input_name).type.tensor_type.shape.dim
-    for d, value in zip(dims, (1, 3, found.input_shape[0], found.input_shape[1])):
+    for d, value in zip(dims, (1, 3, found.input_shape[0], found.input_shape[1]), strict=True):
         d.dim_value = value
+    if found.pool_kernel is not None and found.pool_kernel != keras_sizes.get("conv10"):
+        raise OnnxImportError(f"the average pool after conv10 is {found.pool_kernel}, but conv10's map is "
+                              f"{keras_sizes.get('conv10')}: not a global pool, so not SqueezeNet's classifier")
     inferred = onnx.shape_inference.infer_shapes(fixed)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
     for tensor, layer_name in found.checkpoints.items():

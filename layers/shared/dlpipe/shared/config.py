@@ -119,6 +119,23 @@ def download_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get(ENV_CACHE) or Path.home() / ".cache" / "dlpipe")
 
 
+# Pretrained models for `orchestrator fetch-model`: the ONNX model zoo's image classifiers
+# (files under <base>/squeezenet/model/, class names in <base>/synset.txt). A mirror, or a
+# test's local server, takes its place through the variable.
+ENV_MODEL_ZOO = "DLPIPE_MODEL_ZOO_URL"
+DEFAULT_MODEL_ZOO_URL = "https://github.com/onnx/models/raw/main/validated/vision/classification"
+
+
+def model_zoo_url(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return (env.get(ENV_MODEL_ZOO) or DEFAULT_MODEL_ZOO_URL).rstrip("/")
+
+
+# Without --verbose, the local invoker's worker processes write their output (TensorFlow's
+# C++ logging goes straight to file descriptor 2) to this file instead of the console.
+ENV_WORKER_LOG = "DLPIPE_WORKER_LOG"
+
+
 @dataclass(frozen=True)
 class ShardCache:
     """A warm train worker's copy of packed parts in /tmp: its folder and its size limit."""
