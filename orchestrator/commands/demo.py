@@ -1,110 +1,107 @@
-"""`orchestrator demo`: the whole pipeline on Fashion-MNIST, as a user would run it.
+"""`orchestrator demo`: the whole pipeline as a user would run it, on Fashion-MNIST or on your photos.
 
-Each step is the real sub-command, parsed from the same arguments a user would type and
-run on the same session (so the worker pools stay warm from one step to the next). The
-demo adds no logic of its own: if it works, the commands it chains work. It registers the
-commands it chains on a parser of its own rather than importing orchestrator.cli, which
-imports this module.
+Each step is the real sub-command (orchestrator.chain): if the demo works, the commands it
+chains work. With --photos it fine-tunes the pretrained ImageNet SqueezeNet on a folder of
+class sub-folders instead (orchestrator.commands.photo_demo).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
-from pathlib import Path
 
-from orchestrator.commands import add_command, augment, export, fashion_mnist, predict, prepare, train
+from orchestrator import chain
+from orchestrator.commands import add_command, augment, export, fashion_mnist, photo_demo, predict, prepare, train
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
 
 STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
+FASHION_DEFAULTS = {"images": 6000, "rounds": 5, "local_epochs": 2, "run_name": "demo"}
 
 EXAMPLES = """\
 examples:
   orchestrator demo                          # 3-4 minutes on 2 cores, ~83% validation accuracy
   orchestrator demo --images 12000 --rounds 5 --workers 4
-  orchestrator --stack-name dlpipe demo      # the same on AWS Lambda"""
+  orchestrator --stack-name dlpipe demo      # the same on AWS Lambda
+  orchestrator demo --photos flowers/ --pretrained squeezenet1.1.onnx --labels synset.txt
+      fine-tune the pretrained ImageNet SqueezeNet on flowers/<class>/*.jpg (or flowers/train and
+      flowers/test): upload, augment, prepare, train --init-from, export, predict
+  orchestrator fetch-model && orchestrator demo --photos flowers/
+      the same with the ONNX model zoo's SqueezeNet 1.1, downloaded once"""
 
 
 def register(subparsers) -> None:
     p = add_command(
         subparsers, "demo",
-        help="run the whole pipeline on Fashion-MNIST (load, augment, prepare, train, export, predict)",
+        help="run the whole pipeline on Fashion-MNIST, or fine-tune on your photos (--photos)",
         description="Write Fashion-MNIST into the data store as images in class folders, augment the training "
                     "images (original + mirror image), pack them into shards, train SqueezeNet 1.1 data-parallel "
-                    "for a few rounds, export the result for LiteRT serving and predict on held-out test images.",
+                    "for a few rounds, export the result for LiteRT serving and predict on held-out test images. "
+                    "With --photos: your class folders instead, fine-tuning a pretrained ImageNet SqueezeNet.",
         examples=EXAMPLES, run=run)
-    p.add_argument("--images", type=int, default=6000, metavar="N",
-                   help="training images to use (and as many held-out test images; default: %(default)s)")
+    p.add_argument("--images", type=int, metavar="N",
+                   help=f"training images to use (and as many held-out test images; default: "
+                        f"{FASHION_DEFAULTS['images']}; not with --photos)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="training workers (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, metavar="R", help="training rounds (default: %(default)s)")
-    p.add_argument("--local-epochs", type=int, default=2, metavar="E",
-                   help="epochs each worker trains per round (default: %(default)s)")
-    p.add_argument("--run-name", default="demo", metavar="RUN",
-                   help="training run and model name (default: %(default)s); an existing run is resumed")
-
-
-def step_parser() -> argparse.ArgumentParser:
-    """The chained commands' own parsers, as `orchestrator COMMAND` has them."""
-    parser = argparse.ArgumentParser(prog="orchestrator")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command in STEP_COMMANDS:
-        command.register(sub)
-    return parser
-
-
-def _step(parser: argparse.ArgumentParser, session, title: str, argv: list[str]) -> None:
-    print(f"\n=== {title}: orchestrator {shlex.join(argv)}", flush=True)
-    args = parser.parse_args(argv)
-    status = args.run(args, session)
-    if status:
-        raise CommandError(f"demo stopped: `orchestrator {shlex.join(argv)}` exited with status {status}")
-
-
-def held_out_sample(data_store, prefix: str) -> list[str]:
-    """One test image per class: images no training worker has seen."""
-    first: dict[str, str] = {}
-    for key in data_store.list(prefix + "/"):
-        first.setdefault(key.split("/")[-2], key)
-    return [first[c] for c in sorted(first)]
+    p.add_argument("--rounds", type=int, metavar="R",
+                   help=f"training rounds (default: {FASHION_DEFAULTS['rounds']}, with --photos "
+                        f"{photo_demo.DEFAULTS['rounds']})")
+    p.add_argument("--local-epochs", type=int, metavar="E",
+                   help=f"epochs each worker trains per round (default: {FASHION_DEFAULTS['local_epochs']}, with "
+                        "--photos train's fine-tuning default)")
+    p.add_argument("--run-name", metavar="RUN",
+                   help=f"training run and model name (default: {FASHION_DEFAULTS['run_name']}, with --photos "
+                        f"{photo_demo.DEFAULTS['run_name']}); an existing run is resumed")
+    g = p.add_argument_group("fine-tuning on your photos")
+    g.add_argument("--photos", metavar="DIR",
+                   help="your photos as DIR/<class>/*.jpg (a share of each class held out for validation and the "
+                        "predictions), or DIR/train/<class>/ and DIR/test/<class>/")
+    g.add_argument("--pretrained", metavar="FILE.onnx",
+                   help="the ImageNet SqueezeNet 1.1 or 1.0 to start from (default: the ONNX model zoo's 1.1, "
+                        "as `orchestrator fetch-model` gets it, from its cache)")
+    g.add_argument("--labels", metavar="FILE",
+                   help="the pretrained model's class names (default: placeholders; fine-tuning replaces them)")
+    g.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="share of each class's photos held out when DIR has no train/test (default: %(default)s)")
 
 
 def run(args: argparse.Namespace, session) -> int:
-    parser = step_parser()
+    if args.photos:
+        if args.images is not None:
+            raise CommandError("--images is for the Fashion-MNIST demo; with --photos every photo is used")
+        return photo_demo.run(args, session)
+    given = [flag for flag, value in (("--pretrained", args.pretrained), ("--labels", args.labels)) if value]
+    if given:
+        raise CommandError(f"{', '.join(given)} only go with --photos DIR")
+    for key, value in FASHION_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return run_fashion_mnist(args, session)
+
+
+def run_fashion_mnist(args: argparse.Namespace, session) -> int:
+    parser = chain.step_parser(STEP_COMMANDS)
     start = time.perf_counter()
     name = args.run_name
-    out_dir = Path(session.settings.data_url).parent / "demo" if "://" not in session.settings.data_url \
-        else Path("demo-output")
+    out_dir = chain.output_dir(session)
     figure = out_dir / "predictions.png"
-    _step(parser, session, "1/6 load Fashion-MNIST as images in class folders",
-          ["fashion-mnist", "--prefix", "fashion-mnist", "--limit", str(args.images)])
-    _step(parser, session, "2/6 augment the training images",
-          ["augment", "--source", "fashion-mnist/train", "--output", "fashion-mnist/train-augmented",
-           "--variants", "original", "flip", "--format", "png", "--batch-size", "250"])
-    _step(parser, session, "3/6 pack shards for the training workers",
-          ["prepare", "--source", "fashion-mnist/train-augmented", "--val-source", "fashion-mnist/test",
-           "--dataset", name, "--workers", str(args.workers), "--recipe", "fashion-mnist"])
-    _step(parser, session, "4/6 train data-parallel",
-          ["train", "--dataset", name, "--run", name, "--workers", str(args.workers), "--rounds", str(args.rounds),
-           "--local-epochs", str(args.local_epochs), "--resume", "--output", str(out_dir)])
-    _step(parser, session, "5/6 export for LiteRT serving", ["export", "--run", name, "--name", name])
-    sample = held_out_sample(session.data_store(), "fashion-mnist/test")
-    _step(parser, session, "6/6 predict on held-out test images",
-          ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3", "--show", str(figure)])
-
-    metrics = json.loads((out_dir / f"{name}-metrics.json").read_text())
-    last = metrics["rounds"][-1] if metrics["rounds"] else {}
-    val = (last.get("val") or {}).get("accuracy")
-    print_summary("demo", [
-        ("rounds", f"{len(metrics['rounds'])} x {args.workers} workers"),
-        ("validation accuracy", f"{val:.1%}" if val is not None else "n/a"),
-        ("training plot", str(out_dir / f"{name}-metrics.png")),
-        ("predictions figure", str(figure)),
-        ("stores", f"{session.settings.data_url} | {session.settings.model_url}"),
-        ("wall time", f"{time.perf_counter() - start:.0f} s"),
-    ], session.invoker.records)
+    chain.run_step(parser, session, "1/6 load Fashion-MNIST as images in class folders",
+                   ["fashion-mnist", "--prefix", "fashion-mnist", "--limit", str(args.images)])
+    # The augment function may write only under augmented/ (template.yaml's policy).
+    chain.run_step(parser, session, "2/6 augment the training images",
+                   ["augment", "--source", "fashion-mnist/train", "--output", "augmented/fashion-mnist",
+                    "--variants", "original", "flip", "--format", "png", "--batch-size", "250"])
+    chain.run_step(parser, session, "3/6 pack shards for the training workers",
+                   ["prepare", "--source", "augmented/fashion-mnist", "--val-source", "fashion-mnist/test",
+                    "--dataset", name, "--workers", str(args.workers), "--recipe", "fashion-mnist"])
+    chain.run_step(parser, session, "4/6 train data-parallel",
+                   ["train", "--dataset", name, "--run", name, "--workers", str(args.workers), "--rounds",
+                    str(args.rounds), "--local-epochs", str(args.local_epochs), "--resume", "--output", str(out_dir)])
+    chain.run_step(parser, session, "5/6 export for LiteRT serving", ["export", "--run", name, "--name", name])
+    sample = chain.held_out_sample(session.data_store(), "fashion-mnist/test")
+    chain.run_step(parser, session, "6/6 predict on held-out test images",
+                   ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3",
+                    "--show", str(figure)])
+    chain.print_demo_summary(session, "demo", name, out_dir, figure, args.workers, start)
     print("\nnext: orchestrator predict YOUR_IMAGE.png --model " + name, file=sys.stdout)
     return 0

@@ -7,6 +7,7 @@ import time
 
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.quiet import native_output_captured
 from orchestrator.report import print_summary
 
 EXAMPLES = """\
@@ -45,11 +46,12 @@ def run(args: argparse.Namespace, session) -> int:
         weights, config = run_.load_global(args.round)
         round_ = args.round if args.round is not None else run_.latest_round()
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...")
-        model = build_model(config, weights)
-        exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
-                                source={"kind": "run", "run": args.run_name, "round": round_,
-                                        **lineage_of(run_.config())},
-                                version=args.version, config=config)
+        with native_output_captured(session.verbose):   # TensorFlow's C++ logging and the converter's
+            model = build_model(config, weights)
+            exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
+                                    source={"kind": "run", "run": args.run_name, "round": round_,
+                                            **lineage_of(run_.config())},
+                                    version=args.version, config=config)
     except (CheckpointError, ExportError, ValueError) as err:
         raise CommandError(str(err)) from None
     print_summary("export", [

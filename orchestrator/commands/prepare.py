@@ -9,6 +9,7 @@ without the CLI.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import TextIO
@@ -45,6 +46,8 @@ examples:
       --dataset fmnist --workers 4 --recipe fashion-mnist
   orchestrator prepare --source augmented --dataset pets --workers 2 --val-fraction 0.2 --size 64
   orchestrator prepare --source raw --dataset pets224 --workers 8 --recipe imagenet
+  orchestrator prepare --source augmented/flowers --dataset flowers --workers 2 --recipe-from squeezenet1.1
+      the preprocessing of a model to fine-tune (`train --init-from squeezenet1.1`)
 
 The split is a stable hash of each image's key (below --source), so re-running prepare on
 the same images gives the same split, and new images never move old ones between splits.
@@ -71,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--val-source", metavar="PREFIX",
                    help="validation images from another prefix (e.g. a test split); then nothing is held out")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="preprocessing preset (default: 32 px RGB, stretch)")
+    p.add_argument("--recipe-from", metavar="MODEL[:VERSION]",
+                   help="the preprocessing of a servable model version (its recipe.json; default version: its "
+                        "latest), as `train --init-from MODEL` needs; not with --recipe or the options below")
     p.add_argument("--size", type=int, metavar="PX", help="model input is PX x PX")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 = greyscale, 3 = colour")
     p.add_argument("--pad", type=int, metavar="PX", help="stretch: resize to size - 2*PX, then zero-pad")
@@ -84,13 +90,47 @@ def register(subparsers) -> None:
     p.add_argument("--retries", type=int, default=1, metavar="K", help="re-invocations of a failed pack (default: 1)")
 
 
+RECIPE_OPTIONS = ("size", "channels", "pad", "resize", "resize_shorter", "mean", "std")
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     base = RECIPES[args.recipe].to_dict() if args.recipe else Recipe(size=32, channels=3).to_dict()
-    for name in ("size", "channels", "pad", "resize", "resize_shorter", "mean", "std"):
+    for name in RECIPE_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             base[name] = value
     return Recipe.from_dict(base)
+
+
+def model_recipe(store, ref: str) -> tuple[Recipe, str]:
+    """(the recipe of model version `ref`, "MODEL:VERSION"); ValueError naming what exists otherwise."""
+    from dlpipe.predict.versions import latest_version, read_meta, version_key
+    from dlpipe.shared.store import KeyNotFound
+    from dlpipe.train.pretrained import parse_ref
+    from dlpipe.wire import NotFound
+
+    try:
+        name, version = parse_ref(ref)
+        version = version or latest_version(store, name)
+        read_meta(store, name, version)    # NotFound naming the model's versions
+        recipe = Recipe.from_dict(json.loads(store.get(version_key(name, version, "recipe.json"))))
+    except NotFound as err:
+        raise ValueError(f"--recipe-from {ref}: {err}") from None
+    except KeyNotFound:
+        raise ValueError(f"--recipe-from {ref}: model {name} {version} has no recipe.json") from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--recipe-from {ref}: {err}") from None
+    return recipe, f"{name}:{version}"
+
+
+def recipe_for(args: argparse.Namespace, session) -> tuple[Recipe, str | None]:
+    """The recipe asked for, and the model version it came from (with --recipe-from)."""
+    if not getattr(args, "recipe_from", None):
+        return recipe_from_args(args), None
+    given = [f"--{name.replace('_', '-')}" for name in ("recipe", *RECIPE_OPTIONS) if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--recipe-from takes the whole recipe from the model; drop {', '.join(given)}")
+    return model_recipe(session.model_store(), args.recipe_from)
 
 
 def part_size_for(recipe: Recipe, requested: int | None) -> int:
@@ -223,7 +263,8 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
                                                  else f" ({manifest.val_fraction:.0%} held out)")),
         ("skipped", f"{counts.skipped} unreadable images"),
         ("recipe", f"{recipe.size} px, {recipe.channels} channel(s), {recipe.resize}"
-                   + (f", pad {recipe.pad}" if recipe.pad else "")),
+                   + (f", pad {recipe.pad}" if recipe.pad else "")
+                   + (f" (model {args.recipe_from}'s)" if getattr(args, "recipe_from", None) else "")),
         ("packed", f"{manifest.bytes / 1e6:,.1f} MB"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
@@ -234,7 +275,7 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     try:
-        recipe = recipe_from_args(args)
+        recipe, source_model = recipe_for(args, session)
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
         if args.retries < 0:
@@ -247,5 +288,6 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     except (ValueError, RuntimeError) as err:
         raise CommandError(str(err)) from None
     _print_report(args, session, manifest, time.perf_counter() - start, first, out)
-    print(f"\nnext: orchestrator train --dataset {args.dataset} --run RUN --rounds 5", file=out)
+    init = f" --init-from {source_model}" if source_model else ""
+    print(f"\nnext: orchestrator train --dataset {args.dataset} --run RUN --rounds {3 if init else 5}{init}", file=out)
     return 1 if manifest.counts.skipped else 0

@@ -111,7 +111,7 @@ def _skipped_text(skipped: Counter) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "nothing"
 
 
-def _upload_all(store, prefix: str, files: list[tuple[str, Path]], threads: int
+def upload_all(store, prefix: str, files: list[tuple[str, Path]], threads: int
                 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """(relative name, bytes) uploaded, and (relative name, error) failed: one failure never stops the rest."""
     def upload(relative: str, path: Path) -> tuple[str, int]:
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, session) -> int:
                            f"expected {root}/<class>/<image>.jpg")
     store = session.data_store()
     start = time.perf_counter()
-    uploaded, failures = _upload_all(store, prefix, found.files, args.threads)
+    uploaded, failures = upload_all(store, prefix, found.files, args.threads)
     failures += found.unreadable
     wall = max(time.perf_counter() - start, 1e-9)
     print_summary("upload", _summary_rows(store, prefix, found, uploaded, len(failures), wall))
