@@ -1,9 +1,10 @@
 """`orchestrator demo --photos DIR`: fine-tune the pretrained ImageNet SqueezeNet on your own photos.
 
     1 the pretrained model: `import-onnx FILE` (or `fetch-model`), once per file
-    2 upload DIR into photos/RUN/train and photos/RUN/test: DIR/train and DIR/test as they are, or a
-      share of each class of DIR/<class>/ held out (by a stable hash of the file name), before any
-      augmentation, so that no mirror image of a validation photo is trained on
+    2 upload DIR into photos/RUN/train and photos/RUN/test (replacing an earlier run's copies):
+      DIR/train and DIR/test as they are, or a share of each class of DIR/<class>/ held out (by a
+      stable hash of the file name), before any augmentation, so that no mirror image of a
+      validation photo is trained on
     3 augment photos/RUN/train -> augmented/RUN (original + mirror image; the deployed augment
       function may write only under augmented/)
     4 prepare --recipe-from the pretrained model, 5 train --init-from it, 6 export,
@@ -59,7 +60,9 @@ def split_photos(root: Path, val_fraction: float) -> dict[str, Files]:
     return splits
 
 
-def upload_photos(session, root: Path, prefix: str, val_fraction: float) -> None:
+def upload_photos(session, root: Path, prefix: str, val_fraction: float, augmented: str) -> None:
+    """The split into PREFIX/train and PREFIX/test, replacing what an earlier run left there and under
+    `augmented`: a photo held out now must not still be trained on from then."""
     if not root.is_dir():
         raise CommandError(f"--photos {root} is not a directory; give a folder with one sub-folder per class")
     splits = split_photos(root, val_fraction)
@@ -70,6 +73,8 @@ def upload_photos(session, root: Path, prefix: str, val_fraction: float) -> None
     print(f"\n=== 2/7 upload {len(splits['train'])} training and {len(splits['test'])} held-out photos of "
           f"{len(classes)} classes to {prefix}/train and {prefix}/test", flush=True)
     store = session.data_store()
+    for stale in [*store.list(f"{prefix}/"), *store.list(f"{augmented}/")]:
+        store.delete(stale)
     for split, files in splits.items():
         _, failures = upload.upload_all(store, f"{prefix}/{split}", files, threads=8)
         if failures:
@@ -140,7 +145,7 @@ def run(args: argparse.Namespace, session) -> int:
     start = time.perf_counter()
     parser = chain.step_parser(STEP_COMMANDS)
     model = pretrained_model(session, args, out_dir)
-    upload_photos(session, Path(args.photos).expanduser(), prefix, args.val_fraction)
+    upload_photos(session, Path(args.photos).expanduser(), prefix, args.val_fraction, f"augmented/{name}")
     chain.run_step(parser, session, "3/7 augment the training photos",
                    ["augment", "--source", f"{prefix}/train", "--output", f"augmented/{name}",
                     "--variants", "original", "flip"])
