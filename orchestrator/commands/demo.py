@@ -82,10 +82,10 @@ def run(args: argparse.Namespace, session) -> int:
     _step(parser, session, "1/6 load Fashion-MNIST as images in class folders",
           ["fashion-mnist", "--prefix", "fashion-mnist", "--limit", str(args.images)])
     _step(parser, session, "2/6 augment the training images",
-          ["augment", "--source", "fashion-mnist/train", "--output", "fashion-mnist/train-augmented",
+          ["augment", "--source", "fashion-mnist/train", "--output", "augmented/fashion-mnist-train",
            "--variants", "original", "flip", "--format", "png", "--batch-size", "250"])
     _step(parser, session, "3/6 pack shards for the training workers",
-          ["prepare", "--source", "fashion-mnist/train-augmented", "--val-source", "fashion-mnist/test",
+          ["prepare", "--source", "augmented/fashion-mnist-train", "--val-source", "fashion-mnist/test",
            "--dataset", name, "--workers", str(args.workers), "--recipe", "fashion-mnist"])
     _step(parser, session, "4/6 train data-parallel",
           ["train", "--dataset", name, "--run", name, "--workers", str(args.workers), "--rounds", str(args.rounds),

@@ -141,6 +141,19 @@ class AugmentSpec(BaseModel):
         return value
 
 
+# The one prefix augment may write under: its role on AWS can write nowhere else (template.yaml),
+# so neither your originals (upload) nor prepared datasets can be overwritten by an augment job.
+AUGMENTED_PREFIX = "augmented"
+
+
+def check_augment_output(prefix: str) -> str:
+    """`prefix` if augment may write there; ValueError saying where it may otherwise."""
+    if prefix != AUGMENTED_PREFIX and not prefix.startswith(AUGMENTED_PREFIX + "/"):
+        raise ValueError(f"augment writes only under '{AUGMENTED_PREFIX}/' (on AWS its role may write nowhere "
+                         f"else), not {prefix!r}: use --output {AUGMENTED_PREFIX} or {AUGMENTED_PREFIX}/NAME")
+    return prefix
+
+
 class AugmentRequest(BaseModel):
     """The augment function's event: a batch of source keys and what to make of them."""
 
@@ -163,6 +176,11 @@ class AugmentRequest(BaseModel):
             return validate_prefix(value)
         except InvalidKey as err:
             raise ValueError(f"not a folder inside the store: {err}") from None
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _where_augment_may_write(cls, value: str) -> str:
+        return check_augment_output(value)
 
 
 class ImageResult(BaseModel):
