@@ -321,3 +321,18 @@ def test_dir_store_root_that_is_a_file(tmp_path):
     for op in (lambda: store.put("a", b"x"), lambda: store.get("a"), lambda: list(store.list())):
         with pytest.raises(StoreError, match="not a directory"):
             op()
+
+
+def test_dir_store_key_over_folders_left_empty(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("c/d/e", b"1")
+    store.delete("c/d/e")  # S3 has no folders: no object is under c/ any more
+    store.put("c", b"2")
+    assert store.get("c") == b"2" and list(store.list()) == ["c"]
+    store.put("f/g", b"3")
+    (tmp_path / "f" / "h").mkdir()
+    store.delete("f/g")
+    (tmp_path / "f" / "h" / "not-mine").write_bytes(b"x")  # an object after all
+    with pytest.raises(InvalidKey, match="folder of other objects"):
+        store.put("f", b"4")
+    assert store.get("f/h/not-mine") == b"x"

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dlpipe.shared.dir_walk import FOLDER, LISTED, remove_empty_folder, scan
 from dlpipe.shared.keys import (
     MAX_KEY_BYTES,
     MAX_NAME_BYTES,
@@ -29,7 +30,6 @@ from dlpipe.shared.keys import (
     StoreError,
     check_name_lengths,
     dir_key_parts,
-    is_key_segment,
     join_key,
     quote_key,
     validate_key,
@@ -77,11 +77,6 @@ class ObjectStore(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
-# Folders are opened one segment at a time from the root, never through a symlink (with
-# O_DIRECTORY, O_NOFOLLOW refuses one: ENOTDIR on Linux, ELOOP elsewhere). O_PATH, where there
-# is one, makes a descriptor to walk through cheaper; one to list must be readable.
-_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_LISTED = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs a get
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -95,8 +90,10 @@ class DirStore(ObjectStore):
     used later. Symlinks are no objects: listings skip them, reaching one raises InvalidKey
     (put and delete replace or remove the link itself). What S3 holds and a directory cannot,
     a segment over 255 bytes or a key that is both an object and a folder (`a` and `a/b`),
-    raises InvalidKey too. Failures of the medium itself (permissions, a full disk) stay
-    OSError, as S3's stay ClientError.
+    raises InvalidKey too; folders left empty are no objects, and give way to a key. Failures
+    of the medium itself (permissions, a full disk) stay OSError, as S3's stay ClientError.
+    (A folder moved out of the root while an operation holds it open is followed there: that
+    takes write access outside the root, which the store does not guard against.)
     """
 
     is_local = True
@@ -105,9 +102,9 @@ class DirStore(ObjectStore):
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
 
-    def _folder(self, key: str, segments: list[str], create: bool = False, flags: int = _FOLDER) -> int:
+    def _folder(self, key: str, segments: list[str], create: bool = False, flags: int = FOLDER) -> int:
         """A descriptor of the folder `segments` on the way to `key`; KeyNotFound if absent and not `create`."""
-        root = (_FOLDER if segments else flags) & ~os.O_NOFOLLOW  # the root is where the user points: followed
+        root = (FOLDER if segments else flags) & ~os.O_NOFOLLOW  # the root is where the user points: followed
         try:
             fd = os.open(self.url, root)
         except FileNotFoundError:
@@ -121,13 +118,13 @@ class DirStore(ObjectStore):
         for depth, name in enumerate(segments):
             try:
                 try:
-                    child = os.open(name, flags if depth == last else _FOLDER, dir_fd=fd)
+                    child = os.open(name, flags if depth == last else FOLDER, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise KeyNotFound(key, self.url) from None
                     with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
                         os.mkdir(name, 0o777, dir_fd=fd)
-                    child = os.open(name, flags if depth == last else _FOLDER, dir_fd=fd)
+                    child = os.open(name, flags if depth == last else FOLDER, dir_fd=fd)
             except OSError as err:
                 if err.errno in (errno.ENOTDIR, errno.ELOOP):
                     raise self._refusal(fd, name, key, create) from None
@@ -206,17 +203,14 @@ class DirStore(ObjectStore):
                     view = view[os.write(file, view):]
             finally:
                 os.close(file)
-            try:
-                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            except IsADirectoryError:  # fine once that folder is empty: S3 has no folders, only keys
+            for attempt in (1, 2):
                 try:
-                    os.rmdir(name, dir_fd=fd)
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                except OSError as err:
-                    if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
-                        raise
-                    raise InvalidKey(f"cannot store {quote_key(key)}: it is a folder of other objects, and a "
-                                     "directory store cannot also make it an object (S3 can): rename one") from None
+                    break
+                except IsADirectoryError:  # fine if that folder holds no object: S3 has no folders, only keys
+                    if attempt == 2 or not remove_empty_folder(fd, name):
+                        raise InvalidKey(f"cannot store {quote_key(key)}: it is a folder of other objects, and a "
+                                         "directory store cannot also make it an object (S3 can): rename one") from None
         except BaseException as err:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
@@ -231,11 +225,11 @@ class DirStore(ObjectStore):
             check_name_lengths(prefix)
         *segments, fragment = prefix.split("/")
         try:
-            fd = self._folder(prefix, segments, flags=_LISTED)
+            fd = self._folder(prefix, segments, flags=LISTED)
         except KeyNotFound:
             return iter(())
         keys: list[str] = []
-        _scan(fd, "".join(f"{s}/" for s in segments), fragment, keys)
+        scan(fd, "".join(f"{s}/" for s in segments), fragment, keys)
         return iter(sorted(keys))
 
     def _mode(self, key: str) -> tuple[int, str, int | None]:
@@ -274,33 +268,6 @@ def _through_symlink(key: str, name: str = "") -> InvalidKey:
     where = f"passes through {name!r}, a symbolic link" if name else "is a symbolic link"
     return InvalidKey(f"key {quote_key(key)} {where}: the directory store follows none, so that nothing outside "
                       "its root is read or written")
-
-
-def _scan(fd: int, base: str, fragment: str, keys: list[str]) -> None:
-    """Add to `keys` the objects under the folder `fd` (closed here) whose names start with `fragment`,
-    prefixed by `base`. Symlinks are skipped, never followed."""
-    folders = []
-    try:
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                if not entry.name.startswith(fragment) or not is_key_segment(entry.name):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(entry.name)
-                elif entry.is_file(follow_symlinks=False):
-                    key = base + entry.name
-                    if len(key) <= MAX_KEY_BYTES // 4 or len(key.encode()) <= MAX_KEY_BYTES:
-                        keys.append(key)
-        for name in folders:
-            try:
-                child = os.open(name, _LISTED, dir_fd=fd)
-            except OSError as err:
-                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # removed or swapped meanwhile
-                    continue
-                raise
-            _scan(child, f"{base}{name}/", "", keys)
-    finally:
-        os.close(fd)
 
 
 class S3Store(ObjectStore):
