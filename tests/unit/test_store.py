@@ -336,3 +336,14 @@ def test_dir_store_key_over_folders_left_empty(tmp_path):
     with pytest.raises(InvalidKey, match="folder of other objects"):
         store.put("f", b"4")
     assert store.get("f/h/not-mine") == b"x"
+
+
+def test_a_prefix_may_end_with_the_start_of_a_hidden_name(store):
+    for key in ("raw/.hidden.jpg", "raw/..jpg", "...", "raw/x.jpg"):
+        store.put(key, b"x")
+    assert list(store.list("raw/.")) == ["raw/..jpg", "raw/.hidden.jpg"]
+    assert list(store.list("raw/..")) == ["raw/..jpg"]
+    assert list(store.list("..")) == ["..."]
+    for prefix in ("raw/../", "raw/./x", "/", "a//.", "raw/.tmp-"):
+        with pytest.raises(InvalidKey):
+            list(store.list(prefix))

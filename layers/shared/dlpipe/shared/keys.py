@@ -67,10 +67,12 @@ def validate_key(key: str) -> str:
 
 
 def validate_prefix(prefix: str) -> str:
-    """A listing prefix: empty, or a key-like string that may end with '/'."""
-    if prefix == "":
-        return prefix
-    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    """A listing prefix: empty, or the start of a key: a valid key, one followed by '/', or either
+    followed by '.' or '..' (the start of a segment such as '.hidden' or '...'); InvalidKey if not."""
+    folders, slash, fragment = prefix.rpartition("/")
+    start = folders + slash if fragment in (".", "..") else prefix
+    if start:
+        validate_key(start.removesuffix("/"))
     return prefix
 
 
