@@ -240,6 +240,9 @@ class DirStore(ObjectStore):
             return fd, name, os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
         except FileNotFoundError:
             return fd, name, None
+        except BaseException:
+            os.close(fd)
+            raise
 
     def exists(self, key: str) -> bool:
         try:
