@@ -247,6 +247,12 @@ class ModelConfig(_Event):
             raise ValueError(f"input_shape {value} must be H x W x C with 8 <= H, W <= {MAX_INPUT_SIDE} and C 1 or 3")
         return value
 
+    @field_validator("recipe")
+    @classmethod
+    def _a_recipe(cls, value: dict) -> dict:
+        """A valid Recipe, kept in the form it reads back from JSON (lists, not tuples)."""
+        return Recipe.from_dict(value).model_dump(mode="json")
+
     @model_validator(mode="after")
     def _one_label_per_class(self) -> "ModelConfig":
         if len(self.labels) != self.classes:
@@ -322,8 +328,6 @@ class PackRequest(_Event):
                 validate_key(key)
             except InvalidKey as err:
                 raise ValueError(str(err)) from None
-            if len(key.encode()) > 1024:
-                raise ValueError(f"key {key[:60]!r}... is longer than a store key may be (1024 bytes)")
         return items
 
     @field_validator("output_prefix")
