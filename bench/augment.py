@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             "b": (lambda: albumentations_loop(store, keys, pipes), "albu/", []),
             "b2": (lambda: albumentations_composed_loop(store, keys, composed), "albu2/", []),
             "b3": (lambda: albumentations_loop(store, keys, pipes_area, "albu3"), "albu3/", []),
-            "c": (lambda: through_invoker(one, keys, "aug1"), "aug1/", one_pids),
-            "d": (lambda: through_invoker(many, keys, "augN"), "augN/", many_pids),
+            "c": (lambda: through_invoker(one, keys, "augmented/1"), "augmented/1/", one_pids),
+            "d": (lambda: through_invoker(many, keys, "augmented/n"), "augmented/n/", many_pids),
         }
         try:
             wall, cpu, changed = measure(runs, args.repeat, store, expected)

@@ -25,6 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "layers" / "shared"), str(REPO)]
 
+from tables import table  # noqa: E402  (bench/tables.py)
+
 from dlpipe.shared.config import Settings  # noqa: E402
 from dlpipe.shared.recipe import Recipe  # noqa: E402
 from dlpipe.shared.store import DirStore  # noqa: E402
@@ -38,16 +40,6 @@ CONFIGS = [  # (label, init_from, trainable, learning rate)
     ("fine-tuned, classifier only", "squeezenet1.1", "classifier", 1e-3),
     ("fine-tuned, all layers", "squeezenet1.1", "all", 1e-4),
 ]
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for i, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
 
 
 def setup(home: Path, photos: Path, onnx: Path, labels: Path, workers: int) -> tuple[Session, Recipe]:

@@ -16,12 +16,12 @@ import dlpipe  # noqa: F401
 from functools import lru_cache
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from dlpipe.augment.batch import augment_batch
 from dlpipe.shared.config import Settings
+from dlpipe.shared.events import parsed_event
 from dlpipe.shared.store import ObjectStore
-from dlpipe.wire import AugmentRequest, ErrorResponse
+from dlpipe.wire import AugmentRequest
 
 logger = Logger(service="augment")
 
@@ -33,12 +33,8 @@ def _data_store(settings: Settings) -> ObjectStore:
 
 
 @logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    try:
-        request = parse(event=event, model=AugmentRequest)
-    except ValidationError as err:
-        logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
-        return ErrorResponse.invalid_event("augment", err).model_dump()
+@parsed_event(AugmentRequest, "augment", logger)
+def handler(request, context) -> dict:
     store = _data_store(Settings.from_env())
     response = augment_batch(request, store, time_left_ms=context.get_remaining_time_in_millis)
     logger.info("augmented batch", extra={"images_in": response.images_in, "images_out": response.images_out,

@@ -18,10 +18,10 @@ import dlpipe  # noqa: F401
 
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from dlpipe.predict.predictor import Predictor
 from dlpipe.shared.config import ServingSettings, Settings
+from dlpipe.shared.events import parsed_event
 from dlpipe.shared.table import open_table
 from dlpipe.wire import ErrorResponse, PredictRequest, ServingError
 
@@ -40,12 +40,8 @@ def predictor() -> Predictor:
 
 
 @logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    try:
-        request = parse(event=event, model=PredictRequest)
-    except ValidationError as err:
-        logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
-        return ErrorResponse.invalid_event("predict", err).model_dump()
+@parsed_event(PredictRequest, "predict", logger)
+def handler(request, context) -> dict:
     try:
         response = predictor().predict(request, context.aws_request_id)
     except ServingError as err:

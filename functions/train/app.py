@@ -16,10 +16,10 @@ from functools import lru_cache
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
 from dlpipe import wire
 from dlpipe.shared.config import Settings
+from dlpipe.shared.events import parsed_event
 from dlpipe.shared.store import ObjectStore
 from dlpipe.train import worker as training
 
@@ -33,12 +33,8 @@ def _stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:
 
 
 @logger.inject_lambda_context
-def handler(event: dict, context) -> dict:
-    try:
-        request = parse(event=event, model=wire.TrainEvent)
-    except ValidationError as err:
-        logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
-        return wire.ErrorResponse.invalid_event("train", err).model_dump()
+@parsed_event(wire.TrainEvent, "train", logger)
+def handler(request, context) -> dict:
     data_store, model_store = _stores(Settings.from_env())
     if isinstance(request, wire.TrainRequest):
         logger.append_keys(run=request.run, round=request.round, worker=request.worker, attempt=request.attempt)

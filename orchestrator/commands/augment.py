@@ -19,6 +19,7 @@ from dlpipe.wire import (
     AugmentResponse,
     AugmentSpec,
     ErrorResponse,
+    check_augment_output,
     parse_reply,
 )
 from orchestrator.commands import add_command
@@ -45,7 +46,8 @@ def register(subparsers) -> None:
                     "keeping each image's class folder.",
         examples=EXAMPLES, run=run)
     parser.add_argument("--source", required=True, metavar="P", help="prefix of the source images, e.g. raw")
-    parser.add_argument("--output", required=True, metavar="Q", help="prefix to write the variants under")
+    parser.add_argument("--output", required=True, metavar="Q", help="prefix to write the variants under: augmented or augmented/NAME (on AWS the augment function "
+                             "may write nowhere else)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per invocation (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="V",
@@ -90,9 +92,10 @@ def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
         validate_prefix(output)
         if not output:
             raise ValueError("--output must not be empty")
+        check_augment_output(output)
         if output == source or output.startswith(source + "/") or source.startswith(output + "/"):
             raise ValueError(f"--output {output!r} and --source {source!r} overlap; "
-                             "choose an output prefix beside the source, e.g. augmented")
+                             "choose an output prefix beside the source, e.g. augmented/NAME")
         if args.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,

@@ -89,10 +89,10 @@ def run_fashion_mnist(args: argparse.Namespace, session) -> int:
                    ["fashion-mnist", "--prefix", "fashion-mnist", "--limit", str(args.images)])
     # The augment function may write only under augmented/ (template.yaml's policy).
     chain.run_step(parser, session, "2/6 augment the training images",
-                   ["augment", "--source", "fashion-mnist/train", "--output", "augmented/fashion-mnist",
+                   ["augment", "--source", "fashion-mnist/train", "--output", "augmented/fashion-mnist-train",
                     "--variants", "original", "flip", "--format", "png", "--batch-size", "250"])
     chain.run_step(parser, session, "3/6 pack shards for the training workers",
-                   ["prepare", "--source", "augmented/fashion-mnist", "--val-source", "fashion-mnist/test",
+                   ["prepare", "--source", "augmented/fashion-mnist-train", "--val-source", "fashion-mnist/test",
                     "--dataset", name, "--workers", str(args.workers), "--recipe", "fashion-mnist"])
     chain.run_step(parser, session, "4/6 train data-parallel",
                    ["train", "--dataset", name, "--run", name, "--workers", str(args.workers), "--rounds",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dlpipe.shared.names import validate_name
 from dlpipe.train.plan import stable_fraction
+from dlpipe.wire import AUGMENTED_PREFIX
 from orchestrator import chain
 from orchestrator.commands import augment, export, fetch_model, import_onnx, predict, prepare, train, upload
 from orchestrator.errors import CommandError
@@ -145,12 +146,13 @@ def run(args: argparse.Namespace, session) -> int:
     start = time.perf_counter()
     parser = chain.step_parser(STEP_COMMANDS)
     model = pretrained_model(session, args, out_dir)
-    upload_photos(session, Path(args.photos).expanduser(), prefix, args.val_fraction, f"augmented/{name}")
+    augmented = f"{AUGMENTED_PREFIX}/{name}"
+    upload_photos(session, Path(args.photos).expanduser(), prefix, args.val_fraction, augmented)
     chain.run_step(parser, session, "3/7 augment the training photos",
-                   ["augment", "--source", f"{prefix}/train", "--output", f"augmented/{name}",
+                   ["augment", "--source", f"{prefix}/train", "--output", augmented,
                     "--variants", "original", "flip"])
     chain.run_step(parser, session, f"4/7 pack shards with {model}'s preprocessing",
-                   ["prepare", "--source", f"augmented/{name}", "--val-source", f"{prefix}/test",
+                   ["prepare", "--source", augmented, "--val-source", f"{prefix}/test",
                     "--dataset", name, "--workers", workers, "--recipe-from", model])
     epochs = ["--local-epochs", str(args.local_epochs)] if args.local_epochs else []
     chain.run_step(parser, session, f"5/7 fine-tune {model} data-parallel",

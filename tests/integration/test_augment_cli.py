@@ -51,7 +51,7 @@ def expected_sources(photos: Path, prefix: str = "raw") -> list[str]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(photos).parts))
 
 
-def expected_outputs(photos: Path, prefix: str = "aug") -> list[str]:
+def expected_outputs(photos: Path, prefix: str = "augmented") -> list[str]:
     good = [k for k in expected_sources(photos) if k.rsplit("/", 1)[1] not in BAD]
     return sorted(f"{prefix}/{k[4:].rsplit('.', 1)[0]}__{v}.jpg" for k in good for v in DEFAULT_VARIANTS)
 
@@ -72,21 +72,21 @@ def test_upload_and_augment_on_a_directory_store(tmp_path, photos, capsys):
     assert sorted(store.list("raw/")) == expected_sources(photos)
     assert "classes          3: cat (5), dog (3), odd (11)" in out and "hidden, skipped  2" in out
 
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented", "--size", "32",
                "--batch-size", "4") == 1
     out = capsys.readouterr().out
     assert_bad_files_reported(out)
     assert "15 augmented, 4 failed" in out and f"images out   {15 * len(DEFAULT_VARIANTS)} " in out
     assert "invocations  5 (0 failed)" in out
-    assert sorted(store.list("aug/")) == expected_outputs(photos)
-    first = {k: store.get(k) for k in store.list("aug/")}
+    assert sorted(store.list("augmented/")) == expected_outputs(photos)
+    first = {k: store.get(k) for k in store.list("augmented/")}
 
     # Again, in other batches: every file is rewritten with identical bytes.
     for key in first:
         store.delete(key)
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented", "--size", "32",
                "--batch-size", "7") == 1
-    assert {k: store.get(k) for k in store.list("aug/")} == first
+    assert {k: store.get(k) for k in store.list("augmented/")} == first
 
 
 def test_failed_invocations_are_reported_with_their_keys(tmp_path, photos, capsys, monkeypatch):
@@ -96,13 +96,13 @@ def test_failed_invocations_are_reported_with_their_keys(tmp_path, photos, capsy
         (photos / "dog" / f"{name}.jpg").write_bytes(f.jpeg(32, 32))
     data = tmp_path / "store"
     assert cli(tmp_path, data, "upload", photos / "dog", "--prefix", "raw/dog") == 0
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--batch-size", "1") == 1
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented", "--batch-size", "1") == 1
     out = capsys.readouterr().out
     assert "raw/dog/crash.jpg: invocation failed: Runtime.ExitError" in out
     assert "raw/dog/hang.jpg: invocation failed: Sandbox.Timedout: Task timed out after 3.00 seconds" in out
     assert "raw/dog/raise.jpg: invocation failed: RuntimeError: the function failed for this batch" in out
     assert "3 augmented, 3 failed" in out and "invocations  6 (3 failed)" in out
-    assert len(list(DirStore(data).list("aug/dog/"))) == 3 * len(DEFAULT_VARIANTS)
+    assert len(list(DirStore(data).list("augmented/dog/"))) == 3 * len(DEFAULT_VARIANTS)
 
 
 def test_the_functions_400_is_shown_and_nothing_is_written(tmp_path, capsys, monkeypatch):
@@ -117,17 +117,17 @@ def test_the_functions_400_is_shown_and_nothing_is_written(tmp_path, capsys, mon
     capsys.readouterr()
     refusal = "invalid augment event: spec.sise: Extra inputs are not permitted"
 
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--batch-size", "1") == 1
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented", "--batch-size", "1") == 1
     out = capsys.readouterr().out
     assert f"raw/cat/old-1.jpg: refused by the function (400): {refusal}" in out
     assert "1 augmented, 2 failed" in out and "invocations  3 (0 failed)" in out
-    assert {k.split("__")[0] for k in DirStore(data).list("aug/")} == {"aug/cat/new"}
+    assert {k.split("__")[0] for k in DirStore(data).list("augmented/")} == {"augmented/cat/new"}
 
     DirStore(data).delete("raw/cat/new.jpg")
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug2", "--batch-size", "1") == 2
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented/second", "--batch-size", "1") == 2
     err = capsys.readouterr().err
     assert f"error: the augment function refused every batch: {refusal}" in err and "Traceback" not in err
-    assert list(DirStore(data).list("aug2/")) == []
+    assert list(DirStore(data).list("augmented/second/")) == []
 
 
 def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
@@ -137,24 +137,25 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     store = S3Store("dlpipe-cli-test", "project")
     assert sorted(store.list("raw/")) == expected_sources(photos)
     capsys.readouterr()
-    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "aug", "--size", "32",
+    assert cli(tmp_path, data, "augment", "--source", "raw", "--output", "augmented", "--size", "32",
                "--batch-size", "8") == 1
     assert_bad_files_reported(capsys.readouterr().out)
-    assert sorted(store.list("aug/")) == expected_outputs(photos)
+    assert sorted(store.list("augmented/")) == expected_outputs(photos)
     local = tmp_path / "local"
     assert cli(tmp_path, local, "upload", photos, "--prefix", "raw") == 0
-    assert cli(tmp_path, local, "augment", "--source", "raw", "--output", "aug", "--size", "32") == 1
+    assert cli(tmp_path, local, "augment", "--source", "raw", "--output", "augmented", "--size", "32") == 1
     sample = expected_outputs(photos)[::9]
     assert [store.get(k) for k in sample] == [DirStore(local).get(k) for k in sample]  # S3 or disk: same bytes
 
 
 @pytest.mark.parametrize("args, message", [
-    (["augment", "--source", "raw", "--output", "aug"], "no images under 'raw/'"),
-    (["augment", "--source", "raw", "--output", "raw/aug"], "overlap"),
-    (["augment", "--source", "raw", "--output", "aug", "--variants", "flip,sepia"], "unknown variant"),
-    (["augment", "--source", "raw", "--output", "aug", "--size", "3"], "size"),
+    (["augment", "--source", "raw", "--output", "augmented"], "no images under 'raw/'"),
+    (["augment", "--source", "augmented/raw", "--output", "augmented"], "overlap"),
+    (["augment", "--source", "raw", "--output", "raw-augmented"], "augment writes only under 'augmented/'"),
+    (["augment", "--source", "raw", "--output", "augmented", "--variants", "flip,sepia"], "unknown variant"),
+    (["augment", "--source", "raw", "--output", "augmented", "--size", "3"], "size"),
     (["augment", "--source", "raw", "--output", "/tmp/evil"], "'/tmp/evil' is absolute"),
-    (["augment", "--source", "raw", "--output", "aug/../../evil"], "'..' segment"),
+    (["augment", "--source", "raw", "--output", "augmented/../../evil"], "'..' segment"),
     (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):

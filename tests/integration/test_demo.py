@@ -23,6 +23,5 @@ def test_demo_runs_every_step_and_leaves_its_outputs(tmp_path, capsys):
     assert [r["round"] for r in metrics["rounds"]] == [1]
     assert (home / "demo" / "demo-metrics.png").read_bytes()[:4] == b"\x89PNG"
     assert (home / "demo" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
-    # under augmented/: the only prefix the deployed augment function may write to (template.yaml)
-    assert len(list((home / "data" / "augmented" / "fashion-mnist").rglob("*.png"))) == 800
+    assert len(list((home / "data" / "augmented" / "fashion-mnist-train").rglob("*.png"))) == 800
     assert "validation accuracy" in out and "billed" in out

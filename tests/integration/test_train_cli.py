@@ -86,7 +86,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     config = TrainingRun(models, "ref").config().model_dump(mode="json")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
     assert config["training"] == {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
-                                  "warmup_epochs": 0.0, "workers": 2}
+                                  "warmup_epochs": 0.0, "trainable": "all", "workers": 2}
     assert all(models.exists(TrainingRun(None, "ref").global_key(r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
     metrics = json.loads(models.get(TrainingRun(None, "ref").metrics_key))
@@ -101,7 +101,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     # Starting the same run again is refused; resuming a finished run has nothing to do.
     where = ["--home", str(learned["home"] / "home"), "--concurrency", "2"]
     code, _ = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3")
-    assert code == 1
+    assert code == 2    # nothing done (orchestrator/errors.py)
     code, text = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3", "--resume",
                      "--output", str(local))
     assert code == 0 and "nothing to train" in text

@@ -79,3 +79,39 @@ def test_the_train_images_packages_have_wheels_for_its_python_and_cpu(architectu
         assert requirement.specifier.contains(resolved[name]), (name, resolved[name], str(requirement.specifier))
     tensorflow = "tensorflow-cpu" if machine == "x86_64" else "tensorflow"
     assert tensorflow in resolved, f"no {tensorflow} for {machine}: {sorted(resolved)}"
+
+
+IMPORT_WITH_ONLY_THE_IMAGE = """
+import sys
+# Nothing from the checkout: only what the image's COPY lines put in the task root.
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()]
+sys.path[:] = [p for p in sys.path if "dlpipe" not in p and p not in ("", ".")]
+sys.path.insert(0, sys.argv[1])
+import app
+from dlpipe.train import worker
+assert app.handler and worker.run_train
+print(sorted(m for m in sys.modules if m.startswith("dlpipe.")))
+"""
+
+
+def test_the_train_function_imports_with_only_what_the_image_copies(tmp_path):
+    """The image copies wire.py, shared/ and train/ (no augment, predict or publish); the handler must need no more."""
+    import shutil
+
+    root = tmp_path / "task"
+    copies = re.findall(r"^COPY\s+(.+?)\s+\$\{LAMBDA_TASK_ROOT\}/(\S*)$", DOCKERFILE.read_text(), re.M)
+    for sources, target in copies:
+        if sources.startswith("requirements"):
+            continue
+        for source in sources.split():
+            src, dst = REPO_ROOT / source, root / target
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                (dst if target.endswith("/") or not target else dst.parent).mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dst / src.name if target.endswith("/") or not target else dst)
+    assert not (root / "dlpipe" / "predict").exists() and not (root / "dlpipe" / "publish").exists()
+    done = subprocess.run([sys.executable, "-c", IMPORT_WITH_ONLY_THE_IMAGE, str(root)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dlpipe.train.worker" in done.stdout and "dlpipe.predict" not in done.stdout

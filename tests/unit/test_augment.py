@@ -66,24 +66,24 @@ def test_spec_rejects_unknown_and_repeated_variants_and_bad_sizes():
 
 def test_request_needs_keys_and_cleans_prefixes():
     with pytest.raises(ValidationError):
-        AugmentRequest(keys=[], source_prefix="raw", output_prefix="out")
+        AugmentRequest(keys=[], source_prefix="raw", output_prefix="augmented")
     with pytest.raises(ValidationError):
-        AugmentRequest(keys=["a.jpg"], source_prefix="../etc", output_prefix="out")
-    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw/", output_prefix="out/")
-    assert (req.source_prefix, req.output_prefix) == ("raw", "out")
+        AugmentRequest(keys=["a.jpg"], source_prefix="../etc", output_prefix="augmented")
+    req = AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw/", output_prefix="augmented/out/")
+    assert (req.source_prefix, req.output_prefix) == ("raw", "augmented/out")
 
 
 @pytest.mark.parametrize("prefix, problem", [
     ("/tmp/evil", "'/tmp/evil' is absolute"),
     ("/", "'/' is absolute"),
     ("../evil", "'..' segment"),
-    ("out/../../evil", "'..' segment"),
-    ("out//x", "empty"),
+    ("augmented/../../evil", "'..' segment"),
+    ("augmented//x", "empty"),
 ])
 def test_request_refuses_prefixes_outside_the_store_instead_of_rewriting_them(prefix, problem):
     for field in ("source_prefix", "output_prefix"):
         with pytest.raises(ValidationError, match=problem) as caught:
-            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "out", field: prefix})
+            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "augmented", field: prefix})
         assert caught.value.errors()[0]["loc"] == (field,)
 
 
@@ -92,7 +92,7 @@ def test_request_and_spec_refuse_unknown_fields():
         AugmentSpec(sise=64)                                 # would silently give full-size outputs
     assert caught.value.errors()[0]["type"] == "extra_forbidden"
     with pytest.raises(ValidationError, match="output"):
-        AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw", output_prefix="out", output="elsewhere")
+        AugmentRequest(keys=["raw/a/x.jpg"], source_prefix="raw", output_prefix="augmented", output="elsewhere")
 
 
 def test_layout_keeps_the_class_folder():
@@ -294,7 +294,7 @@ def store(tmp_path):
 
 
 def run(store, keys, **spec):
-    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="aug", spec=AugmentSpec(**spec))
+    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="augmented", spec=AugmentSpec(**spec))
     return augment_batch(request, store)
 
 
@@ -318,32 +318,32 @@ def test_batch_reports_bad_images_by_name_and_converts_the_rest(store):
     for result in good:
         for key in result.outputs:
             assert store.exists(key)
-    assert by_key["raw/cat/good1.jpg"].outputs == ["aug/cat/good1__original.jpg", "aug/cat/good1__flip.jpg"]
-    assert by_key["raw/odd/rotated.jpg"].outputs[0] == "aug/odd/rotated__original.jpg"
-    assert sorted(store.list("aug/")) == sorted(k for r in good for k in r.outputs)
-    assert response.bytes_out == sum(len(store.get(k)) for k in store.list("aug/"))
+    assert by_key["raw/cat/good1.jpg"].outputs == ["augmented/cat/good1__original.jpg", "augmented/cat/good1__flip.jpg"]
+    assert by_key["raw/odd/rotated.jpg"].outputs[0] == "augmented/odd/rotated__original.jpg"
+    assert sorted(store.list("augmented/")) == sorted(k for r in good for k in r.outputs)
+    assert response.bytes_out == sum(len(store.get(k)) for k in store.list("augmented/"))
 
 
 def test_odd_but_valid_images_come_out_upright_and_white_backed(store):
     run(store, ["raw/odd/rotated.jpg", "raw/odd/palette.png"], variants=["original"], format="png")
-    rotated = decode(store.get("aug/odd/rotated__original.png"))
+    rotated = decode(store.get("augmented/odd/rotated__original.png"))
     assert rotated.shape == (60, 40, 3)
     assert rotated[5, 20, 0] > 200 and rotated[55, 20, 2] > 200    # red on top, blue below
-    palette = decode(store.get("aug/odd/palette__original.png"))
+    palette = decode(store.get("augmented/odd/palette__original.png"))
     assert tuple(palette[5, 5]) == (255, 255, 255)
 
 
 def test_rerun_and_rebatching_give_identical_bytes(store, tmp_path):
     keys = sorted(store.list("raw/"))
     run(store, keys, size=24, seed=3)
-    first = {k: store.get(k) for k in store.list("aug/")}
+    first = {k: store.get(k) for k in store.list("augmented/")}
     assert first
     other = DirStore(tmp_path / "other")
     for key in keys:
         other.put(key, store.get(key))
     for i in range(0, len(keys), 3):  # other batches, reverse order
         run(other, keys[i:i + 3][::-1], size=24, seed=3)
-    assert {k: other.get(k) for k in other.list("aug/")} == first
+    assert {k: other.get(k) for k in other.list("augmented/")} == first
 
 
 def test_a_failing_write_costs_only_that_image(store):
@@ -358,23 +358,23 @@ def test_a_failing_write_costs_only_that_image(store):
     errors = {r.key: r.error for r in response.results}
     assert errors["raw/cat/good2.png"] == "OSError: disk full"
     assert errors["raw/cat/good1.jpg"] is None and errors["raw/odd/grey.jpg"] is None
-    assert store.exists("aug/cat/good1__original.jpg") and store.exists("aug/odd/grey__original.jpg")
+    assert store.exists("augmented/cat/good1__original.jpg") and store.exists("augmented/odd/grey__original.jpg")
 
 
 def test_stops_before_the_time_limit_and_says_which_keys_were_left(store):
     keys = ["raw/cat/good1.jpg", "raw/cat/good2.png", "raw/odd/grey.jpg"]
     budget = iter([60_000, 60_000, 4_000, 4_000])  # the first call sets the reserve: 5 s
-    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="aug")
+    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="augmented")
     response = augment_batch(request, store, time_left_ms=lambda: next(budget))
     assert response.results[0].error is None and response.results[0].outputs
     for result in response.results[1:]:
         assert "not processed" in result.error and not result.outputs
     assert response.failed == 2
-    assert not store.exists("aug/cat/good2__original.jpg")
+    assert not store.exists("augmented/cat/good2__original.jpg")
 
 
 def test_a_short_time_limit_still_gets_work_done(store):
-    request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="aug")
+    request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="augmented")
     response = augment_batch(request, store, time_left_ms=lambda: 1500)  # e.g. a 2 s function
     assert response.failed == 0 and response.images_out == 2 * len(DEFAULT_VARIANTS)
 
@@ -384,14 +384,14 @@ def test_remote_stores_are_read_and_written_on_threads_with_the_same_results(sto
     remote = MemoryStore(fail_on="good2__flip")
     for key in keys[:-1]:
         remote.objects[key] = store.get(key)
-    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="aug", spec=AugmentSpec(size=24))
+    request = AugmentRequest(keys=keys, source_prefix="raw", output_prefix="augmented", spec=AugmentSpec(size=24))
     here, there = augment_batch(request, store), augment_batch(request, remote)
     assert all(name.startswith("store") for name in remote.threads)
     errors = {r.key: r.error for r in there.results if r.error}
-    assert errors.pop("raw/cat/good2.png") == "refused aug/cat/good2__flip.jpg"
+    assert errors.pop("raw/cat/good2.png") == "refused augmented/cat/good2__flip.jpg"
     assert errors == {r.key: r.error for r in here.results if r.error}
     good2 = next(r for r in there.results if r.key == "raw/cat/good2.png")
-    assert "aug/cat/good2__flip.jpg" not in good2.outputs and len(good2.outputs) == len(DEFAULT_VARIANTS) - 1
+    assert "augmented/cat/good2__flip.jpg" not in good2.outputs and len(good2.outputs) == len(DEFAULT_VARIANTS) - 1
     for result in there.results:
         for key in result.outputs:
             assert remote.get(key) == store.get(key)

@@ -90,7 +90,7 @@ def one_worker(probe):
 
 
 def test_worker_over_its_memory_size_fails_like_lambda_and_is_replaced(one_worker):
-    before = one_worker.call("probe", {"echo": 0})
+    before = one_worker.invoke("probe", {"echo": 0}).payload
     # Allocated and freed within the handler: the peak counts, as on Lambda, however brief.
     result = one_worker.invoke("probe", {"allocate_mb": 400})
     assert not result.ok
@@ -109,7 +109,7 @@ def test_memory_held_over_the_size_is_stopped_while_the_handler_runs(one_worker)
     """The watchdog kills the worker long before the handler's 10 s sleep or the 5 s timeout."""
     result = one_worker.invoke("probe", {"allocate_mb": 400, "sleep": 10})
     assert result.error.startswith("Runtime.OutOfMemory: ") and result.extra["max_memory_mb"] > 400
-    assert one_worker.call("probe", {"echo": 2})["echo"] == 2
+    assert one_worker.invoke("probe", {"echo": 2}).payload["echo"] == 2
 
 
 def test_worker_under_its_memory_size_succeeds_and_records_its_peak(one_worker):

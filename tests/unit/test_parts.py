@@ -174,7 +174,7 @@ def test_a_pack_request_round_trips_with_a_typed_recipe():
     ({"items": [["src/a/1.png", -1]]}, "label -1 of 'src/a/1.png' is not a class index"),
     ({"items": [["../etc/passwd", 0]]}, "'.' or '..' segment"),
     ({"items": [["/abs/1.png", 0]]}, "absolute"),
-    ({"items": [["src/" + "x" * 1100, 0]]}, "longer than a store key may be"),
+    ({"items": [["src/" + "x" * 1100, 0]]}, "S3 takes at most 1024"),
     ({"items": [["src/a/1.png", 0]] * 5001}, "at most 5000 items"),
     ({"output_prefix": ""}, "at least 1 character"),
     ({"output_prefix": "datasets/d/"}, "output_prefix is not a valid store key stem"),

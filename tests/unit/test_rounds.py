@@ -9,7 +9,6 @@ scores stored weights. So the loop's own duties can be checked exactly: retries,
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from dlpipe.shared.recipe import Recipe
+from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
@@ -95,11 +95,12 @@ class FakeSession:
 def session(failures=None, workers: int = 3) -> FakeSession:
     s = FakeSession()
     s.invoker = FakeTrainFunction(s.models, failures)
-    shards = [{"parts": [f"datasets/d/train/shard-{w:03d}/part-000.npz"], "count": SHARD_SIZES[w]}
+    shards = [PartList(parts=[f"datasets/d/train/shard-{w:03d}/part-000.npz"], count=SHARD_SIZES[w])
               for w in range(workers)]
-    manifest = {"dataset": "d", "classes": ["a", "b"], "recipe": Recipe(size=32, channels=1).to_dict(),
-                "shards": shards, "val": {"parts": ["datasets/d/val/part-000.npz"], "count": 5}, "id": "m1"}
-    s.data.put("datasets/d/manifest.json", json.dumps(manifest).encode())
+    write_manifest(s.data, Manifest(dataset="d", source="raw", val_fraction=0.0, classes=["a", "b"],
+                                    recipe=Recipe(size=32, channels=1), shards=shards,
+                                    val=PartList(parts=["datasets/d/val/part-000.npz"], count=5), created="now",
+                                    id="m1", counts=Counts(train=sum(SHARD_SIZES[:workers]), val=5)))
     return s
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -47,8 +49,6 @@ def test_missing_key_raises_key_not_found(store):
         store.get("nope/missing.jpg")
     assert "nope/missing.jpg" in str(err.value)
     assert not store.exists("nope/missing.jpg")
-    with pytest.raises(KeyNotFound):
-        store.download_file("nope/missing.jpg", "/tmp/never-written")
 
 
 def test_list_is_sorted_filtered_and_paginates(store):
@@ -75,9 +75,7 @@ def test_files_roundtrip(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"0123456789" * 1000)
     store.upload_file(src, "files/blob.bin")
-    dst = tmp_path / "dst.bin"
-    store.download_file("files/blob.bin", dst)
-    assert dst.read_bytes() == src.read_bytes()
+    assert store.get("files/blob.bin") == src.read_bytes()
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "../escape", "a/../../b", "a//b", "a/./b", "a\\b", "a/\x00"])
@@ -107,8 +105,9 @@ def test_dir_store_refuses_a_file_symlink_that_leads_out_even_in_a_known_folder(
     (root / "cat" / "2.jpg").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(InvalidKey):
         store.get("cat/2.jpg")
-    (root / "cat" / "3.jpg").symlink_to(root / "cat" / "1.jpg")  # one that stays inside is followed
-    assert store.get("cat/3.jpg") == b"x"
+    (root / "cat" / "3.jpg").symlink_to(root / "cat" / "1.jpg")  # none is followed, even one that stays inside
+    with pytest.raises(InvalidKey, match="symbolic link"):
+        store.get("cat/3.jpg")
 
 
 def test_dir_store_folder_created_by_another_writer_or_removed_meanwhile(tmp_path):
@@ -162,3 +161,189 @@ def test_s3_store_pickles_without_its_client(monkeypatch):
     store._client = object()  # stands for a live boto3 client, which cannot be pickled
     clone = pickle.loads(pickle.dumps(store))
     assert clone._client is None and clone.url == "s3://bucket/p"
+
+
+@pytest.mark.parametrize("key", ["a" * 1025, "é" * 513, "d/" + "x" * 1023, ".tmp-1", "a/.tmp-x/b", "caf\udce9"])
+def test_keys_s3_refuses_or_that_name_a_temporary_are_refused_by_every_store(store, key):
+    with pytest.raises(InvalidKey) as err:
+        store.put(key, b"x")
+    assert repr(key)[1:20] in str(err.value)
+    with pytest.raises(InvalidKey):
+        store.get(key)
+    with pytest.raises(InvalidKey):
+        list(store.list(key))
+
+
+def test_the_longest_key_s3_takes_is_taken_by_the_directory_store(tmp_path):
+    key = "/".join(["é" * 127] * 4) + "/" + "k" * 3  # 4 x 254 + 4 + 3 = 1023 bytes of UTF-8
+    assert len(key.encode()) == 1023
+    store = DirStore(tmp_path)
+    store.put(key, b"x")
+    assert store.get(key) == b"x" and list(store.list()) == [key]
+    assert validate_key("a" * 1024) and validate_key(".tmpx/a.tmp-") and validate_key("dot.tmp-/x")
+
+
+def test_s3_refuses_a_key_too_long_with_its_prefix():
+    with pytest.raises(InvalidKey, match="1024"):
+        S3Store("bucket", "some/prefix").put("k" * 1020, b"x")
+
+
+def test_dir_store_refuses_a_segment_longer_than_a_file_name_can_be(tmp_path):
+    store = DirStore(tmp_path)
+    key = "cat/" + "n" * 256
+    for op in (lambda: store.put(key, b"x"), lambda: store.get(key), lambda: store.exists(key),
+               lambda: store.delete(key)):
+        with pytest.raises(InvalidKey, match="255 bytes") as err:
+            op()
+        assert "nnnn" in str(err.value)
+    store.put("cat/" + "n" * 255, b"x")
+    assert list(store.list()) == ["cat/" + "n" * 255]
+
+
+def test_dir_store_key_that_is_both_an_object_and_a_folder(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("a", b"1")
+    with pytest.raises(InvalidKey, match="'a' is an object") as err:
+        store.put("a/b", b"2")
+    assert "a/b" in str(err.value)
+    with pytest.raises(KeyNotFound):
+        store.get("a/b")
+    assert not store.exists("a/b")
+    store.delete("a/b")
+    assert list(store.list("a/")) == []
+    store.put("c/d", b"3")
+    with pytest.raises(InvalidKey, match="folder"):
+        store.put("c", b"4")
+    with pytest.raises(KeyNotFound):
+        store.get("c")
+    assert not store.exists("c")
+    store.delete("c")
+    assert store.get("c/d") == b"3"
+    store.delete("c/d")  # S3 has no folders: once empty, c is free to be an object
+    store.put("c", b"4")
+    assert store.get("c") == b"4" and list(store.list()) == ["a", "c"]
+
+
+def test_dir_store_lists_nothing_through_a_symlink(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"not yours")
+    store = DirStore(root)
+    store.put("cat/1.jpg", b"x")
+    (root / "link").symlink_to(outside)
+    (root / "cat" / "2.jpg").symlink_to(outside / "secret.txt")
+    (root / "cat" / "3.jpg").symlink_to(root / "cat" / "1.jpg")
+    assert list(store.list()) == ["cat/1.jpg"]
+    assert list(store.list("cat/")) == ["cat/1.jpg"]
+    with pytest.raises(InvalidKey, match="symbolic link"):
+        list(store.list("link/"))
+    with pytest.raises(InvalidKey, match="symbolic link"):
+        store.exists("link/secret.txt")
+
+
+def test_dir_store_does_not_follow_a_checked_folder_later_swapped_for_a_symlink(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    store = DirStore(root)
+    store.put("cat/1.jpg", b"x")  # cat/ checked and found inside the root
+    (root / "cat").rename(tmp_path / "cat-moved")
+    (root / "cat").symlink_to(outside)
+    with pytest.raises(InvalidKey, match="symbolic link"):
+        store.put("cat/2.jpg", b"y")
+    with pytest.raises(InvalidKey, match="symbolic link"):
+        store.get("cat/1.jpg")
+    assert list(outside.iterdir()) == []
+
+
+def test_dir_store_writes_nothing_outside_while_a_folder_is_swapped_for_a_symlink(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    cat, real = root / "cat", root / "cat-real"
+    outside.mkdir()
+    store = DirStore(root)
+    store.put("cat/0.jpg", b"x")
+    stop, errors = threading.Event(), []
+
+    def clear(path) -> None:  # whatever the store or the swapper left at path
+        if path.is_symlink():
+            path.unlink()
+        shutil.rmtree(path, ignore_errors=True)
+
+    def swap() -> None:  # cat/ is a folder, then a symlink leading out, then the folder again, ...
+        try:
+            while not stop.is_set():
+                os.rename(cat, real)
+                try:
+                    os.symlink(outside, cat)
+                except FileExistsError:  # the store made cat/ anew meanwhile
+                    pass
+                clear(cat)
+                while True:
+                    try:
+                        os.rename(real, cat)
+                        break
+                    except OSError:  # the store made cat/ anew and wrote into it
+                        clear(cat)
+        except Exception as err:  # noqa: BLE001 - reported by the test below
+            errors.append(err)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        for i in range(300):
+            try:
+                store.put(f"cat/{i}.jpg", b"x")
+            except StoreError:  # InvalidKey while cat/ is a symlink
+                pass
+    finally:
+        stop.set()
+        swapper.join()
+    assert errors == [] and list(outside.iterdir()) == []
+
+
+def test_dir_store_skips_names_that_are_no_keys(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("cat/1.jpg", b"x")
+    (tmp_path / "cat" / "back\\slash.jpg").write_bytes(b"x")
+    (tmp_path / "cat" / ".tmp-123-leftover").write_bytes(b"x")
+    os.mkfifo(tmp_path / "cat" / "fifo")
+    (tmp_path / "cat" / "empty-folder").mkdir()
+    assert list(store.list()) == ["cat/1.jpg"]
+    with pytest.raises(KeyNotFound):
+        store.get("cat/fifo")
+    with pytest.raises(KeyNotFound):
+        store.get("cat/empty-folder")
+    assert not store.exists("cat/fifo")
+
+
+def test_dir_store_root_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    store = DirStore(tmp_path / "file")
+    for op in (lambda: store.put("a", b"x"), lambda: store.get("a"), lambda: list(store.list())):
+        with pytest.raises(StoreError, match="not a directory"):
+            op()
+
+
+def test_dir_store_key_over_folders_left_empty(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("c/d/e", b"1")
+    store.delete("c/d/e")  # S3 has no folders: no object is under c/ any more
+    store.put("c", b"2")
+    assert store.get("c") == b"2" and list(store.list()) == ["c"]
+    store.put("f/g", b"3")
+    (tmp_path / "f" / "h").mkdir()
+    store.delete("f/g")
+    (tmp_path / "f" / "h" / "not-mine").write_bytes(b"x")  # an object after all
+    with pytest.raises(InvalidKey, match="folder of other objects"):
+        store.put("f", b"4")
+    assert store.get("f/h/not-mine") == b"x"
+
+
+def test_a_prefix_may_end_with_the_start_of_a_hidden_name(store):
+    for key in ("raw/.hidden.jpg", "raw/..jpg", "...", "raw/x.jpg"):
+        store.put(key, b"x")
+    assert list(store.list("raw/.")) == ["raw/..jpg", "raw/.hidden.jpg"]
+    assert list(store.list("raw/..")) == ["raw/..jpg"]
+    assert list(store.list("..")) == ["..."]
+    for prefix in ("raw/../", "raw/./x", "/", "a//.", "raw/.tmp-"):
+        with pytest.raises(InvalidKey):
+            list(store.list(prefix))

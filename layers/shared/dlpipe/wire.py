@@ -141,6 +141,19 @@ class AugmentSpec(BaseModel):
         return value
 
 
+# The one prefix augment may write under: its role on AWS can write nowhere else (template.yaml),
+# so neither your originals (upload) nor prepared datasets can be overwritten by an augment job.
+AUGMENTED_PREFIX = "augmented"
+
+
+def check_augment_output(prefix: str) -> str:
+    """`prefix` if augment may write there; ValueError saying where it may otherwise."""
+    if prefix != AUGMENTED_PREFIX and not prefix.startswith(AUGMENTED_PREFIX + "/"):
+        raise ValueError(f"augment writes only under '{AUGMENTED_PREFIX}/' (on AWS its role may write nowhere "
+                         f"else), not {prefix!r}: use --output {AUGMENTED_PREFIX} or {AUGMENTED_PREFIX}/NAME")
+    return prefix
+
+
 class AugmentRequest(BaseModel):
     """The augment function's event: a batch of source keys and what to make of them."""
 
@@ -163,6 +176,11 @@ class AugmentRequest(BaseModel):
             return validate_prefix(value)
         except InvalidKey as err:
             raise ValueError(f"not a folder inside the store: {err}") from None
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _where_augment_may_write(cls, value: str) -> str:
+        return check_augment_output(value)
 
 
 class ImageResult(BaseModel):
@@ -228,6 +246,12 @@ class ModelConfig(_Event):
         if not (8 <= height <= MAX_INPUT_SIDE and 8 <= width <= MAX_INPUT_SIDE) or channels not in (1, 3):
             raise ValueError(f"input_shape {value} must be H x W x C with 8 <= H, W <= {MAX_INPUT_SIDE} and C 1 or 3")
         return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _a_recipe(cls, value: dict) -> dict:
+        """A valid Recipe, kept in the form it reads back from JSON (lists, not tuples)."""
+        return Recipe.from_dict(value).model_dump(mode="json")
 
     @model_validator(mode="after")
     def _one_label_per_class(self) -> "ModelConfig":
@@ -304,8 +328,6 @@ class PackRequest(_Event):
                 validate_key(key)
             except InvalidKey as err:
                 raise ValueError(str(err)) from None
-            if len(key.encode()) > 1024:
-                raise ValueError(f"key {key[:60]!r}... is longer than a store key may be (1024 bytes)")
         return items
 
     @field_validator("output_prefix")

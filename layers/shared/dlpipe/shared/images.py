@@ -81,6 +81,9 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError("empty file (0 bytes)")
     with warnings.catch_warnings():
         # Pillow warns (rather than fails) between its limit and twice its limit: a bomb is an error.
+        # Its other warnings ("Corrupt EXIF data", "Truncated File Read") are about files it still decodes,
+        # or fails on with an error reported below: nothing a caller could act on, so they stay quiet.
+        warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=FORMATS)

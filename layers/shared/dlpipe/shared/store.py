@@ -1,76 +1,45 @@
 """Object stores: S3 (through boto3) or a local directory, with one interface.
 
-Both implementations share key validation, listing order (lexicographic, like S3) and
-error types, so code written against one runs unchanged on the other. The store is
-chosen by URL in `open_store`: ``s3://bucket/prefix`` or a directory path (optionally
-``file://``).
+Both implementations share key validation and error types (dlpipe.shared.keys, re-exported
+here) and listing order (lexicographic, like S3), so code written against one runs unchanged
+on the other. The store is chosen by URL in `open_store`: ``s3://bucket/prefix`` or a
+directory path (optionally ``file://``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
 import posixpath
+import stat
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
+from dlpipe.shared.dir_walk import FOLDER, LISTED, remove_empty_folder, scan
+from dlpipe.shared.keys import (
+    MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
+    TMP_PREFIX,
+    InvalidKey,
+    KeyNotFound,
+    StoreError,
+    check_name_lengths,
+    dir_key_parts,
+    join_key,
+    quote_key,
+    validate_key,
+    validate_prefix,
+)
+
+__all__ = ["DirStore", "InvalidKey", "KeyNotFound", "ObjectStore", "S3Store", "StoreError", "join_key", "open_store",
+           "validate_key", "validate_prefix"]
+
 _TMP_COUNTER = itertools.count()
-
-
-class StoreError(Exception):
-    """Base class for store errors."""
-
-
-class InvalidKey(StoreError, ValueError):
-    """A key that could escape the store root or is otherwise malformed."""
-
-
-class KeyNotFound(StoreError, KeyError):
-    """The key does not exist in the store."""
-
-    def __init__(self, key: str, where: str = "") -> None:
-        super().__init__(key)
-        self.key = key
-        self.where = where
-
-    def __str__(self) -> str:
-        return f"no object at key {self.key!r}" + (f" in {self.where}" if self.where else "")
-
-
-def validate_key(key: str) -> str:
-    """Return `key` if safe; raise InvalidKey naming the problem otherwise.
-
-    Keys are relative POSIX paths: no leading slash, no backslash, no `.` or `..`
-    segment, no empty segment, no NUL. This is what keeps a directory store from
-    being escaped and keeps S3 and directory layouts identical.
-    """
-    if not isinstance(key, str) or not key:
-        raise InvalidKey(f"key must be a non-empty string, got {key!r}")
-    if "\x00" in key or "\\" in key:
-        raise InvalidKey(f"key {key!r} contains a NUL or backslash")
-    if key.startswith("/"):
-        raise InvalidKey(f"key {key!r} is absolute; keys are relative to the store root")
-    parts = key.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise InvalidKey(f"key {key!r} has an empty, '.' or '..' segment")
-    return key
-
-
-def validate_prefix(prefix: str) -> str:
-    """A listing prefix: empty, or a key-like string that may end with '/'."""
-    if prefix == "":
-        return prefix
-    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
-    return prefix
-
-
-def join_key(*parts: str) -> str:
-    """Join key parts with '/', ignoring empty parts, and validate the result."""
-    return validate_key("/".join(p.strip("/") for p in parts if p and p.strip("/")))
 
 
 class ObjectStore(ABC):
@@ -100,10 +69,6 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; no error if absent (as in S3)."""
 
-    def download_file(self, key: str, path: str | os.PathLike) -> None:
-        """Copy the object at `key` to a local file (streamed where the store allows)."""
-        Path(path).write_bytes(self.get(key))
-
     def upload_file(self, path: str | os.PathLike, key: str) -> None:
         """Store a local file at `key`."""
         self.put(key, Path(path).read_bytes())
@@ -112,15 +77,23 @@ class ObjectStore(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs a get
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class DirStore(ObjectStore):
     """A local directory standing in for S3: the embedded default.
 
-    validate_key rules out `..` and absolute keys, so only a symlink inside the root can lead
-    out of it, and every path is checked against that. Resolving a path costs a system call
-    per component, half the cost of a small put; so the directories found to lie inside the
-    root are remembered, and only a final component that is itself a symlink is resolved
-    each time. (A directory swapped for a symlink while the store is open is not noticed:
-    the store guards against mistakes in keys, not against someone with write access to it.)
+    Every operation walks from the root through directory descriptors (openat), one key
+    segment at a time, never following a symlink: no key, symlink, or folder swapped for a
+    symlink midway leads a read or a write outside the root, and nothing is checked first and
+    used later. Symlinks are no objects: listings skip them, reaching one raises InvalidKey
+    (put and delete replace or remove the link itself). What S3 holds and a directory cannot,
+    a segment over 255 bytes or a key that is both an object and a folder (`a` and `a/b`),
+    raises InvalidKey too; folders left empty are no objects, and give way to a key. Failures
+    of the medium itself (permissions, a full disk) stay OSError, as S3's stay ClientError.
+    (A folder moved out of the root while an operation holds it open is followed there: that
+    takes write access outside the root, which the store does not guard against.)
     """
 
     is_local = True
@@ -128,88 +101,176 @@ class DirStore(ObjectStore):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
-        self._inside: dict[str, Path] = {}  # key prefix -> its directory, checked to lie inside the root
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_inside": {}}
+    def _folder(self, key: str, segments: list[str], create: bool = False, flags: int = FOLDER) -> int:
+        """A descriptor of the folder `segments` on the way to `key`; KeyNotFound if absent and not `create`."""
+        root = (FOLDER if segments else flags) & ~os.O_NOFOLLOW  # the root is where the user points: followed
+        try:
+            fd = os.open(self.url, root)
+        except FileNotFoundError:
+            if not create:
+                raise KeyNotFound(key, self.url) from None
+            os.makedirs(self.url, exist_ok=True)
+            fd = os.open(self.url, root)
+        except NotADirectoryError:
+            raise StoreError(f"the store root {self.url} is not a directory: give a directory") from None
+        last = len(segments) - 1
+        for depth, name in enumerate(segments):
+            try:
+                try:
+                    child = os.open(name, flags if depth == last else FOLDER, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise KeyNotFound(key, self.url) from None
+                    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    child = os.open(name, flags if depth == last else FOLDER, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise self._refusal(fd, name, key, create) from None
+                raise  # FileNotFoundError when creating: the folder went again, and a put tries again
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
 
-    def _resolve(self, path: Path, key: str) -> Path:
-        path = path.resolve()
-        if self.root != path and self.root not in path.parents:
-            raise InvalidKey(f"key {key!r} resolves outside the store root")
-        return path
-
-    def _path(self, key: str) -> Path:
-        folder, _, name = validate_key(key).rpartition("/")
-        directory = self._inside.get(folder)
-        if directory is None:
-            directory = self._resolve(self.root / folder, key) if folder else self.root
-            if directory.is_dir():
-                self._inside[folder] = directory
-        path = directory / name
-        return self._resolve(path, key) if path.is_symlink() else path
+    def _refusal(self, fd: int, name: str, key: str, create: bool) -> StoreError:
+        """Why the folder `name` (under `fd`) on the way to `key` could not be entered."""
+        try:
+            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:  # removed meanwhile: a put tries again
+            if create:
+                raise
+            return KeyNotFound(key, self.url)
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):  # a folder now: a symlink a moment ago
+            return _through_symlink(key, name)
+        if create:
+            return InvalidKey(f"cannot store {quote_key(key)}: {name!r} is an object, and a directory store cannot "
+                              "also make it a folder of objects (S3 can): rename one of them")
+        return KeyNotFound(key, self.url)
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
+        segments, name = dir_key_parts(key)
+        fd = self._folder(key, segments)
         try:
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            file = os.open(name, _READ, dir_fd=fd)
+        except FileNotFoundError:
             raise KeyNotFound(key, self.url) from None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _through_symlink(key) from None
+            raise
+        finally:
+            os.close(fd)
+        try:
+            info = os.fstat(file)
+            if not stat.S_ISREG(info.st_mode):  # a folder, a FIFO
+                raise KeyNotFound(key, self.url)
+            data = os.read(file, info.st_size + 1)  # one read, but for a file changed meanwhile (or huge)
+            while len(data) != info.st_size and (more := os.read(file, 1 << 20)):
+                data += more
+            return data
+        finally:
+            os.close(file)
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        # Write to a temporary file in the same directory, then rename: atomic on POSIX. The
-        # name is unique to this process and thread, and O_EXCL refuses a leftover.
-        tmp = f"{path.parent}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_COUNTER)}-{path.name[-20:]}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        segments, name = dir_key_parts(key)
+        for _ in range(3):  # a folder that another writer removes midway is made again
+            try:
+                fd = self._folder(key, segments, create=True)
+            except FileNotFoundError:
+                continue
+            try:
+                if self._write(fd, name, data, key):
+                    return
+            finally:
+                os.close(fd)
+        raise StoreError(f"cannot store {quote_key(key)}: its folder was removed while writing, three times over")
+
+    def _write(self, fd: int, name: str, data: bytes, key: str) -> bool:
+        """Write a temporary file in the folder `fd`, then rename it to `name` (atomic on POSIX);
+        False if the folder went meanwhile. The temporary's name is unique to this process and
+        thread, no key can name it, and O_EXCL refuses a leftover."""
+        tmp = f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{next(_TMP_COUNTER)}"
         try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileNotFoundError:  # the first object under this prefix
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._path(key)  # now that it exists: check it, and remember it
-            fd = os.open(tmp, flags, 0o666)
+            file = os.open(tmp, _CREATE, 0o666, dir_fd=fd)
+        except FileNotFoundError:
+            return False
         try:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(file, view):]
             finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+                os.close(file)
+            for attempt in (1, 2):
+                try:
+                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    break
+                except IsADirectoryError:  # fine if that folder holds no object: S3 has no folders, only keys
+                    if attempt == 2 or not remove_empty_folder(fd, name):
+                        raise InvalidKey(f"cannot store {quote_key(key)}: it is a folder of other objects, and a "
+                                         "directory store cannot also make it an object (S3 can): rename one") from None
+        except BaseException as err:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            if isinstance(err, FileNotFoundError):  # the folder went meanwhile
+                return False
             raise
+        return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
         validate_prefix(prefix)
-        # Walk only the deepest directory the prefix names fully, then filter by prefix.
-        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base_dir if base_dir else self.root
-        if not start.is_dir():
+        if len(prefix) > MAX_NAME_BYTES // 4:
+            check_name_lengths(prefix)
+        *segments, fragment = prefix.split("/")
+        try:
+            fd = self._folder(prefix, segments, flags=LISTED)
+        except KeyNotFound:
             return iter(())
-        keys = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".tmp-")]
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                if name.startswith(".tmp-"):
-                    continue
-                key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if key.startswith(prefix):
-                    keys.append(key)
+        keys: list[str] = []
+        scan(fd, "".join(f"{s}/" for s in segments), fragment, keys)
         return iter(sorted(keys))
 
+    def _mode(self, key: str) -> tuple[int, str, int | None]:
+        """The folder holding `key` (for the caller to close), the key's name in it, and what is there."""
+        segments, name = dir_key_parts(key)
+        fd = self._folder(key, segments)
+        try:
+            return fd, name, os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return fd, name, None
+        except BaseException:
+            os.close(fd)
+            raise
+
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            fd, _, mode = self._mode(key)
+        except KeyNotFound:
+            return False
+        os.close(fd)
+        if mode is not None and stat.S_ISLNK(mode):
+            raise _through_symlink(key)
+        return mode is not None and stat.S_ISREG(mode)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            fd, name, mode = self._mode(key)
+        except KeyNotFound:
+            return
+        try:
+            if mode is not None and not stat.S_ISDIR(mode):  # a folder is no object
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)  # a symlink itself, never what it leads to
+        finally:
+            os.close(fd)
 
-    def download_file(self, key: str, path: str | os.PathLike) -> None:
-        src = self._path(key)
-        if not src.is_file():
-            raise KeyNotFound(key, self.url)
-        Path(path).write_bytes(src.read_bytes())
+
+def _through_symlink(key: str, name: str = "") -> InvalidKey:
+    where = f"passes through {name!r}, a symbolic link" if name else "is a symbolic link"
+    return InvalidKey(f"key {quote_key(key)} {where}: the directory store follows none, so that nothing outside "
+                      "its root is read or written")
 
 
 class S3Store(ObjectStore):
@@ -242,8 +303,11 @@ class S3Store(ObjectStore):
         return {**self.__dict__, "_client": None}
 
     def _key(self, key: str) -> str:
-        validate_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
+        full = f"{self.prefix}/{validate_key(key)}" if self.prefix else validate_key(key)
+        if len(full.encode()) > MAX_KEY_BYTES:  # with the prefix
+            raise InvalidKey(f"key {quote_key(key)} under the prefix {self.prefix!r} makes {len(full.encode())} bytes "
+                             f"of UTF-8; S3 takes at most {MAX_KEY_BYTES}")
+        return full
 
     def _is_missing(self, err) -> bool:
         code = err.response.get("Error", {}).get("Code", "")
@@ -285,16 +349,6 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def download_file(self, key: str, path: str | os.PathLike) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
-        except ClientError as err:
-            if self._is_missing(err):
-                raise KeyNotFound(key, self.url) from None
-            raise
-
     def upload_file(self, path: str | os.PathLike, key: str) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))
 
@@ -305,7 +359,8 @@ def open_store(url: str) -> ObjectStore:
         raise StoreError("empty store URL: give s3://BUCKET[/PREFIX] or a directory path")
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return S3Store(parsed.netloc, posixpath.normpath(parsed.path).lstrip("/") if parsed.path not in ("", "/") else "")
+        prefix = posixpath.normpath(parsed.path).lstrip("/") if parsed.path not in ("", "/") else ""
+        return S3Store(parsed.netloc, prefix)
     if parsed.scheme == "file":
         return DirStore(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:

@@ -7,6 +7,13 @@ Max pooling uses ceil mode like the originals, done as zero padding on the botto
 before a valid pool; after a ReLU every value is >= 0, so zero padding is exactly what
 ceil mode's "ignore the missing cells" computes.
 
+The classifier's ReLU (`classifier_relu`): the reference has one after conv10. A class whose
+conv10 output is negative on every input then gets no gradient and is never predicted again;
+training from scratch on Fashion-MNIST lost 1-3 classes that way (measured once: 55 % test
+accuracy instead of 76 % after 3 epochs of 12,000 images), and averaging workers' weights
+makes it likelier. Models trained here from scratch leave it out; imported pretrained
+weights keep it.
+
 TensorFlow/Keras is imported inside the functions: the zip functions import this package
 but must never load TensorFlow.
 """
@@ -53,12 +60,7 @@ def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 2
     away most of the resolution and accuracy plateaus about 6 points lower.
     dropout_seed: seed of the dropout masks, so that training is reproducible (the train
     function resets it every round; None draws one from Keras's global seed).
-    classifier_relu: the reference's ReLU after conv10. A class whose conv10 output is
-    negative on every input gets no gradient through it and is never predicted again;
-    training from scratch on Fashion-MNIST can lose 1-3 classes that way (measured once:
-    55% test accuracy instead of 76% after 3 epochs of 12000 images, 3 classes never
-    predicted), and averaging workers' weights makes it likelier. Models trained by this pipeline leave it out; imported pretrained
-    weights keep it.
+    classifier_relu: the reference's ReLU after conv10 (see the module docstring).
     """
     import keras
     from keras import layers
