@@ -90,8 +90,12 @@ def _placeholder_labels(path: Path, out_dir: Path) -> Path:
     from dlpipe.publish.onnx_import import OnnxImportError, analyse
 
     try:
-        classes = analyse(onnx.load(str(path))).classes
-    except (OnnxImportError, OSError, ValueError) as err:
+        proto = onnx.load(str(path))
+    except Exception as err:  # a DecodeError or an OSError: not an ONNX file
+        raise CommandError(f"--pretrained {path}: cannot read it as an ONNX model: {err}") from None
+    try:
+        classes = analyse(proto).classes
+    except OnnxImportError as err:
         raise CommandError(f"--pretrained {path}: {err}") from None
     labels = out_dir / f"{path.stem}-labels.txt"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`demo --photos`: which photos train and which are held out, decided before anything is augmented."""
+"""What `demo --photos` takes: which photos train and which are held out (decided before anything is augmented),
+and the options it refuses before any work."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import main
 from orchestrator.commands.photo_demo import default_name, split_photos
 from orchestrator.errors import CommandError
 
@@ -51,3 +53,25 @@ def test_the_default_name_is_the_folders(tmp_path):
     assert default_name(tmp_path / "flowers12") == "flowers12"
     assert default_name(tmp_path / "my photos") == "my-photos"
     assert default_name(Path("/")) == "photos"
+
+
+REFUSED = {
+    "--pretrained without --photos": (["demo", "--pretrained", "x.onnx"], "--pretrained only go with --photos DIR"),
+    "--images with --photos": (["demo", "--photos", "{photos}", "--images", "10"], "--images is for the Fashion"),
+    "a share of nothing": (["demo", "--photos", "{photos}", "--val-fraction", "1"], "between 0 and 1, got 1.0"),
+    "no such model file": (["demo", "--photos", "{photos}", "--pretrained", "{tmp}/none.onnx"], "no such file"),
+    "not an ONNX file": (["demo", "--photos", "{photos}", "--pretrained", "{junk}"],
+                         "cannot read it as an ONNX model"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_bad_options_exit_2_before_any_work(tmp_path, capsys, case):
+    photos = folder(tmp_path / "photos", {"a": 3, "b": 3})
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not protobuf" * 10)
+    argv = [a.format(photos=photos, tmp=tmp_path, junk=junk) for a in REFUSED[case][0]]
+    assert main(["--home", str(tmp_path / "home"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and REFUSED[case][1] in err, err
+    assert not (tmp_path / "home" / "data").exists()              # nothing uploaded
