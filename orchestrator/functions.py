@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The handlers run by path (the local invoker): functions/ of a checkout, or the copy an installed
+# orchestrator carries (`pip install .`: pyproject.toml packages them as orchestrator/handlers/).
+FUNCTIONS_DIR = REPO_ROOT / "functions" if (REPO_ROOT / "template.yaml").is_file() \
+    else Path(__file__).resolve().parent / "handlers"
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class FunctionSpec:
 
     @property
     def handler_path(self) -> Path:
-        return REPO_ROOT / self.handler.split(":")[0]
+        return FUNCTIONS_DIR / Path(self.handler.split(":")[0]).relative_to("functions")
 
     @property
     def handler_name(self) -> str:
