@@ -10,15 +10,15 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from orchestrator.commands import add_command, augment, export, fashion_mnist, predict, prepare, train
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
 STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
 
@@ -45,6 +45,7 @@ def register(subparsers) -> None:
                    help="epochs each worker trains per round (default: %(default)s)")
     p.add_argument("--run-name", default="demo", metavar="RUN",
                    help="training run and model name (default: %(default)s); an existing run is resumed")
+    add_json_argument(p)
 
 
 def step_parser() -> argparse.ArgumentParser:
@@ -73,8 +74,16 @@ def held_out_sample(data_store, prefix: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    parser = step_parser()
     start = time.perf_counter()
+    # Under --json the steps' own reports go to stderr with the rest of the human report.
+    with contextlib.redirect_stdout(human_out(args)):
+        out_dir, figure = _run_steps(args, session)
+    _report(args, session, out_dir, figure, time.perf_counter() - start)
+    return 0
+
+
+def _run_steps(args: argparse.Namespace, session) -> tuple[Path, Path]:
+    parser = step_parser()
     name = args.run_name
     out_dir = Path(session.settings.data_url).parent / "demo" if "://" not in session.settings.data_url \
         else Path("demo-output")
@@ -94,7 +103,11 @@ def run(args: argparse.Namespace, session) -> int:
     sample = held_out_sample(session.data_store(), "fashion-mnist/test")
     _step(parser, session, "6/6 predict on held-out test images",
           ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3", "--show", str(figure)])
+    return out_dir, figure
 
+
+def _report(args: argparse.Namespace, session, out_dir: Path, figure: Path, wall: float) -> None:
+    name, out = args.run_name, human_out(args)
     metrics = json.loads((out_dir / f"{name}-metrics.json").read_text())
     last = metrics["rounds"][-1] if metrics["rounds"] else {}
     val = (last.get("val") or {}).get("accuracy")
@@ -104,7 +117,12 @@ def run(args: argparse.Namespace, session) -> int:
         ("training plot", str(out_dir / f"{name}-metrics.png")),
         ("predictions figure", str(figure)),
         ("stores", f"{session.settings.data_url} | {session.settings.model_url}"),
-        ("wall time", f"{time.perf_counter() - start:.0f} s"),
-    ], session.invoker.records)
-    print("\nnext: orchestrator predict YOUR_IMAGE.png --model " + name, file=sys.stdout)
-    return 0
+        ("wall time", f"{wall:.0f} s"),
+    ], session.invoker.records, out=out)
+    if args.json:
+        print_json("demo", {
+            "rounds": len(metrics["rounds"]), "workers": args.workers, "validation_accuracy": val,
+            "training_plot": str(out_dir / f"{name}-metrics.png"), "predictions_figure": str(figure),
+            "data_store": session.settings.data_url, "model_store": session.settings.model_url,
+            "wall_seconds": wall}, invocations=session.invoker.records)
+    print("\nnext: orchestrator predict YOUR_IMAGE.png --model " + name, file=out)

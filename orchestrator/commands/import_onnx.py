@@ -11,7 +11,7 @@ from pathlib import Path
 from dlpipe.shared.recipe import Recipe
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
 EXAMPLES = """\
 examples:
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
                    help="preprocessing recipe (dlpipe.shared.recipe.Recipe fields) if the weights were not trained "
                         "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "
                         "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
+    add_json_argument(p)
 
 
 def run(args: argparse.Namespace, session) -> int:
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace, session) -> int:
         raise CommandError(f"bad labels or recipe file: {err}") from None
     name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
     start = time.perf_counter()
-    print(f"importing {path} (loads TensorFlow; takes a few seconds)...")
+    out = human_out(args)
+    print(f"importing {path} (loads TensorFlow; takes a few seconds)...", file=out)
     try:
         exported, found = import_onnx(path, labels, session.model_store(), name, args.version, recipe)
     except (OnnxImportError, ExportError) as err:
@@ -69,6 +71,13 @@ def run(args: argparse.Namespace, session) -> int:
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
-    ])
-    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+    ], out=out)
+    if args.json:
+        print_json("import-onnx", {
+            "model": exported.name, "version": exported.version, "file": str(path),
+            "written_to": f"{session.model_store().url}/{exported.prefix}", "squeezenet": found.version,
+            "input_shape": list(found.input_shape), "final_pad": found.final_pad, "classes": len(labels),
+            "tflite_bytes": exported.tflite_bytes, "max_abs_diff": exported.max_abs_diff,
+            "wall_seconds": time.perf_counter() - start})
+    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}", file=out)
     return 0
