@@ -27,7 +27,10 @@ class FunctionSpec:
 
     @property
     def handler_path(self) -> Path:
-        return FUNCTIONS_DIR / Path(self.handler.split(":")[0]).relative_to("functions")
+        path = Path(self.handler.split(":")[0])
+        if path.parts[:1] == ("functions",):  # the functions' own handlers, wherever this install keeps them
+            return FUNCTIONS_DIR.joinpath(*path.parts[1:])
+        return REPO_ROOT / path
 
     @property
     def handler_name(self) -> str:
