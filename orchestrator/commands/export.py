@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    require_train_extra("export", ("tensorflow", "keras"))
     from dlpipe.publish.export import ExportError, export_model
     from dlpipe.shared.recipe import Recipe
     from dlpipe.train.model import build_model

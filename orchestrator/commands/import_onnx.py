@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dlpipe.shared.recipe import Recipe
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, session) -> int:
+    require_train_extra("import-onnx")
     from dlpipe.publish.export import ExportError
     from dlpipe.publish.onnx_import import OnnxImportError, import_onnx, read_labels
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
 from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
@@ -96,6 +96,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
+    if session.invoker_kind == "local":  # on Lambda the train image has TensorFlow
+        require_train_extra("training on this machine", ("tensorflow", "keras"))
     try:
         result = run_training(session, options, out=out)
     except TrainingFailed as err:

@@ -125,3 +125,21 @@ def test_the_venv_the_tests_run_in_is_the_locked_one():
         if installed != version:
             drift[name] = f"installed {installed}, locked {version}"
     assert not drift, f"the venv differs from constraints.txt (make setup, or make lock): {drift}"
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    (["export", "--run", "r1"], "export needs keras"),
+    (["import-onnx", "model.onnx", "--labels", "labels.txt"], "import-onnx needs keras"),
+    (["train", "--dataset", "d", "--run", "r1", "--rounds", "1"], "training on this machine needs keras"),
+])
+def test_commands_that_need_the_train_extra_say_how_to_install_it(argv, what, tmp_path, monkeypatch, capsys):
+    """`pip install .` without [train]: one line saying what to install, before any work, not a traceback."""
+    from orchestrator.cli import main
+    from orchestrator.commands import importlib as commands_importlib
+
+    real = commands_importlib.util.find_spec
+    monkeypatch.setattr(commands_importlib.util, "find_spec", lambda name: None if name == "keras" else real(name))
+    assert main(["--home", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {what}, not installed here") and "pip install '.[train]'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "models").exists()
