@@ -13,9 +13,10 @@ import json
 import shlex
 import time
 from pathlib import Path
+from typing import TextIO
 
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import print_json, print_summary
 
 
 def step_parser(commands) -> argparse.ArgumentParser:
@@ -50,8 +51,8 @@ def output_dir(session) -> Path:
 
 
 def print_demo_summary(session, title: str, name: str, out_dir: Path, figure: Path, workers: int,
-                       start: float) -> None:
-    """Rounds, the last validation accuracy, where the plots are, and the bill."""
+                       start: float, json_out: TextIO | None = None) -> None:
+    """Rounds, the last validation accuracy, where the plots are, and the bill (also as one JSON document)."""
     metrics = json.loads((out_dir / f"{name}-metrics.json").read_text())
     last = metrics["rounds"][-1] if metrics["rounds"] else {}
     val = (last.get("val") or {}).get("accuracy")
@@ -63,3 +64,9 @@ def print_demo_summary(session, title: str, name: str, out_dir: Path, figure: Pa
         ("stores", f"{session.settings.data_url} | {session.settings.model_url}"),
         ("wall time", f"{time.perf_counter() - start:.0f} s"),
     ], session.invoker.records)
+    if json_out is not None:   # --json: the one document, on the stdout the demo's steps were kept off
+        print_json(title, {
+            "rounds": len(metrics["rounds"]), "workers": workers, "validation_accuracy": val,
+            "training_plot": str(out_dir / f"{name}-metrics.png"), "predictions_figure": str(figure),
+            "data_store": session.settings.data_url, "model_store": session.settings.model_url,
+            "wall_seconds": time.perf_counter() - start}, invocations=session.invoker.records, out=json_out)

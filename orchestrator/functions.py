@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The handlers run by path (the local invoker): functions/ of a checkout, or the copy an installed
+# orchestrator carries (`pip install .`: pyproject.toml packages them as orchestrator/handlers/).
+FUNCTIONS_DIR = REPO_ROOT / "functions" if (REPO_ROOT / "template.yaml").is_file() \
+    else Path(__file__).resolve().parent / "handlers"
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,10 @@ class FunctionSpec:
 
     @property
     def handler_path(self) -> Path:
-        return REPO_ROOT / self.handler.split(":")[0]
+        path = Path(self.handler.split(":")[0])
+        if path.parts[:1] == ("functions",):  # the functions' own handlers, wherever this install keeps them
+            return FUNCTIONS_DIR.joinpath(*path.parts[1:])
+        return REPO_ROOT / path
 
     @property
     def handler_name(self) -> str:

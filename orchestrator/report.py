@@ -1,13 +1,59 @@
-"""What the user sees at the end of a job: a short aligned summary with the bill, then what failed."""
+"""What the user sees at the end of a job: a short aligned summary with the bill, then what failed.
+
+With `--json`, a script sees instead one JSON document on stdout (`print_json`): the summary's
+figures, every failure with its reason, and the bill; the human report, progress and hints go to
+stderr (`human_out`), and progress bars are drawn only on a terminal (`progress_bar`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TextIO
 
+from tqdm import tqdm
+
 from orchestrator.costs import summarize
+
+JSON_HELP = ("print one JSON document on stdout (the summary's figures, failures with reasons, the bill) and "
+             "nothing else; the report goes to stderr")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def human_out(args: argparse.Namespace, out: TextIO | None = None) -> TextIO:
+    """Where the report for a person goes: stderr under --json (stdout carries the document), else `out` or stdout."""
+    if getattr(args, "json", False):
+        return sys.stderr
+    return out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
+
+
+def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on stderr, drawn only when stderr is a terminal: never into a log file, a pipe or a capture."""
+    return tqdm(file=sys.stderr, disable=None if enabled else True, **kwargs)
+
+
+def bill(invocations: Iterable = ()) -> dict:
+    """The invocations' cost at Lambda's list price, as numbers: what the summary's last two lines say."""
+    cost = summarize(invocations)
+    return {"invocations": cost.invocations, "failed_invocations": cost.failures, "billed_ms": cost.billed_ms,
+            "gb_seconds": cost.gb_seconds, "dollars": cost.dollars}
+
+
+def print_json(command: str, figures: Mapping[str, object], failures: Iterable[tuple[str, str]] = (),
+               invocations: Iterable = (), out: TextIO | None = None) -> None:
+    """The --json contract: {"command", the summary's figures..., "failures": [{"item", "reason"}], "bill"}."""
+    out = out or sys.stdout
+    document = {"command": command, **figures,
+                "failures": [{"item": item, "reason": reason} for item, reason in failures],
+                "bill": bill(invocations)}
+    json.dump(document, out, indent=2, default=str)
+    print(file=out)
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),

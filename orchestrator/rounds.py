@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from dlpipe.predict.versions import version_key
 from dlpipe.shared.clock import now_iso
@@ -51,6 +50,7 @@ from dlpipe.wire import (
 from orchestrator.costs import summarize
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.report import progress_bar
 from orchestrator.training_report import round_line, write_outputs
 
 DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0,
@@ -284,8 +284,8 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     failures: list[tuple[str, str]] = []
     last = run.latest_round()
     todo = max(0, options.rounds - (last or 0))
-    bar = tqdm(total=todo * len(plan.shard_parts) + (1 if last is None else 0), unit="worker",
-               desc=f"train {options.run}", disable=not progress)
+    bar = progress_bar(total=todo * len(plan.shard_parts) + (1 if last is None else 0), unit="worker",
+                       desc=f"train {options.run}", enabled=progress)
 
     def tick(inv: Invocation) -> None:
         bar.update(1 if inv.ok else 0)

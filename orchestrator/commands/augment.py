@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
@@ -24,7 +23,7 @@ from dlpipe.wire import (
 )
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_failures, print_summary
+from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 EXAMPLES = f"""\
 examples:
@@ -59,6 +58,7 @@ def register(subparsers) -> None:
                         help="output format (default: %(default)s, quality 90)")
     parser.add_argument("--copies", type=int, default=1, metavar="K",
                         help="outputs per random variant, each differently random (default: 1)")
+    add_json_argument(parser)
 
 
 def _hidden(key: str) -> bool:
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, session) -> int:
     first_record = len(invoker.records)
     tally = Tally(failures=refused)
     start = time.perf_counter()
-    with tqdm(total=len(keys), unit="img", desc="augment") as bar:
+    with progress_bar(total=len(keys), unit="img", desc="augment") as bar:
         for inv in invoker.map("augment", events):
             tally.add(batches[inv.index], inv)
             bar.update(len(batches[inv.index]))
@@ -178,6 +178,11 @@ def run(args: argparse.Namespace, session) -> int:
         ("images out", f"{tally.images_out} ({tally.bytes_out / 1e6:,.1f} MB)"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
-    ], invocations=invoker.records[first_record:])
-    print_failures(sorted(tally.failures))
+    ], invocations=invoker.records[first_record:], out=human_out(args))
+    print_failures(sorted(tally.failures), out=human_out(args))
+    if args.json:
+        print_json("augment", {
+            "store": store.url, "source": source, "output": output, "source_images": len(listed),
+            "augmented": tally.done, "failed": len(tally.failures), "images_out": tally.images_out,
+            "bytes_out": tally.bytes_out, "wall_seconds": wall}, sorted(tally.failures), invoker.records[first_record:])
     return 1 if tally.failures else 0

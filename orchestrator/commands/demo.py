@@ -8,12 +8,14 @@ class sub-folders instead (orchestrator.commands.photo_demo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 from orchestrator import chain
 from orchestrator.commands import add_command, augment, export, fashion_mnist, photo_demo, predict, prepare, train
 from orchestrator.errors import CommandError
+from orchestrator.report import add_json_argument, human_out
 
 STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
 FASHION_DEFAULTS = {"images": 6000, "rounds": 5, "local_epochs": 2, "run_name": "demo"}
@@ -63,9 +65,17 @@ def register(subparsers) -> None:
                    help="the pretrained model's class names (default: placeholders; fine-tuning replaces them)")
     g.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                    help="share of each class's photos held out when DIR has no train/test (default: %(default)s)")
+    add_json_argument(p)
 
 
 def run(args: argparse.Namespace, session) -> int:
+    # Under --json the steps' own reports go to stderr with the rest of the human report.
+    args.json_out = sys.stdout if args.json else None
+    with contextlib.redirect_stdout(human_out(args)):
+        return _run(args, session)
+
+
+def _run(args: argparse.Namespace, session) -> int:
     if args.photos:
         if args.images is not None:
             raise CommandError("--images is for the Fashion-MNIST demo; with --photos every photo is used")
@@ -102,6 +112,6 @@ def run_fashion_mnist(args: argparse.Namespace, session) -> int:
     chain.run_step(parser, session, "6/6 predict on held-out test images",
                    ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3",
                     "--show", str(figure)])
-    chain.print_demo_summary(session, "demo", name, out_dir, figure, args.workers, start)
+    chain.print_demo_summary(session, "demo", name, out_dir, figure, args.workers, start, json_out=args.json_out)
     print("\nnext: orchestrator predict YOUR_IMAGE.png --model " + name, file=sys.stdout)
     return 0

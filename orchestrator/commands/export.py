@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.quiet import native_output_captured
-from orchestrator.report import print_summary
+from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
 EXAMPLES = """\
 examples:
@@ -29,23 +29,25 @@ def register(subparsers) -> None:
     p.add_argument("--round", type=int, metavar="N", help="a completed round (default: the run's latest)")
     p.add_argument("--name", metavar="NAME", help="model name (default: the run name)")
     p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
+    add_json_argument(p)
 
 
 def run(args: argparse.Namespace, session) -> int:
+    require_train_extra("export", ("tensorflow", "keras"))
     from dlpipe.publish.export import ExportError, export_model
     from dlpipe.shared.recipe import Recipe
     from dlpipe.train.model import build_model
     from dlpipe.train.run import TrainingRun, lineage_of
     from dlpipe.train.weights import CheckpointError
 
-    store = session.model_store()
+    store, out = session.model_store(), human_out(args)
     name = args.name or args.run_name
     start = time.perf_counter()
     try:
         run_ = TrainingRun(store, args.run_name)
         weights, config = run_.load_global(args.round)
         round_ = args.round if args.round is not None else run_.latest_round()
-        print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...")
+        print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...", file=out)
         with native_output_captured(session.verbose):   # TensorFlow's C++ logging and the converter's
             model = build_model(config, weights)
             exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
@@ -63,6 +65,12 @@ def run(args: argparse.Namespace, session) -> int:
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
-    ])
-    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+    ], out=out)
+    if args.json:
+        print_json("export", {
+            "model": exported.name, "version": exported.version, "run": args.run_name, "round": round_,
+            "written_to": f"{store.url}/{exported.prefix}", "squeezenet": config.version,
+            "input_shape": list(config.input_shape), "classes": config.classes, "tflite_bytes": exported.tflite_bytes,
+            "max_abs_diff": exported.max_abs_diff, "wall_seconds": time.perf_counter() - start})
+    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}", file=out)
     return 0

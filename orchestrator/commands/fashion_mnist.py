@@ -7,19 +7,16 @@ The dataset then arrives exactly as a user's own images would, so `prepare`, `au
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
-
-from tqdm import tqdm
 
 from dlpipe.shared.config import ENV_CACHE, download_cache_dir
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from dlpipe.train import fashion_mnist as fm
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import add_json_argument, human_out, print_json, print_summary, progress_bar
 
 EXAMPLES = f"""\
 examples:
@@ -49,6 +46,7 @@ def register(subparsers) -> None:
                    help="splits to write (default: train test)")
     p.add_argument("--idx-dir", metavar="DIR", help="folder with the four *-ubyte.gz files")
     p.add_argument("--threads", type=int, default=8, metavar="N", help="parallel writes (default: %(default)s)")
+    add_json_argument(p)
 
 
 def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None = None,
@@ -64,7 +62,7 @@ def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None 
             total = fm.SPLIT_SIZES[split] if limit is None else min(fm.SPLIT_SIZES[split], limit)
             futures = []
             pngs = fm.fashion_mnist_pngs(split, limit, idx_dir, cache=cache)
-            with tqdm(total=total, unit="img", desc=f"fashion-mnist {split}", disable=not progress) as bar:
+            with progress_bar(total=total, unit="img", desc=f"fashion-mnist {split}", enabled=progress) as bar:
                 for key, data in pngs:
                     future = pool.submit(store.put, join_key(prefix, key), data)
                     future.add_done_callback(lambda _: bar.update(1))
@@ -84,7 +82,7 @@ def unavailable_message(err: fm.DownloadFailed) -> str:
 
 
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
-    out = out or sys.stdout  # resolved per call, so redirected output is honoured
+    out = human_out(args, out)  # resolved per call, so redirected output is honoured
     if args.limit is not None and args.limit < 1:
         raise CommandError("--limit must be at least 1")
     store = session.data_store()
@@ -103,6 +101,9 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
     ], out=out)
+    if args.json:
+        print_json("fashion-mnist", {"store": store.url, "prefix": args.prefix.strip("/"), "written": counts,
+                                     "images": images, "wall_seconds": wall})
     print(f"\nnext: orchestrator prepare --source {args.prefix.strip('/')}/train --val-source "
           f"{args.prefix.strip('/')}/test --dataset fmnist --workers 2 --recipe fashion-mnist", file=out)
     return 0

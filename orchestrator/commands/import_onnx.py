@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
 from dlpipe.shared.recipe import Recipe
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.quiet import native_output_captured
-from orchestrator.report import print_summary
+from orchestrator.report import add_json_argument, print_json, print_summary
 
 EXAMPLES = """\
 examples:
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
                    help="preprocessing recipe (dlpipe.shared.recipe.Recipe fields) if the weights were not trained "
                         "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "
                         "mean/std; 1.0: BGR, 227 stretch, 0..255 minus 104/117/123)")
+    add_json_argument(p)
 
 
 def read_labels_file(path: str | Path) -> list[str]:
@@ -58,7 +60,7 @@ def import_file(session, path: Path, labels: list[str], name: str, version: str 
     from dlpipe.publish.export import ExportError
     from dlpipe.publish.onnx_import import OnnxImportError, import_onnx
 
-    print(f"importing {path} (loads TensorFlow; takes a few seconds)...", flush=True)
+    print(f"importing {path} (loads TensorFlow; takes a few seconds)...", file=sys.stderr, flush=True)
     try:
         with native_output_captured(session.verbose):
             return import_onnx(path, labels, session.model_store(), name, version, recipe)
@@ -66,7 +68,10 @@ def import_file(session, path: Path, labels: list[str], name: str, version: str 
         raise CommandError(f"{path}: {err}") from None
 
 
-def print_import(session, exported, found, classes: int, start: float, title: str = "import-onnx") -> None:
+def print_import(session, exported, found, classes: int, start: float, title: str = "import-onnx",
+                 as_json: bool = False) -> None:
+    """The summary, on stdout, or on stderr with one JSON document on stdout (--json)."""
+    out = sys.stderr if as_json else sys.stdout
     print_summary(title, [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("written to", f"{session.model_store().url}/{exported.prefix}"),
@@ -76,11 +81,19 @@ def print_import(session, exported, found, classes: int, start: float, title: st
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
-    ])
-    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}")
+    ], out=out)
+    if as_json:
+        print_json(title, {
+            "model": exported.name, "version": exported.version,
+            "written_to": f"{session.model_store().url}/{exported.prefix}", "squeezenet": found.version,
+            "input_shape": list(found.input_shape), "final_pad": found.final_pad, "classes": classes,
+            "tflite_bytes": exported.tflite_bytes, "max_abs_diff": exported.max_abs_diff,
+            "wall_seconds": time.perf_counter() - start})
+    print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}", file=out)
 
 
 def run(args: argparse.Namespace, session) -> int:
+    require_train_extra("import-onnx")
     path = Path(args.file)
     if not path.is_file():
         raise CommandError(f"no such file: {path}")
@@ -94,5 +107,5 @@ def run(args: argparse.Namespace, session) -> int:
     name = args.name or re.sub(r"[^A-Za-z0-9._-]", "-", path.name.removesuffix(".onnx"))
     start = time.perf_counter()
     exported, found = import_file(session, path, labels, name, args.version, recipe)
-    print_import(session, exported, found, len(labels), start)
+    print_import(session, exported, found, len(labels), start, as_json=args.json)
     return 0

@@ -167,6 +167,7 @@ def run(args: argparse.Namespace, session) -> int:
     chain.run_step(parser, session, "7/7 predict on held-out photos",
                    ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3",
                     "--show", str(figure)])
-    chain.print_demo_summary(session, "demo --photos", name, out_dir, figure, args.workers, start)
+    chain.print_demo_summary(session, "demo --photos", name, out_dir, figure, args.workers, start,
+                             json_out=getattr(args, "json_out", None))
     print(f"\nnext: orchestrator predict YOUR_PHOTO.jpg --model {name}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import math
 import statistics
 import sys
@@ -15,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from dlpipe.predict.versions import list_models
 from dlpipe.shared.store import StoreError, validate_key
 from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_summary
+from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, progress_bar
 
 STORE_PREFIX = "store:"
 
@@ -47,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="NAME", help="model name (default: the only model in the model store)")
     p.add_argument("--version", metavar="V", help="model version (default: the model's latest)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to return (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the responses as JSON instead of tables")
+    p.add_argument("--json", action="store_true", help=f"{JSON_HELP}; its \"results\" are the function's "
+                   "responses, one per image in the order given, instead of tables")
     p.add_argument("--show", metavar="OUT.png",
                    help="also draw each image beside a bar chart of its top-k, one row per image")
 
@@ -192,7 +191,7 @@ def read_response(item: Item, inv) -> None:
 def predict_all(session, todo: list[Item], model: str, version: str | None, top_k: int) -> None:
     """Invoke the function for every item, a chunk at a time, so only a few base64 images are held in memory."""
     chunk_size = max(32, 4 * (session.concurrency or 8))
-    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2, file=sys.stderr) as bar:
+    with progress_bar(total=len(todo), desc="predict", unit="img", enabled=len(todo) > 1) as bar:
         for chunk in chunks(todo, chunk_size):
             sent = [(item, make_event(item, model, version, top_k)) for item in chunk]
             sent = [(item, event) for item, event in sent if event is not None]
@@ -218,6 +217,18 @@ def summary_rows(items: list[Item], model: str, wall: float, show: str | None) -
     return rows
 
 
+def json_figures(items: list[Item], model: str, wall: float, show: str | None) -> dict:
+    """The summary's figures for --json, and every image's response (or its error) as "results"."""
+    done = [item for item in items if item.ok]
+    latencies = sorted(item.response.latency_ms for item in done)
+    return {"model": model, "version": done[0].response.model.version if done else None, "images": len(items),
+            "predicted": len(done), "failed": len(items) - len(done), "wall_seconds": wall,
+            "latency_ms": {"median": statistics.median(latencies), "max": latencies[-1]} if done else None,
+            "figure": show,
+            "results": [{**(item.response.model_dump() if item.response else {"error": item.error}),
+                         "image": item.arg} for item in items]}
+
+
 def run(args: argparse.Namespace, session) -> int:
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise CommandError(f"--top-k must be between 1 and {MAX_TOP_K}")
@@ -230,11 +241,7 @@ def run(args: argparse.Namespace, session) -> int:
     predict_all(session, [item for item in items if item.error is None], model, args.version, args.top_k)
     wall = time.perf_counter() - start
 
-    if args.json:
-        json.dump([{**(item.response.model_dump() if item.response else {"error": item.error}), "image": item.arg}
-                   for item in items], sys.stdout, indent=2)
-        print()
-    else:
+    if not args.json:
         for item in items:
             if item.ok:
                 format_table(item)
@@ -243,5 +250,8 @@ def run(args: argparse.Namespace, session) -> int:
     if args.show:
         draw(items, session.data_store(), args.show)
     print_summary("predict", summary_rows(items, model, wall, args.show), invoker.records[first_record:],
-                  out=sys.stderr if args.json else sys.stdout)
+                  out=human_out(args))
+    if args.json:
+        failures = [(item.arg, item.error or "no response") for item in items if not item.ok]
+        print_json("predict", json_figures(items, model, wall, args.show), failures, invoker.records[first_record:])
     return 0 if all(item.ok for item in items) else 1

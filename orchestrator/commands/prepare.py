@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import TextIO
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from dlpipe.shared import clock
 from dlpipe.shared.recipe import RESIZE_MODES, Recipe
@@ -28,7 +26,7 @@ from dlpipe.wire import PackRequest, PackResponse
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.invokers.retry import invoke_with_retries
-from orchestrator.report import print_failures, print_summary
+from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 RECIPES = {
     "fashion-mnist": FASHION_MNIST_RECIPE,
@@ -88,6 +86,7 @@ def register(subparsers) -> None:
                    help=f"images per packed object (default: as many as make {PART_TARGET_BYTES >> 20} MB of "
                         f"pixels, at most {PackRequest.MAX_ITEMS})")
     p.add_argument("--retries", type=int, default=1, metavar="K", help="re-invocations of a failed pack (default: 1)")
+    add_json_argument(p)
 
 
 RECIPE_OPTIONS = ("size", "channels", "pad", "resize", "resize_shorter", "mean", "std")
@@ -177,7 +176,7 @@ def _check_reply(event: dict, payload: dict) -> str | None:
 def _pack(session, events: list[dict], jobs: list[Job], retries: int, progress: bool,
           dataset: str) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
     """Run the packs; ({job: reply}, images of parts where none decoded). RuntimeError for other failures."""
-    bar = tqdm(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", disable=not progress)
+    bar = progress_bar(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", enabled=progress)
     done, errors = invoke_with_retries(session.invoker, "train", events, retries,
                                        lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0),
                                        check=_check_reply)
@@ -270,10 +269,17 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
     ], invocations=session.invoker.records[first:], out=out)
     print_failures([(s.key, s.reason) for s in manifest.skipped], out=out)
+    if args.json:
+        print_json("prepare", {
+            "dataset": args.dataset, "manifest": f"{session.data_store().url}/{manifests.manifest_key(args.dataset)}",
+            "id": manifest.id, "classes": manifest.classes, "train": counts.train, "shards": shard_sizes,
+            "validation": counts.val, "val_source": manifest.val_source, "val_fraction": manifest.val_fraction,
+            "skipped": counts.skipped, "recipe": recipe.to_dict(), "bytes": manifest.bytes, "wall_seconds": wall,
+        }, [(s.key, s.reason) for s in manifest.skipped], session.invoker.records[first:])
 
 
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
-    out = out or sys.stdout  # resolved per call, so redirected output is honoured
+    out = human_out(args, out)  # resolved per call, so redirected output is honoured
     try:
         recipe, source_model = recipe_for(args, session)
         if args.workers < 1:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.commands import add_command
+from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
-from orchestrator.report import print_failures, print_summary
+from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
 from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
@@ -79,6 +78,7 @@ def register(subparsers) -> None:
                    help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
     p.add_argument("--keep-worker-weights", action="store_true",
                    help="keep every worker's weights in the store (default: delete once the round is averaged)")
+    add_json_argument(p)
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
@@ -94,8 +94,10 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
-    out = out or sys.stdout  # resolved per call, so redirected output is honoured
+    out = human_out(args, out)  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
+    if session.invoker_kind == "local":  # on Lambda the train image has TensorFlow
+        require_train_extra("training on this machine", ("tensorflow", "keras"))
     try:
         result = run_training(session, options, out=out)
     except TrainingFailed as err:
@@ -123,5 +125,12 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     rows += [(name, path) for name, path in result.outputs.items()]
     print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
     print_failures(result.failures, out=out)
+    if args.json:
+        print_json("train", {
+            "run": options.run, "dataset": options.dataset, "rounds_completed": final.get("round", 0),
+            "rounds_run": result.rounds_run, "workers_ok": final.get("workers_ok"), "workers": final.get("workers"),
+            "validation": val or None, "best": {"round": best["round"], **best["val"]} if best else None,
+            "training_examples": trained, "wall_seconds": result.wall_seconds, "worker_failures": len(result.failures),
+            "outputs": result.outputs}, result.failures, result.invocations)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
     return 1 if result.failures else 0

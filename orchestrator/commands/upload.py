@@ -16,13 +16,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dlpipe.shared.images import IMAGE_EXTENSIONS
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.report import print_failures, print_summary
+from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 EXAMPLES = """\
 examples:
@@ -51,6 +49,7 @@ def register(subparsers) -> None:
                         help="key prefix in the data store, e.g. raw ('' for the store's root)")
     parser.add_argument("--threads", type=int, default=8, metavar="N",
                         help="parallel uploads (default: %(default)s)")
+    add_json_argument(parser)
 
 
 @dataclass
@@ -120,7 +119,7 @@ def upload_all(store, prefix: str, files: list[tuple[str, Path]], threads: int
 
     uploaded, failures = [], []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
-            tqdm(total=len(files), unit="file", desc="upload") as bar:
+            progress_bar(total=len(files), unit="file", desc="upload") as bar:
         futures = {pool.submit(upload, relative, path): relative for relative, path in files}
         for future in as_completed(futures):
             try:
@@ -153,6 +152,15 @@ def _summary_rows(store, prefix: str, found: Scan, uploaded: list[tuple[str, int
     return rows
 
 
+def _figures(store, prefix: str, found: Scan, uploaded: list[tuple[str, int]], failed: int, wall: float) -> dict:
+    """The summary's figures for --json."""
+    return {"store": store.url, "prefix": prefix, "files": len(found.files), "uploaded": len(uploaded),
+            "bytes": sum(size for _, size in uploaded),
+            "classes": dict(sorted(Counter(r.split("/")[0] for r, _ in uploaded if "/" in r).items())),
+            "not_in_a_class_folder": sum(1 for r, _ in uploaded if "/" not in r), "skipped": dict(found.skipped),
+            "refused": len(found.refused), "failed": failed, "wall_seconds": wall}
+
+
 def run(args: argparse.Namespace, session) -> int:
     root = Path(args.directory).expanduser()
     if not root.is_dir():
@@ -171,7 +179,11 @@ def run(args: argparse.Namespace, session) -> int:
     uploaded, failures = upload_all(store, prefix, found.files, args.threads)
     failures += found.unreadable
     wall = max(time.perf_counter() - start, 1e-9)
-    print_summary("upload", _summary_rows(store, prefix, found, uploaded, len(failures), wall))
-    print_failures(found.refused, title="refused")
-    print_failures(sorted(failures))
+    out = human_out(args)
+    print_summary("upload", _summary_rows(store, prefix, found, uploaded, len(failures), wall), out=out)
+    print_failures(found.refused, title="refused", out=out)
+    print_failures(sorted(failures), out=out)
+    if args.json:
+        print_json("upload", _figures(store, prefix, found, uploaded, len(failures), wall),
+                   sorted(failures) + found.refused)
     return 1 if failures or found.refused else 0

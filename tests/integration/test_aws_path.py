@@ -81,7 +81,7 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
     cli("export", "--run", "e2e", "--name", "e2e")
     probe = sorted(photos.glob("bag/*.png"))[0]
     predicted = json.loads(cli("predict", str(probe), "store:raw/coat/" + sorted(photos.glob("coat/*.png"))[0].name,
-                               "--model", "e2e", "--json"))
+                               "--model", "e2e", "--json"))["results"]
 
     # Everything is where the layout says, read back from S3 and DynamoDB.
     s3 = boto3.client("s3")

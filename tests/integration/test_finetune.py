@@ -99,7 +99,7 @@ def test_resume_is_bit_identical_and_the_same_classes_keep_the_classifier(world,
     photo = sorted((PHOTOS / "test" / "sunflower").glob("*.jpg"))[-1]
     capsys.readouterr()
     assert main([*where, "predict", str(photo), "--model", "flowers", "--json"]) == 0
-    response = json.loads(capsys.readouterr().out)[0]
+    response = json.loads(capsys.readouterr().out)["results"][0]
     assert {t["label"] for t in response["top"]} <= set(CLASSES) and response["top"][0]["label"] == "sunflower"
     assert main([*where, "predictions", "--model", "flowers", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["id"] == response["id"]

@@ -69,7 +69,7 @@ def test_predict_local_files_and_store_keys_as_json(where, files, tmp_path, capf
     assert rc == 1                                     # some images failed
     # stdout is pure JSON: the summary and the workers' function logs (shown with --verbose, captured at
     # the fd level) go to stderr
-    out = json.loads(captured.out)
+    out = json.loads(captured.out)["results"]
     assert '"level":"INFO"' in captured.err
     assert [o["image"] for o in out] == [str(a) for a in args]
     assert [o.get("statusCode") for o in out[:4]] == [200] * 4
@@ -143,7 +143,7 @@ def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
     assert "no training run 'r9'" in capsys.readouterr().err
 
     assert main([*where, "predict", str(files["cat.jpg"]), "--json"]) == 0     # an RGB photo, a greyscale model
-    response = json.loads(capsys.readouterr().out)[0]
+    response = json.loads(capsys.readouterr().out)["results"][0]
     assert response["model"] == {"name": "r1", "version": "v1"}
     assert {t["label"] for t in response["top"]} == {"shirt", "shoe", "bag", "coat"}
 
@@ -185,7 +185,7 @@ def test_predictions_in_dynamodb_on_the_moto_server(aws_env, files, tmp_path, mo
     where = ["--home", str(tmp_path / "home"), "--models", str(model_dir), "--table", "dynamodb://predictions-it",
              "--concurrency", "2"]
     assert main([*where, "predict", str(files["cat.jpg"]), str(files["dog.png"]), "--json"]) == 0
-    ids = {o["id"] for o in json.loads(capsys.readouterr().out)}
+    ids = {o["id"] for o in json.loads(capsys.readouterr().out)["results"]}
     assert main([*where, "predictions", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert {r["id"] for r in records} == ids

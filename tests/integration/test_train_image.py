@@ -54,6 +54,12 @@ def image_requirements(python: str, machine: str) -> list[str]:
     return kept
 
 
+def image_constraints() -> list[str]:
+    """`-c FILE` for each constraint file the Dockerfile installs with (the lock), as paths in the repository."""
+    names = re.findall(r"-c\s+\S*?([\w.-]+\.txt)", DOCKERFILE.read_text())
+    return [arg for name in names for arg in ("-c", str(REPO_ROOT / "requirements" / name))]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", sorted(MACHINES))
 def test_the_train_images_packages_have_wheels_for_its_python_and_cpu(architecture, tmp_path):
@@ -66,7 +72,7 @@ def test_the_train_images_packages_have_wheels_for_its_python_and_cpu(architectu
                "--disable-pip-version-check", "--only-binary=:all:", "--implementation", "cp",
                "--python-version", python, *(arg for p in platforms for arg in ("--platform", p)),
                "--target", str(tmp_path / "target"), "--report", str(tmp_path / "report.json"),
-               "-r", str(tmp_path / "requirements.txt")]
+               "-r", str(tmp_path / "requirements.txt"), *image_constraints()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (f"the train image's packages do not resolve for python{python} on {machine}:\n"
                                   + "\n".join(l for l in done.stderr.splitlines() if "is ignored" not in l)[-3000:])

@@ -18,6 +18,8 @@ from cfnlint.api import lint
 from cfnlint.config import ManualArgs
 from cfnlint.decode.decode import decode_str
 from cfnlint.helpers import REGIONS
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from dlpipe.shared.table import DynamoTable
 from dlpipe.train.manifest import PREPARED_PREFIX
@@ -390,10 +392,21 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _requirement_name(line: str) -> str:
+    return canonicalize_name(Requirement(line).name)
+
+
+def _is_pin(line: str) -> bool:
+    """`name==1.2.3` (a marker's `==` is no pin)."""
+    return any(spec.operator in ("==", "===") for spec in Requirement(line).specifier)
+
+
 def unpinned_pip_arguments(command: str) -> list[str]:
     """Packages of `pip install` commands in a RUN line that are not pinned with ==.
 
-    Requirement files (-r) are looked up in requirements/ by name and checked line by line.
+    Requirement files (-r) and constraint files (-c) are looked up in requirements/ by name and
+    read line by line: a requirement is pinned by its own == or by an == in a constraint file
+    given to the same command.
     """
     problems = []
     for part in re.split(r"&&|;|\|\|", command):
@@ -401,6 +414,7 @@ def unpinned_pip_arguments(command: str) -> list[str]:
         if "install" not in words or not any(w == "pip" or w.endswith("/pip") or w == "pip3" for w in words):
             continue
         args = words[words.index("install") + 1:]
+        wanted, pinned = [], set()
         skip_next = False
         for i, word in enumerate(args):
             if skip_next:
@@ -410,17 +424,20 @@ def unpinned_pip_arguments(command: str) -> list[str]:
                 name = Path(args[i + 1]).name
                 path = REPO_ROOT / "requirements" / name
                 if not path.exists():
-                    problems.append(f"-r {args[i + 1]} (no requirements/{name} to check)")
+                    problems.append(f"{word} {args[i + 1]} (no requirements/{name} to check)")
+                elif word in ("-c", "--constraint"):
+                    pinned |= {_requirement_name(line) for _, line in requirement_lines(path) if _is_pin(line)}
                 else:
-                    problems += [f"{p.name}: {line}" for p, line in requirement_lines(path) if "==" not in line]
+                    wanted += [(f"{p.name}: {line}", line) for p, line in requirement_lines(path)]
                 skip_next = True
             elif word in ("-t", "--target", "-i", "--index-url", "--extra-index-url", "-f", "--find-links",
                           "--platform", "--python-version", "--implementation", "--abi", "--root", "--prefix"):
                 skip_next = True
             elif word.startswith("-") or word.startswith((".", "/", "$")):
                 continue  # an option, or the project itself from the build context
-            elif "==" not in word:
-                problems.append(word)
+            else:
+                wanted.append((word, word))
+        problems += [shown for shown, line in wanted if not _is_pin(line) and _requirement_name(line) not in pinned]
     return problems
 
 
@@ -458,5 +475,12 @@ def test_the_pin_checker_catches_what_it_should():
     assert unpinned_pip_arguments("pip install --no-cache-dir numpy==2.4.6 pillow") == ["pillow"]
     assert unpinned_pip_arguments("python -m pip install -t /opt/x keras==3.15.1") == []
     assert unpinned_pip_arguments("apt-get install -y curl && pip3 install tqdm>=4") == ["tqdm>=4"]
-    assert unpinned_pip_arguments("pip install -r /tmp/req/train.txt") == []  # requirements/train.txt pins
+    # requirements/train.txt holds ranges; the lock pins them
+    assert unpinned_pip_arguments("pip install -r /tmp/req/train.txt -c /tmp/req/constraints.txt") == []
+    assert unpinned_pip_arguments("pip install -r /tmp/req/train.txt") == [
+        'train.txt: tensorflow-cpu>=2.21,<3; sys_platform == "linux" and platform_machine == "x86_64"',
+        'train.txt: tensorflow>=2.21,<3; sys_platform != "linux" or platform_machine != "x86_64"',
+        "train.txt: keras>=3.15,<4"]
+    assert unpinned_pip_arguments("pip install keras -c /tmp/req/constraints.txt") == []
+    assert unpinned_pip_arguments("pip install tqdm -c /tmp/req/constraints.txt && pip install keras") == ["keras"]
     assert unpinned_pip_arguments("pip install -r /tmp/nowhere.txt")[0].startswith("-r /tmp/nowhere.txt")
