@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 from dlpipe.predict.versions import latest_version, list_models, read_meta, version_key
 from dlpipe.wire import NotFound
@@ -53,7 +54,7 @@ def lineage(meta: dict) -> tuple[str, str]:
         return NOT_RECORDED, NOT_RECORDED
     start = source["init_from"]
     started = f"{start['model']} {start['version']}" if start else "scratch"
-    trained = {"classifier": "classifier only", "all": "all layers"}.get(source.get("trainable"), NOT_RECORDED)
+    trained = {"classifier": "classifier only", "all": "all layers"}.get(str(source.get("trainable")), NOT_RECORDED)
     return started, trained
 
 
@@ -75,7 +76,7 @@ def entries(store) -> list[dict]:
     return found
 
 
-def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
 

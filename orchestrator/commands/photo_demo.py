@@ -119,10 +119,10 @@ def pretrained_model(session, args: argparse.Namespace, out_dir: Path) -> str:
     labels = Path(args.labels) if args.labels else None
     print(f"\n=== 1/7 pretrained model: orchestrator import-onnx {path} --labels {labels or 'PLACEHOLDERS'} "
           f"--name {name}", flush=True)
-    version = fetch_model.imported_version(session.model_store(), name, hashlib.sha256(path.read_bytes()).hexdigest())
-    if version is not None:
-        print(f"already imported as {name} {version}")
-        return f"{name}:{version}"
+    imported = fetch_model.imported_version(session.model_store(), name, hashlib.sha256(path.read_bytes()).hexdigest())
+    if imported is not None:
+        print(f"already imported as {name} {imported}")
+        return f"{name}:{imported}"
     start = time.perf_counter()
     names = import_onnx.read_labels_file(labels or _placeholder_labels(path, out_dir))
     exported, found = import_onnx.import_file(session, path, names, name)

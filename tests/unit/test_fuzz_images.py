@@ -53,7 +53,7 @@ def _decodes_or_refuses(data: bytes, min_size: int | None) -> None:
     try:
         image = open_image(data, max_pixels=MAX_PIXELS, min_size=min_size)
     except ImageError as err:
-        assert str(err)  # the message is for the user
+        assert str(err)  # the message is for the user  # noqa: PT017 (a property: valid, or the documented error)
         return
     assert isinstance(image, Image.Image) and image.mode == "RGB"
     assert 1 <= image.width * image.height <= MAX_PIXELS

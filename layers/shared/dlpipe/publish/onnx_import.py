@@ -60,7 +60,7 @@ class SqueezeNetGraph:
     input_name: str = ""
     convs: list[ConvWeights] = field(default_factory=list)
     final_pad: tuple[tuple[int, int], tuple[int, int]] | None = None   # ((top, bottom), (left, right))
-    pool_kernel: tuple[int, int] | None = None   # an AveragePool for the global pool (the ONNX zoo's 1.1: 13x13)
+    pool_kernel: tuple[int, ...] | None = None   # an AveragePool for the global pool (the ONNX zoo's 1.1: 13x13)
     # ONNX tensor name -> Keras layer name, for the feature-map size check
     checkpoints: dict[str, str] = field(default_factory=dict)
 
