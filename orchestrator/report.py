@@ -7,18 +7,42 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TextIO
 
-from orchestrator.costs import summarize
+from orchestrator.costs import Bill, bill
+from orchestrator.traffic import METER, Traffic
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 100_000 else f"{count / 1e3:,.1f} kB"
+
+
+def bill_rows(cost: Bill) -> list[tuple[str, str]]:
+    """The bill, a line per kind of charge; the lines add up to the total."""
+    rows = []
+    if cost.lambda_.invocations:
+        rows += [("invocations", f"{cost.lambda_.invocations} ({cost.lambda_.failures} failed)"),
+                 ("billed", f"{cost.lambda_.gb_seconds:,.2f} GB-s  (${cost.lambda_.dollars:.5f} at Lambda list "
+                            "price, requests included)")]
+    requests = cost.requests
+    kinds = ", ".join(f"{count:,} {kind.upper()}" for kind, count in requests.items() if count) or "none"
+    theirs = sum(cost.function_requests.values())
+    rows.append(("S3 requests", f"{kinds}{f' ({theirs:,} by functions)' if theirs else ''}  "
+                                f"(${cost.s3_dollars:.5f})"))
+    priced = "as internet egress" if cost.outside_aws else "inside AWS: free"
+    rows.append(("transfer", f"{megabytes(cost.bytes_down)} down, {megabytes(cost.bytes_up)} up through the "
+                             f"orchestrator  (${cost.transfer_dollars:.5f} {priced})"))
+    rows.append(("total", f"${cost.total:.5f} at list price"))
+    return rows
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),
-                  out: TextIO | None = None) -> None:
+                  out: TextIO | None = None, traffic: Traffic | None = None) -> None:
+    """`traffic`: the orchestrator's with the stores; by default all of it since the previous summary."""
     out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     rows = list(rows)
     invocations = list(invocations)
-    if invocations:
-        cost = summarize(invocations)
-        rows += [("invocations", f"{cost.invocations} ({cost.failures} failed)"),
-                 ("billed", f"{cost.gb_seconds:,.2f} GB-s  (${cost.dollars:.5f} at Lambda list price)")]
+    traffic = METER.take() if traffic is None else traffic
+    if invocations or traffic.request_count:
+        rows += bill_rows(bill(invocations, traffic))
     width = max((len(label) for label, _ in rows), default=0)
     print(f"\n{title}", file=out)
     print("-" * max(len(title), 20), file=out)
