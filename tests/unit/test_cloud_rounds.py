@@ -105,3 +105,13 @@ def test_a_failed_aggregation_is_retried_and_one_that_keeps_failing_leaves_the_r
     assert run.latest_round() == 1 and not broken.models.exists(run.record_key(2))
     train(broken, "r", 2, resume=True)
     assert global_bytes(broken, "r", 2) == global_bytes(straight, "r", 2)
+
+
+def test_a_run_resumed_on_the_other_engine_stays_bit_identical():
+    straight = cloud_session()
+    train(straight, "r", 3, aggregate="local")
+    switched = cloud_session()
+    train(switched, "r", 1, aggregate="lambda")
+    train(switched, "r", 2, resume=True, aggregate="local")
+    train(switched, "r", 3, resume=True, aggregate="lambda")
+    assert global_bytes(switched, "r", 3) == global_bytes(straight, "r", 3)
