@@ -238,7 +238,7 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     from orchestrator.traffic import METER
 
     options = TrainOptions(dataset=dataset, run=run, rounds=1, workers=workers, aggregate=engine, retries=1,
-                           output_dir=None)
+                           output_dir=None, keep_worker_weights=True)
     before, first = METER.snapshot(), len(session.invoker.records)
     result = run_training(session, options, out=io.StringIO(), progress=False)
     record = result.records[1]
@@ -246,6 +246,31 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     return {"record": record, "record_bytes": len(training.store.get(training.record_key(1))),
             "global": training.store.get(training.global_key(1)),
             "job_traffic": METER.snapshot() - before, "job_records": session.invoker.records[first:]}
+
+
+def critical_path(session, run: str, record: dict, expected: bytes) -> float:
+    """The round's aggregation again, one node at a time: the sum over levels of the slowest node's round trip.
+
+    What the tree takes when every node has a vCPU of its own, as on Lambda; here the nodes of
+    a level otherwise share two cores, one Invoke API process and one moto_server.
+    """
+    from dlpipe.train.aggregate import plan_tree
+    from dlpipe.train.run import TrainingRun
+    from dlpipe.wire import TrainResponse
+    from orchestrator.aggregation import aggregate_round
+    from orchestrator.invokers.aws import LambdaInvoker
+
+    results = {r["worker"]: TrainResponse.model_validate(r) for r in record["worker_results"]}
+    training = TrainingRun(session.model_store(), run)
+    with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
+        aggregate_round(training, 1, results, "lambda", invoker, retries=0)
+        walls = [r.wall_ms for r in invoker.records]   # one at a time: in the order submitted
+    assert training.store.get(training.global_key(1)) == expected
+    total, first = 0.0, 0
+    for level in plan_tree(len(results)):
+        total += max(walls[first:first + len(level)])
+        first += len(level)
+    return total / 1000
 
 
 def bench_aggregation(args: argparse.Namespace) -> list[dict]:
@@ -265,9 +290,12 @@ def bench_aggregation(args: argparse.Namespace) -> list[dict]:
             for engine, result in (("local", local), ("lambda", cloud)):
                 record = result["record"]
                 transfer = record["transfer"]
+                path = critical_path(session, f"cloud-{n}", record, cloud["global"]) if engine == "lambda" else \
+                    record["aggregation"]["seconds"]
                 rows.append({"workers": n, "engine": engine, "levels": record["aggregation"]["levels"],
                              "calls": record["aggregation"]["calls"],
-                             "aggregate s": record["aggregation"]["seconds"], "round s": record["wall_seconds"],
+                             "aggregate s": record["aggregation"]["seconds"], "critical path s": path,
+                             "round s": record["wall_seconds"],
                              "down kB": transfer["bytes_down"] / 1e3, "up kB": transfer["bytes_up"] / 1e3,
                              "record kB": result["record_bytes"] / 1e3,
                              "store GETs": transfer["store_requests"]["get"],
