@@ -9,10 +9,13 @@ a level running at once, the time grows with log N.
 The summation order is fixed once, by `plan_tree(N)`, whoever computes it: the train
 function's ``aggregate`` action (`run_aggregate`, one node per call, partial sums through
 the store) or the orchestrator in one process (`mean_by_tree`, partial sums in memory).
-Both do the same float64 additions in the same order, and a partial sum survives the store
-exactly (float64 .npz), so the global weights are the same bytes whichever engine ran, and
-a resumed run stays bit-identical. Up to FAN_IN workers the tree is a single node, which
-adds them in worker order exactly as dlpipe.train.averaging always has.
+Both do the same float64 additions in the same order, and both round a partial sum to the
+weights' own dtype where it leaves a node (`as_stored`: the file holds float32 weights as
+float32, so the level above reads no more than a leaf does), so the global weights are the
+same bytes whichever engine ran, and a resumed run stays bit-identical. Up to FAN_IN workers
+the tree is a single node, which adds them in worker order exactly as dlpipe.train.averaging
+always has; above, each level rounds once more (a relative 6e-8 in float32, far below what
+one step of training changes).
 """
 
 from __future__ import annotations
@@ -49,16 +52,24 @@ def plan_tree(count: int, fan_in: int = FAN_IN) -> list[list[range]]:
     return levels
 
 
+def as_stored(partial: PartialSum) -> PartialSum:
+    """The partial sum as the level above reads it: each sum rounded to its weights' dtype (then float64 again)."""
+    sums = [np.asarray(s, d).astype(np.float64) for s, d in zip(partial.sums, partial.dtypes, strict=True)]
+    return PartialSum(sums, list(partial.dtypes), partial.total_examples, partial.contributions)
+
+
 def partial_to_bytes(partial: PartialSum) -> bytes:
-    """A partial sum as .npz: float64 sums, their weights' dtypes, examples and workers (no pickle)."""
+    """A partial sum as .npz: the sums in their weights' dtypes, the dtypes, examples and workers (no pickle)."""
     buffer = io.BytesIO()
-    arrays = {f"s{i:04d}": np.asarray(s, np.float64) for i, s in enumerate(partial.sums)}
+    arrays = {f"s{i:04d}": np.asarray(s, d) for i, (s, d) in enumerate(zip(partial.sums, partial.dtypes,
+                                                                           strict=True))}
     np.savez(buffer, **arrays, dtypes=np.array([np.dtype(d).str for d in partial.dtypes]),
              counts=np.array([partial.total_examples, partial.contributions], np.int64))
     return buffer.getvalue()
 
 
 def partial_from_bytes(data: bytes, what: str) -> PartialSum:
+    """The inverse of `partial_to_bytes`, sums in float64: what `as_stored` gives of the partial that was written."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = sorted(n for n in archive.files if n.startswith("s"))
@@ -67,9 +78,10 @@ def partial_from_bytes(data: bytes, what: str) -> PartialSum:
             sums = [archive[n] for n in names]
     except Exception as err:
         raise CheckpointError(f"{what} is not a readable partial sum ({type(err).__name__}: {err})") from err
-    if len(sums) != len(dtypes) or any(s.dtype != np.float64 for s in sums):
-        raise CheckpointError(f"{what} is not a partial sum: {len(sums)} arrays for {len(dtypes)} dtypes")
-    return PartialSum(sums, dtypes, examples, contributions)
+    if [s.dtype for s in sums] != dtypes or not all(np.issubdtype(d, np.floating) for d in dtypes):
+        raise CheckpointError(f"{what} is not a partial sum: arrays {[str(s.dtype) for s in sums][:5]} for "
+                              f"dtypes {[str(d) for d in dtypes][:5]}")
+    return PartialSum([s.astype(np.float64) for s in sums], dtypes, examples, contributions)
 
 
 def mean_by_tree(load: Callable[[int], Sequence[np.ndarray]], examples: Sequence[int], names: Sequence[str],
@@ -86,7 +98,7 @@ def mean_by_tree(load: Callable[[int], Sequence[np.ndarray]], examples: Sequence
             if level == 0:
                 total.add(load(child), examples[child], source=names[child])
             else:
-                total.add_partial(node(level - 1, child).partial(), source=f"node {level - 1}.{child}")
+                total.add_partial(as_stored(node(level - 1, child).partial()), source=f"node {level - 1}.{child}")
         return total
 
     return node(len(levels) - 1, 0).result()
