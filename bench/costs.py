@@ -159,7 +159,7 @@ def print_bill_table(rows: list[tuple]) -> None:
         print(f"{function:<9} {cost.lambda_.dollars * scale:>9.5f} {requests * scale:>12,.0f} {s3 * scale:>9.5f} "
               f"{megabytes(int((cost.bytes_down + cost.bytes_up) * scale)):>17} "
               f"{cost.transfer_dollars * scale:>9.5f} {table * scale:>8.5f} {total * scale:>9.5f} "
-              f"{s3 / total if total else 0:>9.0%}")
+              f"{s3 / total if total else 0:>9.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:

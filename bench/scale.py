@@ -262,15 +262,18 @@ def critical_path(session, run: str, record: dict, expected: bytes) -> float:
 
     results = {r["worker"]: TrainResponse.model_validate(r) for r in record["worker_results"]}
     training = TrainingRun(session.model_store(), run)
-    with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
-        aggregate_round(training, 1, results, "lambda", invoker, retries=0)
-        walls = [r.wall_ms for r in invoker.records]   # one at a time: in the order submitted
-    assert training.store.get(training.global_key(1)) == expected
-    total, first = 0.0, 0
-    for level in plan_tree(len(results)):
-        total += max(walls[first:first + len(level)])
-        first += len(level)
-    return total / 1000
+    paths = []
+    for _ in range(3):  # the best of three: other jobs on the machine only ever lengthen it
+        with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
+            aggregate_round(training, 1, results, "lambda", invoker, retries=0)
+            walls = [r.wall_ms for r in invoker.records]   # one at a time: in the order submitted
+        assert training.store.get(training.global_key(1)) == expected
+        total, first = 0.0, 0
+        for level in plan_tree(len(results)):
+            total += max(walls[first:first + len(level)])
+            first += len(level)
+        paths.append(total / 1000)
+    return min(paths)
 
 
 def bench_aggregation(args: argparse.Namespace) -> list[dict]:
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                    [{"measure": k, "value": v} for k, v in invoker.items()])
         rows = bench_aggregation(args)
         print_rows(f"2. aggregation: one round of N simulated workers, {args.params:,} parameters "
-                   f"({args.params * 12 / 1e3:,.0f} kB of weights and Adam state per worker)", rows)
+                   f"({args.params * 12 / 1e3:,.0f} kB of weights and Adam state per worker); load average "
+                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", rows)
         scale = SQUEEZENET_PARAMETERS / args.params
         print(f"\nAt SqueezeNet 1.1's {SQUEEZENET_PARAMETERS:,} parameters the weight files are {scale:,.0f} times "
               "larger: local aggregation's download grows by that factor, the in-cloud records do not.")
