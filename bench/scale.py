@@ -311,7 +311,8 @@ def bench_aggregation(args: argparse.Namespace) -> list[dict]:
 def print_rows(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     header = list(rows[0])
-    cells = [[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    cells = [[(f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}") if isinstance(v, float) else str(v)
+              for v in row.values()] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for c in cells:
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         invoker = bench_invoker(args)
         print_rows(f"1. invoker: {args.batches} batches at concurrency {args.concurrency}, reserved "
-                   f"{args.reserved}, {args.throttles} injected 429s, read timeout {args.read_timeout} s",
+                   f"{args.reserved}, {args.throttles} injected 429s, read timeout {args.read_timeout} s; load "
+                   f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
                    [{"measure": k, "value": v} for k, v in invoker.items()])
         rows = bench_aggregation(args)
         print_rows(f"2. aggregation: one round of N simulated workers, {args.params:,} parameters "

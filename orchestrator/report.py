@@ -19,18 +19,17 @@ def bill_rows(cost: Bill) -> list[tuple[str, str]]:
     """The bill, a line per kind of charge; the lines add up to the total."""
     rows = []
     if cost.lambda_.invocations:
-        rows += [("invocations", f"{cost.lambda_.invocations} ({cost.lambda_.failures} failed)"),
-                 ("billed", f"{cost.lambda_.gb_seconds:,.2f} GB-s  (${cost.lambda_.dollars:.5f} at Lambda list "
-                            "price, requests included)")]
-    requests = cost.requests
-    kinds = ", ".join(f"{count:,} {kind.upper()}" for kind, count in requests.items() if count) or "none"
+        billed = (f"{cost.lambda_.gb_seconds:,.2f} GB-s  (${cost.lambda_.dollars:.5f} at Lambda list price, "
+                  "requests included)")
+        rows += [("invocations", f"{cost.lambda_.invocations} ({cost.lambda_.failures} failed)"), ("billed", billed)]
+    kinds = ", ".join(f"{count:,} {kind.upper()}" for kind, count in cost.requests.items() if count) or "none"
     theirs = sum(cost.function_requests.values())
-    rows.append(("S3 requests", f"{kinds}{f' ({theirs:,} by functions)' if theirs else ''}  "
-                                f"(${cost.s3_dollars:.5f})"))
+    by_functions = f" ({theirs:,} by functions)" if theirs else ""
+    rows.append(("S3 requests", f"{kinds}{by_functions}  (${cost.s3_dollars:.5f})"))
     priced = "as internet egress" if cost.outside_aws else "inside AWS: free"
-    rows.append(("transfer", f"{megabytes(cost.bytes_down)} down, {megabytes(cost.bytes_up)} up through the "
-                             f"orchestrator  (${cost.transfer_dollars:.5f} {priced})"))
-    rows.append(("total", f"${cost.total:.5f} at list price"))
+    through = (f"{megabytes(cost.bytes_down)} down, {megabytes(cost.bytes_up)} up through the orchestrator  "
+               f"(${cost.transfer_dollars:.5f} {priced})")
+    rows += [("transfer", through), ("total", f"${cost.total:.5f} at list price")]
     return rows
 
 

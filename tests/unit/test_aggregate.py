@@ -88,9 +88,9 @@ def worker_results(store, run: TrainingRun, count: int, seed: int = 0) -> dict[i
 
 
 def test_the_tree_has_one_node_up_to_the_fan_in_and_log_levels_above():
-    assert plan_tree(1) == [[range(0, 1)]]
-    assert plan_tree(FAN_IN) == [[range(0, FAN_IN)]]
-    assert plan_tree(FAN_IN + 1) == [[range(0, FAN_IN), range(FAN_IN, FAN_IN + 1)], [range(0, 2)]]
+    assert plan_tree(1) == [[range(1)]]
+    assert plan_tree(FAN_IN) == [[range(FAN_IN)]]
+    assert plan_tree(FAN_IN + 1) == [[range(FAN_IN), range(FAN_IN, FAN_IN + 1)], [range(2)]]
     assert [len(level) for level in plan_tree(256)] == [16, 1]
     assert [len(level) for level in plan_tree(257)] == [17, 2, 1]
     assert [len(level) for level in plan_tree(7, 3)] == [3, 1]
