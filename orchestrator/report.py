@@ -16,7 +16,31 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from orchestrator.costs import summarize
+from orchestrator.costs import Bill, bill
+from orchestrator.traffic import METER, Traffic
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 100_000 else f"{count / 1e3:,.1f} kB"
+
+
+def bill_rows(cost: Bill) -> list[tuple[str, str]]:
+    """The bill, a line per kind of charge; the lines add up to the total."""
+    rows = []
+    if cost.lambda_.invocations:
+        billed = (f"{cost.lambda_.gb_seconds:,.2f} GB-s  (${cost.lambda_.dollars:.5f} at Lambda list price, "
+                  "requests included)")
+        rows += [("invocations", f"{cost.lambda_.invocations} ({cost.lambda_.failures} failed)"), ("billed", billed)]
+    kinds = ", ".join(f"{count:,} {kind.upper()}" for kind, count in cost.requests.items() if count) or "none"
+    theirs = sum(cost.function_requests.values())
+    by_functions = f" ({theirs:,} by functions)" if theirs else ""
+    rows.append(("S3 requests", f"{kinds}{by_functions}  (${cost.s3_dollars:.5f})"))
+    priced = "as internet egress" if cost.outside_aws else "inside AWS: free"
+    through = (f"{megabytes(cost.bytes_down)} down, {megabytes(cost.bytes_up)} up through the orchestrator  "
+               f"(${cost.transfer_dollars:.5f} {priced})")
+    rows += [("transfer", through), ("total", f"${cost.total:.5f} at list price")]
+    return rows
+
 
 JSON_HELP = ("print one JSON document on stdout (the summary's figures, failures with reasons, the bill) and "
              "nothing else; the report goes to stderr")
@@ -38,11 +62,18 @@ def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(file=sys.stderr, disable=None if enabled else True, **kwargs)
 
 
-def bill(invocations: Iterable = ()) -> dict:
-    """The invocations' cost at Lambda's list price, as numbers: what the summary's last two lines say."""
-    cost = summarize(invocations)
-    return {"invocations": cost.invocations, "failed_invocations": cost.failures, "billed_ms": cost.billed_ms,
-            "gb_seconds": cost.gb_seconds, "dollars": cost.dollars}
+# The store traffic the last summary billed: `print_json` follows `print_summary` and bills the same job.
+_last_traffic: list[Traffic] = []
+
+
+def bill_document(invocations: Iterable = (), traffic: Traffic | None = None) -> dict:
+    """The bill as numbers: what the summary's bill lines say."""
+    cost = bill(invocations, traffic)
+    return {"invocations": cost.lambda_.invocations, "failed_invocations": cost.lambda_.failures,
+            "billed_ms": cost.lambda_.billed_ms, "gb_seconds": cost.lambda_.gb_seconds,
+            "dollars": cost.lambda_.dollars, "s3_requests": cost.requests, "s3_dollars": cost.s3_dollars,
+            "bytes_down": cost.bytes_down, "bytes_up": cost.bytes_up, "transfer_dollars": cost.transfer_dollars,
+            "total_dollars": cost.total}
 
 
 def print_json(command: str, figures: Mapping[str, object], failures: Iterable[tuple[str, str]] = (),
@@ -51,20 +82,21 @@ def print_json(command: str, figures: Mapping[str, object], failures: Iterable[t
     out = out or sys.stdout
     document = {"command": command, **figures,
                 "failures": [{"item": item, "reason": reason} for item, reason in failures],
-                "bill": bill(invocations)}
+                "bill": bill_document(invocations, _last_traffic[-1] if _last_traffic else METER.take())}
     json.dump(document, out, indent=2, default=str)
     print(file=out)
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),
-                  out: TextIO | None = None) -> None:
+                  out: TextIO | None = None, traffic: Traffic | None = None) -> None:
+    """`traffic`: the orchestrator's with the stores; by default all of it since the previous summary."""
     out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     rows = list(rows)
     invocations = list(invocations)
-    if invocations:
-        cost = summarize(invocations)
-        rows += [("invocations", f"{cost.invocations} ({cost.failures} failed)"),
-                 ("billed", f"{cost.gb_seconds:,.2f} GB-s  (${cost.dollars:.5f} at Lambda list price)")]
+    traffic = METER.take() if traffic is None else traffic
+    _last_traffic[:] = [traffic]
+    if invocations or traffic.request_count:
+        rows += bill_rows(bill(invocations, traffic))
     width = max((len(label) for label, _ in rows), default=0)
     print(f"\n{title}", file=out)
     print("-" * max(len(title), 20), file=out)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -27,9 +28,8 @@ from dlpipe.predict.versions import version_key
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
-from dlpipe.shared.store import StoreError
 from dlpipe.train import manifest as manifests
-from dlpipe.train.averaging import AveragingError, weighted_average, weighted_metrics
+from dlpipe.train.averaging import weighted_metrics
 from dlpipe.train.model import model_config_for
 from dlpipe.train.pretrained import starting_point
 from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
@@ -47,10 +47,12 @@ from dlpipe.wire import (
     TrainResponse,
     parse_reply,
 )
-from orchestrator.costs import summarize
+from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.report import progress_bar
+from orchestrator.traffic import METER, Traffic
 from orchestrator.training_report import round_line, write_outputs
 
 DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0,
@@ -85,6 +87,7 @@ class TrainOptions:
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
+    aggregate: str = "auto"              # local | lambda | auto: lambda when the invoker is (orchestrator.aggregation)
 
 
 @dataclass
@@ -358,20 +361,20 @@ def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]
             for w, parts in enumerate(plan.shard_parts)]
 
 
-def _average(run: TrainingRun, round_: int, results: dict[int, TrainResponse]) -> None:
-    """The round's optimizer state, then its global weights: example-weighted means in worker order.
+def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse]) -> dict:
+    """The round's optimizer state, then its global weights: example-weighted means; how, for the record.
 
-    Worker order (not completion order) fixes the summation order, so the result is reproducible.
+    The aggregation tree over the workers in worker order (not completion order) fixes the
+    summation order, so the result is reproducible and the same bytes whichever engine
+    aggregates (--aggregate: here, or the train function's aggregate action in the cloud).
     """
-    targets = (("optimizer_key", run.optimizer_key(round_)), ("weights_key", run.global_key(round_)))
-    for field_name, key in targets:
-        pairs = ((run.load_weights(getattr(results[w], field_name)), results[w].num_examples) for w in sorted(results))
-        try:
-            run.save_weights(key, weighted_average(pairs, sources=[f"worker {w}" for w in sorted(results)]))
-        except (AveragingError, CheckpointError, StoreError) as err:
-            raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
-                                 f"round is {round_ - 1}; if a worker diverged, start a new --run with a lower "
-                                 "--lr") from err
+    try:
+        engine = resolve_engine(options.aggregate, invoker)
+        return aggregate_round(plan.run, round_, results, engine, invoker, options.retries).as_record()
+    except (AggregationFailed, ValueError) as err:
+        raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
+                             f"round is {round_ - 1}: fix the cause and continue with --resume (if a worker "
+                             "diverged, start a new --run with a lower --lr)") from err
 
 
 def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None:
@@ -394,7 +397,7 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
 def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: Callable[[Invocation], None],
                  failures: list[tuple[str, str]]) -> dict:
     run = plan.run
-    round_start, n_before = time.perf_counter(), len(invoker.records)
+    round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), METER.snapshot()
     events = _worker_events(plan, options, round_)
 
     def retry_event(event: dict, attempt: int) -> dict:
@@ -413,15 +416,23 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
             "let a round close on fewer workers with --min-workers.")
     results = {w: TrainResponse.model_validate(done[w]) for w in sorted(done)}
     trained_at = time.perf_counter()
-    _average(run, round_, results)
+    aggregation = _average(invoker, plan, options, round_, results)
     averaged_at = time.perf_counter()
     val = evaluate(invoker, plan, run.global_key(round_), options.retries)
     record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
     record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
+    record["aggregation"] = aggregation
+    record["transfer"] = _transfer_record(invoker.records[n_before:], METER.snapshot() - traffic_before)
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)
     return {**record, "round": round_}
+
+
+def _transfer_record(records: list[Invocation], traffic: Traffic) -> dict:
+    """What went through the orchestrator this round (its own commit excluded): bytes each way, store requests."""
+    down, up = transfer_bytes(records, traffic)
+    return {"bytes_down": down, "bytes_up": up, "store_requests": traffic.requests}
 
 
 def _round_record(results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,

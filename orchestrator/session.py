@@ -19,6 +19,7 @@ from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
 from orchestrator.quiet import worker_log
+from orchestrator.traffic import MeteredStore
 
 INVOKERS = ("local", "lambda")
 STACK_OUTPUTS = ("DataBucketName", "ModelBucketName", "PredictionsTableName")
@@ -85,14 +86,15 @@ class Session:
         return {k: v for k, v in quiet.items() if k not in os.environ}
 
     def data_store(self) -> ObjectStore:
+        """Metered (orchestrator.traffic): the summaries price its requests and bytes."""
         try:
-            return self.settings.data_store()
+            return MeteredStore(self.settings.data_store())
         except StoreError as err:  # a URL no store answers to: the user's to fix, not a crash
             raise CommandError(f"data store: {err}") from None
 
     def model_store(self) -> ObjectStore:
         try:
-            return self.settings.model_store()
+            return MeteredStore(self.settings.model_store())
         except StoreError as err:
             raise CommandError(f"model store: {err}") from None
 

@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+from orchestrator.report import megabytes
+
 
 def _fmt(value, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
@@ -13,10 +15,12 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 def round_line(record: dict) -> str:
     train, val = record.get("train") or {}, record.get("val") or {}
+    transfer = record.get("transfer")  # rounds recorded before it existed have none
+    through = f"  {megabytes(transfer['bytes_down'] + transfer['bytes_up'])} via orchestrator" if transfer else ""
     return (f"round {record['round']:>3}  workers {record['workers_ok']}/{record['workers']}  "
             f"train loss {_fmt(train.get('loss'))} acc {_fmt(train.get('accuracy'), '.3f')}  "
             f"val loss {_fmt(val.get('loss'))} acc {_fmt(val.get('accuracy'), '.3f')}  "
-            f"{record['wall_seconds']:.1f} s  {record['gb_seconds']:.1f} GB-s")
+            f"{record['wall_seconds']:.1f} s  {record['gb_seconds']:.1f} GB-s{through}")
 
 
 def metrics_from_records(run: str, dataset: str, training: dict, records: list[dict]) -> dict:

@@ -1,4 +1,4 @@
-"""The train function (container image): init, pack, train and evaluate actions.
+"""The train function (container image): init, pack, train, evaluate and aggregate actions.
 
 Thin on purpose: parse the event into the core's pydantic models, call the core
 (dlpipe.train.worker), log and return its JSON-safe result. A malformed event is answered
@@ -21,6 +21,7 @@ from dlpipe import wire
 from dlpipe.shared.config import Settings
 from dlpipe.shared.events import parsed_event
 from dlpipe.shared.store import ObjectStore
+from dlpipe.train import aggregate
 from dlpipe.train import worker as training
 
 logger = Logger(service="train")
@@ -42,6 +43,8 @@ def handler(request, context) -> dict:
                                     remaining_ms=context.get_remaining_time_in_millis)
     elif isinstance(request, wire.EvaluateRequest):
         result = training.run_evaluate(request, data_store, model_store)
+    elif isinstance(request, wire.AggregateRequest):
+        result = aggregate.run_aggregate(request, model_store)
     elif isinstance(request, wire.PackRequest):
         result = training.run_pack(request, data_store, remaining_ms=context.get_remaining_time_in_millis)
         for skipped in result["skipped"]:

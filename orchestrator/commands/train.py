@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
@@ -76,6 +77,11 @@ def register(subparsers) -> None:
                         "whose output it zeroes everywhere can never be learned again)")
     p.add_argument("--output", type=Path, default=Path("."), metavar="DIR",
                    help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
+    p.add_argument("--aggregate", choices=ENGINES, default="auto",
+                   help="where the workers' results are averaged: here (local: every worker's weights come down "
+                        "to this machine), by the train function in the cloud (lambda: a tree of partial sums, "
+                        "only small records come down), or auto: lambda with the Lambda invoker (default). "
+                        "The weights are the same bytes either way")
     p.add_argument("--keep-worker-weights", action="store_true",
                    help="keep every worker's weights in the store (default: delete once the round is averaged)")
     add_json_argument(p)
@@ -90,7 +96,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
                         init_from=args.init_from, trainable=args.trainable,
                         output_dir=args.output,
-                        keep_worker_weights=args.keep_worker_weights)
+                        keep_worker_weights=args.keep_worker_weights, aggregate=args.aggregate)
 
 
 def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:

@@ -90,12 +90,14 @@ def lambda_client(read_timeout_s: float, max_connections: int):
 def _read_response(inv: Invocation, resp: dict) -> None:
     """Fill `inv` from an Invoke response: billing from the tail log's REPORT line, payload, error."""
     inv.request_id = resp.get("ResponseMetadata", {}).get("RequestId", "") or str(uuid.uuid4())
-    log = base64.b64decode(resp.get("LogResult", "") or b"").decode("utf-8", "replace")
+    tail = resp.get("LogResult", "") or ""
+    log = base64.b64decode(tail).decode("utf-8", "replace")
     report = parse_report(log)
     inv.duration_ms = report.get("duration_ms", 0.0)
     inv.billed_ms = report.get("billed_ms", 0)
     inv.memory_mb = report.get("memory_mb", inv.memory_mb)
     raw = resp["Payload"].read()
+    inv.response_bytes += len(raw) + len(tail)
     try:
         payload = json.loads(raw) if raw else None
     except ValueError:
@@ -145,6 +147,7 @@ class LambdaInvoker(Invoker):
         body = json.dumps(event).encode()
         for attempt in range(self.max_throttle_retries + 1):
             inv.attempts = attempt + 1
+            inv.request_bytes += len(body)
             try:
                 resp = self.client.invoke(FunctionName=self._deployed_name(function),
                                           InvocationType="RequestResponse", LogType="Tail", Payload=body)

@@ -25,6 +25,8 @@ class Invocation:
     architecture: str = "x86_64"    # Lambda prices arm64 lower; local runs are priced as x86_64
     attempts: int = 1
     wall_ms: float = 0.0            # client-side round trip, including queueing
+    request_bytes: int = 0          # sent by the orchestrator: the event, once per attempt
+    response_bytes: int = 0         # received: the reply and its log tail (what a link to AWS carries)
     extra: dict = field(default_factory=dict)
 
 

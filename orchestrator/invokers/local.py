@@ -267,21 +267,21 @@ class LocalInvoker(Invoker):
         timeout = self.timeout_for(spec)
         futures = {}
         for index, event in enumerate(events):
-            request_id = str(uuid.uuid4())
+            request_id, body = str(uuid.uuid4()), json.dumps(event)
             future = pool.schedule(
                 _run,
-                args=(str(spec.handler_path), spec.handler_name, json.dumps(event), spec.name,
+                args=(str(spec.handler_path), spec.handler_name, body, spec.name,
                       spec.memory_mb, timeout, request_id),
                 timeout=timeout,
             )
-            futures[future] = (index, request_id, time.perf_counter())
+            futures[future] = (index, request_id, time.perf_counter(), len(body.encode()))
         return self._collect(spec, futures, timeout, on_result)
 
     def _collect(self, spec, futures, timeout, on_result) -> Iterator[Invocation]:
         for future in concurrent.futures.as_completed(futures):
-            index, request_id, submitted = futures[future]
+            index, request_id, submitted, sent = futures[future]
             inv = Invocation(function=spec.name, index=index, request_id=request_id, ok=False,
-                             memory_mb=spec.memory_mb)
+                             memory_mb=spec.memory_mb, request_bytes=sent)
             try:
                 result = future.result()
             except concurrent.futures.TimeoutError:
@@ -298,6 +298,7 @@ class LocalInvoker(Invoker):
                 if result["ok"]:
                     inv.ok = True
                     inv.payload = json.loads(result["body"])
+                    inv.response_bytes = len(result["body"].encode())
                 else:
                     inv.error = f"{result['error']['errorType']}: {result['error']['errorMessage']}"
                     inv.payload = result["error"]

@@ -63,6 +63,12 @@ class Call:
     received: float = field(default_factory=time.monotonic)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops connections when a hundred clients connect at
+    # once (the client sees "connection closed before a valid response"); Lambda's does not.
+    request_queue_size = 1024
+
+
 class LambdaAPI:
     """Threaded HTTP server implementing Lambda's synchronous Invoke call."""
 
@@ -75,7 +81,7 @@ class LambdaAPI:
         class Handler(_InvokeHandler):
             server_api = api
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True  # a slow handler never holds up shutdown
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="lambda-api", daemon=True)
@@ -127,6 +133,9 @@ class LambdaAPI:
 class _InvokeHandler(BaseHTTPRequestHandler):
     server_api: LambdaAPI
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore's connection pool expects
+    # Headers and body go out as two writes; with Nagle's algorithm the body then waits ~40 ms
+    # for the client's delayed ACK, a delay that Lambda's own endpoint does not add.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args) -> None:  # keep test output clean
         pass

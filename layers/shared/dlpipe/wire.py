@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, ClassVar, Literal, TypeVar, Union
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -426,7 +426,56 @@ class EvaluateResponse(_Event):
     seconds: float
 
 
-TrainEvent = Annotated[Union[InitRequest, PackRequest, TrainRequest, EvaluateRequest],
+# --- aggregate: an action of the train function ------------------------------------
+# One node of a round's aggregation tree (dlpipe.train.aggregate): the example-weighted sum
+# of some workers' results (or of partial sums from the level below), written as a partial
+# sum, or at the root as the round's global weights and optimizer state.
+
+MAX_AGGREGATE_SOURCES = 64   # the tree's fan-in is 16; a node reads its sources one after another
+
+
+class AggregateSource(_Event):
+    """A worker's result (weights x examples) or a partial sum of the level below (already weighted)."""
+
+    name: str = Field(min_length=1, max_length=100, description="how errors name it, e.g. 'worker 3'")
+    weights_key: StoreKey
+    optimizer_key: StoreKey | None = None
+    examples: int = Field(ge=1, description="a worker's num_examples, or the total a partial sum holds")
+
+
+class AggregateRequest(_Event):
+    action: Literal["aggregate"]
+    sources: list[AggregateSource] = Field(min_length=1, max_length=MAX_AGGREGATE_SOURCES)
+    partial_sources: bool = Field(False, description="the sources are partial sums written by aggregate calls")
+    final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
+    weights_key: StoreKey                      # where to write (model store)
+    optimizer_key: StoreKey | None = None      # None: the sources carry no optimizer state
+
+    @model_validator(mode="after")
+    def _optimizer_everywhere_or_nowhere(self) -> AggregateRequest:
+        without = [s.name for s in self.sources if (s.optimizer_key is None) != (self.optimizer_key is None)]
+        if without:
+            state = "has no optimizer_key" if self.optimizer_key else "has an optimizer_key the output lacks"
+            raise ValueError(f"source(s) {without[:5]} {state}: every source and the output carry optimizer "
+                             "state, or none does")
+        return self
+
+
+class AggregateResponse(_Event):
+    action: Literal["aggregate"] = "aggregate"
+    weights_key: str
+    optimizer_key: str | None
+    final: bool
+    examples: int = Field(ge=1)
+    contributions: int = Field(ge=1, description="workers summed below this node")
+    gets: int
+    puts: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+
+
+TrainEvent = Annotated[InitRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
                        Field(discriminator="action")]
 
 

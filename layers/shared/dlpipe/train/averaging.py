@@ -9,6 +9,7 @@ memory is one model's worth (in float64) however many workers there are.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -16,6 +17,16 @@ import numpy as np
 
 class AveragingError(ValueError):
     """Weights or example counts that cannot be averaged; the message names the problem."""
+
+
+@dataclass
+class PartialSum:
+    """A subtree of the aggregation tree (dlpipe.train.aggregate): sums of weights x examples, not yet divided."""
+
+    sums: list[np.ndarray]          # float64
+    dtypes: list[np.dtype]          # of the weights that were summed: the mean comes back in them
+    total_examples: int
+    contributions: int              # workers summed below this point
 
 
 class WeightedAverage:
@@ -59,6 +70,28 @@ class WeightedAverage:
             total += a.astype(np.float64) * float(num_examples)
         self.total_examples += int(num_examples)
         self.contributions += 1
+
+    def add_partial(self, partial: PartialSum, source: str = "") -> None:
+        """Add another accumulator's sums as they are (already weighted): a node of the aggregation tree."""
+        who = f" from {source}" if source else ""
+        if partial.total_examples <= 0 or not partial.sums:
+            raise AveragingError(f"partial sum{who} holds no examples")
+        if self._sums is None:
+            self._dtypes = list(partial.dtypes)
+            self._sums = [np.zeros(s.shape, np.float64) for s in partial.sums]
+        shapes = [s.shape for s in self._sums]
+        if [s.shape for s in partial.sums] != shapes or list(partial.dtypes) != self._dtypes:
+            raise AveragingError(f"partial sum{who} has arrays of other shapes or types than the first one's")
+        for total, s in zip(self._sums, partial.sums, strict=True):
+            total += s
+        self.total_examples += int(partial.total_examples)
+        self.contributions += int(partial.contributions)
+
+    def partial(self) -> PartialSum:
+        """What was added so far, undivided: to be added into a node above."""
+        if self._sums is None:
+            raise AveragingError("nothing to sum: no worker's weights were added")
+        return PartialSum(self._sums, list(self._dtypes), self.total_examples, self.contributions)
 
     def result(self) -> list[np.ndarray]:
         """The example-weighted mean of everything added so far."""

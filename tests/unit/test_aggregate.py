@@ -1,0 +1,201 @@
+"""The aggregation tree: the same bytes whichever engine runs it, through the real train handler.
+
+`local` sums in the orchestrator's process (dlpipe.train.aggregate.mean_by_tree); `lambda`
+sends each node to the train function's aggregate action (here the real handler file, run
+in this process), with partial sums going through the store. Their outputs must be the
+same bytes for every N, odd ones included, and up to the fan-in the very bytes that plain
+worker-order averaging (dlpipe.train.averaging) always gave.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlpipe.shared.store import DirStore
+from dlpipe.train.aggregate import FAN_IN, mean_by_tree, partial_from_bytes, partial_to_bytes, plan_tree, run_aggregate
+from dlpipe.train.averaging import AveragingError, weighted_average
+from dlpipe.train.run import TrainingRun
+from dlpipe.train.weights import load_weights, save_weights
+from dlpipe.wire import AggregateRequest, AggregateSource, TrainResponse
+from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.invokers.local import LocalContext
+
+APP = Path(__file__).resolve().parents[2] / "functions" / "train" / "app.py"
+
+
+class HandlerInvoker(Invoker):
+    """Runs the real train handler in this process, one event after another.
+
+    The first `fail` calls whose output key holds `target` time out instead.
+    """
+
+    name = "lambda"
+
+    def __init__(self, handler, fail: int = 0, target: str = "") -> None:
+        super().__init__()
+        self.handler, self.fail, self.target, self.events = handler, fail, target, []
+
+    def map(self, function, events, *, on_result=None):
+        for index, event in enumerate(list(events)):
+            self.events.append(event)
+            inv = Invocation(function, index, str(uuid.uuid4()), ok=False, memory_mb=4096, billed_ms=1)
+            if self.fail > 0 and self.target in event["weights_key"]:
+                self.fail -= 1
+                inv.error = "Sandbox.Timedout: Task timed out after 900.00 seconds"
+            else:
+                inv.payload = self.handler(event, LocalContext("train", 4096, 900, inv.request_id))
+                inv.ok = True
+            self._record(inv)
+            if on_result:
+                on_result(inv)
+            yield inv
+
+
+@pytest.fixture
+def handler(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_DATA_URL", str(tmp_path / "data"))
+    monkeypatch.setenv("DLPIPE_MODEL_URL", str(tmp_path / "models"))
+    spec = importlib.util.spec_from_file_location("train_app_aggregate", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+def worker_results(store, run: TrainingRun, count: int, seed: int = 0) -> dict[int, TrainResponse]:
+    """`count` workers' weights (float32, magnitudes far apart) and Adam states (a float64 step, moments)."""
+    rng = np.random.default_rng(seed)
+    results = {}
+    for w in range(count):
+        weights = [(rng.normal(size=(5, 3)) * 10.0 ** rng.integers(-6, 4)).astype(np.float32),
+                   rng.normal(size=7).astype(np.float32)]
+        state = [np.asarray(float(rng.integers(1, 500)), np.float64), rng.random((5, 3)).astype(np.float32) * 1e-8]
+        key, adam = run.worker_key(1, w), run.worker_optimizer_key(1, w)
+        save_weights(store, key, weights)
+        save_weights(store, adam, state)
+        n = int(rng.integers(1, 5000))
+        results[w] = TrainResponse(run=run.name, round=1, worker=w, attempt=0, weights_key=key, optimizer_key=adam,
+                                   num_examples=n, shard_examples=n, epochs_done=1, steps=1, stopped_early=False,
+                                   loss=None, accuracy=None, train_seconds=1, images_per_second=1, load_seconds=0,
+                                   setup_seconds=0, upload_seconds=0, weights_bytes=1, max_rss_mb=None)
+    return results
+
+
+def test_the_tree_has_one_node_up_to_the_fan_in_and_log_levels_above():
+    assert plan_tree(1) == [[range(1)]]
+    assert plan_tree(FAN_IN) == [[range(FAN_IN)]]
+    assert plan_tree(FAN_IN + 1) == [[range(FAN_IN), range(FAN_IN, FAN_IN + 1)], [range(2)]]
+    assert [len(level) for level in plan_tree(256)] == [16, 1]
+    assert [len(level) for level in plan_tree(257)] == [17, 2, 1]
+    assert [len(level) for level in plan_tree(7, 3)] == [3, 1]
+    leaves = plan_tree(64, 3)[0]
+    assert [i for node in leaves for i in node] == list(range(64))   # every worker once, in worker order
+    with pytest.raises(ValueError, match="at least one source"):
+        plan_tree(0)
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 64])
+def test_in_the_cloud_and_here_give_the_same_bytes(tmp_path, handler, count):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    results = worker_results(models, run, count)
+    shutil.copytree(tmp_path / "models", tmp_path / "here")
+    here = TrainingRun(DirStore(tmp_path / "here"), "r")
+
+    cloud = aggregate_round(run, 1, results, "lambda", HandlerInvoker(handler), retries=0)
+    local = aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0)
+
+    assert cloud.levels == local.levels == (1 if count <= FAN_IN else 2)
+    assert cloud.calls == cloud.nodes == (1 if count <= FAN_IN else 5) and local.calls == 0
+    for key in (run.global_key(1), run.optimizer_key(1)):
+        assert run.store.get(key) == here.store.get(key)
+    if count <= FAN_IN:  # one node: exactly the worker-order average every earlier round was made with
+        pairs = [(load_weights(models, results[w].weights_key), results[w].num_examples) for w in range(count)]
+        expected = weighted_average(pairs)
+        got = load_weights(models, run.global_key(1))
+        assert [a.tobytes() for a in got] == [a.tobytes() for a in expected]
+        assert [a.dtype for a in got] == [np.float32, np.float32]
+
+
+@pytest.mark.parametrize("count, fan_in", [(7, 2), (7, 3), (64, 3), (64, 5)])
+def test_odd_trees_through_the_store_equal_the_tree_in_memory(tmp_path, count, fan_in):
+    store = DirStore(tmp_path)
+    run = TrainingRun(store, "r")
+    results = worker_results(store, run, count, seed=count + fan_in)
+    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key, examples=r.num_examples)
+               for w, r in results.items()]
+    levels = plan_tree(count, fan_in)
+    for level, groups in enumerate(levels):
+        final = level == len(levels) - 1
+        replies = [run_aggregate(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
+                                                  partial_sources=level > 0, final=final,
+                                                  weights_key="out.npz" if final else f"sum-{level}-{j}.npz"),
+                                 store, ahead=3) for j, group in enumerate(groups)]
+        sources = [AggregateSource(name=f"node {level}.{j}", weights_key=r.weights_key, examples=r.examples)
+                   for j, r in enumerate(replies)]
+    assert replies[0].examples == sum(r.num_examples for r in results.values()) and replies[0].contributions == count
+    in_memory = mean_by_tree(lambda i: load_weights(store, results[i].weights_key),
+                             [r.num_examples for r in results.values()], [f"w{i}" for i in results], fan_in)
+    assert [a.tobytes() for a in load_weights(store, "out.npz")] == [a.tobytes() for a in in_memory]
+    plain = weighted_average((load_weights(store, r.weights_key), r.num_examples) for r in results.values())
+    for a, b in zip(in_memory, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)   # the same mean, summed in another order
+
+
+def test_a_failed_node_is_retried_and_a_node_that_keeps_failing_stops_the_aggregation(tmp_path, handler):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    results = worker_results(models, run, 20)
+    flaky = HandlerInvoker(handler, fail=1)
+    done = aggregate_round(run, 1, results, "lambda", flaky, retries=1)
+    assert done.calls == done.nodes + 1 and flaky.events[2] == flaky.events[0]   # node 0.0 again, the same event
+    assert models.exists(run.global_key(1))
+
+    models.delete(run.global_key(1))
+    with pytest.raises(AggregationFailed, match=r"node 0\.0: Sandbox.Timedout.*\(after 2 attempts\)"):
+        aggregate_round(run, 1, results, "lambda", HandlerInvoker(handler, fail=2, target="sum-0-0000"), retries=1)
+    assert not models.exists(run.global_key(1))
+
+
+def test_a_stale_or_broken_partial_sum_is_refused_naming_it(tmp_path):
+    store = DirStore(tmp_path)
+    run = TrainingRun(store, "r")
+    results = worker_results(store, run, 3)
+    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key, examples=r.num_examples)
+               for w, r in results.items()]
+    reply = run_aggregate(AggregateRequest(action="aggregate", sources=sources, final=False, weights_key="s.npz"),
+                          store)
+    partial = partial_from_bytes(store.get("s.npz"), "s")
+    assert partial.total_examples == reply.examples and [s.dtype for s in partial.sums] == [np.float64] * 2
+    assert partial_to_bytes(partial) == store.get("s.npz")
+    stale = AggregateSource(name="node 0.0", weights_key="s.npz", examples=reply.examples + 1)
+    with pytest.raises(AveragingError, match=r"node 0\.0 \('s\.npz'\) holds \d+ examples, the call that wrote it "
+                                             r"reported \d+"):
+        run_aggregate(AggregateRequest(action="aggregate", sources=[stale], partial_sources=True,
+                                       weights_key="g.npz"), store)
+    worker = AggregateSource(name="worker 0", weights_key=results[0].weights_key, examples=5)
+    with pytest.raises(Exception, match="worker 0.*not a readable partial sum"):
+        run_aggregate(AggregateRequest(action="aggregate", sources=[worker], partial_sources=True,
+                                       weights_key="g.npz"), store)
+
+
+def test_the_handler_refuses_a_request_with_optimizer_state_on_one_side_only(handler):
+    event = {"action": "aggregate", "weights_key": "g.npz", "optimizer_key": "o.npz",
+             "sources": [{"name": "worker 0", "weights_key": "w.npz", "examples": 3}]}
+    reply = handler(event, LocalContext("train", 4096, 900, "x"))
+    assert reply["statusCode"] == 400 and "worker 0" in reply["error"] and "optimizer" in reply["error"]
+
+
+def test_auto_aggregates_in_the_cloud_only_with_the_lambda_invoker(handler):
+    lambda_invoker = HandlerInvoker(handler)
+    assert resolve_engine("auto", lambda_invoker) == "lambda"
+    lambda_invoker.name = "local"
+    assert resolve_engine("auto", lambda_invoker) == "local" and resolve_engine("lambda", lambda_invoker) == "lambda"
+    with pytest.raises(ValueError, match="--aggregate is one of auto, local, lambda"):
+        resolve_engine("gpu", lambda_invoker)
