@@ -62,7 +62,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
     model.fit(recipe.normalize(x[:batch_size * 2]), y[:batch_size * 2], batch_size=batch_size, verbose=0)
     rates = []
     for epoch in range(epochs):
-        order = training.epoch_order(seed, 1, 0, epoch, len(y))
+        order = batches.epoch_order(seed, 1, 0, epoch, len(y))
         start = time.perf_counter()
         model.fit(recipe.normalize(x[order]), y[order], batch_size=batch_size, shuffle=False, verbose=0)
         rates.append(len(y) / (time.perf_counter() - start))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import parts
+from dlpipe.train import batches, parts
 from dlpipe.train import worker as training
 from dlpipe.train.model import build_model
 from dlpipe.train.run import TrainingRun
@@ -113,7 +113,7 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     model.compile(optimizer=keras.optimizers.Adam(hyper["learning_rate"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     for epoch in range(2):
-        order = training.epoch_order(hyper["seed"], 1, 0, epoch, len(y))
+        order = batches.epoch_order(hyper["seed"], 1, 0, epoch, len(y))
         history = model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0)
     expected = model.get_weights()
 
@@ -162,7 +162,7 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, 
     for round_ in (1, 2):
         if round_ == 2:  # each round's dropout masks come from its own seed
             model.get_layer("dropout").seed_generator.state.assign([training.dropout_seed(seed, 2, 0), 0])
-        order = training.epoch_order(seed, round_, 0, 0, len(y))
+        order = batches.epoch_order(seed, round_, 0, 0, len(y))
         model.fit(RECIPE.normalize(x[order]), y[order], batch_size=16, shuffle=False, verbose=0,
                   callbacks=[keras.callbacks.LambdaCallback(on_train_batch_begin=warm)])
     if warmup_epochs:  # the schedule really rose over both rounds, then held
