@@ -9,8 +9,9 @@ from typing import TextIO
 
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.report import print_failures, print_summary
-from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
+from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
 examples:

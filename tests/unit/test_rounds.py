@@ -21,6 +21,8 @@ from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator import functions
+from orchestrator.hyperparams import DEFAULTS
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from tests.memory_store import MemoryStore
 
@@ -98,7 +100,9 @@ def session(failures=None, workers: int = 3) -> FakeSession:
     shards = [{"parts": [f"datasets/d/train/shard-{w:03d}/part-000.npz"], "count": SHARD_SIZES[w]}
               for w in range(workers)]
     manifest = {"dataset": "d", "classes": ["a", "b"], "recipe": Recipe(size=32, channels=1).to_dict(),
-                "shards": shards, "val": {"parts": ["datasets/d/val/part-000.npz"], "count": 5}, "id": "m1"}
+                "shards": shards, "val": {"parts": ["datasets/d/val/part-000.npz"], "count": 5}, "id": "m1",
+                "source": "raw", "val_fraction": 0.1, "created": "2024-01-01T00:00:00Z",
+                "counts": {"train": sum(SHARD_SIZES[:workers]), "val": 5}}
     s.data.put("datasets/d/manifest.json", json.dumps(manifest).encode())
     return s
 
@@ -185,7 +189,9 @@ def test_resume_keeps_the_runs_own_settings_and_refuses_others():
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
         train(s, "r", 2, resume=True, batch_size=64)
     train(s, "r", 2, resume=True)
-    assert all(e["hyper"]["batch_size"] == 32 for e in s.invoker.events if e["action"] == "train")
+    # --batch-size is the batch across the 3 workers: 10 each, in both rounds.
+    assert all(e["hyper"]["batch_size"] == 10 for e in s.invoker.events if e["action"] == "train")
+    assert TrainingRun(s.models, "r").config().training.batch_size == 32
     with pytest.raises(TrainingFailed, match="trained with 3 workers"):
         train(s, "r", 3, resume=True, workers=2)
 
@@ -199,3 +205,97 @@ def test_bad_options_are_refused_before_any_invocation():
         with pytest.raises(TrainingFailed, match=message):
             train(s, kwargs.pop("run"), kwargs.pop("rounds"), **kwargs)
     assert s.invoker.records == []
+
+
+def train_hypers(s: FakeSession) -> list[dict]:
+    return [e["hyper"] for e in s.invoker.events if e["action"] == "train"]
+
+
+def test_new_runs_share_the_batch_across_workers_and_warm_up():
+    s = session()
+    train(s, "r", 1)
+    assert [h["batch_size"] for h in train_hypers(s)] == [DEFAULTS["batch_size"] // 3] * 3
+    assert all(h["warmup_epochs"] == DEFAULTS["warmup_epochs"] > 0 for h in train_hypers(s))
+    assert all(h["local_steps"] == DEFAULTS["local_steps"] for h in train_hypers(s))
+    training = TrainingRun(s.models, "r").config().training
+    assert training.batch_size == DEFAULTS["batch_size"] and training.batch_across_workers
+
+
+def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
+    """A config written before batches were shared and rounds could be steps: every worker keeps
+    the whole --batch-size, whole epochs, no warm-up, exactly as when it started."""
+    s = session()
+    train(s, "old", 1)
+    run = TrainingRun(s.models, "old")
+    config = json.loads(s.models.get(run.config_key))
+    config["training"] = {"local_epochs": 2, "batch_size": 128, "learning_rate": 0.001, "seed": 0,
+                          "warmup_epochs": 0.0, "trainable": "all", "workers": 3}
+    s.models.put(run.config_key, json.dumps(config).encode())
+    s.invoker.events.clear()
+    train(s, "old", 2, resume=True)
+    assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
+                                "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0}] * 3
+    with pytest.raises(TrainingFailed, match="trained with warmup-epochs 0.0"):
+        train(s, "old", 3, resume=True, warmup_epochs=1.0)
+    with pytest.raises(TrainingFailed, match="trained with local-steps None"):
+        train(s, "old", 3, resume=True, local_steps=10)
+
+
+def test_round_length_options():
+    s = session()
+    train(s, "epochs", 1, local_epochs=2)
+    assert all(h["local_steps"] is None and h["local_epochs"] == 2 for h in train_hypers(s))
+    s.invoker.events.clear()
+    train(s, "steps", 1, local_steps=7)
+    assert all(h["local_steps"] == 7 for h in train_hypers(s))
+    with pytest.raises(TrainingFailed, match="trained with local-steps 7, not whole epochs"):
+        train(s, "steps", 2, resume=True, local_epochs=1)
+    for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
+                             ({"batch_size": 2}, "batch across workers: it must be at least --workers \\(3\\)"),
+                             ({"local_steps": 0}, "local_steps")]:
+        with pytest.raises(TrainingFailed, match=message):
+            train(s, "bad", 1, **options)
+    assert TrainingRun(s.models, "bad").config() is None
+
+
+def large_image_session(per_shard: int) -> FakeSession:
+    s = session()
+    manifest = json.loads(s.data.get("datasets/d/manifest.json"))
+    manifest["recipe"] = Recipe(size=224, channels=3).to_dict()
+    for shard in manifest["shards"]:
+        shard["count"] = per_shard
+    s.data.put("datasets/d/manifest.json", json.dumps(manifest).encode())
+    return s
+
+
+def test_a_batch_that_cannot_fit_the_function_is_refused_before_any_work():
+    s = large_image_session(500)
+    # 3 x 128 = 128 224-px images a worker, every layer training: more than 90% of 4096 MB.
+    with pytest.raises(TrainingFailed, match=r"a worker would need about [\d,]+ MB \(batches of 128 224x224x3 "
+                                             r"images, all layers training, 500 images in its shard\).*4,096 MB; "
+                                             r"use --batch-size \d+ or less"):
+        train(s, "big", 1, batch_size=3 * 128)
+    assert s.invoker.records == [] and TrainingRun(s.models, "big").config() is None
+    message = ""
+    try:
+        train(s, "big", 1, batch_size=3 * 128)
+    except TrainingFailed as err:
+        message = str(err)
+    suggested = int(message.split("use --batch-size ")[1].split()[0])
+    train(s, "big", 1, batch_size=suggested)          # the suggestion fits
+    assert TrainingRun(s.models, "big").latest_round() == 1
+    # Evaluation's batch is what fits too: not the usual 256 at 224 px.
+    assert {e["batch_size"] for e in s.invoker.events if e["action"] == "evaluate"} == {suggested // 3}
+    # Only the classifier training needs far less: the same batch fits.
+    train(s, "head", 1, batch_size=3 * 128, trainable="classifier")
+
+
+def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeypatch):
+    s = large_image_session(30000)
+    with pytest.raises(TrainingFailed, match="even a batch of 1 does not fit: prepare the dataset with more "
+                                             "--workers"):
+        train(s, "huge", 1)
+    monkeypatch.setitem(functions.FUNCTIONS, "train",
+                        functions.FunctionSpec("train", "functions/train/app.py:handler", 10240, 900, "Train"))
+    train(s, "huge", 1, batch_size=3)                  # more memory: it fits
+    assert s.invoker.records
