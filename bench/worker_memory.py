@@ -41,7 +41,7 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n{title}")
     for i, row in enumerate(cells):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             peaks = measure(settings, size, channels, trainable, batch, shard)
             estimate = footprint.train_peak_mb((size, size, channels), batch, shard, trainable)
-            rows.append([f"{size}x{size}x{channels}", trainable, batch, shard, f"{shard * size * size * channels / 2**20:,.0f}",
+            rows.append([f"{size}x{size}x{channels}", trainable, batch, shard,
+                         f"{footprint.shard_mb((size, size, channels), shard):,.0f}",
                          f"{peaks['init']:,}", f"{peaks['train']:,}", f"{estimate:,.0f}", f"{peaks['evaluate']:,}"])
             print(rows[-1], flush=True)
     table(f"peak worker memory, MB (VmHWM of a fresh local worker; limit raised to {limit} MB)",

@@ -66,7 +66,7 @@ class TrainOptions:
     run: str
     rounds: int
     workers: int | None = None           # default: the dataset's shard count
-    local_epochs: int | None = None      # None: DEFAULTS, or the run's own values on --resume
+    local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
     local_steps: int | None = None       # rounds of this many batches instead of whole epochs
     batch_size: int | None = None        # new runs: the batch across workers
     learning_rate: float | None = None
@@ -237,11 +237,12 @@ def plan_run(session, options: TrainOptions) -> Plan:
     if stored.get("workers") not in (None, workers):
         raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
                              "resume it with the same --workers (or start a new --run)")
+    shard_parts, shard_sizes = assign_shards(manifest, workers), worker_shard_sizes(manifest, workers)
     try:
-        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers)
+        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers,
+                                 max(shard_sizes))
     except ValueError as err:
         raise TrainingFailed(str(err)) from None
-    shard_parts = assign_shards(manifest, workers)
     min_workers = options.min_workers if options.min_workers is not None else workers
     if not 1 <= min_workers <= workers:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
@@ -253,7 +254,6 @@ def plan_run(session, options: TrainOptions) -> Plan:
     if config is None:
         config = _new_config(options, manifest, training, run.store)
         run.start(config)
-    shard_sizes = worker_shard_sizes(manifest, workers)
     note = cache_note(input_shape(manifest["recipe"]), shard_sizes) if not session.data_store().is_local else None
     return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers, eval_batch,
                 [note] if note else [])

@@ -216,7 +216,8 @@ def test_new_runs_share_the_batch_across_workers_and_warm_up():
     train(s, "r", 1)
     assert [h["batch_size"] for h in train_hypers(s)] == [DEFAULTS["batch_size"] // 3] * 3
     assert all(h["warmup_epochs"] == DEFAULTS["warmup_epochs"] > 0 for h in train_hypers(s))
-    assert all(h["local_steps"] == DEFAULTS["local_steps"] for h in train_hypers(s))
+    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 42): 1 batch.
+    assert DEFAULTS["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
     training = TrainingRun(s.models, "r").config().training
     assert training.batch_size == DEFAULTS["batch_size"] and training.batch_across_workers
 
@@ -248,9 +249,19 @@ def test_round_length_options():
     s.invoker.events.clear()
     train(s, "steps", 1, local_steps=7)
     assert all(h["local_steps"] == 7 for h in train_hypers(s))
-    with pytest.raises(TrainingFailed, match="trained with local-steps 7, not whole epochs"):
+    with pytest.raises(TrainingFailed, match="trained with local-steps 7; resuming with --local-epochs 1 would"):
         train(s, "steps", 2, resume=True, local_epochs=1)
+    # A fraction of an epoch: batches of 30 // 3 = 10, the largest shard (30) is 3 of them, half is 2 (rounded).
+    s.invoker.events.clear()
+    train(s, "half", 1, local_epochs=0.5, batch_size=30)
+    assert all(h["local_steps"] == 2 and h["batch_size"] == 10 for h in train_hypers(s))
+    train(s, "half", 2, resume=True, local_epochs=0.5)
+    with pytest.raises(TrainingFailed, match="trained with local-steps 2; resuming with --local-epochs 0.9"):
+        train(s, "half", 3, resume=True, local_epochs=0.9)
+    with pytest.raises(TrainingFailed, match="trained with local-epochs 2; resuming with --local-epochs 0.5"):
+        train(s, "epochs", 2, resume=True, local_epochs=0.5)
     for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
+                             ({"local_epochs": -1}, "--local-epochs must be more than 0"),
                              ({"batch_size": 2}, "batch across workers: it must be at least --workers \\(3\\)"),
                              ({"local_steps": 0}, "local_steps")]:
         with pytest.raises(TrainingFailed, match=message):

@@ -260,3 +260,81 @@ def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler)
         handler(wrong_model, context())
     # Still serving.
     assert handler(train_event(world, "bad", time_budget_s=0.001), context())["steps"] == 1
+
+
+@pytest.mark.slow
+def test_rounds_of_steps_continue_one_stream_like_one_long_fit(world, handler):
+    """--local-steps 3 with 5 batches an epoch: round 2 finishes epoch 1 and starts epoch 2 of the
+    worker's stream. One worker over the two rounds is plain model.fit on the stream's examples.
+
+    Up to round-off: with no partial batch, Keras gives arrays a fixed batch dimension and the
+    worker's batches (a PyDataset) a free one, and the two graphs round differently (about 1e-7
+    after a round, which Adam amplifies). The wrong data order is a thousand times further off.
+    """
+    import keras
+
+    run = "stream"
+    init_key = init(handler, run)
+    first = train_event(world, run, output_optimizer_key=TrainingRun(None, run).worker_optimizer_key(1, 0))
+    first["hyper"].update(batch_size=12, local_steps=3)
+    r1 = handler(first, context())
+    second = {**first, "round": 2, "global_key": r1["weights_key"], "global_optimizer_key": r1["optimizer_key"],
+              "output_key": TrainingRun(None, run).worker_key(2, 0),
+              "output_optimizer_key": TrainingRun(None, run).worker_optimizer_key(2, 0)}
+    r2 = handler(second, context())
+    assert world["train"].count == 60 and r1["steps"] == r2["steps"] == 3
+    assert r1["num_examples"] == r2["num_examples"] == 36
+    assert (r1["epochs_done"], r2["epochs_done"]) == (0, 1)
+    worker = load_weights(world["models"], r2["weights_key"])
+
+    x, y = parts.npz_to_arrays(world["data"].get(world["train"].key))
+    seed = first["hyper"]["seed"]
+
+    def plain_fit(order: np.ndarray) -> list[np.ndarray]:
+        model = build_model(ModelConfig(**model_dict()), load_weights(world["models"], init_key))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        for round_ in (1, 2):
+            model.get_layer("dropout").seed_generator.state.assign([training.dropout_seed(seed, round_, 0), 0])
+            chosen = order[(round_ - 1) * 36:round_ * 36]
+            model.fit(RECIPE.normalize(x[chosen]), y[chosen], batch_size=12, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    def furthest(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+        return max(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True))
+
+    stream = np.concatenate([batches.stream_order(seed, 0, p, len(y)) for p in (0, 1)])
+    assert furthest(worker, plain_fit(stream)) < 1e-4
+    rounds = np.concatenate([batches.epoch_order(seed, r, 0, 0, len(y)) for r in (1, 2)])
+    assert furthest(worker, plain_fit(rounds)) > 1e-2   # each round starting an epoch of its own
+    assert furthest(worker, load_weights(world["models"], init_key)) > 1e-3
+
+
+def test_stream_batches_go_on_across_passes():
+    per_pass = [batches.split(batches.stream_order(1, 2, p, 10), 4) for p in range(3)]   # 4 + 4 + 2 each
+    flat = [b for p in per_pass for b in p]
+    for first, count in ((0, 3), (2, 4), (5, 1), (7, 2)):
+        got = batches.stream_batches(1, 2, 10, 4, first, count)
+        assert [b.tolist() for b in got] == [b.tolist() for b in flat[first:first + count]]
+    # A stream's pass is never an epoch order of a training round (those start at round 1).
+    assert not np.array_equal(batches.stream_order(1, 2, 0, 10), batches.epoch_order(1, 1, 2, 0, 10))
+
+
+def _peaks_in_a_spawned_child(queue) -> None:
+    import resource
+
+    queue.put((training._max_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_a_spawned_workers_peak_leaves_out_its_parents_memory():
+    import multiprocessing
+
+    ballast = np.ones(1000 * 2 ** 20, np.uint8)   # 1000 MB resident in this (parent) process
+    context_ = multiprocessing.get_context("spawn")
+    queue = context_.Queue()
+    child = context_.Process(target=_peaks_in_a_spawned_child, args=(queue,))
+    child.start()
+    peak, ru_maxrss = queue.get(timeout=120)
+    child.join()
+    assert ballast.sum() == ballast.size
+    assert ru_maxrss > 1000 > peak   # ru_maxrss counts the parent's pages at the spawn; VmHWM only the child's

@@ -28,7 +28,7 @@ TensorFlow/Keras are imported inside functions; the event models import without 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -153,10 +153,11 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
         for variable in model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
     else:
-        if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape) for a, v in zip(state[1:], slots)):
+        if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape)
+                                               for a, v in zip(state[1:], slots, strict=True)):
             raise CheckpointError("the optimizer state does not fit the model's optimizer")
         model.optimizer.iterations.assign(int(round(float(state[0]))))
-        for variable, value in zip(slots, state[1:]):
+        for variable, value in zip(slots, state[1:], strict=True):
             variable.assign(np.asarray(value, variable.dtype))
     model.optimizer.learning_rate = learning_rate
     for layer in model.layers:
