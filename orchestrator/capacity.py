@@ -72,7 +72,7 @@ def check_shards_fit(shape: tuple[int, int, int], shard_images: Sequence[int]) -
     largest = max(shard_images)
     need = footprint.train_peak_mb(shape, 1, largest, "classifier")
     if need > memory_mb * (1 - footprint.HEADROOM):
-        per_image = footprint.shard_mb(shape, 1) * footprint.SHARD_COPIES
+        per_image = footprint.shard_mb(shape, 1)
         room = memory_mb * (1 - footprint.HEADROOM) - footprint.train_peak_mb(shape, 1, 0, "classifier")
         most = max(1, int(room // per_image))
         workers = -(-sum(shard_images) // most)

@@ -20,9 +20,9 @@ from dlpipe.shared.recipe import Recipe
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
-from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator import functions
 from orchestrator.hyperparams import DEFAULTS
+from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from tests.memory_store import MemoryStore
 

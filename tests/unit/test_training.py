@@ -118,11 +118,11 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     expected = model.get_weights()
 
     assert len(worker) == len(expected)
-    for got, want in zip(worker, expected):
+    for got, want in zip(worker, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert response["loss"] == pytest.approx(history.history["loss"][-1], rel=1e-6)
     # ...and training moved the weights (the comparison is not between two copies of the init).
-    assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial)) > 1e-3
+    assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial, strict=True)) > 1e-3
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, 
     if warmup_epochs:  # the schedule really rose over both rounds, then held
         assert rates[0] < rates[r1["steps"]] < rates[-1] == pytest.approx(1e-3)
     worker = load_weights(world["models"], r2["weights_key"])
-    for got, want in zip(worker, model.get_weights()):
+    for got, want in zip(worker, model.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -180,21 +180,21 @@ def test_warm_repeat_is_identical_and_seed_matters(world, handler):
     a = load_weights(world["models"], first["weights_key"])
     again = handler({**event, "attempt": 1, "output_key": TrainingRun(None, "repeat").worker_key(1, 0, 1)}, context())
     b = load_weights(world["models"], again["weights_key"])
-    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
     other = json.loads(json.dumps(event))
     other["hyper"]["seed"] = 12
     other["output_key"] = TrainingRun(None, "repeat").worker_key(1, 0, 2)
     handler(other, context())
     c = load_weights(world["models"], other["output_key"])
-    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c, strict=True))
 
 
 def test_init_is_a_function_of_the_seed(world, handler):
     a = load_weights(world["models"], init(handler, "seed-a", seed=5))
     b = load_weights(world["models"], init(handler, "seed-b", seed=5))
     c = load_weights(world["models"], init(handler, "seed-c", seed=6))
-    assert all(np.array_equal(u, v) for u, v in zip(a, b))
-    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c, strict=True))
 
 
 def test_deadline_stops_between_batches(world, handler):
