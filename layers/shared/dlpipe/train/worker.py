@@ -276,7 +276,7 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
             break
         steps_before = counter["steps"]
         # One batch normalised at a time; the weights are those of model.fit on the normalised
-        # arrays in this order, bit for bit.
+        # arrays in this order (up to round-off: see dlpipe.train.batches).
         history = model.fit(batches.ShardBatches(x, y, recipe, chosen), epochs=1, shuffle=False, verbose=0,
                             callbacks=callbacks)
         steps = counter["steps"] - steps_before
