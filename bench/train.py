@@ -157,8 +157,9 @@ def warm_overhead(result) -> float:
 
 
 def cold_start(result) -> float:
-    """Round 1's time outside training beyond a warm round's: starting the workers' TensorFlow."""
-    return max(0.0, outside_seconds(result.records[1]) - warm_overhead(result))
+    """Round 1's wall time beyond a warm round's: starting the workers' TensorFlow and tracing the model."""
+    walls = [r["wall_seconds"] for r in result.records[2:]] or [result.records[1]["wall_seconds"]]
+    return max(0.0, result.records[1]["wall_seconds"] - statistics.median(walls))
 
 
 def lambda_estimate(result, target: float, rate: float, cold: float) -> tuple[float | None, float | None, float]:
