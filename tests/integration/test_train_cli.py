@@ -104,7 +104,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     # Starting the same run again is refused; resuming a finished run has nothing to do.
     where = ["--home", str(learned["home"] / "home"), "--concurrency", "2"]
     code, _ = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3")
-    assert code == 1
+    assert code == 2          # bad usage: nothing done (orchestrator.errors)
     code, text = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3", "--resume",
                      "--output", str(local))
     assert code == 0 and "nothing to train" in text
