@@ -3,22 +3,27 @@
 1. speed: a train worker's images/s (measured inside the function, around model.fit)
    against plain Keras `model.fit` in this process on the same shard, same order, same
    batch size. Target: ratio >= 0.9.
-2. overhead: the share of each round spent outside training (invocation, transfers,
-   averaging, evaluation) at the default settings. Target: < 10% on warm rounds.
-3. accuracy: time to a target test accuracy with 1, 2 and 4 workers at equal total
-   epochs, and the final accuracy of 4 workers against 1 (target: within 1 point).
+2. one-vCPU speed: a worker limited to one thread, at each worker count's batch per worker
+   (the batch across workers / N): what a worker with a vCPU of its own does per second.
+3. overhead: the share of each round spent outside training (invocation, transfers,
+   averaging, evaluation). Target: < 10% on warm rounds.
+4. accuracy at equal total epochs for 1, 2, 4 and 8 workers; the epochs each needs to reach
+   the target accuracy, and the Lambda wall time that takes, estimated with one vCPU per
+   worker: rounds x (a round's images per worker / the one-vCPU speed at its batch + the
+   measured warm-round overhead) + the first round's cold start.
 
 Everything runs on the local invoker (worker processes on this machine): with fewer cores
-than workers the workers share them, so wall times here are not Lambda's, where every
-worker has its own vCPUs; the table shows GB-seconds too.
+than workers the workers share them, so wall times here are not Lambda's; the estimate in 4
+is built from per-worker speed and overhead instead.
 
-    .venv/bin/python bench/train.py --quick             # ~10 minutes on 2 cores
+    .venv/bin/python bench/train.py --quick             # 6,000 images, 4 epochs: ~15 minutes on 2 cores
     .venv/bin/python bench/train.py                     # full Fashion-MNIST, 10 epochs: hours on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -28,14 +33,16 @@ import time
 
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import fashion_mnist, parts
-from dlpipe.train import worker as training
+from dlpipe.train import batches, fashion_mnist, parts
 from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize
-from orchestrator.rounds import DEFAULTS, TrainOptions, run_training
+from orchestrator.hyperparams import DEFAULTS
+from orchestrator.rounds import TrainOptions, run_training
 from orchestrator.session import Session
+
+ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
@@ -43,9 +50,9 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n{title}")
     for i, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, epochs: int, seed: int) -> list[float]:
@@ -62,7 +69,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
     model.fit(recipe.normalize(x[:batch_size * 2]), y[:batch_size * 2], batch_size=batch_size, verbose=0)
     rates = []
     for epoch in range(epochs):
-        order = training.epoch_order(seed, 1, 0, epoch, len(y))
+        order = batches.epoch_order(seed, 1, 0, epoch, len(y))
         start = time.perf_counter()
         model.fit(recipe.normalize(x[order]), y[order], batch_size=batch_size, shuffle=False, verbose=0)
         rates.append(len(y) / (time.perf_counter() - start))
@@ -91,6 +98,39 @@ def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> No
            ["train function worker (local invoker)", f"{wb:,.0f}", f"{wb / pb:.2f}", f"{wm:,.0f}", f"{wm / pm:.2f}"]])
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set variables that spawned workers inherit; restore them afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def one_vcpu_speed(settings: Settings, dataset: str, per_worker_batches: list[int]) -> dict[int, float]:
+    """Warm images/s of a one-thread worker at each batch size (the best of two warm rounds)."""
+    rates = {}
+    with environment(ONE_THREAD):
+        session = Session(settings, "local", concurrency=1)
+        try:
+            for batch in sorted(set(per_worker_batches)):
+                opts = TrainOptions(dataset=dataset, run=f"vcpu-{batch}", rounds=3, workers=1, local_steps=max(
+                    8, 1024 // batch), batch_size=batch, output_dir=None)
+                result = run_training(session, opts, out=io.StringIO(), progress=False)
+                rates[batch] = max(r["worker_results"][0]["images_per_second"] for r in result.records[2:])
+        finally:
+            session.close()
+    table("2. one-vCPU worker speed (one thread; warm rounds)", ["batch per worker", "images/s"],
+          [[b, f"{r:,.0f}"] for b, r in sorted(rates.items())])
+    return rates
+
+
 def overhead(records: list[dict], label: str) -> list[list]:
     rows = []
     for record in records:
@@ -106,108 +146,152 @@ def overhead(records: list[dict], label: str) -> list[list]:
     return rows
 
 
+def outside_seconds(record: dict) -> float:
+    """A round's time outside the slowest worker's training."""
+    return record["wall_seconds"] - max(r["train_seconds"] for r in record["worker_results"])
+
+
+def warm_overhead(result) -> float:
+    rounds = result.records[1:]
+    return statistics.median([outside_seconds(r) for r in rounds[1:]] or [outside_seconds(rounds[0])])
+
+
+def cold_start(result) -> float:
+    """Round 1's wall time beyond a warm round's: starting the workers' TensorFlow and tracing the model."""
+    walls = [r["wall_seconds"] for r in result.records[2:]] or [result.records[1]["wall_seconds"]]
+    return max(0.0, result.records[1]["wall_seconds"] - statistics.median(walls))
+
+
+def lambda_estimate(result, target: float, rate: float, cold: float) -> tuple[float | None, float | None, float]:
+    """(epochs to target, estimated Lambda seconds to target, warm-round overhead s), one vCPU per worker.
+
+    Cold start: the one-worker run's (here N workers start on 2 shared cores; on Lambda side by side).
+    """
+    rounds = result.records[1:]
+    extra = warm_overhead(result)
+    shard = max(r["shard_examples"] for r in rounds[0]["worker_results"])
+    elapsed, epochs = cold, 0.0
+    for record in rounds:
+        images = max(r["num_examples"] for r in record["worker_results"])
+        epochs += images / shard
+        elapsed += images / rate + extra
+        if record["val"]["accuracy"] >= target:
+            return epochs, elapsed, extra
+    return None, None, extra
+
+
+def prepare_all(settings: Settings, args) -> dict[int, dict]:
+    data = settings.data_store()
+    start = time.perf_counter()
+    write_fashion_mnist(data, "fm", limit=args.train_images, splits=("train",), progress=False)
+    write_fashion_mnist(data, "fm", limit=args.test_images, splits=("test",), progress=False)
+    print(f"Fashion-MNIST: {args.train_images} train / {args.test_images} test images written in "
+          f"{time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} cores")
+    manifests = {}
+    for workers in sorted(set(args.workers) | {1}):
+        session = Session(settings, "local", concurrency=workers)
+        manifests[workers] = prepare_dataset(session, "fm/train", f"fm-w{workers}", workers,
+                                             fashion_mnist.FASHION_MNIST_RECIPE, val_source="fm/test",
+                                             progress=False).model_dump(mode="json")
+        session.close()
+    return manifests
+
+
+def rounds_for(args, shard: int, batch: int) -> int:
+    """Rounds that make args.epochs epochs of a worker's shard."""
+    if args.local_steps is None:
+        return max(1, round(args.epochs / args.local_epochs))
+    return max(1, round(args.epochs * batches.steps_per_epoch(shard, batch) / args.local_steps))
+
+
+def accuracy(settings: Settings, args, manifests: dict[int, dict]) -> dict:
+    results = {}
+    for workers in args.workers:
+        session = Session(settings, "local", concurrency=workers)
+        try:
+            batch = args.batch_size // workers
+            shard = max(s["count"] for s in manifests[workers]["shards"])
+            opts = TrainOptions(dataset=f"fm-w{workers}", run=f"acc-w{workers}", rounds=rounds_for(args, shard, batch),
+                                local_epochs=args.local_epochs if args.local_steps is None else None,
+                                local_steps=args.local_steps, batch_size=args.batch_size, learning_rate=args.lr,
+                                warmup_epochs=args.warmup_epochs, output_dir=None)
+            run_start = time.perf_counter()
+            result = run_training(session, opts, out=sys.stdout, progress=False)
+            results[workers] = (result, time.perf_counter() - run_start, batch)
+        finally:
+            session.close()
+    return results
+
+
+def report(args, results: dict, rates: dict[int, float]) -> None:
+    rows = [row for workers, (result, _, _) in results.items() for row in overhead(result.records, f"{workers} w")]
+    table(f"3. time per round outside training ({round_length(args)}; seconds; round 1 includes the cold start)",
+          ["config", "round", "wall", "train", "load+setup+upload", "average", "evaluate", "outside training",
+           "worker peak MB"], rows)
+    warm = [float(r[-2].rstrip("%")) for r in rows if r[1] > 1]
+    if warm:
+        print(f"  warm rounds: median {statistics.median(warm):.1f}% outside training (target < 10%)")
+
+    rows, one = [], results.get(1)
+    base, cold = None, cold_start((one or next(iter(results.values())))[0])
+    for workers, (result, wall, batch) in results.items():
+        final = result.final["val"]["accuracy"]
+        best = max(result.records[1:], key=lambda r: r["val"]["accuracy"])
+        epochs, seconds, extra = lambda_estimate(result, args.target, rates.get(batch, float("nan")), cold)
+        if workers == 1:
+            base = seconds
+        rows.append([workers, batch, len(result.records) - 1, f"{final:.1%}",
+                     f"{(final - one[0].final['val']['accuracy']) * 100:+.1f}" if one else "-",
+                     f"{best['val']['accuracy']:.1%} (round {best['round']})",
+                     f"{epochs:.2f}" if epochs else "not reached", f"{extra:.1f}",
+                     f"{seconds:,.0f}" if seconds else "-",
+                     f"{base / seconds:.1f}x" if seconds and base else "-",
+                     f"{wall:.0f}", f"{summarize(result.invocations).gb_seconds:,.0f}"])
+    table(f"4. accuracy at equal total epochs ({args.epochs}; {round_length(args)}; batch {args.batch_size} across "
+          f"workers; lr {args.lr:g}; warm-up {args.warmup_epochs:g} epochs); test set of {args.test_images}; "
+          f"target {args.target:.0%}; Lambda estimate: one vCPU per worker, cold start {cold:.0f} s",
+          ["workers", "batch each", "rounds", "final test acc", "vs 1 worker (points)", "best test acc",
+           f"epochs to {args.target:.0%}", "warm overhead s/round", f"est. Lambda s to {args.target:.0%}",
+           "speed-up", "local wall s", "GB-s"], rows)
+
+
+def round_length(args) -> str:
+    return f"rounds of {args.local_steps} batches" if args.local_steps else f"rounds of {args.local_epochs} epochs"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="6000 train / 1000 test images, 4 epochs, target 80%%")
+    parser.add_argument("--quick", action="store_true", help="6000 train / 1000 test images, 4 epochs, target 75%%")
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--test-images", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=10, help="total epochs per configuration (default: 10)")
+    parser.add_argument("--epochs", type=float, help="total epochs per configuration (default: 10, --quick 4)")
     parser.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"],
-                        help="Adam learning rate for 1 worker (default: %(default)s)")
-    parser.add_argument("--scale-lr", choices=("none", "sqrt"), default="none",
-                        help="sqrt: N workers train with lr * sqrt(N) (default: %(default)s)")
-    parser.add_argument("--split-batch", action="store_true",
-                        help="N workers train with batch-size / N each, so the batch across workers stays the same")
-    parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"],
-                        help="learning-rate warm-up (default: %(default)s)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--target", type=float, default=0.90, help="test accuracy to time (default: 0.90)")
-    parser.add_argument("--repeats", type=int, default=5, help="speed measurements (default: 5)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("speed", "accuracy"))
+    parser.add_argument("--local-steps", type=int, default=DEFAULTS["local_steps"],
+                        help="batches per round (default: %(default)s); 0: whole --local-epochs")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="the batch across workers")
+    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"])
+    parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--target", type=float, help="test accuracy to reach (default: 0.90, --quick 0.75)")
+    parser.add_argument("--repeats", type=int, default=3, help="speed measurements (default: %(default)s)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("speed", "vcpu", "accuracy"))
     args = parser.parse_args(argv)
+    args.epochs = args.epochs or (4 if args.quick else 10)
+    args.target = args.target or (0.75 if args.quick else 0.90)
+    args.local_steps = args.local_steps or None
     if args.quick:
-        args.train_images, args.test_images, args.epochs, args.target = 6000, 1000, 4, 0.80
-    if args.epochs % args.local_epochs:
-        parser.error("--epochs must be a multiple of --local-epochs (equal total epochs for every worker count)")
+        args.train_images, args.test_images = 6000, 1000
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         settings = Settings(data_url=f"{tmp}/data", model_url=f"{tmp}/models", table_url=f"sqlite:///{tmp}/t.db")
-        data = settings.data_store()
-        start = time.perf_counter()
-        write_fashion_mnist(data, "fm", limit=args.train_images, splits=("train",), progress=False)
-        write_fashion_mnist(data, "fm", limit=args.test_images, splits=("test",), progress=False)
-        print(f"Fashion-MNIST: {args.train_images} train / {args.test_images} test images written in "
-              f"{time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} cores")
-
-        manifests = {}
-        needed = set() if "accuracy" in args.skip else set(args.workers)
-        for workers in sorted(needed | ({1} if "speed" not in args.skip else set())):
-            session = Session(settings, "local", concurrency=workers)
-            manifests[workers] = prepare_dataset(session, "fm/train", f"fm-w{workers}", workers,
-                                                 fashion_mnist.FASHION_MNIST_RECIPE, val_source="fm/test",
-                                                 progress=False)
-            session.close()
-
+        manifests = prepare_all(settings, args)
         if "speed" not in args.skip:
-            session = Session(settings, "local", concurrency=1)
-            try:
+            with contextlib.closing(Session(settings, "local", concurrency=1)) as session:
                 speed(session, manifests[1], args.batch_size, args.repeats)
-            finally:
-                session.close()
-
-        if "accuracy" in args.skip:
-            return 0
-        rounds = args.epochs // args.local_epochs
-        results, overhead_rows, settings_used = {}, [], {}
-        for workers in args.workers:
-            session = Session(settings, "local", concurrency=workers)
-            try:
-                lr = args.lr * (workers ** 0.5 if args.scale_lr == "sqrt" else 1.0)
-                batch = max(1, args.batch_size // workers) if args.split_batch else args.batch_size
-                opts = TrainOptions(dataset=f"fm-w{workers}", run=f"acc-w{workers}", rounds=rounds,
-                                    local_epochs=args.local_epochs, batch_size=batch, learning_rate=lr,
-                                    warmup_epochs=args.warmup_epochs, output_dir=None)
-                run_start = time.perf_counter()
-                result = run_training(session, opts, out=sys.stdout, progress=False)
-                results[workers] = (result, time.perf_counter() - run_start)
-                settings_used[workers] = (lr, batch)
-                overhead_rows += overhead(result.records, f"{workers} workers")
-            finally:
-                session.close()
-
-        table(f"2. time per round outside training (local epochs {args.local_epochs}, batch {args.batch_size}; "
-              "seconds; round 1 includes the cold start)",
-              ["config", "round", "wall", "train", "load+setup+upload", "average", "evaluate", "outside training",
-               "worker peak MB"],
-              overhead_rows)
-        warm = [float(r[-2].rstrip("%")) for r in overhead_rows if r[1] > 1]
-        if warm:
-            print(f"  warm rounds: median {statistics.median(warm):.1f}% outside training (target < 10%)")
-
-        rows = []
-        one = results.get(1)
-        for workers, (result, wall) in results.items():
-            reached = None
-            elapsed = 0.0
-            for record in result.records[1:]:
-                elapsed += record["wall_seconds"]
-                if reached is None and record["val"]["accuracy"] >= args.target:
-                    reached = (record["round"], elapsed)
-            final = result.final["val"]["accuracy"]
-            best = max(result.records[1:], key=lambda r: r["val"]["accuracy"])
-            lr, batch = settings_used[workers]
-            rows.append([workers, rounds, f"{lr:g}", batch, f"{final:.2%}",
-                         f"{(final - one[0].final['val']['accuracy']) * 100:+.2f}" if one else "-",
-                         f"{best['val']['accuracy']:.2%} (round {best['round']})",
-                         f"round {reached[0]}, {reached[1]:.0f} s" if reached else "not reached",
-                         f"{wall:.0f}", f"{summarize(result.invocations).gb_seconds:,.0f}"])
-        table(f"3. accuracy at equal total epochs ({args.epochs}); test set of {args.test_images}; target "
-              f"{args.target:.0%}; warm-up {args.warmup_epochs:g} epochs",
-              ["workers", "rounds", "lr", "batch", "final test acc", "vs 1 worker (points)", "best test acc",
-               f"time to {args.target:.0%}", "wall s", "GB-s"], rows)
+        rates = {} if "vcpu" in args.skip else one_vcpu_speed(
+            settings, "fm-w1", [args.batch_size // w for w in args.workers])
+        if "accuracy" not in args.skip:
+            report(args, accuracy(settings, args, manifests), rates)
     return 0
 
 

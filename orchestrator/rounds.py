@@ -38,7 +38,6 @@ from dlpipe.wire import (
     ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
-    Hyper,
     InitFrom,
     InitRequest,
     InitResponse,
@@ -48,17 +47,14 @@ from dlpipe.wire import (
     parse_reply,
 )
 from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
 from orchestrator.costs import summarize, transfer_bytes
+from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
 from orchestrator.training_report import round_line, write_outputs
-
-DEFAULTS = {"local_epochs": 2, "batch_size": 128, "learning_rate": 1e-3, "seed": 0, "warmup_epochs": 0.0,
-            "trainable": "all"}
-# Runs that start from a pretrained version (--init-from): measured on flowers12 (README, bench/finetune.py).
-FINE_TUNE_DEFAULTS = {**DEFAULTS, "local_epochs": 1, "batch_size": 32, "trainable": "classifier"}
 
 
 class TrainingFailed(RuntimeError):
@@ -71,8 +67,9 @@ class TrainOptions:
     run: str
     rounds: int
     workers: int | None = None           # default: the dataset's shard count
-    local_epochs: int | None = None      # None: DEFAULTS, or the run's own values on --resume
-    batch_size: int | None = None
+    local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
+    local_steps: int | None = None       # rounds of this many batches instead of whole epochs
+    batch_size: int | None = None        # new runs: the batch across workers
     learning_rate: float | None = None
     seed: int | None = None
     warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
@@ -114,6 +111,8 @@ class Plan:
     shard_parts: list[list[str]]
     val_parts: list[str]
     min_workers: int
+    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.capacity)
+    notes: list[str] = field(default_factory=list)   # said before the first round
 
     @property
     def init_from(self) -> InitFrom | None:
@@ -148,30 +147,6 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
     return assigned
 
 
-def resolve_hyper(options: TrainOptions, stored: dict | None, defaults: dict = DEFAULTS) -> Hyper:
-    """Hyper-parameters: explicit options, else the run's stored ones (resume), else defaults.
-
-    Runs started before an option existed stored no value for it: they keep what they meant
-    (DEFAULTS, never the newer defaults for other kinds of run).
-    """
-    if stored:
-        defaults = DEFAULTS
-    values = {}
-    for name in defaults:
-        given = getattr(options, name)
-        previous = stored.get(name) if stored else None
-        if given is not None and previous is not None and given != previous:
-            raise TrainingFailed(f"run {options.run!r} was trained with {name.replace('_', '-')} {previous}; "
-                                 f"resuming with {given} would not continue the same run. Drop the option "
-                                 "or start a new --run")
-        values[name] = given if given is not None else previous if previous is not None else defaults[name]
-    try:
-        return Hyper(**values)
-    except ValidationError as err:
-        raise TrainingFailed(f"invalid training options: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") \
-            from None
-
-
 def _check_options(options: TrainOptions) -> None:
     if options.rounds < 1:
         raise TrainingFailed("--rounds must be at least 1")
@@ -184,7 +159,7 @@ def _check_options(options: TrainOptions) -> None:
         raise TrainingFailed(str(err)) from None
 
 
-def _new_config(options: TrainOptions, manifest: dict, hyper: Hyper, workers: int, model_store) -> RunConfig:
+def _new_config(options: TrainOptions, manifest: dict, training: Training, model_store) -> RunConfig:
     lineage = None
     try:
         if options.init_from:
@@ -195,7 +170,7 @@ def _new_config(options: TrainOptions, manifest: dict, hyper: Hyper, workers: in
     except (ValueError, ValidationError) as err:
         raise TrainingFailed(f"cannot build a model for dataset {options.dataset!r}: {err}") from None
     return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.get("id"),
-                     training=Training(**hyper.model_dump(), workers=workers), created=now_iso(),
+                     training=training, created=now_iso(),
                      init_from=lineage)
 
 
@@ -260,19 +235,30 @@ def plan_run(session, options: TrainOptions) -> Plan:
     if config is not None:
         _check_resume(options, run, config, manifest)
     stored = config.training.model_dump(exclude_unset=True) if config else {}
-    hyper = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS)
     workers = options.workers or stored.get("workers") or len(manifest["shards"])
     if stored.get("workers") not in (None, workers):
         raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
                              "resume it with the same --workers (or start a new --run)")
-    shard_parts = assign_shards(manifest, workers)
+    shard_parts, shard_sizes = assign_shards(manifest, workers), worker_shard_sizes(manifest, workers)
+    try:
+        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers,
+                                 max(shard_sizes))
+    except ValueError as err:
+        raise TrainingFailed(str(err)) from None
     min_workers = options.min_workers if options.min_workers is not None else workers
     if not 1 <= min_workers <= workers:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
+    try:
+        eval_batch = check_worker_memory(manifest, training, config.model.small_inputs if config else
+                                         {"small": True, "imagenet": False}.get(options.stem or "auto"))
+    except DoesNotFit as err:
+        raise TrainingFailed(str(err)) from None
     if config is None:
-        config = _new_config(options, manifest, hyper, workers, run.store)
+        config = _new_config(options, manifest, training, run.store)
         run.start(config)
-    return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers)
+    note = cache_note(input_shape(manifest["recipe"]), shard_sizes) if not session.data_store().is_local else None
+    return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers, eval_batch,
+                [note] if note else [])
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -282,6 +268,8 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     start = time.perf_counter()
     plan = plan_run(session, options)
+    for note in plan.notes:
+        print(note, file=out)
     invoker, run = session.invoker, plan.run
     first_record = len(invoker.records)
     failures: list[tuple[str, str]] = []
@@ -351,7 +339,7 @@ def _check_train(event: dict, payload: object) -> str | None:
 
 def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]:
     run, config = plan.run, plan.config
-    hyper = Hyper(**config.training.model_dump(include=set(Hyper.model_fields)))
+    hyper = worker_hyper(config.training)
     return [TrainRequest(action="train", run=run.name, round=round_, worker=w, attempt=0,
                          global_key=run.global_key(round_ - 1),
                          global_optimizer_key=run.optimizer_key(round_ - 1) if round_ > 1 else None,
@@ -382,7 +370,8 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
     if not plan.val_parts:
         return None
     events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part], model=plan.config.model,
-                              trainable=plan.config.training.trainable).model_dump(mode="json")
+                              trainable=plan.config.training.trainable,
+                              batch_size=plan.eval_batch_size).model_dump(mode="json")
               for part in plan.val_parts]
     done, errors = invoke_with_retries(invoker, "train", events, retries, check=_parse_check(EvaluateResponse))
     if errors:

@@ -23,6 +23,7 @@ from dlpipe.train.fashion_mnist import FASHION_MNIST_RECIPE
 from dlpipe.train.manifest import Counts, Manifest, PartList
 from dlpipe.train.parts import NothingPacked
 from dlpipe.wire import PackRequest, PackResponse
+from orchestrator import capacity
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.invokers.retry import invoke_with_retries
@@ -233,6 +234,7 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
     classes, items, val_items = _list_sources(store, source, val_source)
     plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
                                  source_prefix=source, val_items=val_items)
+    capacity.check_shards_fit((recipe.size, recipe.size, recipe.channels), [sum(map(len, s)) for s in plan.shards])
     jobs = _jobs(plan)
     events = [PackRequest(action="pack", items=part, recipe=recipe,
                           output_prefix=planning.part_prefix(dataset, split, shard, i)).model_dump(mode="json")
@@ -269,6 +271,9 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
     ], invocations=session.invoker.records[first:], out=out)
     print_failures([(s.key, s.reason) for s in manifest.skipped], out=out)
+    note = capacity.cache_note((recipe.size, recipe.size, recipe.channels), shard_sizes)
+    if note and not session.data_store().is_local:
+        print(note, file=out)
     if args.json:
         print_json("prepare", {
             "dataset": args.dataset, "manifest": f"{session.data_store().url}/{manifests.manifest_key(args.dataset)}",

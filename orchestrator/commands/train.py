@@ -9,25 +9,29 @@ from typing import TextIO
 from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
+from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
-from orchestrator.rounds import DEFAULTS, FINE_TUNE_DEFAULTS, TrainingFailed, TrainOptions, run_training
+from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
 examples:
-  orchestrator train --dataset fmnist --run fm1 --rounds 5
-      every round: all of the dataset's shards train in parallel, then their weights are averaged
-  orchestrator train --dataset fmnist --run fm1 --rounds 8 --resume
+  orchestrator train --dataset fmnist --run fm1 --rounds 20
+      every round: all of the dataset's shards train in parallel (a quarter of an epoch each, by
+      default: 20 rounds are 5 epochs), then their weights are averaged
+  orchestrator train --dataset fmnist --run fm1 --rounds 28 --resume
       continue fm1 from its last completed round up to round 8 (same weights as if never stopped)
   orchestrator train --dataset fmnist --run fm2 --workers 4 --rounds 10 --local-epochs 1 \\
       --min-workers 3 --retries 2
-  orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 5      # on AWS Lambda
+  orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 20     # on AWS Lambda
   orchestrator train --dataset flowers --run fl1 --rounds 3 --init-from squeezenet1.1
       fine-tune the pretrained ImageNet SqueezeNet on your classes (a new classifier, the rest frozen)
 
-defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']}, \
---lr {DEFAULTS['learning_rate']}, --seed {DEFAULTS['seed']}, --trainable all; with --init-from: \
---local-epochs {FINE_TUNE_DEFAULTS['local_epochs']}, --batch-size {FINE_TUNE_DEFAULTS['batch_size']}, \
---trainable {FINE_TUNE_DEFAULTS['trainable']}; with --resume the run's own values.
+defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']} (across all workers), \
+--warmup-epochs {DEFAULTS['warmup_epochs']:g}, --lr {DEFAULTS['learning_rate']},
+--seed {DEFAULTS['seed']}, --trainable all; with --init-from: --local-epochs {FINE_TUNE_DEFAULTS['local_epochs']}, \
+--batch-size {FINE_TUNE_DEFAULTS['batch_size']}, --warmup-epochs {FINE_TUNE_DEFAULTS['warmup_epochs']:g},
+--trainable {FINE_TUNE_DEFAULTS['trainable']}; with --resume the run's own values. A batch that would not fit the
+train function's memory is refused before any work, naming the largest that fits.
 Writes runs/RUN/ in the model store (config, per-round global weights and records, metrics.json,
 metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
   orchestrator export --run RUN"""
@@ -45,8 +49,15 @@ def register(subparsers) -> None:
     p.add_argument("--run", dest="run_name", required=True, metavar="RUN", help="name of this training run")
     p.add_argument("--rounds", type=int, required=True, metavar="R", help="train until round R is complete")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers (default: the dataset's shards)")
-    p.add_argument("--local-epochs", type=int, metavar="E", help="epochs each worker trains per round")
-    p.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size")
+    p.add_argument("--local-epochs", type=float, metavar="E",
+                   help="epochs each worker trains per round; a fraction (0.25) makes rounds of that share of an "
+                        "epoch, averaging more often")
+    p.add_argument("--local-steps", type=int, metavar="K",
+                   help="rounds of K batches of each worker's shard instead (its stream of epochs goes on across "
+                        "rounds)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
+                        "as many steps whatever N")
     p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
     p.add_argument("--min-workers", type=int, metavar="M",
@@ -58,8 +69,8 @@ def register(subparsers) -> None:
                    help="stop each worker's local training after SEC seconds (default: the function timeout "
                         "minus a margin)")
     p.add_argument("--warmup-epochs", type=float, metavar="E",
-                   help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard "
-                        "(default 0). Keeps workers close enough early on for their average to be good")
+                   help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard. "
+                        "Keeps workers close enough early on for their average to be good")
     p.add_argument("--init-from", metavar="MODEL[:VERSION]",
                    help="start from a servable model version (from `import-onnx` or `export`; default version: "
                         "its latest) instead of random weights: a new classifier for the dataset's classes "
@@ -89,7 +100,7 @@ def register(subparsers) -> None:
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
-                        local_epochs=args.local_epochs, batch_size=args.batch_size,
+                        local_epochs=args.local_epochs, local_steps=args.local_steps, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, seed=args.seed, warmup_epochs=args.warmup_epochs,
                         min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,

@@ -85,8 +85,11 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     # The layout: config, weights per round, no leftover worker weights, metrics and plot.
     config = TrainingRun(models, "ref").config().model_dump(mode="json")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
-    assert config["training"] == {"local_epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 0,
-                                  "warmup_epochs": 0.0, "trainable": "all", "workers": 2}
+    # --batch-size 32 is the batch across the 2 workers (16 each); the warm-up is the new runs' default.
+    assert config["training"] == {"local_epochs": 2, "local_steps": None, "batch_size": 32, "learning_rate": 0.001,
+                                  "seed": 0, "warmup_epochs": 1.0, "trainable": "all", "workers": 2,
+                                  "batch_across_workers": True}
+    assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record["worker_results"])
     assert all(models.exists(TrainingRun(None, "ref").global_key(r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
     metrics = json.loads(models.get(TrainingRun(None, "ref").metrics_key))
@@ -101,7 +104,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     # Starting the same run again is refused; resuming a finished run has nothing to do.
     where = ["--home", str(learned["home"] / "home"), "--concurrency", "2"]
     code, _ = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3")
-    assert code == 2    # nothing done (orchestrator/errors.py)
+    assert code == 2          # bad usage: nothing done (orchestrator.errors)
     code, text = cli(*where, "train", "--dataset", "fm", "--run", "ref", "--rounds", "3", "--resume",
                      "--output", str(local))
     assert code == 0 and "nothing to train" in text
@@ -145,7 +148,7 @@ def corrupt_shard(tiny, worker: int):
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.slow
@@ -163,7 +166,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     message = str(failure.value)
     assert "round 2: only 1 of 2 workers succeeded (need 2) after 1 retries" in message
     assert "worker 1: CorruptPart" in message and "--resume" in message and "--min-workers" in message
-    assert TrainingRun(models, "bumpy").latest_round() == 1 and models.get(TrainingRun(None, "bumpy").global_key(1)) == round1
+    assert TrainingRun(models, "bumpy").latest_round() == 1
+    assert models.get(TrainingRun(None, "bumpy").global_key(1)) == round1
     assert not models.exists(TrainingRun(None, "bumpy").global_key(2))
 
     # Resume to round 2, then fake a crash after round 3's weights were written but before
@@ -332,3 +336,21 @@ def test_prepare_lists_a_part_none_of_whose_images_decode_and_packs_the_rest(tmp
     manifest = json.loads(store.get(manifests.manifest_key("v")))
     assert manifest["counts"] == {"train": 8, "val": 0, "skipped": 1, "train_per_class": {"a": 4, "b": 4}}
     assert manifest["val"] == {"parts": [], "count": 0} and not list(store.list("datasets/v/val/"))
+
+
+def test_prepare_refuses_shards_no_worker_could_hold_before_any_work(tmp_path, capsys, monkeypatch):
+    """With a 1024 MB train function, a 224 px shard of 450 images does not fit even at batch 1."""
+    monkeypatch.setitem(functions.FUNCTIONS, "train",
+                        functions.FunctionSpec("train", "functions/train/app.py:handler", 1024, 900, "Train"))
+    store = DirStore(tmp_path / "home" / "data")
+    for i in range(450):
+        store.put(f"photos/{'ab'[i % 2]}/{i}.png", b"never decoded: the check comes first")
+    args = ["--home", str(tmp_path / "home"), "prepare", "--source", "photos", "--dataset", "big", "--workers", "1",
+            "--val-fraction", "0", "--recipe", "imagenet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a shard of 450 224x224x3 images needs about" in err and "train function's 1,024 MB" in err
+    assert "use --workers 2 or more" in err
+    assert not list(store.list("datasets/"))          # nothing packed
+    assert main(args[:-5] + ["2", "--val-fraction", "0", "--recipe", "imagenet", "--retries", "0"]) == 2
+    assert "a shard of" not in capsys.readouterr().err   # 2 shards fit; packing then fails on the junk

@@ -9,6 +9,7 @@ scores stored weights. So the loop's own duties can be checked exactly: retries,
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
+from orchestrator import functions
+from orchestrator.hyperparams import DEFAULTS
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from tests.memory_store import MemoryStore
@@ -186,7 +189,9 @@ def test_resume_keeps_the_runs_own_settings_and_refuses_others():
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
         train(s, "r", 2, resume=True, batch_size=64)
     train(s, "r", 2, resume=True)
-    assert all(e["hyper"]["batch_size"] == 32 for e in s.invoker.events if e["action"] == "train")
+    # --batch-size is the batch across the 3 workers: 10 each, in both rounds.
+    assert all(e["hyper"]["batch_size"] == 10 for e in s.invoker.events if e["action"] == "train")
+    assert TrainingRun(s.models, "r").config().training.batch_size == 32
     with pytest.raises(TrainingFailed, match="trained with 3 workers"):
         train(s, "r", 3, resume=True, workers=2)
 
@@ -200,3 +205,108 @@ def test_bad_options_are_refused_before_any_invocation():
         with pytest.raises(TrainingFailed, match=message):
             train(s, kwargs.pop("run"), kwargs.pop("rounds"), **kwargs)
     assert s.invoker.records == []
+
+
+def train_hypers(s: FakeSession) -> list[dict]:
+    return [e["hyper"] for e in s.invoker.events if e["action"] == "train"]
+
+
+def test_new_runs_share_the_batch_across_workers_and_warm_up():
+    s = session()
+    train(s, "r", 1)
+    assert [h["batch_size"] for h in train_hypers(s)] == [DEFAULTS["batch_size"] // 3] * 3
+    assert all(h["warmup_epochs"] == DEFAULTS["warmup_epochs"] > 0 for h in train_hypers(s))
+    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 42): 1 batch.
+    assert DEFAULTS["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
+    training = TrainingRun(s.models, "r").config().training
+    assert training.batch_size == DEFAULTS["batch_size"] and training.batch_across_workers
+
+
+def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
+    """A config written before batches were shared and rounds could be steps: every worker keeps
+    the whole --batch-size, whole epochs, no warm-up, exactly as when it started."""
+    s = session()
+    train(s, "old", 1)
+    run = TrainingRun(s.models, "old")
+    config = json.loads(s.models.get(run.config_key))
+    config["training"] = {"local_epochs": 2, "batch_size": 128, "learning_rate": 0.001, "seed": 0,
+                          "warmup_epochs": 0.0, "trainable": "all", "workers": 3}
+    s.models.put(run.config_key, json.dumps(config).encode())
+    s.invoker.events.clear()
+    train(s, "old", 2, resume=True)
+    assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
+                                "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0}] * 3
+    with pytest.raises(TrainingFailed, match="trained with warmup-epochs 0.0"):
+        train(s, "old", 3, resume=True, warmup_epochs=1.0)
+    with pytest.raises(TrainingFailed, match="trained with local-steps None"):
+        train(s, "old", 3, resume=True, local_steps=10)
+
+
+def test_round_length_options():
+    s = session()
+    train(s, "epochs", 1, local_epochs=2)
+    assert all(h["local_steps"] is None and h["local_epochs"] == 2 for h in train_hypers(s))
+    s.invoker.events.clear()
+    train(s, "steps", 1, local_steps=7)
+    assert all(h["local_steps"] == 7 for h in train_hypers(s))
+    with pytest.raises(TrainingFailed, match="trained with local-steps 7; resuming with --local-epochs 1 would"):
+        train(s, "steps", 2, resume=True, local_epochs=1)
+    # A fraction of an epoch: batches of 30 // 3 = 10, the largest shard (30) is 3 of them, half is 2 (rounded).
+    s.invoker.events.clear()
+    train(s, "half", 1, local_epochs=0.5, batch_size=30)
+    assert all(h["local_steps"] == 2 and h["batch_size"] == 10 for h in train_hypers(s))
+    train(s, "half", 2, resume=True, local_epochs=0.5)
+    with pytest.raises(TrainingFailed, match="trained with local-steps 2; resuming with --local-epochs 0.9"):
+        train(s, "half", 3, resume=True, local_epochs=0.9)
+    with pytest.raises(TrainingFailed, match="trained with local-epochs 2; resuming with --local-epochs 0.5"):
+        train(s, "epochs", 2, resume=True, local_epochs=0.5)
+    for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
+                             ({"local_epochs": -1}, "--local-epochs must be more than 0"),
+                             ({"batch_size": 2}, "batch across workers: it must be at least --workers \\(3\\)"),
+                             ({"local_steps": 0}, "local_steps")]:
+        with pytest.raises(TrainingFailed, match=message):
+            train(s, "bad", 1, **options)
+    assert TrainingRun(s.models, "bad").config() is None
+
+
+def large_image_session(per_shard: int) -> FakeSession:
+    s = session()
+    manifest = json.loads(s.data.get("datasets/d/manifest.json"))
+    manifest["recipe"] = Recipe(size=224, channels=3).to_dict()
+    for shard in manifest["shards"]:
+        shard["count"] = per_shard
+    s.data.put("datasets/d/manifest.json", json.dumps(manifest).encode())
+    return s
+
+
+def test_a_batch_that_cannot_fit_the_function_is_refused_before_any_work():
+    s = large_image_session(500)
+    # 3 x 128 = 128 224-px images a worker, every layer training: more than 90% of 4096 MB.
+    with pytest.raises(TrainingFailed, match=r"a worker would need about [\d,]+ MB \(batches of 128 224x224x3 "
+                                             r"images, all layers training, 500 images in its shard\).*4,096 MB; "
+                                             r"use --batch-size \d+ or less"):
+        train(s, "big", 1, batch_size=3 * 128)
+    assert s.invoker.records == [] and TrainingRun(s.models, "big").config() is None
+    message = ""
+    try:
+        train(s, "big", 1, batch_size=3 * 128)
+    except TrainingFailed as err:
+        message = str(err)
+    suggested = int(message.split("use --batch-size ")[1].split()[0])
+    train(s, "big", 1, batch_size=suggested)          # the suggestion fits
+    assert TrainingRun(s.models, "big").latest_round() == 1
+    # Evaluation's batch is what fits too: not the usual 256 at 224 px.
+    assert {e["batch_size"] for e in s.invoker.events if e["action"] == "evaluate"} == {suggested // 3}
+    # Only the classifier training needs far less: the same batch fits.
+    train(s, "head", 1, batch_size=3 * 128, trainable="classifier")
+
+
+def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeypatch):
+    s = large_image_session(30000)
+    with pytest.raises(TrainingFailed, match="even a batch of 1 does not fit: prepare the dataset with more "
+                                             "--workers"):
+        train(s, "huge", 1)
+    monkeypatch.setitem(functions.FUNCTIONS, "train",
+                        functions.FunctionSpec("train", "functions/train/app.py:handler", 10240, 900, "Train"))
+    train(s, "huge", 1, batch_size=3)                  # more memory: it fits
+    assert s.invoker.records

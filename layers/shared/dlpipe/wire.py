@@ -207,6 +207,7 @@ class _Event(BaseModel):
 MAX_CLASSES = 10_000
 MAX_INPUT_SIDE = 1024
 MAX_LOCAL_EPOCHS = 100
+MAX_LOCAL_STEPS = 1_000_000
 MAX_BATCH_SIZE = 4096
 MAX_SHARD_KEYS = 10_000
 
@@ -272,6 +273,9 @@ class Hyper(_Event):
     # "classifier": every layer but conv10 is frozen, and no gradients are computed for them.
     trainable: Trainable = "all"
     local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
+    # Rounds shorter than an epoch: this many batches of the worker's continuous stream over its
+    # shard (dlpipe.train.batches). None: `local_epochs` whole epochs, as runs from before it did.
+    local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)
     batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     seed: int = Field(0, ge=0, lt=2**31)

@@ -36,6 +36,9 @@ class Training(Hyper):
     """The run's hyper-parameters, fixed when it starts (`--resume` refuses others)."""
 
     workers: int = Field(ge=1)
+    # True: batch_size is the batch across workers, each worker taking batch_size // workers.
+    # Runs from before it (False) gave every worker batch_size.
+    batch_across_workers: bool = False
 
 
 class Lineage(BaseModel):

@@ -8,14 +8,19 @@ Actions, all on the one container-image function:
   epochs, store the weights; returns the example count and metrics.
 - ``evaluate``: loss/accuracy of some weights on validation parts.
 
-Reproducibility: the data order of every epoch comes from a numpy generator seeded by
-(seed, round, worker, epoch), and the dropout masks from a seed derived the same way, so a
-round gives the same weights whether its worker is cold or warm, first try or retry.
+Reproducibility: the examples and order of every round come from numpy generators seeded
+by (seed, round, worker) (dlpipe.train.batches), and the dropout masks from a seed derived
+the same way, so a round gives the same weights whether its worker is cold or warm, first
+try or retry.
 The Adam state (step count and moments) travels with the weights: workers store theirs and
 the orchestrator averages it like the weights, so one worker over R rounds trains like
 one long model.fit. A warm worker reuses its compiled model (tracing costs ~5 s): every
 call resets the weights, the optimizer's state and the dropout seed, which is exactly
 what building a fresh model with the same seed and state would give.
+
+Memory: a worker holds its uint8 shard and normalises one batch at a time (batches.ShardBatches),
+so its peak is TensorFlow, the model and a batch's activations, plus one byte per pixel of its
+shard: dlpipe.train.footprint has the measured figures the orchestrator checks before a run.
 
 TensorFlow/Keras are imported inside functions; the event models import without them.
 """
@@ -23,7 +28,7 @@ TensorFlow/Keras are imported inside functions; the event models import without 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,16 +50,11 @@ from dlpipe.wire import (
 # Stop this long before the function's deadline, leaving time to upload the weights.
 DEFAULT_MARGIN_S = 20.0
 
-# --- seeds and data order -----------------------------------------------------------
+# --- seeds ---------------------------------------------------------------------------
 
 def derived_seed(*parts: int) -> int:
     """A 31-bit seed fixed by integers (seed, round, worker, ...), stable across machines."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def epoch_order(seed: int, round: int, worker: int, epoch: int, n: int) -> np.ndarray:
-    """The order in which a worker visits its n examples in one local epoch."""
-    return np.random.default_rng([int(seed), int(round), int(worker), int(epoch)]).permutation(n)
 
 
 def dropout_seed(seed: int, round: int, worker: int) -> int:
@@ -153,10 +153,11 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
         for variable in model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
     else:
-        if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape) for a, v in zip(state[1:], slots)):
+        if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape)
+                                               for a, v in zip(state[1:], slots, strict=True)):
             raise CheckpointError("the optimizer state does not fit the model's optimizer")
         model.optimizer.iterations.assign(int(round(float(state[0]))))
-        for variable, value in zip(slots, state[1:]):
+        for variable, value in zip(slots, state[1:], strict=True):
             variable.assign(np.asarray(value, variable.dtype))
     model.optimizer.learning_rate = learning_rate
     for layer in model.layers:
@@ -209,13 +210,20 @@ def _warmup_callback(base_rate: float, warmup_steps: float, first_step: int):
 
 
 def _max_rss_mb() -> float | None:
-    """Peak memory of this process so far: what the function's memory setting must cover."""
-    try:
-        import resource
+    """Peak resident memory of this process (Linux's VmHWM): what the function's memory must cover.
 
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # KiB on Linux
-    except (ImportError, OSError):
-        return None
+    Not ru_maxrss: in a spawned worker (the local invoker's) it includes the parent's memory
+    at the spawn. The local invoker resets the peak at each call; on Lambda it spans the
+    execution environment's life, as Lambda's own "Max Memory Used" does.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # --- actions --------------------------------------------------------------------------
@@ -250,38 +258,37 @@ def load_shard(data_store, keys: Sequence[str], model: ModelConfig) -> tuple[np.
 
 
 def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest, deadline: float) -> dict:
-    """Train up to `local_epochs` epochs, stopping between batches when the deadline nears."""
+    """Train the round's batches (batches.round_epochs), stopping between batches when the deadline nears."""
+    from dlpipe.train import batches
+
     hyper, recipe, n = request.hyper, Recipe.from_dict(request.model.recipe), len(y)
     counter = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
     callbacks = [_deadline_callback(deadline, counter)]
     if hyper.warmup_epochs > 0:
         first_step = int(model.optimizer.iterations.numpy())  # steps already taken in earlier rounds
-        callbacks.append(_warmup_callback(hyper.learning_rate, hyper.warmup_epochs * -(-n // hyper.batch_size),
+        callbacks.append(_warmup_callback(hyper.learning_rate,
+                                          hyper.warmup_epochs * batches.steps_per_epoch(n, hyper.batch_size),
                                           first_step))
-    done = {"examples": 0, "epochs": 0, "loss": None, "accuracy": None}
-    for epoch in range(hyper.local_epochs):
-        if epoch and time.monotonic() + 1.5 * counter["slowest"] > deadline:
+    done = {"examples": 0, "loss": None, "accuracy": None}
+    for index, chosen in enumerate(batches.round_epochs(hyper, request.round, request.worker, n)):
+        if index and time.monotonic() + 1.5 * counter["slowest"] > deadline:
             counter["stopped"] = True
             break
         steps_before = counter["steps"]
-        order = epoch_order(hyper.seed, request.round, request.worker, epoch, n)
-        # Plain fit on arrays, no shuffling: the same float operations as a user's own
-        # model.fit on this data in this order (a PyDataset feeds the same values, yet
-        # its batches take a different path and Adam amplifies the round-off). Memory: the
-        # uint8 shard plus one float32 copy of it, 5 bytes per pixel.
-        history = model.fit(recipe.normalize(x[order]), y[order], batch_size=hyper.batch_size, epochs=1,
-                            shuffle=False, verbose=0, callbacks=callbacks)
+        # One batch normalised at a time; the weights are those of model.fit on the normalised
+        # arrays in this order (up to round-off: see dlpipe.train.batches).
+        history = model.fit(batches.ShardBatches(x, y, recipe, chosen), epochs=1, shuffle=False, verbose=0,
+                            callbacks=callbacks)
         steps = counter["steps"] - steps_before
-        done["examples"] += min(n, steps * hyper.batch_size)
+        done["examples"] += sum(len(b) for b in chosen[:steps])
         if history.history.get("loss"):
             done["loss"], done["accuracy"] = float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
-        if steps == -(-n // hyper.batch_size):
-            done["epochs"] += 1
         if counter["stopped"]:
             break
     if done["examples"] == 0:
         raise TimeoutError("the time budget ended before the first batch; raise --time-budget or the function timeout")
-    return {**done, "steps": counter["steps"], "stopped": bool(counter["stopped"])}
+    return {**done, "epochs": batches.pass_ends(hyper, request.round, n, int(counter["steps"])),
+            "steps": counter["steps"], "stopped": bool(counter["stopped"])}
 
 
 def run_train(request: TrainRequest, data_store, model_store,
@@ -319,13 +326,16 @@ def run_train(request: TrainRequest, data_store, model_store,
 
 
 def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateResponse:
-    """Loss and accuracy of stored weights on validation parts (dropout off)."""
+    """Loss and accuracy of stored weights on validation parts (dropout off), normalised batch by batch."""
+    from dlpipe.train import batches
+
     started = time.monotonic()
     recipe = Recipe.from_dict(request.model.recipe)
     x, y = parts.load_parts(data_store, request.shard_keys)
     weights = load_weights(model_store, request.weights_key)
     model = compiled_model(request.model, request.trainable)
     reset_model(model, weights, 1e-3, 0)
-    loss, accuracy = model.evaluate(recipe.normalize(x), y, batch_size=request.batch_size, verbose=0)
+    in_order = batches.split(np.arange(len(y)), request.batch_size)
+    loss, accuracy = model.evaluate(batches.ShardBatches(x, y, recipe, in_order), verbose=0)
     return EvaluateResponse(weights_key=request.weights_key, count=int(len(y)), loss=float(loss),
                             accuracy=float(accuracy), seconds=round(time.monotonic() - started, 3))
