@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -262,7 +263,7 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
     from dlpipe.train import batches
 
     hyper, recipe, n = request.hyper, Recipe.from_dict(request.model.recipe), len(y)
-    counter = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
+    counter: dict[str, Any] = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
     callbacks = [_deadline_callback(deadline, counter)]
     if hyper.warmup_epochs > 0:
         first_step = int(model.optimizer.iterations.numpy())  # steps already taken in earlier rounds
@@ -287,7 +288,7 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
             break
     if done["examples"] == 0:
         raise TimeoutError("the time budget ended before the first batch; raise --time-budget or the function timeout")
-    return {**done, "epochs": batches.pass_ends(hyper, request.round, n, int(counter["steps"])),
+    return {**done, "epochs": batches.pass_ends(hyper, request.round, n, counter["steps"]),
             "steps": counter["steps"], "stopped": bool(counter["stopped"])}
 
 
