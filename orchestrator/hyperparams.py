@@ -6,15 +6,15 @@ refuses others, so new defaults never change a run already under way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import ValidationError
 
 from dlpipe.train.run import Training
 from dlpipe.wire import Hyper
 
-if TYPE_CHECKING:
-    from orchestrator.rounds import TrainOptions
+# The options are orchestrator.training_plan.TrainOptions (not imported: the plan imports this module).
+TrainOptions = Any
 
 # New runs (bench/train.py; README "More workers at the same number of epochs"): batch_size is
 # the batch across workers (each takes batch_size // workers, so an epoch is as many steps at

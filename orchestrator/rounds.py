@@ -9,82 +9,40 @@ in that order). Everything a worker does is a function of (seed, round, worker),
 resumed run ends with the same weights as an uninterrupted one.
 
 `run_training(session, options)` is the whole job, callable without the CLI (the demo
-chains it after `prepare`).
+chains it after `prepare`); orchestrator.training_plan checks everything before round 0.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
 
-from dlpipe.predict.versions import version_key
 from dlpipe.shared.clock import now_iso
-from dlpipe.shared.names import validate_name
-from dlpipe.shared.recipe import Recipe
-from dlpipe.train import manifest as manifests
 from dlpipe.train.averaging import weighted_metrics
-from dlpipe.train.model import model_config_for
-from dlpipe.train.pretrained import starting_point
-from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
-from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
     ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
-    InitFrom,
     InitRequest,
     InitResponse,
-    ModelConfig,
     TrainRequest,
     TrainResponse,
     parse_reply,
 )
 from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
-from orchestrator.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
 from orchestrator.costs import summarize, transfer_bytes
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
+from orchestrator.hyperparams import worker_hyper
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
+from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run  # noqa: F401  (the job's API)
 from orchestrator.training_report import round_line, write_outputs
-
-
-class TrainingFailed(RuntimeError):
-    """The run cannot go on; the message says why and what to do. Committed rounds are intact."""
-
-
-@dataclass
-class TrainOptions:
-    dataset: str
-    run: str
-    rounds: int
-    workers: int | None = None           # default: the dataset's shard count
-    local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
-    local_steps: int | None = None       # rounds of this many batches instead of whole epochs
-    batch_size: int | None = None        # new runs: the batch across workers
-    learning_rate: float | None = None
-    seed: int | None = None
-    warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
-    min_workers: int | None = None       # default: all workers must succeed
-    retries: int = 1
-    resume: bool = False
-    time_budget_s: float | None = None
-    version: str | None = None           # None: 1.1, or the --init-from model's
-    stem: str | None = None              # auto (None) | small | imagenet; --init-from: the model's
-    init_from: str | None = None         # MODEL[:VERSION]: round 0 from a servable version's weights
-    trainable: str | None = None         # all | classifier (default: all; classifier with --init-from)
-    classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
-    output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
-    keep_worker_weights: bool = False
-    aggregate: str = "auto"              # local | lambda | auto: lambda when the invoker is (orchestrator.aggregation)
 
 
 @dataclass
@@ -100,165 +58,6 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.records[-1] if self.records else {}
-
-
-@dataclass
-class Plan:
-    """What every round of this invocation of the job uses."""
-
-    run: TrainingRun
-    config: RunConfig
-    shard_parts: list[list[str]]
-    val_parts: list[str]
-    min_workers: int
-    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.capacity)
-    notes: list[str] = field(default_factory=list)   # said before the first round
-
-    @property
-    def init_from(self) -> InitFrom | None:
-        lineage = self.config.init_from
-        if lineage is None:
-            return None
-        return InitFrom(weights_key=version_key(lineage.model, lineage.version, "weights.npz"),
-                        keep_classifier=lineage.kept_classifier)
-
-
-# --- planning --------------------------------------------------------------------------
-
-def read_manifest(data_store, dataset: str) -> dict:
-    try:
-        return manifests.read_manifest(data_store, dataset).model_dump(mode="json")
-    except manifests.ManifestError as err:
-        raise TrainingFailed(str(err)) from None
-
-
-def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
-    """Part keys for each worker: shard w, w+W, ... (all of them when W = shard count)."""
-    shards = manifest["shards"]
-    workers = workers or len(shards)
-    if not 1 <= workers <= len(shards):
-        raise TrainingFailed(f"dataset {manifest['dataset']!r} was prepared in {len(shards)} shards, so it can feed "
-                             f"1 to {len(shards)} workers, not {workers}; run `orchestrator prepare` again with "
-                             f"--workers {workers}")
-    assigned = [[key for s in shards[w::workers] for key in s["parts"]] for w in range(workers)]
-    empty = [w for w, parts in enumerate(assigned) if not parts]
-    if empty:
-        raise TrainingFailed(f"workers {empty} would get no data; prepare with more images or fewer workers")
-    return assigned
-
-
-def _check_options(options: TrainOptions) -> None:
-    if options.rounds < 1:
-        raise TrainingFailed("--rounds must be at least 1")
-    if options.retries < 0:
-        raise TrainingFailed("--retries must be >= 0")
-    try:
-        validate_name(options.run, "run name")
-        manifests.validate_dataset(options.dataset)
-    except ValueError as err:
-        raise TrainingFailed(str(err)) from None
-
-
-def _new_config(options: TrainOptions, manifest: dict, training: Training, model_store) -> RunConfig:
-    lineage = None
-    try:
-        if options.init_from:
-            model, lineage = _fine_tune_model(options, manifest, model_store)
-        else:
-            model = model_config_for(manifest["recipe"], manifest["classes"], options.version or "1.1",
-                                     options.stem or "auto", options.classifier_relu)
-    except (ValueError, ValidationError) as err:
-        raise TrainingFailed(f"cannot build a model for dataset {options.dataset!r}: {err}") from None
-    return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.get("id"),
-                     training=training, created=now_iso(),
-                     init_from=lineage)
-
-
-def _same_recipe(a: dict, b: dict) -> bool:
-    return Recipe.from_dict(a).to_dict() == Recipe.from_dict(b).to_dict()
-
-
-def _fine_tune_model(options: TrainOptions, manifest: dict, model_store) -> tuple[ModelConfig, Lineage]:
-    """The starting version's network with the dataset's classes; options that contradict it are refused."""
-    try:
-        start = starting_point(model_store, options.init_from)
-    except CheckpointError as err:
-        raise TrainingFailed(str(err)) from None
-    source, what = start.config, f"{start.name} {start.version}"
-    if options.version not in (None, source.version):
-        raise TrainingFailed(f"--version {options.version} conflicts with --init-from {what}, a SqueezeNet "
-                             f"{source.version}: drop --version")
-    if options.stem is not None:
-        raise TrainingFailed(f"--stem conflicts with --init-from: the first convolution comes from {what}; "
-                             "drop --stem")
-    if not _same_recipe(manifest["recipe"], source.recipe):
-        raise TrainingFailed(
-            f"dataset {options.dataset!r} was prepared with recipe {json.dumps(manifest['recipe'])}, but {what} "
-            f"expects {json.dumps(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
-            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --recipe-from "
-            f"{start.name}:{start.version}`")
-    labels = list(manifest["classes"])
-    keep = labels == list(source.labels)
-    model = ModelConfig(**{**source.model_dump(), "labels": labels, "classes": len(labels),
-                           "classifier_relu": source.classifier_relu if keep else options.classifier_relu})
-    return model, Lineage(model=start.name, version=start.version, weights_sha256=start.weights_sha256,
-                          kept_classifier=keep)
-
-
-def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, manifest: dict) -> None:
-    if not options.resume:
-        done = run.latest_round()
-        state = "no round completed yet" if done is None else f"last completed round: {done}"
-        raise TrainingFailed(f"run {options.run!r} already exists in {run.store.url} ({state}); "
-                             "continue it with --resume or choose another --run")
-    if options.init_from:
-        name, version = options.init_from.partition(":")[::2]
-        start = config.init_from
-        if start is None or start.model != name or version not in ("", start.version):
-            began = f"from {start.model}:{start.version}" if start else "from scratch"
-            raise TrainingFailed(f"run {options.run!r} started {began}, not from {options.init_from}; "
-                                 "drop --init-from to resume it, or start a new --run")
-    if config.dataset != options.dataset:
-        raise TrainingFailed(f"run {options.run!r} trains on dataset {config.dataset!r}, not "
-                             f"{options.dataset!r}; resume with --dataset {config.dataset}")
-    if config.manifest_id != manifest.get("id"):
-        raise TrainingFailed(f"dataset {options.dataset!r} was prepared differently after run {options.run!r} started, "
-                             "so resuming would train on different shards; start a new --run")
-
-
-def plan_run(session, options: TrainOptions) -> Plan:
-    """Open or start the run, after checking every option against the dataset and the run's own config."""
-    _check_options(options)
-    run = TrainingRun(session.model_store(), options.run)
-    manifest = read_manifest(session.data_store(), options.dataset)
-    config = run.config()
-    if config is not None:
-        _check_resume(options, run, config, manifest)
-    stored = config.training.model_dump(exclude_unset=True) if config else {}
-    workers = options.workers or stored.get("workers") or len(manifest["shards"])
-    if stored.get("workers") not in (None, workers):
-        raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
-                             "resume it with the same --workers (or start a new --run)")
-    shard_parts, shard_sizes = assign_shards(manifest, workers), worker_shard_sizes(manifest, workers)
-    try:
-        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers,
-                                 max(shard_sizes))
-    except ValueError as err:
-        raise TrainingFailed(str(err)) from None
-    min_workers = options.min_workers if options.min_workers is not None else workers
-    if not 1 <= min_workers <= workers:
-        raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
-    try:
-        eval_batch = check_worker_memory(manifest, training, config.model.small_inputs if config else
-                                         {"small": True, "imagenet": False}.get(options.stem or "auto"))
-    except DoesNotFit as err:
-        raise TrainingFailed(str(err)) from None
-    if config is None:
-        config = _new_config(options, manifest, training, run.store)
-        run.start(config)
-    note = cache_note(input_shape(manifest["recipe"]), shard_sizes) if not session.data_store().is_local else None
-    return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers, eval_batch,
-                [note] if note else [])
 
 
 # --- the loop ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_the_wheel_declares_ranges_and_extras_and_carries_the_handlers(wheel):
         names = set(archive.namelist())
         meta = Parser().parsestr(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode())
     assert {f"orchestrator/handlers/{fn}/app.py" for fn in ("augment", "train", "predict")} <= names
-    assert "dlpipe/wire.py" in names and "orchestrator/cli.py" in names
+    assert "dlpipe/wire/train.py" in names and "orchestrator/cli.py" in names
     requires = meta.get_all("Requires-Dist")
     base = [r for r in requires if "extra ==" not in r]
     assert {r.split("<")[0].split(">")[0].split("[")[0] for r in base} >= {"pillow", "pydantic", "tqdm", "boto3"}
@@ -88,7 +88,7 @@ def test_the_installed_orchestrator_runs_the_functions_from_its_own_copy(venv, t
         (photos / cls / f"{i}.jpg").write_bytes(f.jpeg(40, 30, seed=i))
     home = ["--home", tmp_path / "home", "--concurrency", "1"]
     assert run(orchestrator, *home, "upload", photos, "--prefix", "raw", cwd=tmp_path).returncode == 0
-    done = run(orchestrator, *home, "augment", "--source", "raw", "--output", "aug", "--json", cwd=tmp_path)
+    done = run(orchestrator, *home, "augment", "--source", "raw", "--output", "augmented", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["augmented"] == 3 and summary["failed"] == 0 and summary["bill"]["invocations"] == 1

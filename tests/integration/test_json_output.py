@@ -34,7 +34,9 @@ def run_json(capfd, *argv: str) -> tuple[int, dict, str]:
 def assert_contract(document: dict, command: str) -> None:
     assert document["command"] == command
     assert all(set(failure) == {"item", "reason"} and failure["reason"] for failure in document["failures"])
-    assert set(document["bill"]) == {"invocations", "failed_invocations", "billed_ms", "gb_seconds", "dollars"}
+    assert set(document["bill"]) == {"invocations", "failed_invocations", "billed_ms", "gb_seconds", "dollars",
+                                     "s3_requests", "s3_dollars", "bytes_down", "bytes_up", "transfer_dollars",
+                                     "total_dollars"}
 
 
 @pytest.fixture
@@ -61,14 +63,14 @@ def test_upload_and_augment_report_figures_failures_and_the_bill(where, tmp_path
     assert upload["bill"]["invocations"] == 0 and upload["bill"]["dollars"] == 0
     assert "files uploaded" in err and "refused (1):" in err     # the human report, on stderr
 
-    status, augment, err = run_json(capfd, *where, "augment", "--source", "raw", "--output", "aug",
+    status, augment, err = run_json(capfd, *where, "augment", "--source", "raw", "--output", "augmented",
                                     "--variants", "original", "flip", "--batch-size", "2")
     assert status == 1
     assert_contract(augment, "augment")
     assert (augment["source_images"], augment["augmented"], augment["failed"], augment["images_out"]) == (4, 3, 1, 6)
     assert augment["failures"][0]["item"] == "raw/odd/text.jpg"
     assert "not a recognised image" in augment["failures"][0]["reason"]
-    assert len(list(DirStore(tmp_path / "home" / "data").list("aug/"))) == augment["images_out"]
+    assert len(list(DirStore(tmp_path / "home" / "data").list("augmented/"))) == augment["images_out"]
     bill = augment["bill"]
     assert bill["invocations"] == 2 and bill["failed_invocations"] == 0      # 4 images in batches of 2
     assert bill["billed_ms"] > 0 and bill["gb_seconds"] > 0 and bill["dollars"] > 0

@@ -101,7 +101,7 @@ print(sorted(m for m in sys.modules if m.startswith("dlpipe.")))
 
 
 def test_the_train_function_imports_with_only_what_the_image_copies(tmp_path):
-    """The image copies wire.py, shared/ and train/ (no augment, predict or publish); the handler must need no more."""
+    """The image copies wire/, shared/ and train/ (no augment, predict or publish); the handler must need no more."""
     import shutil
 
     root = tmp_path / "task"

@@ -23,14 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dlpipe.publish.onnx_graph import PASS_THROUGH, OnnxImportError, _Graph
 from dlpipe.shared.recipe import Recipe
 from dlpipe.train.model import FIRE_FILTERS, POOL_AFTER
 from dlpipe.wire import ModelConfig
-
-
-class OnnxImportError(ValueError):
-    """The file is not a SqueezeNet graph this importer understands; the message says where."""
-
 
 # The preprocessing the reference releases were trained with (see the project README).
 RECIPES = {
@@ -40,7 +36,6 @@ RECIPES = {
                   mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0)),
 }
 DEFAULT_SIZE = {"1.1": 224, "1.0": 227}
-PASS_THROUGH = {"Dropout", "Identity"}      # inference no-ops some exporters leave in
 
 
 @dataclass
@@ -82,87 +77,6 @@ def read_labels(text: str) -> list[str]:
     return labels
 
 
-class _Graph:
-    """Producer/consumer maps over an ONNX graph, with the walking helpers."""
-
-    def __init__(self, model) -> None:
-        from onnx import numpy_helper
-
-        graph = model.graph
-        self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        for node in graph.node:  # Constant nodes hold parameters too in some exporters
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.inits[node.output[0]] = numpy_helper.to_array(attr.t)
-        self.nodes = [n for n in graph.node if n.op_type != "Constant"]
-        self.consumers: dict[str, list] = {}
-        for node in self.nodes:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        inputs = [i for i in graph.input if i.name not in self.inits]
-        if len(inputs) != 1:
-            raise OnnxImportError(f"expected one image input, the graph has {len(inputs)}: "
-                                  f"{[i.name for i in inputs]}")
-        self.input = inputs[0]
-
-    @staticmethod
-    def attrs(node) -> dict:
-        from onnx import helper
-
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-    def next_nodes(self, tensor: str) -> list:
-        """Consumers of `tensor`, looking through pass-through nodes."""
-        found = []
-        for node in self.consumers.get(tensor, []):
-            if node.op_type in PASS_THROUGH:
-                found += self.next_nodes(node.output[0])
-            else:
-                found.append(node)
-        return found
-
-    def only_next(self, tensor: str, where: str):
-        nodes = self.next_nodes(tensor)
-        if len(nodes) != 1:
-            raise OnnxImportError(f"{where}: expected one operation to follow, found "
-                                  f"{[n.op_type for n in nodes] or 'none'}")
-        return nodes[0]
-
-    def relu_after(self, conv, where: str) -> str:
-        node = self.only_next(conv.output[0], where)
-        if node.op_type != "Relu":
-            raise OnnxImportError(f"{where}: expected Relu after the convolution, found {node.op_type}")
-        return node.output[0]
-
-    def conv(self, node, where: str, kernel: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-        """(OIHW weights, bias) of a Conv node, after checking the geometry SqueezeNet uses."""
-        a = self.attrs(node)
-        if node.input[1] not in self.inits:
-            raise OnnxImportError(f"{where}: the convolution weights are not constants")
-        w = self.inits[node.input[1]].astype(np.float32)
-        b = (self.inits[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2]
-             else np.zeros(w.shape[0], np.float32))
-        ks = list(a.get("kernel_shape", w.shape[2:]))
-        problems = []
-        if ks != [kernel, kernel]:
-            problems.append(f"kernel {ks} (expected {kernel}x{kernel})")
-        if list(a.get("strides", [1, 1])) != [stride, stride]:
-            problems.append(f"strides {a.get('strides')} (expected {stride})")
-        if a.get("group", 1) != 1 or set(a.get("dilations", [1, 1])) != {1}:
-            problems.append("grouped or dilated")
-        pads = a.get("pads", [0, 0, 0, 0])
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        if auto in ("SAME_UPPER", "SAME_LOWER") and stride == 1:
-            pads = [kernel // 2] * 4
-        if list(pads) != [pad] * 4:
-            problems.append(f"pads {list(pads)} (expected {pad} on every side)")
-        if problems:
-            raise OnnxImportError(f"{where}: unexpected convolution: {', '.join(problems)}")
-        return w, b
-
-
 def _hwio(w: np.ndarray, in_perm: np.ndarray | None) -> np.ndarray:
     """OIHW -> HWIO, picking input channels in Keras order (in_perm[k] = ONNX channel of Keras channel k)."""
     if in_perm is not None:
@@ -173,36 +87,15 @@ def _hwio(w: np.ndarray, in_perm: np.ndarray | None) -> np.ndarray:
 def analyse(model, input_size: int | None = None) -> SqueezeNetGraph:
     """Walk an ONNX SqueezeNet graph from its input; OnnxImportError if it is not one."""
     g = _Graph(model)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in g.input.type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] not in (None, 3):
-        raise OnnxImportError(f"expected an NCHW image input with 3 channels, got dims {dims}")
-
-    # conv1: its size tells the version.
-    first = g.only_next(g.input.name, "the input")
-    if first.op_type != "Conv":
-        raise OnnxImportError(f"the input should feed a Conv (conv1), it feeds {first.op_type}")
-    w = g.inits.get(first.input[1])
-    if w is None:
-        raise OnnxImportError("conv1's weights are not constants")
-    version = {(96, 7): "1.0", (64, 3): "1.1"}.get((w.shape[0], w.shape[2]))
-    if version is None:
-        raise OnnxImportError(f"conv1 has {w.shape[0]} filters of {w.shape[2]}x{w.shape[3]}: neither "
-                              "SqueezeNet 1.0 (96 of 7x7) nor 1.1 (64 of 3x3)")
-    w, b = g.conv(first, "conv1", w.shape[2], 2, 0)
-    size = input_size or (dims[2] if dims[2] == dims[3] and dims[2] else DEFAULT_SIZE[version])
-    if dims[2] and dims[3] and (dims[2], dims[3]) != (size, size):
-        raise OnnxImportError(f"the graph's input is fixed at {dims[2]}x{dims[3]}, not {size}x{size}")
-    found = SqueezeNetGraph(version, (size, size, 3), classes=0, input_name=g.input.name)
-    found.convs.append(ConvWeights("conv1", _hwio(w, None), b))
+    found, first = _conv1(g, input_size)
     tensor = g.relu_after(first, "conv1")
     perm: np.ndarray | None = None     # channel order of `tensor`: Keras channel k = ONNX channel perm[k]
     pools_after: list[int] = []
     stage = 0                          # 0 after conv1, then the fire module index
     fire = 1
-
     while True:
-        node = g.only_next(tensor, f"after {'conv1' if stage == 0 else f'fire{stage}'}")
         where = f"after {'conv1' if stage == 0 else f'fire{stage}'}"
+        node = g.only_next(tensor, where)
         if node.op_type == "MaxPool":
             a = g.attrs(node)
             if list(a.get("kernel_shape", [])) != [3, 3] or list(a.get("strides", [1, 1])) != [2, 2] \
@@ -221,27 +114,55 @@ def analyse(model, input_size: int | None = None) -> SqueezeNetGraph:
             tensor, perm = _fire(g, node, fire, perm, found)
             stage = fire
         elif node.op_type == "Conv":
-            if fire != 9:
-                raise OnnxImportError(f"the classifier convolution comes after fire{fire}, SqueezeNet has fire9")
-            w, b = g.conv(node, "the classifier conv10", 1, 1, 0)
-            found.classes = int(w.shape[0])
-            found.convs.append(ConvWeights("conv10", _hwio(w, perm), b))
-            found.checkpoints[node.output[0]] = "conv10"
-            out = g.only_next(g.relu_after(node, "conv10"), "after conv10")
-            if out.op_type == "AveragePool" and not any(g.attrs(out).get("pads", [0])):
-                found.pool_kernel = tuple(int(k) for k in g.attrs(out).get("kernel_shape", []))
-            elif out.op_type != "GlobalAveragePool":
-                raise OnnxImportError(f"expected a global average pool after conv10, found {out.op_type}")
+            _classifier(g, node, fire, perm, found)
             break
         else:
             raise OnnxImportError(f"{where}: unexpected {node.op_type} node ({node.name or node.output[0]})")
-
-    if tuple(pools_after) != POOL_AFTER[version]:
-        raise OnnxImportError(f"max pools after stages {pools_after} (0 = conv1), but SqueezeNet {version} "
-                              f"pools after {list(POOL_AFTER[version])}")
-    if found.final_pad is not None and version != "1.0":
+    if tuple(pools_after) != POOL_AFTER[found.version]:
+        raise OnnxImportError(f"max pools after stages {pools_after} (0 = conv1), but SqueezeNet {found.version} "
+                              f"pools after {list(POOL_AFTER[found.version])}")
+    if found.final_pad is not None and found.version != "1.0":
         raise OnnxImportError("a Pad before the classifier is only known in SqueezeNet 1.0")
     return found
+
+
+def _conv1(g: _Graph, input_size: int | None):
+    """(what was found so far, the conv1 node): conv1's size tells the version, the input the size."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in g.input.type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] not in (None, 3):
+        raise OnnxImportError(f"expected an NCHW image input with 3 channels, got dims {dims}")
+    first = g.only_next(g.input.name, "the input")
+    if first.op_type != "Conv":
+        raise OnnxImportError(f"the input should feed a Conv (conv1), it feeds {first.op_type}")
+    w = g.inits.get(first.input[1])
+    if w is None:
+        raise OnnxImportError("conv1's weights are not constants")
+    version = {(96, 7): "1.0", (64, 3): "1.1"}.get((w.shape[0], w.shape[2]))
+    if version is None:
+        raise OnnxImportError(f"conv1 has {w.shape[0]} filters of {w.shape[2]}x{w.shape[3]}: neither "
+                              "SqueezeNet 1.0 (96 of 7x7) nor 1.1 (64 of 3x3)")
+    w, b = g.conv(first, "conv1", w.shape[2], 2, 0)
+    size = input_size or (dims[2] if dims[2] == dims[3] and dims[2] else DEFAULT_SIZE[version])
+    if dims[2] and dims[3] and (dims[2], dims[3]) != (size, size):
+        raise OnnxImportError(f"the graph's input is fixed at {dims[2]}x{dims[3]}, not {size}x{size}")
+    found = SqueezeNetGraph(version, (size, size, 3), classes=0, input_name=g.input.name)
+    found.convs.append(ConvWeights("conv1", _hwio(w, None), b))
+    return found, first
+
+
+def _classifier(g: _Graph, node, fire: int, perm, found: SqueezeNetGraph) -> None:
+    """conv10 and the global average pool after it (an AveragePool over the whole map counts as one)."""
+    if fire != 9:
+        raise OnnxImportError(f"the classifier convolution comes after fire{fire}, SqueezeNet has fire9")
+    w, b = g.conv(node, "the classifier conv10", 1, 1, 0)
+    found.classes = int(w.shape[0])
+    found.convs.append(ConvWeights("conv10", _hwio(w, perm), b))
+    found.checkpoints[node.output[0]] = "conv10"
+    out = g.only_next(g.relu_after(node, "conv10"), "after conv10")
+    if out.op_type == "AveragePool" and not any(g.attrs(out).get("pads", [0])):
+        found.pool_kernel = tuple(int(k) for k in g.attrs(out).get("kernel_shape", []))
+    elif out.op_type != "GlobalAveragePool":
+        raise OnnxImportError(f"expected a global average pool after conv10, found {out.op_type}")
 
 
 def _spatial_pad(g: _Graph, node, where: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -1,0 +1,296 @@
+"""The train function's actions: init, pack, train, evaluate and aggregate, each a request and a reply."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dlpipe.shared.names import NAME_PATTERN
+from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.store import InvalidKey, validate_key
+
+# --- train: init, pack, train, evaluate ---------------------------------------------
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Bounds that keep one invocation inside Lambda's memory (10 GB at most), /tmp and 15 minutes.
+MAX_CLASSES = 10_000
+MAX_INPUT_SIDE = 1024
+MAX_LOCAL_EPOCHS = 100
+MAX_LOCAL_STEPS = 1_000_000
+MAX_BATCH_SIZE = 4096
+MAX_SHARD_KEYS = 10_000
+
+
+def _store_key(value: str) -> str:
+    try:
+        return validate_key(value)
+    except InvalidKey as err:
+        raise ValueError(str(err)) from None
+
+
+StoreKey = Annotated[str, AfterValidator(_store_key)]
+
+
+class ModelConfig(_Event):
+    """Everything needed to rebuild a model and feed it: the architecture, class names, preprocessing.
+
+    The run config stores it as `model`, every train request carries it, and export and
+    serving read it back: one type for all of them.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    version: Literal["1.0", "1.1"] = "1.1"
+    input_shape: tuple[int, int, int]
+    classes: int = Field(ge=2, le=MAX_CLASSES)
+    small_inputs: bool = False
+    # Configs written before this field existed meant the reference's ReLU after conv10.
+    classifier_relu: bool = True
+    labels: list[str] = Field(max_length=MAX_CLASSES)
+    recipe: dict
+
+    @field_validator("input_shape")
+    @classmethod
+    def _fits_a_function(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        height, width, channels = value
+        if not (8 <= height <= MAX_INPUT_SIDE and 8 <= width <= MAX_INPUT_SIDE) or channels not in (1, 3):
+            raise ValueError(f"input_shape {value} must be H x W x C with 8 <= H, W <= {MAX_INPUT_SIDE} and C 1 or 3")
+        return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _a_recipe(cls, value: dict) -> dict:
+        """A valid Recipe, kept in the form it reads back from JSON (lists, not tuples)."""
+        return Recipe.from_dict(value).model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _one_label_per_class(self) -> "ModelConfig":
+        if len(self.labels) != self.classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.classes} classes")
+        return self
+
+    def architecture(self) -> tuple:
+        """What the compiled network depends on (not its labels or preprocessing)."""
+        return (self.version, tuple(self.input_shape), self.classes, self.small_inputs, self.classifier_relu)
+
+
+TRAINABLE = ("all", "classifier")
+Trainable = Literal["all", "classifier"]
+
+
+class Hyper(_Event):
+    # "classifier": every layer but conv10 is frozen, and no gradients are computed for them.
+    trainable: Trainable = "all"
+    local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
+    # Rounds shorter than an epoch: this many batches of the worker's continuous stream over its
+    # shard (dlpipe.train.batches). None: `local_epochs` whole epochs, as runs from before it did.
+    local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    seed: int = Field(0, ge=0, lt=2**31)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_LOCAL_EPOCHS,
+                                 description="the learning rate rises linearly from 0 over this many "
+                                             "epochs of the worker's shard (0: no warm-up)")
+
+
+class InitFrom(_Event):
+    """Round 0 from a servable version's Keras weights instead of from the seed alone."""
+
+    weights_key: StoreKey
+    # The same classes: keep the version's classifier (conv10). Otherwise a new one, from the seed.
+    keep_classifier: bool
+
+
+class InitRequest(_Event):
+    action: Literal["init"]
+    model: ModelConfig
+    seed: int = Field(0, ge=0, lt=2**31)
+    output_key: StoreKey
+    init_from: InitFrom | None = None
+
+
+class InitResponse(_Event):
+    action: Literal["init"] = "init"
+    weights_key: str
+    arrays: int
+    parameters: int
+    bytes: int
+
+
+class PackRequest(_Event):
+    """Decode `items` (data-store key, label) with `recipe` into one part at `output_prefix`-<hash>.npz."""
+
+    # 5000 keys of S3's maximum 1024 bytes still fit Lambda's 6 MB request.
+    MAX_ITEMS: ClassVar[int] = 5000
+    # The packed pixels exist twice at the peak (the array, then its .npz): 2 x 256 MB fits the
+    # smallest train function (1024 MB) with a 40-megapixel source being decoded beside them.
+    MAX_PART_BYTES: ClassVar[int] = 256 * 2 ** 20
+
+    action: Literal["pack"]
+    items: list[tuple[str, int]] = Field(min_length=1, max_length=MAX_ITEMS)
+    recipe: Recipe
+    output_prefix: str = Field(min_length=1, max_length=900)
+
+    @field_validator("items")
+    @classmethod
+    def _valid_items(cls, items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        for key, label in items:
+            if not 0 <= label < 2 ** 31:
+                raise ValueError(f"label {label} of {key!r} is not a class index (0 or more)")
+            try:
+                validate_key(key)
+            except InvalidKey as err:
+                raise ValueError(str(err)) from None
+        return items
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _valid_prefix(cls, prefix: str) -> str:
+        try:
+            validate_key(prefix)
+        except InvalidKey as err:
+            raise ValueError(f"output_prefix is not a valid store key stem: {err}") from None
+        return prefix
+
+    @model_validator(mode="after")
+    def _fits_memory(self) -> PackRequest:
+        image_bytes = self.recipe.size ** 2 * self.recipe.channels
+        if len(self.items) * image_bytes > self.MAX_PART_BYTES:
+            raise ValueError(f"{len(self.items)} images of {self.recipe.size}x{self.recipe.size}x"
+                             f"{self.recipe.channels} make {len(self.items) * image_bytes / 2 ** 20:.0f} MB, more "
+                             f"than a part may hold ({self.MAX_PART_BYTES // 2 ** 20} MB): at most "
+                             f"{self.MAX_PART_BYTES // image_bytes} images per part")
+        return self
+
+
+class PackResponse(_Event):
+    """A packed part: its key, how many images it holds, and the images skipped as undecodable."""
+
+    class Skipped(BaseModel):
+        key: str
+        reason: str
+
+    action: Literal["pack"] = "pack"
+    key: str
+    count: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    skipped: list[Skipped] = Field(default_factory=list)
+
+
+class TrainRequest(_Event):
+    """One worker's share of one round."""
+
+    action: Literal["train"]
+    run: str = Field(pattern=NAME_PATTERN)
+    round: int = Field(ge=1)
+    worker: int = Field(ge=0)
+    attempt: int = Field(0, ge=0)
+    global_key: StoreKey                      # weights to start from (model store)
+    global_optimizer_key: StoreKey | None = None   # Adam state to start from (None: a fresh optimizer)
+    shard_keys: list[StoreKey] = Field(min_length=1, max_length=MAX_SHARD_KEYS)   # packed parts (data store)
+    output_key: StoreKey                      # where to store this worker's weights (model store)
+    output_optimizer_key: StoreKey | None = None   # where to store its Adam state (None: not stored)
+    model: ModelConfig
+    hyper: Hyper = Hyper()
+    time_budget_s: float | None = Field(None, gt=0)  # also bounded by the function's own deadline
+
+
+class TrainResponse(_Event):
+    """What a worker did: the orchestrator averages by `num_examples` and records the rest."""
+
+    action: Literal["train"] = "train"
+    run: str
+    round: int
+    worker: int
+    attempt: int
+    weights_key: str
+    optimizer_key: str | None
+    num_examples: int              # examples trained on this round (all epochs): the averaging weight
+    shard_examples: int
+    epochs_done: int
+    steps: int
+    stopped_early: bool
+    loss: float | None
+    accuracy: float | None
+    train_seconds: float
+    images_per_second: float
+    load_seconds: float
+    setup_seconds: float
+    upload_seconds: float
+    weights_bytes: int
+    max_rss_mb: float | None
+
+
+class EvaluateRequest(_Event):
+    action: Literal["evaluate"]
+    weights_key: StoreKey
+    shard_keys: list[StoreKey] = Field(min_length=1, max_length=MAX_SHARD_KEYS)
+    model: ModelConfig
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    trainable: Trainable = "all"   # the run's, so that a warm worker keeps one compiled model
+
+
+class EvaluateResponse(_Event):
+    action: Literal["evaluate"] = "evaluate"
+    weights_key: str
+    count: int
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+# --- aggregate: an action of the train function ------------------------------------
+# One node of a round's aggregation tree (dlpipe.train.aggregate): the example-weighted sum
+# of some workers' results (or of partial sums from the level below), written as a partial
+# sum, or at the root as the round's global weights and optimizer state.
+
+MAX_AGGREGATE_SOURCES = 64   # the tree's fan-in is 16; a node reads its sources one after another
+
+
+class AggregateSource(_Event):
+    """A worker's result (weights x examples) or a partial sum of the level below (already weighted)."""
+
+    name: str = Field(min_length=1, max_length=100, description="how errors name it, e.g. 'worker 3'")
+    weights_key: StoreKey
+    optimizer_key: StoreKey | None = None
+    examples: int = Field(ge=1, description="a worker's num_examples, or the total a partial sum holds")
+
+
+class AggregateRequest(_Event):
+    action: Literal["aggregate"]
+    sources: list[AggregateSource] = Field(min_length=1, max_length=MAX_AGGREGATE_SOURCES)
+    partial_sources: bool = Field(False, description="the sources are partial sums written by aggregate calls")
+    final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
+    weights_key: StoreKey                      # where to write (model store)
+    optimizer_key: StoreKey | None = None      # None: the sources carry no optimizer state
+
+    @model_validator(mode="after")
+    def _optimizer_everywhere_or_nowhere(self) -> AggregateRequest:
+        without = [s.name for s in self.sources if (s.optimizer_key is None) != (self.optimizer_key is None)]
+        if without:
+            state = "has no optimizer_key" if self.optimizer_key else "has an optimizer_key the output lacks"
+            raise ValueError(f"source(s) {without[:5]} {state}: every source and the output carry optimizer "
+                             "state, or none does")
+        return self
+
+
+class AggregateResponse(_Event):
+    action: Literal["aggregate"] = "aggregate"
+    weights_key: str
+    optimizer_key: str | None
+    final: bool
+    examples: int = Field(ge=1)
+    contributions: int = Field(ge=1, description="workers summed below this node")
+    gets: int
+    puts: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+
+
+TrainEvent = Annotated[InitRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
+                       Field(discriminator="action")]
