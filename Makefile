@@ -56,7 +56,6 @@ test-fast: setup lint typecheck
 # Seconds, not minutes: ruff's rules and format, mypy's settings and what it checks are in pyproject.toml.
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
-	$(VENV)/bin/ruff format --check $(LINTED)
 
 typecheck: setup
 	$(PY) -m mypy

@@ -63,8 +63,7 @@ def base_photos() -> dict[str, np.ndarray]:
               ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")}
     photos["motorcycle"] = data.stereo_motorcycle()[0]
     samples = load_sample_images()
-    for name, image in zip(("china", "flower"), samples.images, strict=False):
-        photos[name] = image
+    photos.update(zip(("china", "flower"), samples.images, strict=True))
     return photos
 
 
@@ -186,7 +185,7 @@ def albumentations_composed_loop(store: DirStore, keys: list[str], composed: dic
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant in DEFAULT_VARIANTS:
             out = composed[variant](image=rgb)["image"]
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+            _ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"albu2/{stem}__{variant}.jpg", data.tobytes())
             written += 1
@@ -212,7 +211,7 @@ def albumentations_loop(store: DirStore, keys: list[str], pipes: dict, prefix: s
             outputs[variant] = pipes[variant](image=source)["image"]
         stem = key[len("raw/"):].rsplit(".", 1)[0]
         for variant, out in outputs.items():
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+            _ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             store.put(f"{prefix}/{stem}__{variant}.jpg", data.tobytes())
             written += 1

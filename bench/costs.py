@@ -117,7 +117,7 @@ def run_workloads(opts, home: str) -> list[tuple]:
         rows.append(("train", "round of 60,000 images", round_records, traffic, 60000 / opts.train_images))
 
         run_step(parser, session, ["export", "--run", "costs", "--name", "costs"])
-        keys = [k for k in DirStore(Path(home) / "data").list("fashion-mnist/test/")][: opts.predictions]
+        keys = list(DirStore(Path(home) / "data").list("fashion-mnist/test/"))[: opts.predictions]
         run_step(parser, session, ["predict", f"store:{keys[0]}", "--model", "costs"], quiet=True)  # warm the workers
         records, traffic = run_step(parser, session, ["predict", *[f"store:{k}" for k in keys], "--model", "costs"],
                                     quiet=True)

@@ -106,7 +106,7 @@ def plain_keras(session: Session, rounds: int, seed: int = 0) -> list[float]:
         rates.append(len(y) / (time.perf_counter() - started))
         accuracies.append(float(model.evaluate(recipe.normalize(xv), yv, batch_size=64, verbose=0)[1]))
     table("plain Keras, one process, classifier only", ["epoch", "test acc", "train img/s"],
-          [[e + 1, f"{a:.1%}", f"{r:.0f}"] for e, (a, r) in enumerate(zip(accuracies, rates))])
+          [[e + 1, f"{a:.1%}", f"{r:.0f}"] for e, (a, r) in enumerate(zip(accuracies, rates, strict=False))])
     return accuracies
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sleep_handler, for the engines' workers
 
-from sleep_handler import sleep  # noqa: E402
+from sleep_handler import sleep
 
-from orchestrator import functions  # noqa: E402
-from orchestrator.functions import FunctionSpec  # noqa: E402
-from orchestrator.invokers.local import LocalInvoker  # noqa: E402
+from orchestrator import functions
+from orchestrator.functions import FunctionSpec
+from orchestrator.invokers.local import LocalInvoker
 
 
 def local_invoker(calls: int, workers: int, seconds: float) -> tuple[float, float]:

@@ -41,7 +41,7 @@ from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
-from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run  # noqa: F401  (the job's API)
+from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run
 from orchestrator.training_report import round_line, write_outputs
 
 

@@ -46,9 +46,10 @@ def plot_metrics(metrics: dict) -> bytes:
         axes = figure.add_subplot(1, 2, position)
         for split, style in (("train", "o-"), ("val", "s-")):
             ys = [(r[split] or {}).get(name) for r in rounds]
-            points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            points = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None]
             if points:
-                axes.plot(*zip(*points), style, label="validation" if split == "val" else "train (workers)")
+                label = "validation" if split == "val" else "train (workers)"
+                axes.plot(*zip(*points, strict=True), style, label=label)
         axes.set_xlabel("round")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(name)

@@ -45,8 +45,9 @@ def register(subparsers) -> None:
                     "keeping each image's class folder.",
         examples=EXAMPLES, run=run)
     parser.add_argument("--source", required=True, metavar="P", help="prefix of the source images, e.g. raw")
-    parser.add_argument("--output", required=True, metavar="Q", help="prefix to write the variants under: augmented or augmented/NAME (on AWS the augment function "
-                             "may write nowhere else)")
+    parser.add_argument("--output", required=True, metavar="Q",
+                        help="prefix to write the variants under: augmented or augmented/NAME (on AWS the augment "
+                             "function may write nowhere else)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per invocation (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="V",

@@ -64,15 +64,14 @@ def can_seed(store, name: str, version: str) -> bool:
 
 
 def entries(store) -> list[dict]:
-    found = []
+    found: list[dict] = []
     for name, versions in list_models(store).items():
         try:
             latest = latest_version(store, name)
         except NotFound:
             latest = None
-        for version in versions:
-            found.append({**read_meta(store, name, version), "name": name, "version": version,
-                          "latest": version == latest, "can_seed": can_seed(store, name, version)})
+        found.extend({**read_meta(store, name, version), "name": name, "version": version,
+                      "latest": version == latest, "can_seed": can_seed(store, name, version)} for version in versions)
     return found
 
 

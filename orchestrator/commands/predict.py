@@ -93,7 +93,7 @@ def make_item(arg: str) -> Item:
             item.error = (f"{size / 1e6:.1f} MB is too big to send inline (Lambda's request limit is 6 MB after "
                           "base64): upload it with `orchestrator upload` and pass store:KEY")
         return item
-    key = arg[len(STORE_PREFIX):] if arg.startswith(STORE_PREFIX) else arg
+    key = arg.removeprefix(STORE_PREFIX)
     try:
         item.key = validate_key(key)
     except ValueError:

@@ -24,9 +24,10 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from orchestrator.invokers.local import LocalContext
@@ -114,7 +115,7 @@ class LambdaAPI:
 
     # --- life cycle --------------------------------------------------------------------
 
-    def start(self) -> "LambdaAPI":
+    def start(self) -> LambdaAPI:
         self._thread.start()
         return self
 
@@ -123,7 +124,7 @@ class LambdaAPI:
         self.server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "LambdaAPI":
+    def __enter__(self) -> LambdaAPI:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -160,7 +161,7 @@ class _InvokeHandler(BaseHTTPRequestHandler):
 
     # --- the Invoke call ---------------------------------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         api = self.server_api
         request_id = str(uuid.uuid4())
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

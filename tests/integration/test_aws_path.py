@@ -79,8 +79,8 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
     cli("train", "--dataset", "e2e", "--run", "e2e", "--workers", "2", "--rounds", "1", "--local-epochs", "1",
         "--output", str(tmp_path / "out"))
     cli("export", "--run", "e2e", "--name", "e2e")
-    probe = sorted(photos.glob("bag/*.png"))[0]
-    predicted = json.loads(cli("predict", str(probe), "store:raw/coat/" + sorted(photos.glob("coat/*.png"))[0].name,
+    probe = min(photos.glob("bag/*.png"))
+    predicted = json.loads(cli("predict", str(probe), "store:raw/coat/" + min(photos.glob("coat/*.png")).name,
                                "--model", "e2e", "--json"))["results"]
 
     # Everything is where the layout says, read back from S3 and DynamoDB.
@@ -117,7 +117,7 @@ def test_upload_augment_train_export_predict_on_s3_and_dynamodb(stack, photos, t
         item = by_id[p["id"]]
         assert item["model"] == "e2e" and item["version"] == p["model"]["version"]
         assert [t["label"] for t in item["top"]] == [t["label"] for t in p["top"]]
-    assert by_id[predicted[1]["id"]]["image_key"] == "raw/coat/" + sorted(photos.glob("coat/*.png"))[0].name
+    assert by_id[predicted[1]["id"]]["image_key"] == "raw/coat/" + min(photos.glob("coat/*.png")).name
     # Listing one model's predictions goes through the template's index on the table.
     listed = json.loads(cli("predictions", "--model", "e2e", "--json"))
     assert sorted(r["id"] for r in listed) == sorted(p["id"] for p in predicted)

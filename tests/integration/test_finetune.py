@@ -70,7 +70,7 @@ def test_fine_tuned_classifier_learns_fast_and_frozen_layers_stay_bit_identical(
     pretrained = load_weights(models, "models/squeezenet1.1/v1/weights.npz")
     for r in range(3):
         weights = load_weights(models, run.global_key(r))
-        for i, (a, b) in enumerate(zip(weights[:-2], pretrained[:-2])):
+        for i, (a, b) in enumerate(zip(weights[:-2], pretrained[:-2], strict=False)):
             assert a.tobytes() == b.tobytes(), f"round {r}: frozen array {i} changed"
         assert weights[-2].shape == (1, 1, 512, 4) and weights[-1].shape == (4,)   # a new classifier
     assert not np.array_equal(load_weights(models, run.global_key(2))[-2], load_weights(models, run.global_key(0))[-2])
@@ -96,7 +96,7 @@ def test_resume_is_bit_identical_and_the_same_classes_keep_the_classifier(world,
     assert again.config().init_from.kept_classifier
     assert models.get(again.global_key(0)) == models.get(TrainingRun(None, "straight").global_key(2))
 
-    photo = sorted((PHOTOS / "test" / "sunflower").glob("*.jpg"))[-1]
+    photo = max((PHOTOS / "test" / "sunflower").glob("*.jpg"))
     capsys.readouterr()
     assert main([*where, "predict", str(photo), "--model", "flowers", "--json"]) == 0
     response = json.loads(capsys.readouterr().out)["results"][0]
@@ -110,7 +110,7 @@ def test_conflicting_options_and_a_foreign_recipe_are_refused_before_any_work(wo
     before = len(invoker.records)
     with pytest.raises(TrainingFailed, match=r"prepared with recipe .* expects .*--recipe-from squeezenet1.1:v1"):
         train(world, "wrong-recipe", 1, init_from="squeezenet1.1", dataset="small")
-    with pytest.raises(TrainingFailed, match="--version 1.0 conflicts with --init-from squeezenet1.1 v1"):
+    with pytest.raises(TrainingFailed, match=r"--version 1.0 conflicts with --init-from squeezenet1.1 v1"):
         train(world, "wrong-version", 1, init_from="squeezenet1.1", version="1.0")
     with pytest.raises(TrainingFailed, match="--stem conflicts"):
         train(world, "wrong-stem", 1, init_from="squeezenet1.1", stem="small")
@@ -121,6 +121,6 @@ def test_conflicting_options_and_a_foreign_recipe_are_refused_before_any_work(wo
     for name in ("model.tflite", "labels.json", "recipe.json", "meta.json"):
         models.put(f"models/old/v1/{name}", models.get(f"models/squeezenet1.1/v1/{name}"))
     models.put("models/old/latest", b"v1")
-    with pytest.raises(TrainingFailed, match="written before versions kept their Keras weights.*import-onnx"):
+    with pytest.raises(TrainingFailed, match=r"written before versions kept their Keras weights.*import-onnx"):
         train(world, "from-old", 1, init_from="old")
     assert len(invoker.records) == before

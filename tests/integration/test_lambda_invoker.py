@@ -310,7 +310,7 @@ def test_a_stack_without_the_templates_outputs_is_a_clear_error(aws_env):
     cfn.create_stack(StackName=name, TemplateBody=json.dumps(
         {"Resources": {"B": {"Type": "AWS::S3::Bucket"}}, "Outputs": {"B": {"Value": {"Ref": "B"}}}}))
     try:
-        with pytest.raises(CommandError, match="no output.*DataBucketName"):
+        with pytest.raises(CommandError, match=r"no output.*DataBucketName"):
             session_from_args(args("--stack-name", name))
     finally:
         cfn.delete_stack(StackName=name)
@@ -323,7 +323,7 @@ def test_a_stack_without_function_outputs_is_a_clear_error(aws_env):
     template = {**STACK, "Outputs": {k: v for k, v in STACK["Outputs"].items() if "Function" not in k}}
     cfn.create_stack(StackName=name, TemplateBody=json.dumps(template))
     try:
-        with pytest.raises(CommandError, match="has no function outputs .*was it deployed from this repository's"):
+        with pytest.raises(CommandError, match=r"has no function outputs .*was it deployed from this repository's"):
             session_from_args(args("--stack-name", name))
         local = session_from_args(args("--stack-name", name, "--invoker", "local"))
         assert local.invoker_kind == "local" and local.settings.data_url.startswith("s3://")

@@ -98,7 +98,7 @@ def test_each_zip_function_with_its_layer_stays_under_250_mb_unzipped(build, fun
 def makefile_default(name: str) -> str:
     """The layer makefile's default for a variable: what `sam build` built."""
     text = (REPO_ROOT / "layers" / "shared" / "Makefile").read_text()
-    return re.search(rf"^{name}\s*\?=\s*(\S+)", text, re.M).group(1)
+    return re.search(rf"^{name}\s*\?=\s*(\S+)", text, re.MULTILINE).group(1)
 
 
 def elf_files(root: Path):

@@ -126,7 +126,8 @@ def tiny(tmp_path_factory, fashion_mnist_files):
 
 
 def options(run: str, rounds: int, **changes) -> TrainOptions:
-    base = dict(dataset="tiny", run=run, rounds=rounds, local_epochs=1, batch_size=32, seed=4, output_dir=None)
+    base = {"dataset": "tiny", "run": run, "rounds": rounds, "local_epochs": 1, "batch_size": 32, "seed": 4,
+            "output_dir": None}
     return TrainOptions(**{**base, **changes})
 
 
@@ -160,9 +161,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     train(tiny, options("bumpy", 1))
     round1 = models.get(TrainingRun(None, "bumpy").global_key(1))
     # Round 2 fails for good on worker 1: the run stops, round 1 stays the last good checkpoint.
-    with corrupt_shard(tiny, 1):
-        with pytest.raises(TrainingFailed) as failure:
-            train(tiny, options("bumpy", 3, resume=True, retries=1))
+    with corrupt_shard(tiny, 1), pytest.raises(TrainingFailed) as failure:
+        train(tiny, options("bumpy", 3, resume=True, retries=1))
     message = str(failure.value)
     assert "round 2: only 1 of 2 workers succeeded (need 2) after 1 retries" in message
     assert "worker 1: CorruptPart" in message and "--resume" in message and "--min-workers" in message
@@ -230,7 +230,7 @@ def test_a_worker_that_times_out_is_retried_and_the_round_is_unchanged(tiny, mon
 
 
 def test_bad_training_requests_are_refused_before_any_work(tiny):
-    with pytest.raises(TrainingFailed, match="no prepared dataset 'nope'.*orchestrator prepare"):
+    with pytest.raises(TrainingFailed, match=r"no prepared dataset 'nope'.*orchestrator prepare"):
         train(tiny, options("x", 1, dataset="nope"))
     with pytest.raises(TrainingFailed, match="prepared in 2 shards, so it can feed 1 to 2 workers, not 3"):
         train(tiny, options("x", 1, workers=3))

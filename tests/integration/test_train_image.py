@@ -28,7 +28,7 @@ GLIBC_MINOR = 34                                   # Amazon Linux 2023
 
 def image_python() -> str:
     """3.12 from `FROM public.ecr.aws/lambda/python:3.12.2026...`."""
-    match = re.search(r"^FROM\s+\S+/lambda/python:(\d+\.\d+)", DOCKERFILE.read_text(), re.M)
+    match = re.search(r"^FROM\s+\S+/lambda/python:(\d+\.\d+)", DOCKERFILE.read_text(), re.MULTILINE)
     assert match, f"{DOCKERFILE} does not start from an AWS Lambda Python base image"
     return match.group(1)
 
@@ -75,7 +75,8 @@ def test_the_train_images_packages_have_wheels_for_its_python_and_cpu(architectu
                "-r", str(tmp_path / "requirements.txt"), *image_constraints()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (f"the train image's packages do not resolve for python{python} on {machine}:\n"
-                                  + "\n".join(l for l in done.stderr.splitlines() if "is ignored" not in l)[-3000:])
+                                  + "\n".join(line for line in done.stderr.splitlines()
+                                              if "is ignored" not in line)[-3000:])
     resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
                 for item in json.loads((tmp_path / "report.json").read_text())["install"]}
     for line in requirements:
@@ -105,7 +106,7 @@ def test_the_train_function_imports_with_only_what_the_image_copies(tmp_path):
     import shutil
 
     root = tmp_path / "task"
-    copies = re.findall(r"^COPY\s+(.+?)\s+\$\{LAMBDA_TASK_ROOT\}/(\S*)$", DOCKERFILE.read_text(), re.M)
+    copies = re.findall(r"^COPY\s+(.+?)\s+\$\{LAMBDA_TASK_ROOT\}/(\S*)$", DOCKERFILE.read_text(), re.MULTILINE)
     for sources, target in copies:
         if sources.startswith("requirements"):
             continue

@@ -180,7 +180,7 @@ def test_a_stale_or_broken_partial_sum_is_refused_naming_it(tmp_path):
         run_aggregate(AggregateRequest(action="aggregate", sources=[stale], partial_sources=True,
                                        weights_key="g.npz"), store)
     worker = AggregateSource(name="worker 0", weights_key=results[0].weights_key, examples=5)
-    with pytest.raises(Exception, match="worker 0.*not a readable partial sum"):
+    with pytest.raises(Exception, match=r"worker 0.*not a readable partial sum"):
         run_aggregate(AggregateRequest(action="aggregate", sources=[worker], partial_sources=True,
                                        weights_key="g.npz"), store)
 

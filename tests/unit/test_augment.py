@@ -83,7 +83,8 @@ def test_request_needs_keys_and_cleans_prefixes():
 def test_request_refuses_prefixes_outside_the_store_instead_of_rewriting_them(prefix, problem):
     for field in ("source_prefix", "output_prefix"):
         with pytest.raises(ValidationError, match=problem) as caught:
-            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "augmented", field: prefix})
+            AugmentRequest(**{"keys": ["raw/a/x.jpg"], "source_prefix": "raw", "output_prefix": "augmented",
+                              field: prefix})
         assert caught.value.errors()[0]["loc"] == (field,)
 
 
@@ -374,7 +375,8 @@ def test_stops_before_the_time_limit_and_says_which_keys_were_left(store):
 
 
 def test_a_short_time_limit_still_gets_work_done(store):
-    request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw", output_prefix="augmented")
+    request = AugmentRequest(keys=["raw/cat/good1.jpg", "raw/odd/grey.jpg"], source_prefix="raw",
+                             output_prefix="augmented")
     response = augment_batch(request, store, time_left_ms=lambda: 1500)  # e.g. a 2 s function
     assert response.failed == 0 and response.images_out == 2 * len(DEFAULT_VARIANTS)
 

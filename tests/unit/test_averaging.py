@@ -27,7 +27,7 @@ def test_equal_counts_give_the_plain_mean_and_one_worker_gives_itself():
     for i in range(2):
         np.testing.assert_allclose(result[i], np.mean([w[i] for w in workers], axis=0), rtol=1e-6)
     alone = weighted_average([(workers[0], 123)])
-    assert all(np.array_equal(a, b) for a, b in zip(alone, workers[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, workers[0], strict=False))
 
 
 def test_streaming_equals_batch_formula_whatever_the_order():
@@ -40,7 +40,7 @@ def test_streaming_equals_batch_formula_whatever_the_order():
         np.testing.assert_allclose(weighted_average(iter(pairs))[i], expected, rtol=1e-6)
     forward = weighted_average(pairs)
     backward = weighted_average(reversed(pairs))
-    for a, b in zip(forward, backward):
+    for a, b in zip(forward, backward, strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert forward[1].dtype == np.float64
 

@@ -78,7 +78,7 @@ def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     before = METER.snapshot()
     train(s, "r", 1, aggregate="local", keep_worker_weights=True)
     run = TrainingRun(s.models, "r")
-    files = [k for k in s.models.list(run.round_prefix(1) + "workers/")]
+    files = list(s.models.list(run.round_prefix(1) + "workers/"))
     record = run.records()[1]
     assert len(files) == 2 * len(SHARD_SIZES)
     assert record["transfer"]["bytes_down"] == sum(len(s.models.get(k)) for k in files)

@@ -52,7 +52,7 @@ def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path):
     pngs = list(fm.fashion_mnist_pngs("test", limit=2, directory=tmp_path))
     assert [key for key, _ in pngs] == ["test/ankle-boot/00000.png", "test/tshirt-top/00001.png"]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(pngs[0][1]))), images[0])
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz is not in"):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz is not in"):
         fm.load_fashion_mnist("train", directory=tmp_path)
     with pytest.raises(ValueError, match="splits 'train'/'test'"):
         fm.fashion_mnist_file("validation", "images", directory=tmp_path)
@@ -121,7 +121,7 @@ def test_list_class_folders(tmp_path):
     classes, items = planning.list_class_folders(store, "src/")
     assert classes == ["a", "b"]
     assert sorted(items) == [("src/a/2.JPG", "a"), ("src/a/deep/3.png", "a"), ("src/b/1.png", "b")]
-    with pytest.raises(ValueError, match="expected empty/<class>/<image>.png"):
+    with pytest.raises(ValueError, match=r"expected empty/<class>/<image>.png"):
         planning.list_class_folders(store, "empty")
 
 

@@ -191,7 +191,7 @@ class DirStoreLikeS3(RuleBasedStateMachine):
             return
         assert sorted(p.name for p in self.outside.iterdir()) == ["secret"]
         assert sorted(os.listdir(self.base.name)) == ["outside", "root"]
-        assert not [p for p in self.root.rglob(".tmp-*")]
+        assert not list(self.root.rglob(".tmp-*"))
         assert list(self.store.list()) == sorted(self.objects)
 
 

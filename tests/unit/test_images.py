@@ -15,7 +15,7 @@ def pixel(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
 
 
 def close(a, b, tol: int = 12) -> bool:
-    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b))
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=False))
 
 
 # --- refused, with a reason ------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_non_json_response_is_an_error_like_lambda(invoker):
 
 
 def test_unknown_function_names_the_known_ones(invoker):
-    with pytest.raises(ValueError, match="unknown function 'nope'.*augment"):
+    with pytest.raises(ValueError, match=r"unknown function 'nope'.*augment"):
         invoker.map("nope", [{}])
 
 

@@ -108,7 +108,7 @@ def test_synthetic_graph_served_through_litert_matches_onnxruntime(tmp_path, ver
     path = tmp_path / "net.onnx"
     onnx.save(model, path)
     store = DirStore(tmp_path / "models")
-    exported, found = import_onnx(path, [f"class{i}" for i in range(10)], store, "net")
+    _exported, found = import_onnx(path, [f"class{i}" for i in range(10)], store, "net")
     assert (found.version, found.input_shape, found.classes) == (version, (size, size, 3), 10)
     assert (found.final_pad is not None) == bool(kwargs.get("final_pad"))
     classifier = Classifier(load_version(store, "net"))

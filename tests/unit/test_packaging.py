@@ -95,7 +95,7 @@ def test_the_aarch64_images_tensorflow_is_locked_at_tensorflow_cpus_version():
 
 def test_make_setup_the_layer_and_the_train_image_all_install_with_the_lock():
     makefile = (REPO_ROOT / "Makefile").read_text()
-    assert re.search(r"^LOCK\s*:?=\s*requirements/constraints\.txt$", makefile, re.M)
+    assert re.search(r"^LOCK\s*:?=\s*requirements/constraints\.txt$", makefile, re.MULTILINE)
     # The dev venv's install of the package (`make lock` alone resolves afresh, without the lock).
     setup = [w for w in pip_install_lines(makefile) if w[0] == "(PY)" and any(".[" in word for word in w)]
     assert len(setup) == 1 and files_given(setup[0], "-c", "--constraint") == {"(LOCK)"}, setup

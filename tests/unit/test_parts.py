@@ -66,7 +66,7 @@ def test_a_decompression_bomb_is_skipped_like_any_undecodable_image(tmp_path):
 def test_pack_stops_before_the_function_deadline_with_a_way_out(tmp_path):
     store = DirStore(tmp_path)
     store.put("src/a/1.png", png(1))
-    with pytest.raises(TimeoutError, match="after 0 of 1 images.*smaller --part-size"):
+    with pytest.raises(TimeoutError, match=r"after 0 of 1 images.*smaller --part-size"):
         parts.pack_part(store, [("src/a/1.png", 0)], Recipe(size=8), "p/part-000", remaining_ms=lambda: 1000)
     assert list(store.list("p/")) == []
     assert parts.pack_part(store, [("src/a/1.png", 0)], Recipe(size=8), "p/part-000",

@@ -45,7 +45,7 @@ def test_train_and_test_folders_are_kept_as_they_are(tmp_path):
 
 def test_a_class_of_one_photo_is_refused(tmp_path):
     root = folder(tmp_path / "photos", {"a": 4, "b": 1})
-    with pytest.raises(CommandError, match="class 'b' has 1 photo .* give at least 2 a class"):
+    with pytest.raises(CommandError, match=r"class 'b' has 1 photo .* give at least 2 a class"):
         split_photos(root, 0.2)
 
 

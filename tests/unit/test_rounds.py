@@ -164,7 +164,7 @@ def test_a_round_is_committed_in_order_weights_record_then_latest():
     s.models.put = recording_put
     train(s, "r", 1)
     run = TrainingRun(s.models, "r")
-    tail = [k for k in order if k.startswith(run.round_prefix(1)) and "/workers/" not in k or k == run.latest_key]
+    tail = [k for k in order if (k.startswith(run.round_prefix(1)) and "/workers/" not in k) or k == run.latest_key]
     assert tail[-4:] == [run.optimizer_key(1), run.global_key(1), run.record_key(1), run.latest_key]
 
 
@@ -236,7 +236,7 @@ def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
     train(s, "old", 2, resume=True)
     assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
                                 "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0}] * 3
-    with pytest.raises(TrainingFailed, match="trained with warmup-epochs 0.0"):
+    with pytest.raises(TrainingFailed, match=r"trained with warmup-epochs 0.0"):
         train(s, "old", 3, resume=True, warmup_epochs=1.0)
     with pytest.raises(TrainingFailed, match="trained with local-steps None"):
         train(s, "old", 3, resume=True, local_steps=10)
@@ -256,9 +256,9 @@ def test_round_length_options():
     train(s, "half", 1, local_epochs=0.5, batch_size=30)
     assert all(h["local_steps"] == 2 and h["batch_size"] == 10 for h in train_hypers(s))
     train(s, "half", 2, resume=True, local_epochs=0.5)
-    with pytest.raises(TrainingFailed, match="trained with local-steps 2; resuming with --local-epochs 0.9"):
+    with pytest.raises(TrainingFailed, match=r"trained with local-steps 2; resuming with --local-epochs 0.9"):
         train(s, "half", 3, resume=True, local_epochs=0.9)
-    with pytest.raises(TrainingFailed, match="trained with local-epochs 2; resuming with --local-epochs 0.5"):
+    with pytest.raises(TrainingFailed, match=r"trained with local-epochs 2; resuming with --local-epochs 0.5"):
         train(s, "epochs", 2, resume=True, local_epochs=0.5)
     for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
                              ({"local_epochs": -1}, "--local-epochs must be more than 0"),

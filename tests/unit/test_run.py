@@ -32,12 +32,12 @@ def test_weights_round_trip_keeps_order_shape_and_dtype():
     weights += [np.full(1, i, np.float32) for i in range(12)]  # more than 10: order must not be lexicographic-by-index
     back = weights_from_bytes(weights_to_bytes(weights))
     assert len(back) == len(weights)
-    for a, b in zip(weights, back):
+    for a, b in zip(weights, back, strict=False):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
 def test_unreadable_weights_are_a_clear_error():
-    with pytest.raises(CheckpointError, match="'x.npz' is not a readable weights file"):
+    with pytest.raises(CheckpointError, match=r"'x.npz' is not a readable weights file"):
         weights_from_bytes(b"garbage", what="'x.npz'")
     data = weights_to_bytes([np.ones(3, np.float32)])
     with pytest.raises(CheckpointError, match="not a readable weights file"):
@@ -123,7 +123,7 @@ def test_build_model_sets_the_weights_and_rejects_foreign_ones():
     model = build_model(config())
     weights = [np.full(w.shape, 0.5, np.float32) for w in model.get_weights()]
     again = build_model(config(), weights)
-    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), weights))
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), weights, strict=False))
     assert again.input_shape == (None, 32, 32, 1) and again.output_shape == (None, 3)
     with pytest.raises(CheckpointError, match="do not fit"):
         build_model(config(classes=4, labels=LABELS + ["d"]), weights)

@@ -279,7 +279,7 @@ def test_errors_name_models_and_keys_but_never_where_the_stores_are(predictor, t
         with pytest.raises((NotFound, ModelError)) as caught:
             call()
         assert str(tmp_path) not in str(caught.value) and "/models" not in str(caught.value)
-    with pytest.raises(ModelError, match="incomplete: it has no labels.json"):
+    with pytest.raises(ModelError, match=r"incomplete: it has no labels.json"):
         load_version(model_store, "tiny")
 
 

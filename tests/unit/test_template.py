@@ -80,7 +80,7 @@ def refs(node) -> set[str]:
 
 
 def makefile_default(name: str) -> str:
-    match = re.search(rf"^{name}\s*\?=\s*(\S+)", LAYER_MAKEFILE.read_text(), re.M)
+    match = re.search(rf"^{name}\s*\?=\s*(\S+)", LAYER_MAKEFILE.read_text(), re.MULTILINE)
     assert match, f"{LAYER_MAKEFILE} should set a default for {name}"
     return match.group(1)
 
@@ -93,7 +93,7 @@ def test_template_passes_cfn_lint_in_every_region():
 
 def test_every_orchestrator_output_names_the_right_resource(template):
     for spec in FUNCTIONS.values():
-        name, resource = function_of(template, spec.output)
+        _name, resource = function_of(template, spec.output)
         assert resource["Type"] == "AWS::Serverless::Function", spec.output
     for output, logical in {"DataBucketName": "DataBucket", "ModelBucketName": "ModelBucket",
                             "PredictionsTableName": "PredictionsTable"}.items():
@@ -433,7 +433,7 @@ def unpinned_pip_arguments(command: str) -> list[str]:
             elif word in ("-t", "--target", "-i", "--index-url", "--extra-index-url", "-f", "--find-links",
                           "--platform", "--python-version", "--implementation", "--abi", "--root", "--prefix"):
                 skip_next = True
-            elif word.startswith("-") or word.startswith((".", "/", "$")):
+            elif word.startswith(("-", ".", "/", "$")):
                 continue  # an option, or the project itself from the build context
             else:
                 wanted.append((word, word))

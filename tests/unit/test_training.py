@@ -252,7 +252,7 @@ def test_bad_requests_fail_clearly_and_the_function_stays_usable(world, handler)
     answer = handler(train_event(world, "bad", model={**model_dict(), "classes": 10**9}), context())
     assert answer["statusCode"] == 400 and "classes" in answer["error"]
     missing = train_event(world, "bad", shard_keys=["datasets/t/train/shard-000/part-009-0000000000000000.npz"])
-    with pytest.raises(parts.CorruptPart, match="missing.*prepare"):
+    with pytest.raises(parts.CorruptPart, match=r"missing.*prepare"):
         handler(missing, context())
     wrong_model = train_event(world, "bad", model={**model_dict(), "classes": CLASSES + 1,
                                                    "labels": [f"c{i}" for i in range(CLASSES + 1)]})

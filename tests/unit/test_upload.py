@@ -35,7 +35,7 @@ def stored(tmp_path: Path) -> dict[str, bytes]:
 
 def row(out: str, label: str) -> str:
     """The value of a summary row, whatever the column width."""
-    match = re.search(rf"^  {re.escape(label)}\s+(.*)$", out, re.M)
+    match = re.search(rf"^  {re.escape(label)}\s+(.*)$", out, re.MULTILINE)
     assert match, f"no row {label!r} in:\n{out}"
     return match[1]
 

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 ENV_HOME = "DLPIPE_HOME"
 ENV_DATA = "DLPIPE_DATA_URL"
@@ -31,7 +32,7 @@ def _absolute(url: str) -> str:
     """Make directory paths absolute so worker processes resolve them the same way."""
     if "://" in url and not url.startswith("file://"):
         return url
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = url.removeprefix("file://")
     return str(Path(path).expanduser().resolve())
 
 
@@ -102,8 +103,8 @@ class Placement:
     invoker: str | None = None
 
     # The variable behind each field, for the options' help.
-    ENV = {"home": ENV_HOME, "stack_name": ENV_STACK_NAME, "data_url": ENV_DATA, "model_url": ENV_MODELS,
-           "table_url": ENV_TABLE, "invoker": ENV_INVOKER}
+    ENV: ClassVar[dict[str, str]] = {"home": ENV_HOME, "stack_name": ENV_STACK_NAME, "data_url": ENV_DATA,
+                                     "model_url": ENV_MODELS, "table_url": ENV_TABLE, "invoker": ENV_INVOKER}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Placement:

@@ -8,7 +8,8 @@ and a warm container serving.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 

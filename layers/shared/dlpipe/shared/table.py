@@ -13,10 +13,10 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
 
 
 class TableError(Exception):
@@ -41,8 +41,8 @@ class PredictionRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PredictionRecord":
-        known = {f for f in cls.__dataclass_fields__}
+    def from_dict(cls, data: dict) -> PredictionRecord:
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -64,7 +64,7 @@ class PredictionsTable(ABC):
     def count(self) -> int:
         return len(self.list(None))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional for a backend: most hold nothing to release)
         """Release connections."""
 
     def __repr__(self) -> str:
@@ -243,7 +243,7 @@ class DynamoTable(PredictionsTable):
         return [PredictionRecord.from_dict(_from_dynamo(item)) for item in items]
 
     @staticmethod
-    def create(name: str, client=None) -> "DynamoTable":
+    def create(name: str, client=None) -> DynamoTable:
         """Create an on-demand table with the stack's key schema (for tests and local DynamoDB)."""
         import boto3
 

@@ -9,8 +9,8 @@ memory is one model's worth (in float64) however many workers there are.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -61,12 +61,12 @@ class WeightedAverage:
             self._sums = [np.zeros(a.shape, np.float64) for a in arrays]
         elif len(arrays) != len(self._sums):
             raise AveragingError(f"weights{who} have {len(arrays)} arrays, the first worker's had {len(self._sums)}")
-        for i, (total, a) in enumerate(zip(self._sums, arrays)):
+        for i, (total, a) in enumerate(zip(self._sums, arrays, strict=False)):
             if a.shape != total.shape:
                 raise AveragingError(f"array {i}{who} has shape {a.shape}, the first worker's has {total.shape}")
             if not np.all(np.isfinite(a)):
                 raise AveragingError(f"array {i}{who} contains NaN or infinity (the worker diverged)")
-        for total, a in zip(self._sums, arrays):
+        for total, a in zip(self._sums, arrays, strict=False):
             total += a.astype(np.float64) * float(num_examples)
         self.total_examples += int(num_examples)
         self.contributions += 1
@@ -97,7 +97,8 @@ class WeightedAverage:
         """The example-weighted mean of everything added so far."""
         if self._sums is None:
             raise AveragingError("nothing to average: no worker's weights were added")
-        return [(total / self.total_examples).astype(dtype) for total, dtype in zip(self._sums, self._dtypes)]
+        return [(total / self.total_examples).astype(dtype)
+                for total, dtype in zip(self._sums, self._dtypes, strict=True)]
 
 
 def weighted_average(pairs: Iterable[tuple[Sequence[np.ndarray], int]],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,6 +35,8 @@ FIRE_FILTERS = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128),
 # The fire modules after which each version max-pools (0 = after conv1).
 POOL_AFTER = {"1.0": (0, 4, 8), "1.1": (0, 3, 5)}
 VERSIONS = tuple(POOL_AFTER)
+STEM = {"1.0": (96, 7, 2), "1.1": (64, 3, 2)}   # conv1: filters, kernel size, stride (ImageNet)
+CONV_INIT = "he_uniform"
 
 
 def ceil_pool_padding(size: int, pool: int = 3, stride: int = 2) -> int:
@@ -67,39 +69,15 @@ def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 2
 
     if version not in POOL_AFTER:
         raise ValueError(f"unknown SqueezeNet version {version!r}; choose from {VERSIONS}")
-    height, width, _ = input_shape
-    conv_init = "he_uniform"
-
-    def pool(x, index):
-        h, w = x.shape[1], x.shape[2]
-        ph, pw = ceil_pool_padding(h), ceil_pool_padding(w)
-        if ph or pw:
-            x = layers.ZeroPadding2D(((0, ph), (0, pw)), name=f"pool{index}_ceil_pad")(x)
-        return layers.MaxPooling2D(3, strides=2, name=f"pool{index}")(x)
-
-    def fire(x, index):
-        squeeze, expand = FIRE_FILTERS[index]
-        s = layers.Conv2D(squeeze, 1, activation="relu", kernel_initializer=conv_init,
-                          name=f"fire{index}_squeeze")(x)
-        e1 = layers.Conv2D(expand, 1, activation="relu", kernel_initializer=conv_init,
-                           name=f"fire{index}_expand1x1")(s)
-        e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=conv_init,
-                           name=f"fire{index}_expand3x3")(s)
-        return layers.Concatenate(name=f"fire{index}_concat")([e1, e3])
-
     inputs = keras.Input(shape=input_shape, name="image")
-    if small_inputs:
-        x = layers.Conv2D(64 if version == "1.1" else 96, 3, strides=1, activation="relu",
-                          kernel_initializer=conv_init, name="conv1")(inputs)
-    elif version == "1.0":
-        x = layers.Conv2D(96, 7, strides=2, activation="relu", kernel_initializer=conv_init, name="conv1")(inputs)
-    else:
-        x = layers.Conv2D(64, 3, strides=2, activation="relu", kernel_initializer=conv_init, name="conv1")(inputs)
-    x = pool(x, 1)
+    filters, size, stride = (64 if version == "1.1" else 96, 3, 1) if small_inputs else STEM[version]
+    x = layers.Conv2D(filters, size, strides=stride, activation="relu", kernel_initializer=CONV_INIT,
+                      name="conv1")(inputs)
+    x = _pool(x, 1)
     for index in range(2, 10):
-        x = fire(x, index)
+        x = _fire(x, index)
         if index in POOL_AFTER[version][1:]:
-            x = pool(x, index)
+            x = _pool(x, index)
     x = layers.Dropout(dropout, seed=dropout_seed, name="dropout")(x)
     # As in the reference: the classifier is a 1x1 convolution initialised with small
     # weights, then ReLU and global average pooling instead of dense layers.
@@ -113,12 +91,35 @@ def squeezenet(version: str = "1.1", input_shape: tuple[int, int, int] = (224, 2
     return model
 
 
+def _pool(x, index: int):
+    """A 3x3 stride-2 max pool in ceil mode (zero padding at the end: after a ReLU nothing is below 0)."""
+    from keras import layers
+
+    ph, pw = ceil_pool_padding(x.shape[1]), ceil_pool_padding(x.shape[2])
+    if ph or pw:
+        x = layers.ZeroPadding2D(((0, ph), (0, pw)), name=f"pool{index}_ceil_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name=f"pool{index}")(x)
+
+
+def _fire(x, index: int):
+    """Fire module `index`: a 1x1 squeeze, then 1x1 and 3x3 expands concatenated in that order."""
+    from keras import layers
+
+    squeeze, expand = FIRE_FILTERS[index]
+    s = layers.Conv2D(squeeze, 1, activation="relu", kernel_initializer=CONV_INIT, name=f"fire{index}_squeeze")(x)
+    e1 = layers.Conv2D(expand, 1, activation="relu", kernel_initializer=CONV_INIT, name=f"fire{index}_expand1x1")(s)
+    e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=CONV_INIT,
+                       name=f"fire{index}_expand3x3")(s)
+    return layers.Concatenate(name=f"fire{index}_concat")([e1, e3])
+
+
 def set_weights(model, weights: Sequence[np.ndarray]) -> None:
     """`model.set_weights`, with a CheckpointError naming the first array that does not fit."""
     expected = [tuple(w.shape) for w in model.weights]
     got = [tuple(np.shape(w)) for w in weights]
     if expected != got:
-        first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(got), len(expected)))
+        pairs = enumerate(zip(expected, got, strict=False))   # unequal lengths are a mismatch too
+        first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
         raise CheckpointError(f"weights do not fit the model: {len(got)} arrays for {len(expected)}, "
                               f"first mismatch at array {first}; was the run started with another model?")
     model.set_weights(list(weights))

@@ -11,6 +11,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -122,10 +123,8 @@ def _touch(path: Path) -> None:
     """Mark as most recently used, to the nanosecond: the kernel's own timestamps are coarser (a few
     ms), so parts written or read in quick succession would tie and evict in no particular order."""
     now = time.time_ns()
-    try:
+    with contextlib.suppress(FileNotFoundError):  # evicted by another process meanwhile
         os.utime(path, ns=(now, now))
-    except FileNotFoundError:  # evicted by another process meanwhile
-        pass
 
 
 def _read_cached(path: Path, key: str) -> bytes | None:

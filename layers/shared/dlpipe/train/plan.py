@@ -100,7 +100,7 @@ def plan_dataset(items: Iterable[tuple[str, str]], classes: Sequence[str], worke
     base = source_prefix.strip("/") + "/" if source_prefix.strip("/") else ""
 
     def rel(key: str) -> str:
-        return key[len(base):] if key.startswith(base) else key
+        return key.removeprefix(base)
 
     train, val = _split(items, {c: i for i, c in enumerate(classes)}, val_fraction, rel, val_items)
     if len(train) < workers:
@@ -111,7 +111,7 @@ def plan_dataset(items: Iterable[tuple[str, str]], classes: Sequence[str], worke
     # Validation parts: one per worker by default so evaluation fans out as wide as training.
     n_val_parts = max(1, min(val_parts or workers, len(val))) if val else 0
     val_size = -(-len(val) // n_val_parts) if val else 1
-    per_class = {c: 0 for c in classes}
+    per_class = dict.fromkeys(classes, 0)
     for _, label in train:
         per_class[classes[label]] += 1
     return DatasetPlan(classes=list(classes), shards=shards,

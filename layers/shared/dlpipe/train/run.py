@@ -20,7 +20,8 @@ a round whose files are all complete, so resuming from it is always safe.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field

@@ -157,7 +157,7 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
         if len(state) != len(slots) + 1 or any(tuple(np.shape(a)) != tuple(v.shape)
                                                for a, v in zip(state[1:], slots, strict=True)):
             raise CheckpointError("the optimizer state does not fit the model's optimizer")
-        model.optimizer.iterations.assign(int(round(float(state[0]))))
+        model.optimizer.iterations.assign(round(float(state[0])))
         for variable, value in zip(slots, state[1:], strict=True):
             variable.assign(np.asarray(value, variable.dtype))
     model.optimizer.learning_rate = learning_rate
@@ -338,5 +338,5 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     reset_model(model, weights, 1e-3, 0)
     in_order = batches.split(np.arange(len(y)), request.batch_size)
     loss, accuracy = model.evaluate(batches.ShardBatches(x, y, recipe, in_order), verbose=0)
-    return EvaluateResponse(weights_key=request.weights_key, count=int(len(y)), loss=float(loss),
+    return EvaluateResponse(weights_key=request.weights_key, count=len(y), loss=float(loss),
                             accuracy=float(accuracy), seconds=round(time.monotonic() - started, 3))

@@ -68,7 +68,7 @@ class ModelConfig(_Event):
         return Recipe.from_dict(value).model_dump(mode="json")
 
     @model_validator(mode="after")
-    def _one_label_per_class(self) -> "ModelConfig":
+    def _one_label_per_class(self) -> ModelConfig:
         if len(self.labels) != self.classes:
             raise ValueError(f"{len(self.labels)} labels for {self.classes} classes")
         return self
