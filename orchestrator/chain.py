@@ -17,6 +17,7 @@ from typing import TextIO
 
 from orchestrator.errors import CommandError
 from orchestrator.report import print_json, print_summary
+from orchestrator.traffic import METER, Traffic
 
 
 def step_parser(commands) -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def output_dir(session) -> Path:
 
 
 def print_demo_summary(session, title: str, name: str, out_dir: Path, figure: Path, workers: int,
-                       start: float, json_out: TextIO | None = None) -> None:
+                       start: float, json_out: TextIO | None = None, traffic_at_start: Traffic | None = None) -> None:
     """Rounds, the last validation accuracy, where the plots are, and the bill (also as one JSON document)."""
     metrics = json.loads((out_dir / f"{name}-metrics.json").read_text())
     last = metrics["rounds"][-1] if metrics["rounds"] else {}
@@ -63,7 +64,7 @@ def print_demo_summary(session, title: str, name: str, out_dir: Path, figure: Pa
         ("predictions figure", str(figure)),
         ("stores", f"{session.settings.data_url} | {session.settings.model_url}"),
         ("wall time", f"{time.perf_counter() - start:.0f} s"),
-    ], session.invoker.records)
+    ], session.invoker.records, traffic=METER.snapshot() - (traffic_at_start or Traffic()))
     if json_out is not None:   # --json: the one document, on the stdout the demo's steps were kept off
         print_json(title, {
             "rounds": len(metrics["rounds"]), "workers": workers, "validation_accuracy": val,

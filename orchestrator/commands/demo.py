@@ -16,6 +16,7 @@ from orchestrator import chain
 from orchestrator.commands import add_command, augment, export, fashion_mnist, photo_demo, predict, prepare, train
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out
+from orchestrator.traffic import METER
 
 STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
 FASHION_DEFAULTS = {"images": 6000, "rounds": 5, "local_epochs": 2, "run_name": "demo"}
@@ -91,7 +92,7 @@ def _run(args: argparse.Namespace, session) -> int:
 
 def run_fashion_mnist(args: argparse.Namespace, session) -> int:
     parser = chain.step_parser(STEP_COMMANDS)
-    start = time.perf_counter()
+    start, traffic_at_start = time.perf_counter(), METER.snapshot()   # the bill covers every step
     name = args.run_name
     out_dir = chain.output_dir(session)
     figure = out_dir / "predictions.png"
@@ -112,6 +113,7 @@ def run_fashion_mnist(args: argparse.Namespace, session) -> int:
     chain.run_step(parser, session, "6/6 predict on held-out test images",
                    ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3",
                     "--show", str(figure)])
-    chain.print_demo_summary(session, "demo", name, out_dir, figure, args.workers, start, json_out=args.json_out)
+    chain.print_demo_summary(session, "demo", name, out_dir, figure, args.workers, start, json_out=args.json_out,
+                             traffic_at_start=traffic_at_start)
     print("\nnext: orchestrator predict YOUR_IMAGE.png --model " + name, file=sys.stdout)
     return 0

@@ -27,6 +27,7 @@ from dlpipe.wire import AUGMENTED_PREFIX
 from orchestrator import chain
 from orchestrator.commands import augment, export, fetch_model, import_onnx, predict, prepare, train, upload
 from orchestrator.errors import CommandError
+from orchestrator.traffic import METER
 
 STEP_COMMANDS = (augment, prepare, train, export, predict)
 DEFAULTS = {"rounds": 3, "run_name": "the photo folder's name"}
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace, session) -> int:
     workers = str(args.workers)
     prefix, out_dir = f"photos/{name}", chain.output_dir(session)
     figure = out_dir / f"{name}-predictions.png"
-    start = time.perf_counter()
+    start, traffic_at_start = time.perf_counter(), METER.snapshot()   # the bill covers every step
     parser = chain.step_parser(STEP_COMMANDS)
     model = pretrained_model(session, args, out_dir)
     augmented = f"{AUGMENTED_PREFIX}/{name}"
@@ -168,6 +169,6 @@ def run(args: argparse.Namespace, session) -> int:
                    ["predict", *[f"store:{key}" for key in sample], "--model", name, "--top-k", "3",
                     "--show", str(figure)])
     chain.print_demo_summary(session, "demo --photos", name, out_dir, figure, args.workers, start,
-                             json_out=getattr(args, "json_out", None))
+                             json_out=getattr(args, "json_out", None), traffic_at_start=traffic_at_start)
     print(f"\nnext: orchestrator predict YOUR_PHOTO.jpg --model {name}")
     return 0
