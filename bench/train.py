@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from tables import markdown_table as table  # bench/tables.py
+
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
 from dlpipe.train import batches, fashion_mnist, parts
@@ -43,16 +45,6 @@ from orchestrator.rounds import TrainOptions, run_training
 from orchestrator.session import Session
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for i, row in enumerate(cells):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, epochs: int, seed: int) -> list[float]:

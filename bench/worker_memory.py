@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 import numpy as np
+from tables import markdown_table as table  # bench/tables.py
 
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
@@ -34,16 +35,6 @@ CONFIGS = [
     (224, 3, "all", 16, 512), (224, 3, "all", 64, 512), (224, 3, "all", 128, 512), (224, 3, "all", 16, 2048),
     (224, 3, "classifier", 32, 512), (224, 3, "classifier", 128, 512),
 ]
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for i, row in enumerate(cells):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 def measure(settings: Settings, size: int, channels: int, trainable: str, batch: int, shard: int) -> dict:
