@@ -16,16 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from dlpipe.shared.store import StoreError
 from dlpipe.train.aggregate import mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, ErrorResponse, TrainResponse, parse_reply
+from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, TrainResponse
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.invokers.retry import invoke_with_retries, reply_check
 
 ENGINES = ("auto", "local", "lambda")
 
@@ -100,14 +98,6 @@ def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], 
     return events
 
 
-def _check_reply(event: dict, payload: object) -> str | None:
-    try:
-        reply = parse_reply(payload, AggregateResponse)
-    except ValidationError as err:
-        return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
-    return reply.error if isinstance(reply, ErrorResponse) else None
-
-
 def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSource], invoker: Invoker,
                         retries: int) -> int:
     """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote."""
@@ -120,7 +110,8 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
     levels = plan_tree(len(sources))
     for level, groups in enumerate(levels):
         events = _node_events(run, round_, sources, groups, level, final=level == len(levels) - 1)
-        done, errors = invoke_with_retries(invoker, "train", events, retries, count, check=_check_reply)
+        done, errors = invoke_with_retries(invoker, "train", events, retries, count,
+                                           check=reply_check(AggregateResponse))
         if errors:
             reasons = "; ".join(f"node {level}.{i}: {error} (after {attempts} attempts)"
                                 for i, (attempts, error) in sorted(errors.items()))

@@ -20,25 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from pydantic import ValidationError
-
 from dlpipe.shared.clock import now_iso
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.wire import (
-    ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
     InitRequest,
     InitResponse,
     TrainRequest,
     TrainResponse,
-    parse_reply,
 )
 from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.hyperparams import worker_hyper
 from orchestrator.invokers.base import Invocation
-from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
 from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run
@@ -105,7 +101,7 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
                         output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
     done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
-                                       check=_parse_check(InitResponse))
+                                       check=reply_check(InitResponse))
     if errors:
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
     run.commit_round(0, {
@@ -115,19 +111,8 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
         "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
 
 
-def _parse_check(model) -> Callable[[dict, object], str | None]:
-    """A retry check that refuses error answers (their message) and replies that are not `model`."""
-    def check(event: dict, payload: object) -> str | None:
-        try:
-            reply = parse_reply(payload, model)
-        except ValidationError as err:
-            return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
-        return reply.error if isinstance(reply, ErrorResponse) else None
-    return check
-
-
 def _check_train(event: dict, payload: object) -> str | None:
-    problem = _parse_check(TrainResponse)(event, payload)
+    problem = reply_check(TrainResponse)(event, payload)
     if problem:
         return problem
     response = TrainResponse.model_validate(payload)
@@ -172,7 +157,7 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
                               trainable=plan.config.training.trainable,
                               batch_size=plan.eval_batch_size).model_dump(mode="json")
               for part in plan.val_parts]
-    done, errors = invoke_with_retries(invoker, "train", events, retries, check=_parse_check(EvaluateResponse))
+    done, errors = invoke_with_retries(invoker, "train", events, retries, check=reply_check(EvaluateResponse))
     if errors:
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
         raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")

@@ -13,8 +13,6 @@ import json
 import time
 from typing import TextIO
 
-from pydantic import ValidationError
-
 from dlpipe.shared import clock
 from dlpipe.shared.recipe import RESIZE_MODES, Recipe
 from dlpipe.train import manifest as manifests
@@ -26,7 +24,7 @@ from dlpipe.wire import PackRequest, PackResponse
 from orchestrator import capacity
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 RECIPES = {
@@ -165,10 +163,10 @@ def _jobs(plan: planning.DatasetPlan) -> list[Job]:
 
 
 def _check_reply(event: dict, payload: dict) -> str | None:
-    try:
-        reply = PackResponse.model_validate(payload)
-    except ValidationError as err:
-        return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+    problem = reply_check(PackResponse)(event, payload)
+    if problem:
+        return problem
+    reply = PackResponse.model_validate(payload)
     if not reply.key.startswith(event["output_prefix"] + "-"):
         return f"bad response: part stored at {reply.key!r}, not under {event['output_prefix']!r}"
     return None

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pydantic import BaseModel, ValidationError
+
+from dlpipe.wire import ErrorResponse, parse_reply
 from orchestrator.invokers.base import Invocation, Invoker
+
+
+def reply_check(model: type[BaseModel]) -> Callable[[dict, object], str | None]:
+    """A `check` for `invoke_with_retries`: an error answer fails with its message, a reply that is not `model` too."""
+    def check(event: dict, payload: object) -> str | None:
+        try:
+            reply = parse_reply(payload, model)
+        except ValidationError as err:
+            return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+        return reply.error if isinstance(reply, ErrorResponse) else None
+    return check
 
 
 def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], retries: int,
