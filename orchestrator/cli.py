@@ -9,7 +9,9 @@ Nothing imports this module back (the demo builds its own parser), so there is n
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from orchestrator.commands import (
     augment,
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a CI runner's timeout) stops the workers as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,16 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return int(args.run(args, session) or 0)
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
+        interrupted = True
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        session.close()
+        session.close(abort=interrupted)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dlpipe.shared.store import ObjectStore, StoreError
 from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
+from orchestrator.options import MAX_CONCURRENCY, int_between
 from orchestrator.quiet import worker_log
 from orchestrator.traffic import MeteredStore
 
@@ -43,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--invoker", default=default.invoker, choices=INVOKERS,
                    help="engine: local process pool (default) or AWS Lambda (default with --stack-name) "
                         f"[{env['invoker']}]")
-    g.add_argument("--concurrency", type=int, default=None, metavar="N",
-                   help="concurrent invocations (default: cores for local, 16 for lambda)")
+    g.add_argument("--concurrency", type=int_between(1, MAX_CONCURRENCY), default=None, metavar="N",
+                   help=f"concurrent invocations, 1 to {MAX_CONCURRENCY} (default: cores for local, 16 for lambda; "
+                        "never more "
+                        "than a job has invocations)")
     g.add_argument("-v", "--verbose", action="store_true",
                    help="show the libraries' and the local functions' own logs (Powertools JSON lines, TensorFlow, "
                         "absl and oneDNN messages); without it the local workers' go to HOME/logs/workers.log")
@@ -105,9 +108,10 @@ class Session:
         except TableError as err:
             raise CommandError(f"predictions table: {err}") from None
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """`abort` (an interrupt or SIGTERM): stop the local workers at once rather than let them finish."""
         if self._invoker is not None:
-            self._invoker.close()
+            self._invoker.close(abort=abort)
             self._invoker = None
 
 

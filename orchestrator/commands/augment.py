@@ -23,6 +23,7 @@ from dlpipe.wire import (
 )
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.options import positive_int
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 EXAMPLES = f"""\
@@ -48,16 +49,16 @@ def register(subparsers) -> None:
     parser.add_argument("--output", required=True, metavar="Q",
                         help="prefix to write the variants under: augmented or augmented/NAME (on AWS the augment "
                              "function may write nowhere else)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                         help="images per invocation (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="V",
                         help=f"variants to make, space or comma separated (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random variants (default: 0)")
-    parser.add_argument("--size", type=int, metavar="PX",
+    parser.add_argument("--size", type=positive_int, metavar="PX",
                         help="outputs are PX x PX: the centre square, scaled (default: the source's size)")
     parser.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
                         help="output format (default: %(default)s, quality 90)")
-    parser.add_argument("--copies", type=int, default=1, metavar="K",
+    parser.add_argument("--copies", type=positive_int, default=1, metavar="K",
                         help="outputs per random variant, each differently random (default: 1)")
     add_json_argument(parser)
 

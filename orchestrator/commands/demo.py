@@ -15,6 +15,7 @@ import time
 from orchestrator import chain
 from orchestrator.commands import add_command, augment, export, fashion_mnist, photo_demo, predict, prepare, train
 from orchestrator.errors import CommandError
+from orchestrator.options import fraction, named, positive_int, worker_count
 from orchestrator.report import add_json_argument, human_out
 from orchestrator.traffic import METER
 
@@ -42,17 +43,18 @@ def register(subparsers) -> None:
                     "for a few rounds, export the result for LiteRT serving and predict on held-out test images. "
                     "With --photos: your class folders instead, fine-tuning a pretrained ImageNet SqueezeNet.",
         examples=EXAMPLES, run=run)
-    p.add_argument("--images", type=int, metavar="N",
+    p.add_argument("--images", type=positive_int, metavar="N",
                    help=f"training images to use (and as many held-out test images; default: "
                         f"{FASHION_DEFAULTS['images']}; not with --photos)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="training workers (default: %(default)s)")
-    p.add_argument("--rounds", type=int, metavar="R",
+    p.add_argument("--workers", type=worker_count, default=2, metavar="N",
+                   help="training workers (default: %(default)s)")
+    p.add_argument("--rounds", type=positive_int, metavar="R",
                    help=f"training rounds (default: {FASHION_DEFAULTS['rounds']}, with --photos "
                         f"{photo_demo.DEFAULTS['rounds']})")
-    p.add_argument("--local-epochs", type=int, metavar="E",
+    p.add_argument("--local-epochs", type=positive_int, metavar="E",
                    help=f"epochs each worker trains per round (default: {FASHION_DEFAULTS['local_epochs']}, with "
                         "--photos train's fine-tuning default)")
-    p.add_argument("--run-name", metavar="RUN",
+    p.add_argument("--run-name", type=named, metavar="RUN",
                    help=f"training run and model name (default: {FASHION_DEFAULTS['run_name']}, with --photos "
                         f"{photo_demo.DEFAULTS['run_name']}); an existing run is resumed")
     g = p.add_argument_group("fine-tuning on your photos")
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
                         "as `orchestrator fetch-model` gets it, from its cache)")
     g.add_argument("--labels", metavar="FILE",
                    help="the pretrained model's class names (default: placeholders; fine-tuning replaces them)")
-    g.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+    g.add_argument("--val-fraction", type=fraction, default=0.2, metavar="F",
                    help="share of each class's photos held out when DIR has no train/test (default: %(default)s)")
     add_json_argument(p)
 

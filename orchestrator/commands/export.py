@@ -7,6 +7,7 @@ import time
 
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
+from orchestrator.options import named, non_negative_int
 from orchestrator.quiet import native_output_captured
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary
 
@@ -24,11 +25,11 @@ def register(subparsers) -> None:
                     "LiteRT (float32) and write model.tflite, labels, preprocessing recipe and meta.json as the "
                     "next version of a model in the model store, then point the model's `latest` at it.",
         examples=EXAMPLES, run=run)
-    p.add_argument("--run", dest="run_name", required=True, metavar="RUN",
+    p.add_argument("--run", dest="run_name", required=True, type=named, metavar="RUN",
                    help="the training run (as given to `orchestrator train`)")
-    p.add_argument("--round", type=int, metavar="N", help="a completed round (default: the run's latest)")
-    p.add_argument("--name", metavar="NAME", help="model name (default: the run name)")
-    p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
+    p.add_argument("--round", type=non_negative_int, metavar="N", help="a completed round (default: the run's latest)")
+    p.add_argument("--name", type=named, metavar="NAME", help="model name (default: the run name)")
+    p.add_argument("--version", type=named, metavar="V", help="version label (default: the next vN)")
     add_json_argument(p)
 
 

@@ -16,6 +16,7 @@ from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from dlpipe.train import fashion_mnist as fm
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.options import MAX_THREADS, int_between, positive_int
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary, progress_bar
 
 EXAMPLES = f"""\
@@ -41,11 +42,12 @@ def register(subparsers) -> None:
                     "PREFIX/<split>/<class>/, as a user's own dataset would arrive.",
         examples=EXAMPLES, run=run)
     p.add_argument("--prefix", default="fashion-mnist", metavar="P", help="key prefix (default: %(default)s)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N images of each split (default: all)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="first N images of each split (default: all)")
     p.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
                    help="splits to write (default: train test)")
     p.add_argument("--idx-dir", metavar="DIR", help="folder with the four *-ubyte.gz files")
-    p.add_argument("--threads", type=int, default=8, metavar="N", help="parallel writes (default: %(default)s)")
+    p.add_argument("--threads", type=int_between(1, MAX_THREADS), default=8, metavar="N",
+                   help="parallel writes (default: %(default)s)")
     add_json_argument(p)
 
 

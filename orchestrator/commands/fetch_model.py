@@ -19,6 +19,7 @@ from dlpipe.shared.names import validate_name
 from orchestrator.commands import add_command
 from orchestrator.commands.import_onnx import import_file, print_import, read_labels_file
 from orchestrator.errors import CommandError
+from orchestrator.options import named
 from orchestrator.report import print_summary
 
 EXAMPLES = f"""\
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
         examples=EXAMPLES, run=run)
     p.add_argument("model", nargs="?", default="squeezenet1.1", choices=sorted(zoo.PRETRAINED),
                    help="which SqueezeNet (default: %(default)s)")
-    p.add_argument("--name", metavar="NAME", help="model name in the model store (default: MODEL)")
+    p.add_argument("--name", type=named, metavar="NAME", help="model name in the model store (default: MODEL)")
 
 
 def imported_version(store, name: str, sha256: str) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from dlpipe.shared.recipe import Recipe
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
+from orchestrator.options import named
 from orchestrator.quiet import native_output_captured
 from orchestrator.report import add_json_argument, print_json, print_summary
 
@@ -34,8 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--labels", required=True, metavar="FILE",
                    help="class names in output order: `wnid name, synonyms` lines (imagenet_synset_words.txt; "
                         "the first name is used) or one name a line")
-    p.add_argument("--name", metavar="NAME", help="model name (default: the file name without .onnx)")
-    p.add_argument("--version", metavar="V", help="version label (default: the next vN)")
+    p.add_argument("--name", type=named, metavar="NAME", help="model name (default: the file name without .onnx)")
+    p.add_argument("--version", type=named, metavar="V", help="version label (default: the next vN)")
     p.add_argument("--recipe", metavar="RECIPE.json",
                    help="preprocessing recipe (dlpipe.shared.recipe.Recipe fields) if the weights were not trained "
                         "with the reference release's (1.1: RGB, shorter side 256, center crop 224, ImageNet "

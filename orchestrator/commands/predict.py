@@ -20,6 +20,7 @@ from dlpipe.shared.store import StoreError, validate_key
 from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.options import int_between, named
 from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, progress_bar
 
 STORE_PREFIX = "store:"
@@ -42,9 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="a local image file, or a data-store key as store:KEY (a name that is not a local file "
                         "is taken as a key)")
-    p.add_argument("--model", metavar="NAME", help="model name (default: the only model in the model store)")
-    p.add_argument("--version", metavar="V", help="model version (default: the model's latest)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to return (default: %(default)s)")
+    p.add_argument("--model", type=named, metavar="NAME",
+                   help="model name (default: the only model in the model store)")
+    p.add_argument("--version", type=named, metavar="V", help="model version (default: the model's latest)")
+    p.add_argument("--top-k", type=int_between(1, MAX_TOP_K), default=5, metavar="K",
+                   help="classes to return (default: %(default)s)")
     p.add_argument("--json", action="store_true", help=f"{JSON_HELP}; its \"results\" are the function's "
                    "responses, one per image in the order given, instead of tables")
     p.add_argument("--show", metavar="OUT.png",

@@ -9,6 +9,9 @@ import sys
 from dlpipe.shared.table import TableError
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.options import int_between, named
+
+MAX_LIMIT = 1_000_000      # records listed at once; 0 lists all
 
 EXAMPLES = """\
 examples:
@@ -24,8 +27,9 @@ def register(subparsers) -> None:
         description="List the predictions the predict function recorded in the predictions table "
                     "(SQLite by default, DynamoDB with --stack-name or --table dynamodb://TABLE).",
         examples=EXAMPLES, run=run)
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default: %(default)s; 0 = all)")
-    p.add_argument("--model", metavar="NAME", help="only this model's predictions (any version)")
+    p.add_argument("--limit", type=int_between(0, MAX_LIMIT), default=20, metavar="N",
+                   help="how many (default: %(default)s; 0 = all)")
+    p.add_argument("--model", type=named, metavar="NAME", help="only this model's predictions (any version)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
 
 
@@ -34,8 +38,6 @@ def _image(record) -> str:
 
 
 def run(args: argparse.Namespace, session) -> int:
-    if args.limit < 0:
-        raise CommandError(f"--limit {args.limit}: give 0 (all) or a positive number")
     table = session.table()
     try:
         records = table.list(args.limit or None, model=args.model)

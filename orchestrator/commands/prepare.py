@@ -25,6 +25,7 @@ from orchestrator import capacity
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.options import fraction, model_ref, named, non_negative_int, positive_int, retry_count, worker_count
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 RECIPES = {
@@ -64,27 +65,30 @@ def register(subparsers) -> None:
                     "will use). Writes datasets/<dataset>/manifest.json in the data store.",
         examples=EXAMPLES, run=run)
     p.add_argument("--source", required=True, metavar="PREFIX", help="images as PREFIX/<class>/<image>")
-    p.add_argument("--dataset", required=True, metavar="NAME", help="name of the prepared dataset")
-    p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers (= shards)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+    p.add_argument("--dataset", required=True, type=named, metavar="NAME", help="name of the prepared dataset")
+    p.add_argument("--workers", type=worker_count, required=True, metavar="N",
+                   help="training workers (= shards)")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                    help="share of --source held out for validation (default: %(default)s)")
     p.add_argument("--val-source", metavar="PREFIX",
                    help="validation images from another prefix (e.g. a test split); then nothing is held out")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="preprocessing preset (default: 32 px RGB, stretch)")
-    p.add_argument("--recipe-from", metavar="MODEL[:VERSION]",
+    p.add_argument("--recipe-from", type=model_ref, metavar="MODEL[:VERSION]",
                    help="the preprocessing of a servable model version (its recipe.json; default version: its "
                         "latest), as `train --init-from MODEL` needs; not with --recipe or the options below")
-    p.add_argument("--size", type=int, metavar="PX", help="model input is PX x PX")
+    p.add_argument("--size", type=positive_int, metavar="PX", help="model input is PX x PX")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 = greyscale, 3 = colour")
-    p.add_argument("--pad", type=int, metavar="PX", help="stretch: resize to size - 2*PX, then zero-pad")
+    p.add_argument("--pad", type=non_negative_int, metavar="PX", help="stretch: resize to size - 2*PX, then zero-pad")
     p.add_argument("--resize", choices=RESIZE_MODES, help="stretch to the size, or shorter side then centre crop")
-    p.add_argument("--resize-shorter", type=int, metavar="PX", help="center_crop: shorter side before the crop")
+    p.add_argument("--resize-shorter", type=positive_int, metavar="PX",
+                   help="center_crop: shorter side before the crop")
     p.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean after scaling")
     p.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std after scaling")
-    p.add_argument("--part-size", type=int, metavar="N",
+    p.add_argument("--part-size", type=positive_int, metavar="N",
                    help=f"images per packed object (default: as many as make {PART_TARGET_BYTES >> 20} MB of "
                         f"pixels, at most {PackRequest.MAX_ITEMS})")
-    p.add_argument("--retries", type=int, default=1, metavar="K", help="re-invocations of a failed pack (default: 1)")
+    p.add_argument("--retries", type=retry_count, default=1, metavar="K",
+                   help="re-invocations of a failed pack (default: 1)")
     add_json_argument(p)
 
 

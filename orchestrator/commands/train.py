@@ -10,6 +10,16 @@ from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
+from orchestrator.options import (
+    model_ref,
+    named,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    retry_count,
+    worker_count,
+)
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
 from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 
@@ -45,33 +55,33 @@ def register(subparsers) -> None:
                     "global weights are the workers' weights averaged by example count, scored on the validation "
                     "set. Failed workers are retried; a round is committed only when complete.",
         examples=EXAMPLES, run=run)
-    p.add_argument("--dataset", required=True, metavar="NAME", help="a dataset made by `orchestrator prepare`")
-    p.add_argument("--run", dest="run_name", required=True, metavar="RUN", help="name of this training run")
-    p.add_argument("--rounds", type=int, required=True, metavar="R", help="train until round R is complete")
-    p.add_argument("--workers", type=int, metavar="N", help="parallel workers (default: the dataset's shards)")
-    p.add_argument("--local-epochs", type=float, metavar="E",
+    p.add_argument("--dataset", required=True, type=named, metavar="NAME", help="a dataset from `orchestrator prepare`")
+    p.add_argument("--run", dest="run_name", required=True, type=named, metavar="RUN", help="name of this training run")
+    p.add_argument("--rounds", type=positive_int, required=True, metavar="R", help="train until round R is complete")
+    p.add_argument("--workers", type=worker_count, metavar="N", help="parallel workers (default: the dataset's shards)")
+    p.add_argument("--local-epochs", type=positive_float, metavar="E",
                    help="epochs each worker trains per round; a fraction (0.25) makes rounds of that share of an "
                         "epoch, averaging more often")
-    p.add_argument("--local-steps", type=int, metavar="K",
+    p.add_argument("--local-steps", type=positive_int, metavar="K",
                    help="rounds of K batches of each worker's shard instead (its stream of epochs goes on across "
                         "rounds)")
-    p.add_argument("--batch-size", type=int, metavar="B",
+    p.add_argument("--batch-size", type=positive_int, metavar="B",
                    help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
                         "as many steps whatever N")
-    p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
-    p.add_argument("--min-workers", type=int, metavar="M",
+    p.add_argument("--lr", dest="learning_rate", type=positive_float, metavar="LR", help="Adam learning rate")
+    p.add_argument("--seed", type=non_negative_int, metavar="S", help="seed of the weights, data order and dropout")
+    p.add_argument("--min-workers", type=positive_int, metavar="M",
                    help="close a round if at least M workers succeeded (default: all must)")
-    p.add_argument("--retries", type=int, default=1, metavar="K",
+    p.add_argument("--retries", type=retry_count, default=1, metavar="K",
                    help="re-invocations of a failed or timed-out worker per round (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its last completed round")
-    p.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SEC",
+    p.add_argument("--time-budget", dest="time_budget_s", type=positive_float, metavar="SEC",
                    help="stop each worker's local training after SEC seconds (default: the function timeout "
                         "minus a margin)")
-    p.add_argument("--warmup-epochs", type=float, metavar="E",
+    p.add_argument("--warmup-epochs", type=non_negative_float, metavar="E",
                    help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard. "
                         "Keeps workers close enough early on for their average to be good")
-    p.add_argument("--init-from", metavar="MODEL[:VERSION]",
+    p.add_argument("--init-from", type=model_ref, metavar="MODEL[:VERSION]",
                    help="start from a servable model version (from `import-onnx` or `export`; default version: "
                         "its latest) instead of random weights: a new classifier for the dataset's classes "
                         "(kept if the classes are the same); its SqueezeNet version, stem and recipe are used")

@@ -186,5 +186,6 @@ class LambdaInvoker(Invoker):
 
         return results()
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, abort: bool = False) -> None:
+        """Calls not yet sent are cancelled; those under way run to their end on Lambda either way."""
+        self._executor.shutdown(wait=not abort, cancel_futures=True)

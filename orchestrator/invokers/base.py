@@ -56,8 +56,8 @@ class Invoker(ABC):
     def invoke(self, function: str, event: dict) -> Invocation:
         return next(iter(self.map(function, [event])))
 
-    def close(self) -> None:  # noqa: B027 - a hook: an invoker that holds nothing need not override it
-        """Release workers and connections."""
+    def close(self, abort: bool = False) -> None:  # noqa: B027 - a hook: an invoker that holds nothing need not override it
+        """Release workers and connections; `abort` (an interrupt): without waiting for calls under way."""
 
     def __enter__(self) -> Invoker:
         return self

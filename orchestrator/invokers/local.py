@@ -57,6 +57,7 @@ class LocalContext:
 _HANDLERS: dict[str, Callable] = {}
 _INVOCATIONS = 0
 WATCH_INTERVAL_S = 0.05    # how often a worker checks its memory while a handler runs
+PR_SET_PDEATHSIG = 1       # prctl(2)
 
 
 def _peak_rss_mb() -> float:
@@ -143,8 +144,22 @@ class MemoryGuard:
 _GUARD: MemoryGuard | None = None
 
 
-def _init_worker(env: dict[str, str], memory_mb: int, notes_dir: str) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker when the orchestrator dies, even by SIGKILL, so that no
+    orphaned worker goes on running (and billing) its handler. Elsewhere the pool's own shutdown does it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:   # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(env: dict[str, str], memory_mb: int, notes_dir: str, parent: int | None = None) -> None:
     global _GUARD
+    if parent is not None:
+        _die_with_parent(parent)
     os.environ.update(env)
     # Function logs are not the CLI's output (on Lambda they go to CloudWatch): send the
     # worker's stdout to stderr so that e.g. `orchestrator predict --json | jq` stays clean.
@@ -216,19 +231,32 @@ class LocalInvoker(Invoker):
         self.timeouts = dict(timeouts or {})  # per-function override of the template's timeout
         self.start_method = start_method
         self._pools: dict[str, ProcessPool] = {}
+        self._sizes: dict[str, int] = {}     # workers of each pool
         self._notes: tempfile.TemporaryDirectory | None = None  # out-of-memory workers' last words
 
-    def _pool(self, spec: FunctionSpec) -> ProcessPool:
-        if spec.name not in self._pools:
+    def _pool(self, spec: FunctionSpec, calls: int) -> ProcessPool:
+        """The function's pool, of as many workers as `calls` needs (never more than the concurrency).
+
+        A pool smaller than a later batch needs is replaced by a larger one (its warm workers go):
+        a pool sized to the concurrency alone would start --concurrency processes for 16 calls.
+        """
+        size = max(1, min(self.concurrency, calls))
+        pool = self._pools.get(spec.name)
+        if pool is not None and self._sizes[spec.name] < size:
+            pool.close()
+            pool.join()
+            pool = None
+        if pool is None:
             if self._notes is None:
                 self._notes = tempfile.TemporaryDirectory(prefix="dlpipe-workers-")
-            self._pools[spec.name] = ProcessPool(
-                max_workers=self.concurrency,
+            pool = self._pools[spec.name] = ProcessPool(
+                max_workers=size,
                 initializer=_init_worker,
-                initargs=(self.env, spec.memory_mb, self._notes.name),
+                initargs=(self.env, spec.memory_mb, self._notes.name, os.getpid()),
                 context=multiprocessing.get_context(self.start_method),
             )
-        return self._pools[spec.name]
+            self._sizes[spec.name] = size
+        return pool
 
     def _expired(self, inv: Invocation, err: ProcessExpired) -> None:
         """A worker that died during the call: killed for its memory (as Lambda reports it), or crashed."""
@@ -263,7 +291,8 @@ class LocalInvoker(Invoker):
     def map(self, function: str, events: Iterable[dict], *,
             on_result: Callable[[Invocation], None] | None = None) -> Iterator[Invocation]:
         spec = function_spec(function)
-        pool = self._pool(spec)
+        events = list(events)
+        pool = self._pool(spec, len(events))
         timeout = self.timeout_for(spec)
         futures = {}
         for index, event in enumerate(events):
@@ -309,9 +338,13 @@ class LocalInvoker(Invoker):
                 on_result(inv)
             yield inv
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Let the workers finish their calls and exit; with `abort` (an interrupt), stop them at once."""
         for pool in self._pools.values():
-            pool.close()
+            if abort:
+                pool.stop()
+            else:
+                pool.close()
             pool.join()
         self._pools.clear()
         if self._notes is not None:

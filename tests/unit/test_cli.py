@@ -50,7 +50,6 @@ BAD_USAGE = {
     "upload, no such folder": (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
     "upload, bad prefix": (["upload", "{tmp}", "--prefix", "raw/../etc"], "bad --prefix"),
     "upload, nothing to upload": (["upload", "{empty}", "--prefix", "raw"], "no images to upload under"),
-    "predictions, negative limit": (["predictions", "--limit", "-1"], "--limit -1: give 0 (all)"),
     "predictions, unknown table URL": (["--table", "postgres://db/p", "predictions"], "sqlite:///PATH or dynamodb"),
     "models, unknown store URL": (["--models", "ftp://host/models", "models"], "model store: unsupported store URL"),
     "upload, unknown store URL": (["--data", "ftp://host/data", "upload", "{tmp}/photos", "--prefix", "raw"],
