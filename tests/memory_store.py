@@ -33,6 +33,13 @@ class MemoryStore(ObjectStore):
             raise StoreError(f"refused {key}")
         self.objects[key] = bytes(data)
 
+    def create(self, key, data):
+        with self._lock:
+            if key in self.objects:
+                return False
+            self.objects[key] = bytes(data)
+            return True
+
     def list(self, prefix=""):
         return iter(sorted(k for k in self.objects if k.startswith(prefix)))
 

@@ -344,3 +344,31 @@ def test_a_prefix_may_end_with_the_start_of_a_hidden_name(store):
     for prefix in ("raw/../", "raw/./x", "/", "a//.", "raw/.tmp-"):
         with pytest.raises(InvalidKey):
             list(store.list(prefix))
+
+
+def test_create_writes_only_where_nothing_is(store):
+    assert store.create("runs/r/lease/000001.json", b"first")
+    assert not store.create("runs/r/lease/000001.json", b"second")
+    assert store.get("runs/r/lease/000001.json") == b"first"        # the loser changed nothing
+    store.delete("runs/r/lease/000001.json")
+    assert store.create("runs/r/lease/000001.json", b"again")
+
+
+def test_create_races_have_exactly_one_winner(store):
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> bool:
+        barrier.wait()
+        return store.create("models/m/v1/claim.json", f"writer {i}".encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(attempt, range(8)))
+    assert won.count(True) == 1
+    assert store.get("models/m/v1/claim.json") == f"writer {won.index(True)}".encode()
+
+
+def test_dir_store_create_leaves_no_temporaries(tmp_path):
+    store = DirStore(tmp_path / "store")
+    store.create("a/b", b"1")
+    store.create("a/b", b"2")
+    assert os.listdir(tmp_path / "store" / "a") == ["b"]

@@ -68,3 +68,15 @@ def remove_empty_folder(fd: int, name: str) -> bool:
         if err.errno != errno.ENOENT:
             raise
     return True
+
+
+def link_once(fd: int, tmp: str, name: str) -> bool:
+    """Give the written file `tmp` (in the folder `fd`) the name `name` unless something has it: linkat
+    fails then, where a rename would replace it (the directory store's conditional create). `tmp` goes."""
+    try:
+        os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp, dir_fd=fd)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dlpipe.shared.dir_walk import FOLDER, LISTED, remove_empty_folder, scan
+from dlpipe.shared.dir_walk import FOLDER, LISTED, link_once, remove_empty_folder, scan
 from dlpipe.shared.keys import (
     MAX_KEY_BYTES,
     MAX_NAME_BYTES,
@@ -56,6 +56,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write `data` at `key` atomically (readers see old or new, never partial)."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """`put` unless an object is at `key` (True if written): of two writers racing, one wins (leases)."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -174,6 +178,12 @@ class DirStore(ObjectStore):
             os.close(file)
 
     def put(self, key: str, data: bytes) -> None:
+        self._put(key, data, exclusive=False)
+
+    def create(self, key: str, data: bytes) -> bool:
+        return self._put(key, data, exclusive=True)
+
+    def _put(self, key: str, data: bytes, exclusive: bool) -> bool:
         segments, name = dir_key_parts(key)
         for _ in range(3):  # a folder that another writer removes midway is made again
             try:
@@ -181,21 +191,23 @@ class DirStore(ObjectStore):
             except FileNotFoundError:
                 continue
             try:
-                if self._write(fd, name, data, key):
-                    return
+                written = self._write(fd, name, data, key, exclusive)
+                if written is not None:
+                    return written
             finally:
                 os.close(fd)
         raise StoreError(f"cannot store {quote_key(key)}: its folder was removed while writing, three times over")
 
-    def _write(self, fd: int, name: str, data: bytes, key: str) -> bool:
-        """Write a temporary file in the folder `fd`, then rename it to `name` (atomic on POSIX);
-        False if the folder went meanwhile. The temporary's name is unique to this process and
-        thread, no key can name it, and O_EXCL refuses a leftover."""
+    def _write(self, fd: int, name: str, data: bytes, key: str, exclusive: bool = False) -> bool | None:
+        """Write a temporary file in the folder `fd`, then rename it to `name` (atomic on POSIX), or
+        with `exclusive` hard-link it there, which fails if `name` exists (False). None if the folder
+        went meanwhile. The temporary's name is unique to this process and thread, no key can name
+        it, and O_EXCL refuses a leftover."""
         tmp = f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{next(_TMP_COUNTER)}"
         try:
             file = os.open(tmp, _CREATE, 0o666, dir_fd=fd)
         except FileNotFoundError:
-            return False
+            return None
         try:
             try:
                 view = memoryview(data)
@@ -203,6 +215,8 @@ class DirStore(ObjectStore):
                     view = view[os.write(file, view):]
             finally:
                 os.close(file)
+            if exclusive:
+                return link_once(fd, tmp, name)
             for attempt in (1, 2):
                 try:
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
@@ -215,7 +229,7 @@ class DirStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
             if isinstance(err, FileNotFoundError):  # the folder went meanwhile
-                return False
+                return None
             raise
         return True
 
@@ -325,6 +339,18 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """S3's conditional write (If-None-Match: *): 412 if the key exists, 409 if another such write races."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
         validate_prefix(prefix)
