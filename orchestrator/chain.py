@@ -37,6 +37,13 @@ def run_step(parser: argparse.ArgumentParser, session, title: str, argv: list[st
         raise CommandError(f"demo stopped: `orchestrator {shlex.join(argv)}` exited with status {status}")
 
 
+def resume_if_started(session, run: str) -> list[str]:
+    """`--resume` when the run exists (the demo continues it), nothing for a new one (train refuses that)."""
+    from dlpipe.train.run import TrainingRun
+
+    return ["--resume"] if TrainingRun(session.model_store(), run).config() is not None else []
+
+
 def held_out_sample(data_store, prefix: str) -> list[str]:
     """One image per class under `prefix`: for images no training worker has seen."""
     first: dict[str, str] = {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from dlpipe.shared.clock import now_iso
+from dlpipe.shared.names import validate_name
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.wire import (
     EvaluateRequest,
@@ -35,6 +36,7 @@ from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.hyperparams import worker_hyper
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.lease import LeaseHeld, LeaseLost, RunLease
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
 from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run
@@ -59,10 +61,28 @@ class TrainResult:
 # --- the loop ---------------------------------------------------------------------------
 
 def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
-    """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
+    """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close.
+
+    The run's lease (orchestrator.lease) is held throughout: a second trainer is refused.
+    """
+    try:
+        validate_name(options.run, "run name")
+        lease = RunLease(session.model_store(), options.run).acquire()
+    except (ValueError, LeaseHeld) as err:
+        raise TrainingFailed(str(err)) from None
+    try:
+        return _train(session, options, out, progress, lease)
+    except LeaseLost as err:
+        raise TrainingFailed(str(err)) from None
+    finally:
+        lease.release()
+
+
+def _train(session, options: TrainOptions, out: TextIO | None, progress: bool, lease: RunLease) -> TrainResult:
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     start = time.perf_counter()
     plan = plan_run(session, options)
+    plan.run.fence = lease.renew
     for note in plan.notes:
         print(note, file=out)
     invoker, run = session.invoker, plan.run

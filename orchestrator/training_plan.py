@@ -187,8 +187,12 @@ def plan_run(session, options: TrainOptions) -> Plan:
     """Open or start the run, after checking every option against the dataset and the run's own config."""
     _check_options(options)
     run = TrainingRun(session.model_store(), options.run)
-    manifest = read_manifest(session.data_store(), options.dataset)
     config = run.config()
+    if config is None and options.resume:
+        runs = sorted({key.split("/")[1] for key in run.store.list("runs/") if key.endswith("/config.json")})
+        raise TrainingFailed(f"--resume: there is no run {options.run!r} in {run.store.url} to continue (a misspelt "
+                             f"name?); runs there: {', '.join(runs[:20]) or 'none'}. Drop --resume to start it")
+    manifest = read_manifest(session.data_store(), options.dataset)
     if config is not None:
         _check_resume(options, run, config, manifest)
     stored = config.training.model_dump(exclude_unset=True) if config else {}

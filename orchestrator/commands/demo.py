@@ -109,7 +109,8 @@ def run_fashion_mnist(args: argparse.Namespace, session) -> int:
                     "--dataset", name, "--workers", str(args.workers), "--recipe", "fashion-mnist"])
     chain.run_step(parser, session, "4/6 train data-parallel",
                    ["train", "--dataset", name, "--run", name, "--workers", str(args.workers), "--rounds",
-                    str(args.rounds), "--local-epochs", str(args.local_epochs), "--resume", "--output", str(out_dir)])
+                    str(args.rounds), "--local-epochs", str(args.local_epochs), *chain.resume_if_started(session, name),
+                    "--output", str(out_dir)])
     chain.run_step(parser, session, "5/6 export for LiteRT serving", ["export", "--run", name, "--name", name])
     sample = chain.held_out_sample(session.data_store(), "fashion-mnist/test")
     chain.run_step(parser, session, "6/6 predict on held-out test images",

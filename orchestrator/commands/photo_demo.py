@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, session) -> int:
     epochs = ["--local-epochs", str(args.local_epochs)] if args.local_epochs else []
     chain.run_step(parser, session, f"5/7 fine-tune {model} data-parallel",
                    ["train", "--dataset", name, "--run", name, "--workers", workers, "--rounds", rounds,
-                    "--init-from", model, *epochs, "--resume", "--output", str(out_dir)])
+                    "--init-from", model, *epochs, *chain.resume_if_started(session, name), "--output", str(out_dir)])
     chain.run_step(parser, session, "6/7 export for LiteRT serving", ["export", "--run", name, "--name", name])
     sample = chain.held_out_sample(session.data_store(), f"{prefix}/test")
     chain.run_step(parser, session, "7/7 predict on held-out photos",

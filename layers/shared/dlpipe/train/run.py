@@ -20,7 +20,7 @@ a round whose files are all complete, so resuming from it is always safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,7 @@ class TrainingRun:
         self.store = store
         self.name = validate_name(name, "run name")
         self.prefix = f"{RUNS_PREFIX}/{self.name}/"
+        self.fence: Callable[[], None] | None = None   # before every commit: raises if this trainer lost the run
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -173,6 +174,8 @@ class TrainingRun:
         The round's global weights must already be stored; this checks, so a bug cannot
         commit a round that has no weights.
         """
+        if self.fence is not None:
+            self.fence()
         if not self.store.exists(self.global_key(round)):
             raise CheckpointError(f"refusing to commit round {round} of run {self.name!r}: "
                                   f"{self.global_key(round)} is missing")
