@@ -123,6 +123,7 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
                                        check=reply_check(InitResponse))
     if errors:
+        run.store.delete(run.config_key)   # no round made: the run name stays free for the next try
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
     run.commit_round(0, {
         "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,

@@ -50,10 +50,33 @@ def to_tflite(model) -> bytes:
         return converter.convert()
 
 
+CLAIM = "claim.json"    # created first, conditionally: the version is this export's alone
+CLAIM_ATTEMPTS = 20
+
+
 def next_version(store: ObjectStore, name: str) -> str:
-    """v1, v2, ...: one more than the highest numbered version of `name`."""
-    numbers = [int(v[1:]) for v in list_models(store).get(name, []) if re.fullmatch(r"v\d+", v)]
+    """v1, v2, ...: one more than the highest numbered version of `name`, complete or being exported."""
+    versions = set(list_models(store).get(name, []))
+    versions |= {key.split("/")[2] for key in store.list(f"{MODELS_PREFIX}/{name}/") if key.endswith(f"/{CLAIM}")}
+    numbers = [int(v[1:]) for v in versions if re.fullmatch(r"v\d+", v)]
     return f"v{max(numbers, default=0) + 1}"
+
+
+def claim_version(store: ObjectStore, name: str, version: str | None) -> str:
+    """The version this export writes, claimed with the store's conditional create so that two exports at
+    once never write the same one: the next vN (the next free one if another export took it), or
+    `version`, refused if it exists or another export is writing it."""
+    for _ in range(CLAIM_ATTEMPTS if version is None else 1):
+        chosen = version or next_version(store, name)
+        if store.exists(version_key(name, chosen, "meta.json")):
+            break
+        claim = json.dumps({"created": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
+        if store.create(version_key(name, chosen, CLAIM), claim):
+            return chosen
+    if version is None:
+        raise ExportError(f"model {name!r}: other exports keep taking the next version number; try again")
+    raise ExportError(f"model {name!r} already has a version {version!r} (or another export is writing it); "
+                      "choose another --version")
 
 
 def _check_consistent(model, labels: list[str], recipe: Recipe) -> tuple[tuple[int, int, int], int]:
@@ -88,10 +111,18 @@ def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe
     """
     validate_name(name, "model name")
     input_shape, classes = _check_consistent(model, labels, recipe)
-    version = validate_name(version, "model version") if version else next_version(store, name)
-    if store.exists(version_key(name, version, "meta.json")):
-        raise ExportError(f"model {name!r} already has a version {version!r}; choose another version")
+    version = claim_version(store, name, validate_name(version, "model version") if version else None)
+    try:
+        return _write_version(model, store, name, version, labels, recipe, source, check, set_latest, config,
+                              input_shape, classes)
+    except BaseException:
+        store.delete(version_key(name, version, CLAIM))   # nothing complete was written: free the number again
+        raise
 
+
+def _write_version(model, store: ObjectStore, name: str, version: str, labels: list[str], recipe: Recipe,
+                   source: dict | None, check: bool, set_latest: bool, config: ModelConfig | None,
+                   input_shape: tuple[int, int, int], classes: int) -> ExportedVersion:
     tflite = to_tflite(model)
     max_diff = None
     if check:
