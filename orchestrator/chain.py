@@ -41,7 +41,8 @@ def resume_if_started(session, run: str) -> list[str]:
     """`--resume` when the run exists (the demo continues it), nothing for a new one (train refuses that)."""
     from dlpipe.train.run import TrainingRun
 
-    return ["--resume"] if TrainingRun(session.model_store(), run).config() is not None else []
+    started = TrainingRun(session.model_store(), run)
+    return ["--resume"] if started.store.exists(started.config_key) else []
 
 
 def held_out_sample(data_store, prefix: str) -> list[str]:

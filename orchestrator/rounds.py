@@ -23,6 +23,7 @@ from typing import TextIO
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.train.averaging import weighted_metrics
+from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
     EvaluateRequest,
     EvaluateResponse,
@@ -72,7 +73,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
         raise TrainingFailed(str(err)) from None
     try:
         return _train(session, options, out, progress, lease)
-    except LeaseLost as err:
+    except (LeaseLost, CheckpointError) as err:   # CheckpointError: damaged run files, named with the way out
         raise TrainingFailed(str(err)) from None
     finally:
         lease.release()
@@ -83,6 +84,7 @@ def _train(session, options: TrainOptions, out: TextIO | None, progress: bool, l
     start = time.perf_counter()
     plan = plan_run(session, options)
     plan.run.fence = lease.renew
+    plan.run.records()   # every committed round's record readable, before any work (CheckpointError otherwise)
     for note in plan.notes:
         print(note, file=out)
     invoker, run = session.invoker, plan.run

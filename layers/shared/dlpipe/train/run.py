@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from dlpipe.shared.names import validate_name
+from dlpipe.shared.store import KeyNotFound
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import Hyper, ModelConfig
 
@@ -126,13 +127,25 @@ class TrainingRun:
         """The run's config, or None if the run was never started."""
         if not self.store.exists(self.config_key):
             return None
-        return RunConfig.model_validate(self._get_json(self.config_key))
+        try:
+            return RunConfig.model_validate(self._get_json(self.config_key))
+        except ValidationError as err:
+            raise self._damaged(self.config_key, f"{err.error_count()} invalid or missing fields") from None
 
     def latest_round(self) -> int | None:
-        """The last completed round, or None if not even round 0 is complete."""
+        """The last completed round, or None if not even round 0 is complete; CheckpointError naming the file
+        and the way out if the pointer is damaged or names a round whose files are not all there."""
         if not self.store.exists(self.latest_key):
             return None
-        return int(self._get_json(self.latest_key)["round"])
+        latest = self._get_json(self.latest_key)
+        round_ = latest.get("round") if isinstance(latest, dict) else None
+        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 0:
+            raise self._damaged(self.latest_key, "it names no round")
+        for key in (self.global_key(round_), self.record_key(round_)):
+            if not self.store.exists(key):
+                raise CheckpointError(f"{self.url(self.latest_key)} names round {round_}, but {key} is missing: "
+                                      f"{self._way_out(self.latest_key)}")
+        return round_
 
     def records(self, up_to: int | None = None) -> list[dict]:
         """Records of rounds 0..up_to (default: the latest completed round), in order."""
@@ -196,4 +209,34 @@ class TrainingRun:
         self.store.put(key, json.dumps(value, indent=1, sort_keys=True).encode())
 
     def _get_json(self, key: str) -> Any:
-        return json.loads(self.store.get(key))
+        """A run's JSON file; CheckpointError naming it and the way out if it is missing or unreadable."""
+        try:
+            return json.loads(self.store.get(key))
+        except KeyNotFound:
+            raise CheckpointError(f"{self.url(key)} is missing: {self._way_out(key)}") from None
+        except ValueError as err:   # JSONDecodeError, UnicodeDecodeError
+            raise self._damaged(key, str(err)) from None
+
+    def _damaged(self, key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.url(key)} is damaged ({problem}): {self._way_out(key)}")
+
+    def _way_out(self, key: str) -> str:
+        if key == self.config_key:
+            return f"run {self.name!r} cannot go on without it; start a new --run"
+        intact = self._last_intact_round()
+        if key == self.latest_key:
+            return (f"write {{\"round\": {intact}}} into it to go on from round {intact}, the last with its "
+                    "weights and record (then `train --resume`), or start a new --run" if intact is not None else
+                    f"no round of run {self.name!r} is intact: start a new --run")
+        round_ = int(key[len(self.prefix) + len("rounds/"):].split("/")[0])
+        return (f"train again from round {round_ - 1} by writing {{\"round\": {round_ - 1}}} into {self.latest_key} "
+                "(then `train --resume`), or start a new --run" if round_ > 0 else "start a new --run")
+
+    def _last_intact_round(self) -> int | None:
+        """The last round whose global weights and record are both stored."""
+        found: dict[str, set[str]] = {}
+        for key in self.store.list(f"{self.prefix}rounds/"):
+            folder, _, name = key[len(self.prefix) + len("rounds/"):].partition("/")
+            found.setdefault(folder, set()).add(name)
+        intact = [int(f) for f, names in found.items() if f.isdigit() and {"global.npz", "record.json"} <= names]
+        return max(intact, default=None)
