@@ -28,6 +28,7 @@ from orchestrator.commands import (
     upload,
 )
 from orchestrator.errors import EXIT_CODES_HELP, CommandError
+from orchestrator.report import printable
 from orchestrator.session import add_arguments, session_from_args
 
 # Sub-commands in the order --help lists them.
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = session_from_args(args)
     except CommandError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         return err.code
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args, session) or 0)
     except CommandError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)   # it may quote a name from a folder or a file
         return err.code
     except KeyboardInterrupt:
         interrupted = True

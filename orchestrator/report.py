@@ -87,6 +87,16 @@ def print_json(command: str, figures: Mapping[str, object], failures: Iterable[t
     print(file=out)
 
 
+def printable(value: object) -> str:
+    """`value` as text safe for a terminal: control characters (ESC, BEL, CR, bidi overrides, ...) and lone
+    surrogates escaped (\\x1b, \\u202e), so that a class folder or label cannot clear the screen or retitle
+    the window. Every name and label the commands print goes through here."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),
                   out: TextIO | None = None, traffic: Traffic | None = None) -> None:
     """`traffic`: the orchestrator's with the stores; by default all of it since the previous summary."""
@@ -101,7 +111,7 @@ def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: I
     print(f"\n{title}", file=out)
     print("-" * max(len(title), 20), file=out)
     for label, value in rows:
-        print(f"  {label:<{width}}  {value}", file=out)
+        print(f"  {label:<{width}}  {printable(value)}", file=out)
 
 
 def print_failures(failures: list[tuple[str, str]], out: TextIO | None = None, limit: int = 50,
@@ -112,8 +122,8 @@ def print_failures(failures: list[tuple[str, str]], out: TextIO | None = None, l
         return
     print(f"\n{title} ({len(failures)}):", file=out)
     for name, reason in failures[:limit]:
-        print(f"  {name}: {reason}", file=out)
+        print(f"  {printable(name)}: {printable(reason)}", file=out)
     if len(failures) > limit:
         print(f"  ... and {len(failures) - limit} more; all failures by reason:", file=out)
         for reason, count in Counter(r for _, r in failures).most_common(10):
-            print(f"  {count:>6} x {reason}", file=out)
+            print(f"  {count:>6} x {printable(reason)}", file=out)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dlpipe.predict.versions import latest_version, list_models, read_meta, version_key
 from dlpipe.wire import NotFound
 from orchestrator.commands import add_command
+from orchestrator.report import printable
 
 EXAMPLES = """\
 examples:
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace, session) -> int:
             for e in found]
     header = ("model", "version", "classes", "input", "created (UTC)", "from", "init from", "trained",
               "seeds a run")
-    for line in table(rows, header):
+    for line in table([tuple(map(printable, row)) for row in rows], header):
         print(line)
     print(f"\n* = latest (served when no --version is given); store: {store.url}")
     if not all(e["can_seed"] for e in found):

@@ -21,9 +21,11 @@ from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRe
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.options import int_between, named
-from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, progress_bar
+from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, printable, progress_bar
 
 STORE_PREFIX = "store:"
+
+SHOWN_FAILURES = 20      # in the summary; --json lists them all
 
 EXAMPLES = """\
 examples:
@@ -126,11 +128,13 @@ def chunks(items: list, size: int) -> Iterator[list]:
 def format_table(item: Item, out=None) -> None:
     out = out or sys.stdout
     r = item.response
-    print(f"\n{item.arg}   {r.model.name} {r.model.version}   {r.latency_ms:.1f} ms", file=out)
-    width = max(len(t.label) for t in r.top)
-    for rank, t in enumerate(r.top, 1):
+    print(f"\n{printable(item.arg)}   {printable(r.model.name)} {printable(r.model.version)}   "
+          f"{r.latency_ms:.1f} ms", file=out)
+    labels = [printable(t.label) for t in r.top]
+    width = max(map(len, labels))
+    for rank, (t, label) in enumerate(zip(r.top, labels, strict=True), 1):
         bar = "#" * round(t.probability * 30)
-        print(f"  {rank:>2}. {t.label:<{width}}  {t.probability * 100:6.2f}%  {bar}", file=out)
+        print(f"  {rank:>2}. {label:<{width}}  {t.probability * 100:6.2f}%  {bar}", file=out)
 
 
 def draw(items: list[Item], data_store, out: str) -> None:
@@ -209,7 +213,10 @@ def summary_rows(items: list[Item], model: str, wall: float, show: str | None) -
     served = f"{model} {done[0].response.model.version}" if done else model
     rows: list[tuple[str, object]] = [
         ("model", served), ("images", f"{len(items)} ({len(done)} predicted, {len(items) - len(done)} failed)")]
-    rows += [("failed", f"{item.arg}: {item.error}") for item in items if not item.ok][:20]
+    failed = [item for item in items if not item.ok]
+    rows += [("failed", f"{item.arg}: {item.error}") for item in failed[:SHOWN_FAILURES]]
+    if len(failed) > SHOWN_FAILURES:
+        rows.append(("", f"... and {len(failed) - SHOWN_FAILURES} more failed (all of them: --json)"))
     rows.append(("wall time", f"{wall:.2f} s"))
     if done:
         rows.append(("throughput", f"{len(done) / wall:.1f} images/s"))
@@ -249,7 +256,7 @@ def run(args: argparse.Namespace, session) -> int:
             if item.ok:
                 format_table(item)
             else:
-                print(f"\n{item.arg}   FAILED: {item.error}")
+                print(f"\n{printable(item.arg)}   FAILED: {printable(item.error)}")
     if args.show:
         draw(items, session.data_store(), args.show)
     print_summary("predict", summary_rows(items, model, wall, args.show), invoker.records[first_record:],

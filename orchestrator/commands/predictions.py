@@ -10,6 +10,7 @@ from dlpipe.shared.table import TableError
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.options import int_between, named
+from orchestrator.report import printable
 
 MAX_LIMIT = 1_000_000      # records listed at once; 0 lists all
 
@@ -54,9 +55,9 @@ def run(args: argparse.Namespace, session) -> int:
         print(f"no predictions recorded {which}in {table.url} yet: run `orchestrator predict IMAGE`"
               + (" or see `orchestrator models`" if args.model else ""))
         return 0
-    rows = [(r.created[:19].replace("T", " "), f"{r.model} {r.version}", _image(r),
-             f"{r.top[0]['label']} {r.top[0]['probability']:.3f}" if r.top else "-", f"{r.latency_ms:.1f}",
-             r.id[:12]) for r in records]
+    rows = [tuple(map(printable, (r.created[:19].replace("T", " "), f"{r.model} {r.version}", _image(r),
+                                  f"{r.top[0]['label']} {r.top[0]['probability']:.3f}" if r.top else "-",
+                                  f"{r.latency_ms:.1f}", r.id[:12]))) for r in records]
     header = ("created (UTC)", "model", "image", "top-1", "ms", "id")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     widths[2] = min(widths[2], 48)
