@@ -76,6 +76,8 @@ def fetch_and_import(session, model_name: str, name: str | None = None) -> tuple
     start = time.perf_counter()
     try:
         fetched = zoo.fetch(model, model_zoo_url(), cache)
+    except zoo.CacheDamaged as err:   # the network is not the problem: say which file to delete
+        raise CommandError(str(err)) from None
     except zoo.FetchFailed as err:
         raise CommandError(offline_message(model, err, cache, name)) from None
     for url in fetched.downloaded:

@@ -12,8 +12,11 @@ refuse the real file or vouch for nothing.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ from pathlib import Path
 LABELS_FILE = "synset.txt"                  # the zoo's 1000 ImageNet class names, `wnid name, synonyms` lines
 CACHE_FOLDER = "pretrained"                 # below the download cache
 TIMEOUT_S = 10.0                            # per connection and read: offline fails fast
+DEADLINE_S = 300.0                          # a whole download: a server that trickles must not hold us forever
+CHUNK = 1 << 16
 MAX_BYTES = 64 * 2 ** 20                    # the files are ~5 MB; a wrong URL must not fill the disk
 
 
@@ -50,6 +55,10 @@ class FetchFailed(OSError):
         self.url = url
 
 
+class CacheDamaged(FetchFailed):
+    """A file in the download cache is not what was downloaded (truncated, changed) or not usable."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     onnx: Path
@@ -67,28 +76,64 @@ def cache_paths(model: Pretrained, cache: Path) -> tuple[Path, Path]:
     return folder / model.filename, folder / LABELS_FILE
 
 
-def download(url: str, target: Path, check, timeout: float = TIMEOUT_S) -> None:
-    """Fetch `url` into `target`, kept only if `check(path)` passes (it raises otherwise)."""
+def download(url: str, target: Path, check, timeout: float = TIMEOUT_S, deadline_s: float = DEADLINE_S) -> None:
+    """Fetch `url` into `target`, kept only if `check(path)` passes (it raises otherwise), with its
+    fingerprint beside it (`verify_cached`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out:
-            _copy(url, out, timeout)
+            _copy(url, out, timeout, time.monotonic() + deadline_s)
         check(Path(part))
         os.replace(part, target)
+        _fingerprint_path(target).write_text(_fingerprint(target))
     finally:
         if os.path.exists(part):
             os.remove(part)
 
 
-def _copy(url: str, out, timeout: float) -> None:
+def _fingerprint_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _fingerprint(path: Path) -> str:
+    return f"{hashlib.sha256(path.read_bytes()).hexdigest()} {path.stat().st_size}\n"
+
+
+def verify_cached(path: Path, check) -> bool:
+    """Whether `path` is in the cache and sound: the fingerprint taken when it was downloaded still matches;
+    a file put there by hand (no fingerprint) must pass `check`, and is fingerprinted then. CacheDamaged,
+    saying how to clear it, otherwise: a truncated file must not fail every later run without a word."""
+    if not path.is_file():
+        return False
+    recorded = _fingerprint_path(path)
+    try:
+        if recorded.is_file():
+            if recorded.read_text() != _fingerprint(path):
+                raise CacheDamaged(f"is not what was downloaded (size {path.stat().st_size} bytes, "
+                                   "a different sha256): truncated or changed since", str(path))
+        else:
+            check(path)
+            recorded.write_text(_fingerprint(path))
+    except FetchFailed as err:
+        raise CacheDamaged(f"the cached file {path} {err if isinstance(err, CacheDamaged) else f'is unusable: {err}'}."
+                           f" Delete it (`rm '{path}'`) and run the command again to download it afresh",
+                           str(path)) from None
+    return True
+
+
+def _copy(url: str, out, timeout: float, deadline: float) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             size = 0
-            while chunk := response.read(1 << 20):
+            # read1: one socket read at most, so that the deadline is checked however slowly bytes come
+            while chunk := response.read1(CHUNK):
                 size += len(chunk)
                 if size > MAX_BYTES:
                     raise FetchFailed(f"{url} is larger than {MAX_BYTES >> 20} MB: not the model", url)
+                if time.monotonic() > deadline:
+                    raise FetchFailed(f"cannot download {url}: still not complete after {DEADLINE_S:.0f} s "
+                                      f"({size:,} bytes so far); the server or the link is too slow", url)
                 out.write(chunk)
     except FetchFailed:
         raise
@@ -125,16 +170,21 @@ def check_labels(path: Path, classes: int, url: str) -> None:
         raise FetchFailed(f"{url} has {len(labels)} class names, the model has {classes} outputs", url)
 
 
-def fetch(model: Pretrained, base_url: str, cache: Path, timeout: float = TIMEOUT_S) -> Fetched:
-    """The model's ONNX file and class names in the cache, downloaded if they are not there yet."""
+def fetch(model: Pretrained, base_url: str, cache: Path, timeout: float = TIMEOUT_S,
+          deadline_s: float = DEADLINE_S) -> Fetched:
+    """The model's ONNX file and class names in the cache, verified, or downloaded if they are not there yet.
+
+    CacheDamaged (saying which file to delete) if a cached file is not sound; the class names are
+    checked against the model's outputs, and a mismatch blamed on the class names' file.
+    """
     onnx_path, labels_path = cache_paths(model, cache)
     onnx_url, labels_url = urls(model, base_url)
     downloaded = []
-    if not onnx_path.is_file():
-        download(onnx_url, onnx_path, lambda p: check_model(model, p, onnx_url), timeout)
+    if not verify_cached(onnx_path, lambda p: check_model(model, p, str(p))):
+        download(onnx_url, onnx_path, lambda p: check_model(model, p, onnx_url), timeout, deadline_s)
         downloaded.append(onnx_url)
-    if not labels_path.is_file():
-        classes = check_model(model, onnx_path, str(onnx_path))
-        download(labels_url, labels_path, lambda p: check_labels(p, classes, labels_url), timeout)
+    classes = functools.cache(lambda: check_model(model, onnx_path, str(onnx_path)))
+    if not verify_cached(labels_path, lambda p: check_labels(p, classes(), str(p))):
+        download(labels_url, labels_path, lambda p: check_labels(p, classes(), labels_url), timeout, deadline_s)
         downloaded.append(labels_url)
     return Fetched(onnx_path, labels_path, tuple(downloaded))
