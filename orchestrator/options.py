@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
+from dlpipe.shared.keys import InvalidKey, check_name_lengths, validate_key
 from dlpipe.shared.names import validate_name
 
 # Lambda's default concurrency per account and region: more invocations at once are throttled anyway,
@@ -92,6 +94,46 @@ def named(text: str) -> str:
         return validate_name(text, "name")
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def key_prefix(text: str) -> str:
+    """A folder of keys in a store ('' for its root), held to the keys' own rules now rather than failing
+    file by file: no '.', '..' or empty segment, no segment longer than a file name can be."""
+    prefix = text.strip("/")
+    if prefix:
+        try:
+            check_name_lengths(validate_key(prefix))
+        except InvalidKey as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return prefix
+
+
+def source_prefix(text: str) -> str:
+    """The folder of keys a job reads: not the whole store, which holds the job's own outputs too."""
+    if not text.strip("/"):
+        raise argparse.ArgumentTypeError("give the folder of the source images, e.g. raw: the store's root holds "
+                                         "the outputs too, which would be read again on the next run")
+    return key_prefix(text)
+
+
+def png_file(text: str) -> str:
+    """A .png to write (the suffix added if missing), in a folder that exists: refused now, not after the work."""
+    path = Path(non_empty(text)).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file in it, e.g. {path / 'predictions.png'}")
+    if path.suffix.lower() != ".png":
+        path = path.with_name(path.name + ".png")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {path.parent} to write {path.name} in: create it first")
+    return str(path)
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: an existing one, or one to create; not a file."""
+    path = Path(non_empty(text)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: give a folder to write into")
+    return path
 
 
 def model_ref(text: str) -> str:

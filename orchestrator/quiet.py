@@ -21,8 +21,13 @@ WORKER_LOG = Path("logs") / "workers.log"     # below --home: the last command's
 
 
 @contextlib.contextmanager
-def native_output_captured(verbose: bool = False) -> Iterator[None]:
-    """Run the block with fds 1 and 2 captured; on an exception, show what was captured, then re-raise."""
+def native_output_captured(verbose: bool = False, expected: tuple[type[BaseException], ...] = ()
+                           ) -> Iterator[None]:
+    """Run the block with fds 1 and 2 captured; on an exception, show what was captured, then re-raise.
+
+    `expected`: errors whose own message says it all (a label count, a damaged file): the library's
+    start-up chatter is not replayed for them.
+    """
     if verbose:
         yield
         return
@@ -33,10 +38,11 @@ def native_output_captured(verbose: bool = False) -> Iterator[None]:
         os.dup2(capture.fileno(), 2)
         try:
             yield
-        except BaseException:
+        except BaseException as err:
             _restore(saved)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            if not isinstance(err, expected):
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
             raise
         _restore(saved)
 

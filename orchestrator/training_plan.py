@@ -104,6 +104,14 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
     return assigned
 
 
+def _check_val_parts(data_store, dataset: str, manifest: dict) -> None:
+    """The validation parts are there: missing, they would fail the first evaluation, after a round of training."""
+    missing = [key for key in manifest.get("val", {}).get("parts", []) if not data_store.exists(key)]
+    if missing:
+        raise TrainingFailed(f"dataset {dataset!r} lacks {len(missing)} of its validation parts ({missing[0]}, ...): "
+                             f"prepare it again with `orchestrator prepare ... --dataset {dataset}`")
+
+
 def _check_options(options: TrainOptions) -> None:
     if options.rounds < 1:
         raise TrainingFailed("--rounds must be at least 1")
@@ -131,6 +139,10 @@ def _new_config(options: TrainOptions, manifest: dict, training: Training, model
                      init_from=lineage)
 
 
+def _val_source(manifest: dict) -> str:
+    return f" --val-source {manifest['val_source']}" if manifest.get("val_source") else ""
+
+
 def _same_recipe(a: dict, b: dict) -> bool:
     return Recipe.from_dict(a).to_dict() == Recipe.from_dict(b).to_dict()
 
@@ -152,8 +164,8 @@ def _fine_tune_model(options: TrainOptions, ref: str, manifest: dict, model_stor
         raise TrainingFailed(
             f"dataset {options.dataset!r} was prepared with recipe {json.dumps(manifest['recipe'])}, but {what} "
             f"expects {json.dumps(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
-            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --recipe-from "
-            f"{start.name}:{start.version}`")
+            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --workers "
+            f"{len(manifest['shards'])}{_val_source(manifest)} --recipe-from {start.name}:{start.version}`")
     labels = list(manifest["classes"])
     keep = labels == list(source.labels)
     model = ModelConfig(**{**source.model_dump(), "labels": labels, "classes": len(labels),
@@ -193,6 +205,7 @@ def plan_run(session, options: TrainOptions) -> Plan:
         raise TrainingFailed(f"--resume: there is no run {options.run!r} in {run.store.url} to continue (a misspelt "
                              f"name?); runs there: {', '.join(runs[:20]) or 'none'}. Drop --resume to start it")
     manifest = read_manifest(session.data_store(), options.dataset)
+    _check_val_parts(session.data_store(), options.dataset, manifest)
     if config is not None:
         _check_resume(options, run, config, manifest)
     stored = config.training.model_dump(exclude_unset=True) if config else {}

@@ -23,7 +23,7 @@ from dlpipe.wire import (
 )
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.options import positive_int
+from orchestrator.options import key_prefix, positive_int, source_prefix
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 EXAMPLES = f"""\
@@ -45,8 +45,9 @@ def register(subparsers) -> None:
                     "function on every batch concurrently, and write the variants under --output, "
                     "keeping each image's class folder.",
         examples=EXAMPLES, run=run)
-    parser.add_argument("--source", required=True, metavar="P", help="prefix of the source images, e.g. raw")
-    parser.add_argument("--output", required=True, metavar="Q",
+    parser.add_argument("--source", required=True, type=source_prefix, metavar="P",
+                        help="prefix of the source images, e.g. raw")
+    parser.add_argument("--output", required=True, type=key_prefix, metavar="Q",
                         help="prefix to write the variants under: augmented or augmented/NAME (on AWS the augment "
                              "function may write nowhere else)")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",

@@ -35,11 +35,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace, session) -> int:
     require_train_extra("export", ("tensorflow", "keras"))
-    from dlpipe.publish.export import ExportError, export_model
-    from dlpipe.shared.recipe import Recipe
-    from dlpipe.train.model import build_model
-    from dlpipe.train.run import TrainingRun, lineage_of
-    from dlpipe.train.weights import CheckpointError
+    with native_output_captured(session.verbose):   # TensorFlow's start-up lines, at import
+        from dlpipe.publish.export import ExportError, export_model
+        from dlpipe.shared.recipe import Recipe
+        from dlpipe.train.model import build_model
+        from dlpipe.train.run import TrainingRun, lineage_of
+        from dlpipe.train.weights import CheckpointError
 
     store, out = session.model_store(), human_out(args)
     name = args.name or args.run_name
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, session) -> int:
         weights, config = run_.load_global(args.round)
         round_ = args.round if args.round is not None else run_.latest_round()
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...", file=out)
-        with native_output_captured(session.verbose):   # TensorFlow's C++ logging and the converter's
+        with native_output_captured(session.verbose, expected=(CheckpointError, ExportError, ValueError)):
             model = build_model(config, weights)
             exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
                                     source={"kind": "run", "run": args.run_name, "round": round_,

@@ -58,12 +58,12 @@ def read_labels_file(path: str | Path) -> list[str]:
 def import_file(session, path: Path, labels: list[str], name: str, version: str | None = None,
                 recipe: Recipe | None = None):
     """Import `path` as version `version` of `name`: (ExportedVersion, what was found). CommandError otherwise."""
-    from dlpipe.publish.export import ExportError
-    from dlpipe.publish.onnx_import import OnnxImportError, import_onnx
-
     print(f"importing {path} (loads TensorFlow; takes a few seconds)...", file=sys.stderr, flush=True)
+    with native_output_captured(session.verbose):   # TensorFlow's start-up lines, at import
+        from dlpipe.publish.export import ExportError
+        from dlpipe.publish.onnx_import import OnnxImportError, import_onnx
     try:
-        with native_output_captured(session.verbose):
+        with native_output_captured(session.verbose, expected=(OnnxImportError, ExportError)):
             return import_onnx(path, labels, session.model_store(), name, version, recipe)
     except (OnnxImportError, ExportError) as err:
         raise CommandError(f"{path}: {err}") from None

@@ -20,7 +20,7 @@ from dlpipe.shared.store import StoreError, validate_key
 from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRequest, PredictResponse, parse_reply
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.options import int_between, named
+from orchestrator.options import int_between, named, png_file
 from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, printable, progress_bar
 
 STORE_PREFIX = "store:"
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
                    help="classes to return (default: %(default)s)")
     p.add_argument("--json", action="store_true", help=f"{JSON_HELP}; its \"results\" are the function's "
                    "responses, one per image in the order given, instead of tables")
-    p.add_argument("--show", metavar="OUT.png",
+    p.add_argument("--show", type=png_file, metavar="OUT.png",
                    help="also draw each image beside a bar chart of its top-k, one row per image")
 
 

@@ -15,6 +15,7 @@ from orchestrator.options import (
     named,
     non_negative_float,
     non_negative_int,
+    output_folder,
     positive_float,
     positive_int,
     retry_count,
@@ -96,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--classifier-relu", action="store_true",
                    help="keep the reference SqueezeNet's ReLU after the last convolution (off by default: a class "
                         "whose output it zeroes everywhere can never be learned again)")
-    p.add_argument("--output", type=Path, default=Path("."), metavar="DIR",
+    p.add_argument("--output", type=output_folder, default=Path("."), metavar="DIR",
                    help="local folder for RUN-metrics.json and RUN-metrics.png (default: current folder)")
     p.add_argument("--aggregate", choices=ENGINES, default="auto",
                    help="where the workers' results are averaged: here (local: every worker's weights come down "

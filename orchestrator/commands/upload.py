@@ -20,7 +20,7 @@ from dlpipe.shared.images import IMAGE_EXTENSIONS
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
-from orchestrator.options import MAX_THREADS, int_between
+from orchestrator.options import MAX_THREADS, int_between, key_prefix
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 EXAMPLES = """\
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                     "so that each sub-folder of DIR becomes a class.",
         examples=EXAMPLES, run=run)
     parser.add_argument("directory", metavar="DIR", help="local folder with one sub-folder per class")
-    parser.add_argument("--prefix", required=True, metavar="P",
+    parser.add_argument("--prefix", required=True, type=key_prefix, metavar="P",
                         help="key prefix in the data store, e.g. raw ('' for the store's root)")
     parser.add_argument("--threads", type=int_between(1, MAX_THREADS), default=8, metavar="N",
                         help="parallel uploads (default: %(default)s)")

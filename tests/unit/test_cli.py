@@ -48,7 +48,6 @@ def onnx_file(tmp_path) -> Path:
 
 BAD_USAGE = {
     "upload, no such folder": (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
-    "upload, bad prefix": (["upload", "{tmp}", "--prefix", "raw/../etc"], "bad --prefix"),
     "upload, nothing to upload": (["upload", "{empty}", "--prefix", "raw"], "no images to upload under"),
     "predictions, unknown table URL": (["--table", "postgres://db/p", "predictions"], "sqlite:///PATH or dynamodb"),
     "models, unknown store URL": (["--models", "ftp://host/models", "models"], "model store: unsupported store URL"),

@@ -38,6 +38,7 @@ BAD = [
     (["train", "--dataset", "d", "--run", "../r", "--rounds", "1"], "--run"),
     (["prepare", "--source", "raw", "--dataset", "d", "--workers", "2", "--recipe-from", ""], "--recipe-from"),
     (["prepare", "--source", "raw", "--dataset", "d", "--workers", "0"], "--workers"),
+    (["prepare", "--source", "raw", "--dataset", "d", "--workers", "1", "--recipe-from", "../x"], "invalid name"),
     (["prepare", "--source", "raw", "--dataset", "d", "--workers", "2", "--val-fraction", "1.5"], "--val-fraction"),
     (["predictions", "--limit", "100000000000000000000"], "--limit"),
     (["predictions", "--limit", "-1"], "--limit"),
@@ -47,14 +48,23 @@ BAD = [
     (["import-onnx", "x.onnx", "--labels", "l.txt", "--name", "../../x"], "--name"),
     (["export", "--run", "r", "--name", ""], "--name"),
     (["export", "--run", "r", "--round", "-1"], "--round"),
+    (["upload", ".", "--prefix", "raw/../etc"], "'..' segment"),
+    (["upload", ".", "--prefix", "raw/."], "'.' or '..' segment"),
+    (["upload", ".", "--prefix", "raw/" + "s" * 300], "segment of 300 bytes"),
+    (["augment", "--source", "", "--output", "augmented/t2"], "--source"),
+    (["augment", "--source", "raw", "--output", "augmented/./t2"], "--output"),
+    (["predict", "x.png", "--show", "{tmp}"], "is a folder"),
+    (["predict", "x.png", "--show", "{tmp}/no/such/folder/out.png"], "no folder"),
+    (["train", "--dataset", "d", "--run", "r", "--rounds", "1", "--output", "{tmp}/a-file"], "is a file"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "says"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_a_bad_value_is_one_error_line_and_exit_2_before_any_work(tmp_path, capsys, argv, says):
     home = tmp_path / "home"
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(SystemExit) as stop:
-        main(["--home", str(home), *argv])
+        main(["--home", str(home), *[a.format(tmp=tmp_path) for a in argv]])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
@@ -68,6 +78,7 @@ def test_a_bad_value_is_one_error_line_and_exit_2_before_any_work(tmp_path, caps
     (options.positive_float, "0.25", 0.25), (options.non_negative_float, "0", 0.0), (options.fraction, "0", 0.0),
     (options.named, "fm-1.a_b", "fm-1.a_b"), (options.model_ref, "squeezenet1.1:v2", "squeezenet1.1:v2"),
     (options.non_empty, "raw", "raw"),
+    (options.key_prefix, "/raw/cats/", "raw/cats"), (options.key_prefix, "", ""),
 ])
 def test_good_values_pass_through(parse, text, value):
     assert parse(text) == value

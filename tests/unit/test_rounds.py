@@ -104,6 +104,7 @@ def session(failures=None, workers: int = 3) -> FakeSession:
                                     recipe=Recipe(size=32, channels=1), shards=shards,
                                     val=PartList(parts=["datasets/d/val/part-000.npz"], count=5), created="now",
                                     id="m1", counts=Counts(train=sum(SHARD_SIZES[:workers]), val=5)))
+    s.data.put("datasets/d/val/part-000.npz", b"the fake function does not read it")   # but train checks it is there
     return s
 
 

@@ -56,7 +56,11 @@ def latest_version(store: ObjectStore, name: str) -> str:
     try:
         version = store.get(latest_key(name)).decode("utf-8").strip()
     except KeyNotFound:
-        known = sorted(list_models(store))
+        models = list_models(store)
+        if name in models:   # versions, but the pointer is gone, or not a file
+            raise ModelError(f"model {name!r} has versions {', '.join(models[name])} but no readable latest pointer "
+                             f"({latest_key(name)}): ask for one with --version") from None
+        known = sorted(models)
         raise NotFound(f"unknown model {name!r}; "
                        + (f"known models: {', '.join(known)}" if known else
                           "no models yet: run `orchestrator export` or `orchestrator import-onnx`")) from None

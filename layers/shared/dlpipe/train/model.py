@@ -113,15 +113,25 @@ def _fire(x, index: int):
     return layers.Concatenate(name=f"fire{index}_concat")([e1, e3])
 
 
-def set_weights(model, weights: Sequence[np.ndarray]) -> None:
-    """`model.set_weights`, with a CheckpointError naming the first array that does not fit."""
+def weights_misfit(model, weights: Sequence[np.ndarray], what: str = "weights") -> CheckpointError | None:
+    """Why `weights` do not fit `model`, naming the first array that differs and both shapes; None if they fit."""
     expected = [tuple(w.shape) for w in model.weights]
     got = [tuple(np.shape(w)) for w in weights]
-    if expected != got:
-        pairs = enumerate(zip(expected, got, strict=False))   # unequal lengths are a mismatch too
-        first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
-        raise CheckpointError(f"weights do not fit the model: {len(got)} arrays for {len(expected)}, "
-                              f"first mismatch at array {first}; was the run started with another model?")
+    if expected == got:
+        return None
+    if len(got) != len(expected):
+        detail = f"{len(got)} arrays for the model's {len(expected)}"
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
+        detail = f"array {first} of {len(got)} is {got[first]}, the model's is {expected[first]}"
+    return CheckpointError(f"{what} do not fit the model: {detail}; was the run started with another model?")
+
+
+def set_weights(model, weights: Sequence[np.ndarray]) -> None:
+    """`model.set_weights`, with a CheckpointError naming the first array that does not fit."""
+    misfit = weights_misfit(model, weights)
+    if misfit is not None:
+        raise misfit
     model.set_weights(list(weights))
 
 

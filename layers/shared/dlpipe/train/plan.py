@@ -114,9 +114,22 @@ def plan_dataset(items: Iterable[tuple[str, str]], classes: Sequence[str], worke
     per_class = dict.fromkeys(classes, 0)
     for _, label in train:
         per_class[classes[label]] += 1
+    _check_trainable(per_class, val_fraction if val_items is None else None)
     return DatasetPlan(classes=list(classes), shards=shards,
                        val_parts=_chunks(val, min(val_size, part_size)) if val else [],
                        counts={"train": len(train), "val": len(val), "train_per_class": per_class})
+
+
+def _check_trainable(per_class: dict[str, int], val_fraction: float | None) -> None:
+    """Refuse what `train` could only fail on later: one class, or a class with no training image."""
+    if len(per_class) == 1:
+        raise ValueError(f"only one class ({next(iter(per_class))!r}): a classifier needs at least two; "
+                         "add another class folder")
+    empty = [name for name, count in per_class.items() if not count]
+    if empty:
+        why = (f"their images all went to validation (--val-fraction {val_fraction:g}): add images, or lower "
+               "--val-fraction" if val_fraction else "no image of theirs is among the training images: add some")
+        raise ValueError(f"classes with no training image: {', '.join(map(repr, empty[:10]))}; {why}")
 
 
 def part_prefix(dataset: str, split: str, shard: int | None, part: int) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 
 from dlpipe.shared.recipe import Recipe
 from dlpipe.train import parts
-from dlpipe.train.model import build_model
+from dlpipe.train.model import build_model, weights_misfit
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import (
     EvaluateRequest,
@@ -143,11 +143,9 @@ def reset_model(model, weights: Sequence[np.ndarray], learning_rate: float, seed
     optimizer's (zero moments, zero steps). Carrying the state matters: a fresh Adam's
     first full-size steps each round can kill SqueezeNet's final ReLUs for good.
     """
-    expected = [tuple(w.shape) for w in model.weights]
-    got = [tuple(np.shape(w)) for w in weights]
-    if expected != got:
-        raise CheckpointError(f"global weights ({len(got)} arrays) do not fit the model "
-                                          f"({len(expected)} arrays); was the run started with another model?")
+    misfit = weights_misfit(model, weights, "global weights")
+    if misfit is not None:
+        raise misfit
     model.set_weights(list(weights))
     slots = _slots(model)
     if state is None:
