@@ -99,7 +99,7 @@ def named(text: str) -> str:
 def key_prefix(text: str) -> str:
     """A folder of keys in a store ('' for its root), held to the keys' own rules now rather than failing
     file by file: no '.', '..' or empty segment, no segment longer than a file name can be."""
-    prefix = text.strip("/")
+    prefix = text.rstrip("/")
     if prefix:
         try:
             check_name_lengths(validate_key(prefix))
@@ -110,7 +110,7 @@ def key_prefix(text: str) -> str:
 
 def source_prefix(text: str) -> str:
     """The folder of keys a job reads: not the whole store, which holds the job's own outputs too."""
-    if not text.strip("/"):
+    if not text.rstrip("/"):
         raise argparse.ArgumentTypeError("give the folder of the source images, e.g. raw: the store's root holds "
                                          "the outputs too, which would be read again on the next run")
     return key_prefix(text)

@@ -159,5 +159,9 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     (["upload", "/nonexistent/photos", "--prefix", "raw"], "is not a directory"),
 ])
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):
-    assert cli(tmp_path, tmp_path / "store", *args) == 2
+    try:
+        code = cli(tmp_path, tmp_path / "store", *args)
+    except SystemExit as stop:   # refused by the option's own type (orchestrator.options), before any work
+        code = stop.code
+    assert code == 2
     assert message in capsys.readouterr().err

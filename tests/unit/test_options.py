@@ -78,7 +78,7 @@ def test_a_bad_value_is_one_error_line_and_exit_2_before_any_work(tmp_path, caps
     (options.positive_float, "0.25", 0.25), (options.non_negative_float, "0", 0.0), (options.fraction, "0", 0.0),
     (options.named, "fm-1.a_b", "fm-1.a_b"), (options.model_ref, "squeezenet1.1:v2", "squeezenet1.1:v2"),
     (options.non_empty, "raw", "raw"),
-    (options.key_prefix, "/raw/cats/", "raw/cats"), (options.key_prefix, "", ""),
+    (options.key_prefix, "raw/cats/", "raw/cats"), (options.key_prefix, "", ""),
 ])
 def test_good_values_pass_through(parse, text, value):
     assert parse(text) == value
@@ -88,7 +88,7 @@ def test_good_values_pass_through(parse, text, value):
     (options.positive_int, "0"), (options.positive_int, "1.5"), (options.int_between(1, 8), "9"),
     (options.positive_float, "-inf"), (options.non_negative_float, "-0.1"), (options.fraction, "1"),
     (options.named, ""), (options.named, "a/b"), (options.model_ref, "m:"), (options.model_ref, ":v1"),
-    (options.non_empty, "  "),
+    (options.non_empty, "  "), (options.key_prefix, "/etc"), (options.source_prefix, "/"),
 ])
 def test_bad_values_are_refused(parse, text):
     with pytest.raises(argparse.ArgumentTypeError):
