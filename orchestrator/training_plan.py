@@ -205,9 +205,10 @@ def plan_run(session, options: TrainOptions) -> Plan:
         raise TrainingFailed(f"--resume: there is no run {options.run!r} in {run.store.url} to continue (a misspelt "
                              f"name?); runs there: {', '.join(runs[:20]) or 'none'}. Drop --resume to start it")
     manifest = read_manifest(session.data_store(), options.dataset)
-    _check_val_parts(session.data_store(), options.dataset, manifest)
     if config is not None:
         _check_resume(options, run, config, manifest)
+    else:   # a resumed run's workers may hold the parts in their shard cache (dlpipe.train.parts)
+        _check_val_parts(session.data_store(), options.dataset, manifest)
     stored = config.training.model_dump(exclude_unset=True) if config else {}
     workers = options.workers or stored.get("workers") or len(manifest["shards"])
     if stored.get("workers") not in (None, workers):
