@@ -278,7 +278,8 @@ def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeyp
 @pytest.mark.parametrize("args, code, message", [
     (["prepare", "--source", "photos", "--dataset", "d", "--workers", "2"], 2,
      "no images in class folders under 'photos/'"),
-    (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2, "argument --dataset: invalid name"),
+    (["prepare", "--source", "photos", "--dataset", "bad/name", "--workers", "2"], 2,
+     "argument --dataset: invalid name"),
     (["prepare", "--source", "photos", "--dataset", "d", "--workers", "0"], 2, "argument --workers: 0 is out of range"),
     (["train", "--dataset", "d", "--run", "r", "--rounds", "2"], 2, "no prepared dataset 'd'"),
     (["train", "--dataset", "d", "--run", "../r", "--rounds", "2"], 2, "argument --run: invalid name '../r'"),
