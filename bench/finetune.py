@@ -30,10 +30,10 @@ from tables import table  # noqa: E402  (bench/tables.py)
 from dlpipe.shared.config import Settings  # noqa: E402
 from dlpipe.shared.recipe import Recipe  # noqa: E402
 from dlpipe.shared.store import DirStore  # noqa: E402
-from orchestrator.commands.prepare import prepare_dataset  # noqa: E402
 from orchestrator.costs import summarize  # noqa: E402
-from orchestrator.rounds import TrainOptions, run_training  # noqa: E402
 from orchestrator.session import Session  # noqa: E402
+from orchestrator.training.loop import TrainOptions, run_training  # noqa: E402
+from orchestrator.training.prepare import prepare_dataset  # noqa: E402
 
 CONFIGS = [  # (label, init_from, trainable, learning rate)
     ("from scratch", None, "all", 1e-3),

@@ -218,8 +218,8 @@ def bench_invoker(args: argparse.Namespace) -> dict:
 
 
 def write_dataset(data_store, name: str, workers: int) -> None:
+    from dlpipe.datasets.manifest import Counts, Manifest, PartList, write_manifest
     from dlpipe.shared.recipe import Recipe
-    from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
 
     shards = [PartList(parts=[f"datasets/{name}/train/shard-{w:03d}/part-000.npz"], count=120)
               for w in range(workers)]
@@ -233,9 +233,9 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     """Round 0 and round 1 of a run; round 1's record, the bytes of its whole commit, its global weights."""
     import io
 
-    from dlpipe.train.run import TrainingRun
-    from orchestrator.rounds import TrainOptions, run_training
+    from dlpipe.runs.run import TrainingRun
     from orchestrator.traffic import METER
+    from orchestrator.training.loop import TrainOptions, run_training
 
     options = TrainOptions(dataset=dataset, run=run, rounds=1, workers=workers, aggregate=engine, retries=1,
                            output_dir=None, keep_worker_weights=True)
@@ -254,11 +254,11 @@ def critical_path(session, run: str, record: dict, expected: bytes) -> float:
     What the tree takes when every node has a vCPU of its own, as on Lambda; here the nodes of
     a level otherwise share two cores, one Invoke API process and one moto_server.
     """
+    from dlpipe.runs.run import TrainingRun
     from dlpipe.train.aggregate import plan_tree
-    from dlpipe.train.run import TrainingRun
     from dlpipe.wire import TrainResponse
-    from orchestrator.aggregation import aggregate_round
     from orchestrator.invokers.aws import LambdaInvoker
+    from orchestrator.training.aggregation import aggregate_round
 
     results = {r["worker"]: TrainResponse.model_validate(r) for r in record["worker_results"]}
     training = TrainingRun(session.model_store(), run)

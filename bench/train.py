@@ -38,11 +38,11 @@ from dlpipe.shared.recipe import Recipe
 from dlpipe.train import batches, fashion_mnist, parts
 from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
-from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize
-from orchestrator.hyperparams import DEFAULTS
-from orchestrator.rounds import TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.loop import TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 

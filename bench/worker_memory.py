@@ -3,7 +3,7 @@
 Each configuration runs in a fresh worker process of the local invoker (its memory limit
 raised so that nothing is killed): round 0 (init), then one training round of a few batches
 on a synthetic shard, then an evaluation; the peak is the invocation's VmHWM, Lambda's "Max
-Memory Used". The figures behind dlpipe.train.footprint, which `train` and `prepare` check
+Memory Used". The figures behind dlpipe.runs.footprint, which `train` and `prepare` check
 before any work.
 
     .venv/bin/python bench/worker_memory.py            # ~10 minutes on 2 cores
@@ -19,9 +19,9 @@ import tempfile
 import numpy as np
 from tables import markdown_table as table  # bench/tables.py
 
+from dlpipe.runs import footprint, parts
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import footprint, parts
 from dlpipe.train.model import model_config_for
 from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, TrainRequest
 from orchestrator import functions

@@ -35,9 +35,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace, session) -> int:
     require_train_extra("export", ("tensorflow", "keras"))
     from dlpipe.publish.export import ExportError, export_model
+    from dlpipe.runs.run import TrainingRun, lineage_of
     from dlpipe.shared.recipe import Recipe
     from dlpipe.train.model import build_model
-    from dlpipe.train.run import TrainingRun, lineage_of
     from dlpipe.train.weights import CheckpointError
 
     store, out = session.model_store(), human_out(args)

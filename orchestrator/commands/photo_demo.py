@@ -21,8 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from dlpipe.datasets.split import stable_fraction
 from dlpipe.shared.names import validate_name
-from dlpipe.train.plan import stable_fraction
 from dlpipe.wire import AUGMENTED_PREFIX
 from orchestrator import chain
 from orchestrator.commands import augment, export, fetch_model, import_onnx, predict, prepare, train, upload

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.aggregation import ENGINES
+from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
 examples:

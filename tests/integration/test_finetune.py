@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights
 from orchestrator.cli import main
-from orchestrator.commands.prepare import prepare_dataset
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 PHOTOS = SHARED / "photos" / "flowers12"

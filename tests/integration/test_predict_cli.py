@@ -119,8 +119,8 @@ def test_model_choice_errors_say_what_exists(where, files, tmp_path, capsys, mod
 
 
 def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
+    from dlpipe.runs.run import RunConfig, Training, TrainingRun
     from dlpipe.train.model import build_model, model_config_for
-    from dlpipe.train.run import RunConfig, Training, TrainingRun
 
     models = DirStore(tmp_path / "models")
     recipe = Recipe(size=32, channels=1, mean=(0.5,), std=(0.5,))

@@ -11,10 +11,10 @@ import json
 import imagefiles as f
 import pytest
 
+from dlpipe.datasets import manifest as manifests
 from dlpipe.publish.export import export_model
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import manifest as manifests
 from dlpipe.train.model import build_model, model_config_for
 from orchestrator.cli import main
 

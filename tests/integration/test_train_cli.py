@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlpipe.datasets import fashion_mnist
+from dlpipe.datasets import manifest as manifests
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.config import Settings, download_cache_dir
 from dlpipe.shared.store import DirStore
-from dlpipe.train import fashion_mnist
-from dlpipe.train import manifest as manifests
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
-from orchestrator.commands.prepare import prepare_dataset
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 HANGING = Path(__file__).parent / "handlers" / "hanging_train.py"
 

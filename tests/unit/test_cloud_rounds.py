@@ -11,11 +11,11 @@ import io
 
 import pytest
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.train.aggregate import run_aggregate
-from dlpipe.train.run import TrainingRun
 from dlpipe.wire import AggregateRequest
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.traffic import METER, MeteredStore
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.unit.test_rounds import SHARD_SIZES, FakeSession, FakeTrainFunction
 from tests.unit.test_rounds import session as plain_session
 

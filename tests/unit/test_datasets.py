@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dlpipe.datasets import fashion_mnist as fm
+from dlpipe.datasets import manifest as manifests
+from dlpipe.datasets import split as planning
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import fashion_mnist as fm
-from dlpipe.train import manifest as manifests
-from dlpipe.train import plan as planning
 from dlpipe.wire import PackRequest
 
 FASHION = Path(fm.FASHION_MNIST_DIRS[0])
@@ -235,7 +235,7 @@ def test_a_missing_or_unreadable_manifest_says_which_dataset_and_what_to_run(tmp
 
 
 def test_the_default_part_size_fits_a_pack_and_explicit_ones_are_checked():
-    from orchestrator.commands.prepare import part_size_for
+    from orchestrator.training.prepare import part_size_for
 
     assert part_size_for(Recipe(size=32, channels=1), None) == PackRequest.MAX_ITEMS
     big = Recipe(size=224, resize="center_crop", resize_shorter=256)

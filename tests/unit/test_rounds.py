@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from dlpipe.datasets.manifest import Counts, Manifest, PartList, write_manifest
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator import functions
-from orchestrator.hyperparams import DEFAULTS
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.memory_store import MemoryStore
 
 SHARD_SIZES = [30, 10, 20]          # examples per worker: unequal, so the average must weight them

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from dlpipe.runs.run import RunConfig, Training, TrainingRun
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.train.model import build_model, model_config_for
-from dlpipe.train.run import RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError, save_weights, weights_from_bytes, weights_to_bytes
 from dlpipe.wire import ModelConfig
 

@@ -20,7 +20,7 @@ what building a fresh model with the same seed and state would give.
 
 Memory: a worker holds its uint8 shard and normalises one batch at a time (batches.ShardBatches),
 so its peak is TensorFlow, the model and a batch's activations, plus one byte per pixel of its
-shard: dlpipe.train.footprint has the measured figures the orchestrator checks before a run.
+shard: dlpipe.runs.footprint has the measured figures the orchestrator checks before a run.
 
 TensorFlow/Keras are imported inside functions; the event models import without them.
 """

@@ -12,21 +12,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from dlpipe.datasets import manifest as manifests
 from dlpipe.predict.versions import version_key
+from dlpipe.runs.pretrained import starting_point
+from dlpipe.runs.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import manifest as manifests
 from dlpipe.train.model import model_config_for
-from dlpipe.train.pretrained import starting_point
-from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
     InitFrom,
     ModelConfig,
 )
-from orchestrator.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper
+from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
+from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper
 
 
 class TrainingFailed(RuntimeError):
@@ -56,7 +56,7 @@ class TrainOptions:
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
-    aggregate: str = "auto"              # local | lambda | auto: lambda when the invoker is (orchestrator.aggregation)
+    aggregate: str = "auto"              # local | lambda | auto: lambda with a Lambda invoker (training.aggregation)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Plan:
     shard_parts: list[list[str]]
     val_parts: list[str]
     min_workers: int
-    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.capacity)
+    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.training.capacity)
     notes: list[str] = field(default_factory=list)   # said before the first round
 
     @property

@@ -4,12 +4,12 @@ Each round: every worker (a train function invocation) starts from the global we
 trains on its shard; failed workers are retried; the new global weights (and Adam state)
 are the example-weighted mean of the workers' (dlpipe.train.averaging, in worker order, one
 worker in memory at a time); the evaluate action scores them on the validation parts; then
-the round is committed (dlpipe.train.run: optimizer state, weights, record, latest pointer,
+the round is committed (dlpipe.runs.run: optimizer state, weights, record, latest pointer,
 in that order). Everything a worker does is a function of (seed, round, worker), so a
 resumed run ends with the same weights as an uninterrupted one.
 
 `run_training(session, options)` is the whole job, callable without the CLI (the demo
-chains it after `prepare`); orchestrator.training_plan checks everything before round 0.
+chains it after `prepare`); orchestrator.training.plan checks everything before round 0.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from dlpipe.wire import (
     TrainRequest,
     TrainResponse,
 )
-from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
 from orchestrator.costs import summarize, transfer_bytes
-from orchestrator.hyperparams import worker_hyper
 from orchestrator.invokers.base import Invocation
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
-from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run
-from orchestrator.training_report import round_line, write_outputs
+from orchestrator.training.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.training.hyperparams import worker_hyper
+from orchestrator.training.plan import Plan, TrainingFailed, TrainOptions, plan_run
+from orchestrator.training.report import round_line, write_outputs
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Will a worker fit its function? Checked by `prepare` and `train` before any work.
 
-Memory comes from dlpipe.train.footprint (measured peaks) against the train function's
+Memory comes from dlpipe.runs.footprint (measured peaks) against the train function's
 memory size (orchestrator.functions, as in template.yaml). A shard larger than the warm
 workers' cache in /tmp does not fail, but every round downloads it again: that is a note,
 not a refusal. Every message says what to change.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dlpipe.train import footprint
-from dlpipe.train.run import Training
+from dlpipe.runs import footprint
+from dlpipe.runs.run import Training
 from orchestrator.functions import function_spec
-from orchestrator.hyperparams import worker_hyper
+from orchestrator.training.hyperparams import worker_hyper
 
 # template.yaml: TrainShardCacheMB (of TrainEphemeralStorage's /tmp), a unit test keeps them in step.
 TRAIN_SHARD_CACHE_MB = 1536

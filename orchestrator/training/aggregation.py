@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import StoreError
 from dlpipe.train.aggregate import mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, TrainResponse
 from orchestrator.invokers.base import Invocation, Invoker
