@@ -234,18 +234,17 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     import io
 
     from dlpipe.runs.run import TrainingRun
-    from orchestrator.traffic import METER
     from orchestrator.training.loop import TrainOptions, run_training
 
     options = TrainOptions(dataset=dataset, run=run, rounds=1, workers=workers, aggregate=engine, retries=1,
                            output_dir=None, keep_worker_weights=True)
-    before, first = METER.snapshot(), len(session.invoker.records)
+    before, first = session.meter.snapshot(), len(session.invoker.records)
     result = run_training(session, options, out=io.StringIO(), progress=False)
     record = result.records[1]
     training = TrainingRun(session.model_store(), run)
     return {"record": record, "record_bytes": len(training.store.get(training.record_key(1))),
             "global": training.store.get(training.global_key(1)),
-            "job_traffic": METER.snapshot() - before, "job_records": session.invoker.records[first:]}
+            "job_traffic": session.meter.snapshot() - before, "job_records": session.invoker.records[first:]}
 
 
 def critical_path(session, run: str, record: dict, expected: bytes) -> float:

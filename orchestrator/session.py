@@ -19,7 +19,7 @@ from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
 from orchestrator.quiet import worker_log
-from orchestrator.traffic import MeteredStore
+from orchestrator.traffic import Meter, MeteredStore
 
 INVOKERS = ("local", "lambda")
 STACK_OUTPUTS = ("DataBucketName", "ModelBucketName", "PredictionsTableName")
@@ -59,6 +59,7 @@ class Session:
     architecture: str = "x86_64"
     verbose: bool = False
     home: str | None = None       # where the local workers' log goes without --verbose
+    meter: Meter = field(default_factory=Meter)   # this session's traffic with its stores (the bill's)
     _invoker: Invoker | None = None
 
     @property
@@ -88,13 +89,13 @@ class Session:
     def data_store(self) -> ObjectStore:
         """Metered (orchestrator.traffic): the summaries price its requests and bytes."""
         try:
-            return MeteredStore(self.settings.data_store())
+            return MeteredStore(self.settings.data_store(), self.meter)
         except StoreError as err:  # a URL no store answers to: the user's to fix, not a crash
             raise CommandError(f"data store: {err}") from None
 
     def model_store(self) -> ObjectStore:
         try:
-            return MeteredStore(self.settings.model_store())
+            return MeteredStore(self.settings.model_store(), self.meter)
         except StoreError as err:
             raise CommandError(f"model store: {err}") from None
 

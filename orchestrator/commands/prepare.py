@@ -13,6 +13,7 @@ from dlpipe.wire import PackRequest
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
+from orchestrator.session import Session
 from orchestrator.training import capacity
 from orchestrator.training.prepare import PART_TARGET_BYTES, RECIPES, model_recipe, prepare_dataset
 
@@ -78,7 +79,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return Recipe.from_dict(base)
 
 
-def recipe_for(args: argparse.Namespace, session) -> tuple[Recipe, str | None]:
+def recipe_for(args: argparse.Namespace, session: Session) -> tuple[Recipe, str | None]:
     """The recipe asked for, and the model version it came from (with --recipe-from)."""
     if not getattr(args, "recipe_from", None):
         return recipe_from_args(args), None
@@ -88,11 +89,12 @@ def recipe_for(args: argparse.Namespace, session) -> tuple[Recipe, str | None]:
     return model_recipe(session.model_store(), args.recipe_from)
 
 
-def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: float, first: int,
+def _print_report(args: argparse.Namespace, session: Session, manifest: Manifest, wall: float, first: int,
                   out: TextIO) -> None:
     counts, recipe = manifest.counts, manifest.recipe
     images = counts.train + counts.val + counts.skipped
     shard_sizes = [s.count for s in manifest.shards]
+    traffic = session.meter.take()
     print_summary(f"prepare {args.dataset}", [
         ("store", f"{session.data_store().url}/{manifests.manifest_key(args.dataset)}"),
         ("classes", f"{len(manifest.classes)}: {', '.join(manifest.classes[:10])}"
@@ -107,7 +109,7 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
         ("packed", f"{manifest.bytes / 1e6:,.1f} MB"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
-    ], invocations=session.invoker.records[first:], out=out)
+    ], invocations=session.invoker.records[first:], out=out, traffic=traffic)
     print_failures([(s.key, s.reason) for s in manifest.skipped], out=out)
     note = capacity.cache_note((recipe.size, recipe.size, recipe.channels), shard_sizes)
     if note and not session.data_store().is_local:
@@ -118,10 +120,10 @@ def _print_report(args: argparse.Namespace, session, manifest: Manifest, wall: f
             "id": manifest.id, "classes": manifest.classes, "train": counts.train, "shards": shard_sizes,
             "validation": counts.val, "val_source": manifest.val_source, "val_fraction": manifest.val_fraction,
             "skipped": counts.skipped, "recipe": recipe.to_dict(), "bytes": manifest.bytes, "wall_seconds": wall,
-        }, [(s.key, s.reason) for s in manifest.skipped], session.invoker.records[first:])
+        }, [(s.key, s.reason) for s in manifest.skipped], session.invoker.records[first:], traffic=traffic)
 
 
-def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     try:
         recipe, source_model = recipe_for(args, session)

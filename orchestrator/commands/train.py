@@ -9,6 +9,7 @@ from typing import TextIO
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
+from orchestrator.session import Session
 from orchestrator.training.aggregation import ENGINES
 from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
@@ -110,7 +111,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         keep_worker_weights=args.keep_worker_weights, aggregate=args.aggregate)
 
 
-def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
     if session.invoker_kind == "local":  # on Lambda the train image has TensorFlow
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         ("worker failures", str(len(result.failures))),
     ]
     rows += [(name, path) for name, path in result.outputs.items()]
-    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
+    traffic = session.meter.take()
+    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out, traffic=traffic)
     print_failures(result.failures, out=out)
     if args.json:
         print_json("train", {
@@ -148,6 +150,6 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
             "rounds_run": result.rounds_run, "workers_ok": final.get("workers_ok"), "workers": final.get("workers"),
             "validation": val or None, "best": {"round": best["round"], **best["val"]} if best else None,
             "training_examples": trained, "wall_seconds": result.wall_seconds, "worker_failures": len(result.failures),
-            "outputs": result.outputs}, result.failures, result.invocations)
+            "outputs": result.outputs}, result.failures, result.invocations, traffic=traffic)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
     return 1 if result.failures else 0

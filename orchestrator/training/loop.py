@@ -31,10 +31,11 @@ from dlpipe.wire import (
     TrainResponse,
 )
 from orchestrator.costs import summarize, transfer_bytes
-from orchestrator.invokers.base import Invocation
+from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import progress_bar
-from orchestrator.traffic import METER, Traffic
+from orchestrator.session import Session
+from orchestrator.traffic import Meter, Traffic
 from orchestrator.training.aggregation import AggregationFailed, aggregate_round, resolve_engine
 from orchestrator.training.hyperparams import worker_hyper
 from orchestrator.training.plan import Plan, TrainingFailed, TrainOptions, plan_run
@@ -58,7 +59,8 @@ class TrainResult:
 
 # --- the loop ---------------------------------------------------------------------------
 
-def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
+def run_training(session: Session, options: TrainOptions, out: TextIO | None = None,
+                 progress: bool = True) -> TrainResult:
     """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     start = time.perf_counter()
@@ -84,7 +86,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
             print(f"run {options.run!r} already has {last} completed rounds (asked for {options.rounds}); "
                   "nothing to train", file=out)
         for round_ in range(last + 1, options.rounds + 1):
-            record = _train_round(invoker, plan, options, round_, tick, failures)
+            record = _train_round(invoker, session.meter, plan, options, round_, tick, failures)
             bar.write(round_line(record), file=out)
     finally:
         bar.close()
@@ -167,10 +169,10 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
             "seconds": max(r.seconds for r in results)}
 
 
-def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: Callable[[Invocation], None],
-                 failures: list[tuple[str, str]]) -> dict:
+def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptions, round_: int,
+                 tick: Callable[[Invocation], None], failures: list[tuple[str, str]]) -> dict:
     run = plan.run
-    round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), METER.snapshot()
+    round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), meter.snapshot()
     events = _worker_events(plan, options, round_)
 
     def retry_event(event: dict, attempt: int) -> dict:
@@ -195,7 +197,7 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
     record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
     record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
     record["aggregation"] = aggregation
-    record["transfer"] = _transfer_record(invoker.records[n_before:], METER.snapshot() - traffic_before)
+    record["transfer"] = _transfer_record(invoker.records[n_before:], meter.snapshot() - traffic_before)
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)

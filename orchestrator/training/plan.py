@@ -25,6 +25,7 @@ from dlpipe.wire import (
     InitFrom,
     ModelConfig,
 )
+from orchestrator.session import Session
 from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
 from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper
 
@@ -183,7 +184,7 @@ def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, ma
                              "so resuming would train on different shards; start a new --run")
 
 
-def plan_run(session, options: TrainOptions) -> Plan:
+def plan_run(session: Session, options: TrainOptions) -> Plan:
     """Open or start the run, after checking every option against the dataset and the run's own config."""
     _check_options(options)
     run = TrainingRun(session.model_store(), options.run)

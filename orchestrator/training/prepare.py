@@ -20,6 +20,7 @@ from dlpipe.train.parts import NothingPacked
 from dlpipe.wire import PackRequest, PackResponse
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import progress_bar
+from orchestrator.session import Session
 from orchestrator.training import capacity
 
 RECIPES = {
@@ -97,7 +98,7 @@ def _check_reply(event: dict, payload: dict) -> str | None:
     return None
 
 
-def _pack(session, events: list[dict], jobs: list[Job], retries: int, progress: bool,
+def _pack(session: Session, events: list[dict], jobs: list[Job], retries: int, progress: bool,
           dataset: str) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
     """Run the packs; ({job: reply}, images of parts where none decoded). RuntimeError for other failures."""
     bar = progress_bar(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", enabled=progress)
@@ -143,9 +144,9 @@ def _assemble(dataset: str, source: str, val_source: str | None, val_fraction: f
         skipped=skipped[:manifests.MAX_SKIPPED_LISTED], bytes=sum(r.bytes for r in replies.values()))
 
 
-def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Recipe, val_fraction: float = 0.1,
-                    val_source: str | None = None, part_size: int | None = None, retries: int = 1,
-                    progress: bool = True) -> Manifest:
+def prepare_dataset(session: Session, source: str, dataset: str, workers: int, recipe: Recipe,
+                    val_fraction: float = 0.1, val_source: str | None = None, part_size: int | None = None,
+                    retries: int = 1, progress: bool = True) -> Manifest:
     """Plan, pack (fanned out over the train function) and write the manifest; returns it.
 
     Raises ValueError for bad input and RuntimeError if packing fails after retries.

@@ -14,7 +14,7 @@ import pytest
 from dlpipe.runs.run import TrainingRun
 from dlpipe.train.aggregate import run_aggregate
 from dlpipe.wire import AggregateRequest
-from orchestrator.traffic import METER, MeteredStore
+from orchestrator.traffic import MeteredStore
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.unit.test_rounds import SHARD_SIZES, FakeSession, FakeTrainFunction
 from tests.unit.test_rounds import session as plain_session
@@ -35,13 +35,13 @@ class CloudTrainFunction(FakeTrainFunction):
 
 
 def cloud_session(aggregate_failures: int = 0) -> FakeSession:
-    """The fake session's stores, metered into the process's METER as a real session's are; the function
+    """The fake session's stores, metered into its meter as a real session's are; the function
     writes to them unmetered."""
     base = plain_session()
     s = FakeSession(data=base.data, models=base.models)
     s.invoker = CloudTrainFunction(base.models, aggregate_failures)
-    s.data_store = lambda: MeteredStore(base.data)
-    s.model_store = lambda: MeteredStore(base.models)
+    s.data_store = lambda: MeteredStore(base.data, s.meter)
+    s.model_store = lambda: MeteredStore(base.models, s.meter)
     return s
 
 
@@ -75,7 +75,7 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
 
 def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     s = cloud_session()
-    before = METER.snapshot()
+    before = s.meter.snapshot()
     train(s, "r", 1, aggregate="local", keep_worker_weights=True)
     run = TrainingRun(s.models, "r")
     files = list(s.models.list(run.round_prefix(1) + "workers/"))
@@ -84,7 +84,7 @@ def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     assert record["transfer"]["bytes_down"] == sum(len(s.models.get(k)) for k in files)
     assert record["transfer"]["bytes_up"] == len(s.models.get(run.global_key(1))) + len(
         s.models.get(run.optimizer_key(1)))
-    assert (METER.snapshot() - before).bytes_up > record["transfer"]["bytes_up"]   # the commit came after it
+    assert (s.meter.snapshot() - before).bytes_up > record["transfer"]["bytes_up"]   # the commit came after it
 
 
 def test_a_failed_aggregation_is_retried_and_one_that_keeps_failing_leaves_the_round_uncommitted():

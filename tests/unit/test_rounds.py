@@ -23,6 +23,7 @@ from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator import functions
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.traffic import Meter
 from orchestrator.training.hyperparams import DEFAULTS
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.memory_store import MemoryStore
@@ -87,6 +88,7 @@ class FakeSession:
     data: MemoryStore = field(default_factory=MemoryStore)
     models: MemoryStore = field(default_factory=MemoryStore)
     invoker: Invoker | None = None
+    meter: Meter = field(default_factory=Meter)
 
     def data_store(self):
         return self.data
