@@ -23,7 +23,7 @@ from dlpipe.train.averaging import AveragingError
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, TrainResponse
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.invokers.retry import invoke_for_replies
 
 ENGINES = ("auto", "local", "lambda")
 
@@ -110,13 +110,12 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
     levels = plan_tree(len(sources))
     for level, groups in enumerate(levels):
         events = _node_events(run, round_, sources, groups, level, final=level == len(levels) - 1)
-        done, errors = invoke_with_retries(invoker, "train", events, retries, count,
-                                           check=reply_check(AggregateResponse))
+        done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
         if errors:
             reasons = "; ".join(f"node {level}.{i}: {error} (after {attempts} attempts)"
                                 for i, (attempts, error) in sorted(errors.items()))
             raise AggregationFailed(f"the aggregate action failed: {reasons}")
-        replies = [AggregateResponse.model_validate(done[i]) for i in range(len(events))]
+        replies = [done[i] for i in range(len(events))]
         sources = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
                                    examples=r.examples) for i, r in enumerate(replies)]
     return calls

@@ -32,7 +32,7 @@ from dlpipe.wire import (
 )
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.invokers.retry import invoke_for_replies
 from orchestrator.report import progress_bar
 from orchestrator.session import Session
 from orchestrator.traffic import Meter, Traffic
@@ -102,22 +102,17 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     started, n_before, run = time.perf_counter(), len(invoker.records), plan.run
     event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
                         output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
-    done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
-                                       check=reply_check(InitResponse))
+    done, errors = invoke_for_replies(invoker, "train", [event], options.retries, InitResponse, tick)
     if errors:
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
     run.commit_round(0, {
         "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
-        "parameters": InitResponse.model_validate(done[0]).parameters,
+        "parameters": done[0].parameters,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
 
 
-def _check_train(event: dict, payload: object) -> str | None:
-    problem = reply_check(TrainResponse)(event, payload)
-    if problem:
-        return problem
-    response = TrainResponse.model_validate(payload)
+def _check_train(event: dict, response: TrainResponse) -> str | None:
     if response.num_examples <= 0:
         return "trained on no examples (time budget too small?)"
     return None
@@ -159,11 +154,11 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
                               trainable=plan.config.training.trainable,
                               batch_size=plan.eval_batch_size).model_dump(mode="json")
               for part in plan.val_parts]
-    done, errors = invoke_with_retries(invoker, "train", events, retries, check=reply_check(EvaluateResponse))
+    done, errors = invoke_for_replies(invoker, "train", events, retries, EvaluateResponse)
     if errors:
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
         raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
-    results = [EvaluateResponse.model_validate(done[i]) for i in sorted(done)]
+    results = [done[i] for i in sorted(done)]
     return {"count": sum(r.count for r in results),
             **weighted_metrics((r.model_dump(), r.count) for r in results),
             "seconds": max(r.seconds for r in results)}
@@ -179,7 +174,8 @@ def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptio
         return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
                 "output_optimizer_key": run.worker_optimizer_key(round_, event["worker"], attempt)}
 
-    done, errors = invoke_with_retries(invoker, "train", events, options.retries, tick, retry_event, _check_train)
+    done, errors = invoke_for_replies(invoker, "train", events, options.retries, TrainResponse, tick, retry_event,
+                                      _check_train)
     for w, (attempts, error) in sorted(errors.items()):
         failures.append((f"round {round_} worker {w}", f"{error} (after {attempts} attempts)"))
     if len(done) < plan.min_workers:
@@ -189,7 +185,7 @@ def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptio
             f"{options.retries} retries: {reasons}. The last completed round is {round_ - 1} "
             f"({run.url(run.global_key(round_ - 1))}). Fix the cause and continue with --resume, or "
             "let a round close on fewer workers with --min-workers.")
-    results = {w: TrainResponse.model_validate(done[w]) for w in sorted(done)}
+    results = {w: done[w] for w in sorted(done)}
     trained_at = time.perf_counter()
     aggregation = _average(invoker, plan, options, round_, results)
     averaged_at = time.perf_counter()

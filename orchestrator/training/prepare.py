@@ -18,7 +18,7 @@ from dlpipe.shared import clock
 from dlpipe.shared.recipe import Recipe
 from dlpipe.train.parts import NothingPacked
 from dlpipe.wire import PackRequest, PackResponse
-from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.invokers.retry import invoke_for_replies
 from orchestrator.report import progress_bar
 from orchestrator.session import Session
 from orchestrator.training import capacity
@@ -88,11 +88,7 @@ def _jobs(plan: planning.DatasetPlan) -> list[Job]:
     return jobs + [("val", None, i, part) for i, part in enumerate(plan.val_parts)]
 
 
-def _check_reply(event: dict, payload: dict) -> str | None:
-    problem = reply_check(PackResponse)(event, payload)
-    if problem:
-        return problem
-    reply = PackResponse.model_validate(payload)
+def _check_reply(event: dict, reply: PackResponse) -> str | None:
     if not reply.key.startswith(event["output_prefix"] + "-"):
         return f"bad response: part stored at {reply.key!r}, not under {event['output_prefix']!r}"
     return None
@@ -102,9 +98,9 @@ def _pack(session: Session, events: list[dict], jobs: list[Job], retries: int, p
           dataset: str) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
     """Run the packs; ({job: reply}, images of parts where none decoded). RuntimeError for other failures."""
     bar = progress_bar(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", enabled=progress)
-    done, errors = invoke_with_retries(session.invoker, "train", events, retries,
-                                       lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0),
-                                       check=_check_reply)
+    done, errors = invoke_for_replies(session.invoker, "train", events, retries, PackResponse,
+                                      lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0),
+                                      accept=_check_reply)
     bar.close()
     unreadable = f"{NothingPacked.__name__}: "
     failed = {i: error for i, (_, error) in errors.items() if not error.startswith(unreadable)}
@@ -114,7 +110,7 @@ def _pack(session: Session, events: list[dict], jobs: list[Job], retries: int, p
                            "nothing was published, run prepare again")
     lost = [PackResponse.Skipped(key=key, reason=error[:300]) for i, (_, error) in sorted(errors.items())
             for key, _ in jobs[i][3]]
-    return {i: PackResponse.model_validate(payload) for i, payload in done.items()}, lost
+    return done, lost
 
 
 def _assemble(dataset: str, source: str, val_source: str | None, val_fraction: float, recipe: Recipe,
