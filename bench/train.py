@@ -53,7 +53,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
 
     x, y = parts.load_parts(data_store, manifest["shards"][0]["parts"])
     recipe = Recipe.from_dict(manifest["recipe"])
-    config = model_config_for(manifest["recipe"], manifest["classes"], stem="small")
+    config = model_config_for(recipe, manifest["classes"], stem="small")
     keras.utils.set_random_seed(seed)
     model = build_model(config, dropout_seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",

@@ -46,7 +46,7 @@ def measure(settings: Settings, size: int, channels: int, trainable: str, batch:
     key = f"datasets/mem/train/{size}-{shard}.npz"
     settings.data_store().put(key, parts.arrays_to_npz(x, y))
     del x
-    model = model_config_for(recipe.to_dict(), [f"c{i}" for i in range(CLASSES)])
+    model = model_config_for(recipe, [f"c{i}" for i in range(CLASSES)])
     run = f"mem-{size}-{trainable}-{batch}-{shard}"
     session = Session(settings, "local", concurrency=1)
     try:

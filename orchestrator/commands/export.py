@@ -37,7 +37,6 @@ def run(args: argparse.Namespace, session: Session) -> int:
     require_train_extra("export", ("tensorflow", "keras"))
     from dlpipe.publish.export import ExportError, export_model
     from dlpipe.runs.run import TrainingRun, lineage_of
-    from dlpipe.shared.recipe import Recipe
     from dlpipe.train.model import build_model
     from dlpipe.train.weights import CheckpointError
 
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace, session: Session) -> int:
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...", file=out)
         with native_output_captured(session.verbose):   # TensorFlow's C++ logging and the converter's
             model = build_model(config, weights)
-            exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
+            exported = export_model(model, store, name, list(config.labels), config.recipe,
                                     source={"kind": "run", "run": args.run_name, "round": round_,
                                             **lineage_of(run_.config())},
                                     version=args.version, config=config)

@@ -124,7 +124,7 @@ def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
 
     models = DirStore(tmp_path / "models")
     recipe = Recipe(size=32, channels=1, mean=(0.5,), std=(0.5,))
-    config = model_config_for(recipe.to_dict(), ["shirt", "shoe", "bag", "coat"])
+    config = model_config_for(recipe, ["shirt", "shoe", "bag", "coat"])
     run = TrainingRun(models, "r1")
     run.start(RunConfig(model=config, dataset="d", training=Training(workers=1), created="now"))
     trained = build_model(config)

@@ -88,12 +88,12 @@ def test_model_config_checks_labels():
 
 
 def test_model_config_for_a_dataset_picks_the_stem_by_size():
-    assert model_config_for(RECIPE.to_dict(), LABELS).small_inputs is True
-    big = model_config_for(Recipe(size=224).to_dict(), LABELS)
+    assert model_config_for(RECIPE, LABELS).small_inputs is True
+    big = model_config_for(Recipe(size=224), LABELS)
     assert big.small_inputs is False and big.input_shape == (224, 224, 3) and big.classes == 3
-    assert model_config_for(Recipe(size=224).to_dict(), LABELS, stem="small").small_inputs is True
+    assert model_config_for(Recipe(size=224), LABELS, stem="small").small_inputs is True
     with pytest.raises(ValueError, match="stem must be one of"):
-        model_config_for(RECIPE.to_dict(), LABELS, stem="huge")
+        model_config_for(RECIPE, LABELS, stem="huge")
 
 
 def test_runs_from_before_classifier_relu_load_with_the_reference_relu(tmp_path):

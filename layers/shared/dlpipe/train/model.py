@@ -20,12 +20,12 @@ but must never load TensorFlow.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from dlpipe.shared.recipe import Recipe
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import ModelConfig
 
@@ -136,7 +136,7 @@ SMALL_INPUT_LIMIT = 64   # stem "auto": inputs up to this size get the stride-1 
 STEMS = ("auto", "small", "imagenet")
 
 
-def model_config_for(recipe: dict, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
+def model_config_for(recipe: Recipe, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
                      classifier_relu: bool = False) -> ModelConfig:
     """The model a dataset prepared with `recipe` needs: its input size, one output per label, a stem.
 
@@ -145,8 +145,8 @@ def model_config_for(recipe: dict, labels: Sequence[str], version: str = "1.1", 
     """
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
-    size, channels = int(recipe["size"]), int(recipe["channels"])
+    size, channels = recipe.size, recipe.channels
     small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
     return ModelConfig(version=version, input_shape=(size, size, channels), classes=len(labels),
                        small_inputs=small, classifier_relu=classifier_relu, labels=list(labels),
-                       recipe=json.loads(json.dumps(dict(recipe))))  # as it reads back from JSON
+                       recipe=recipe)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from dlpipe.shared.recipe import Recipe
 from dlpipe.train import parts
 from dlpipe.train.model import build_model
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
@@ -262,7 +261,7 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
     """Train the round's batches (batches.round_epochs), stopping between batches when the deadline nears."""
     from dlpipe.train import batches
 
-    hyper, recipe, n = request.hyper, Recipe.from_dict(request.model.recipe), len(y)
+    hyper, recipe, n = request.hyper, request.model.recipe, len(y)
     counter: dict[str, Any] = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
     callbacks = [_deadline_callback(deadline, counter)]
     if hyper.warmup_epochs > 0:
@@ -331,7 +330,7 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     from dlpipe.train import batches
 
     started = time.monotonic()
-    recipe = Recipe.from_dict(request.model.recipe)
+    recipe = request.model.recipe
     x, y = parts.load_parts(data_store, request.shard_keys)
     weights = load_weights(model_store, request.weights_key)
     model = compiled_model(request.model, request.trainable)
