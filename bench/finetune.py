@@ -66,9 +66,9 @@ def run_config(session: Session, label: str, init_from, trainable: str, lr: floa
     result = run_training(session, options, out=io.StringIO(), progress=False)
     rows = []
     for record in result.records[1:]:
-        rate = sum(r["images_per_second"] for r in record["worker_results"])
-        rows.append([record["round"], f"{record['val']['accuracy']:.1%}", f"{record['wall_seconds']:.1f} s",
-                     f"{rate:.0f}", f"{record['gb_seconds']:.1f}", f"{record['gb_seconds'] * 0.0000166667:.5f}"])
+        rate = sum(r["images_per_second"] for r in record.worker_results)
+        rows.append([record.round, f"{record.val.accuracy:.1%}", f"{record.wall_seconds:.1f} s",
+                     f"{rate:.0f}", f"{record.gb_seconds:.1f}", f"{record.gb_seconds * 0.0000166667:.5f}"])
     cost = summarize(result.invocations)
     rows.append(["all", "", f"{time.perf_counter() - started:.1f} s", "", f"{cost.gb_seconds:.1f}",
                  f"{cost.dollars:.5f}"])

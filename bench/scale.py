@@ -29,8 +29,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dlpipe.runs.record import RoundRecord
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -247,7 +251,7 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
             "job_traffic": session.meter.snapshot() - before, "job_records": session.invoker.records[first:]}
 
 
-def critical_path(session, run: str, record: dict, expected: bytes) -> float:
+def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> float:
     """The round's aggregation again, one node at a time: the sum over levels of the slowest node's round trip.
 
     What the tree takes when every node has a vCPU of its own, as on Lambda; here the nodes of
@@ -259,7 +263,7 @@ def critical_path(session, run: str, record: dict, expected: bytes) -> float:
     from orchestrator.invokers.aws import LambdaInvoker
     from orchestrator.training.aggregation import aggregate_round
 
-    results = {r["worker"]: TrainResponse.model_validate(r) for r in record["worker_results"]}
+    results = {r["worker"]: TrainResponse.model_validate(r) for r in record.worker_results}
     training = TrainingRun(session.model_store(), run)
     runs = []
     for _ in range(3):  # each node's best of three: other jobs on the machine only ever lengthen it
@@ -291,13 +295,13 @@ def bench_aggregation(args: argparse.Namespace) -> list[dict]:
             cloud = one_round(session, f"sim{n}", f"cloud-{n}", n, "lambda")
             for engine, result in (("local", local), ("lambda", cloud)):
                 record = result["record"]
-                transfer = record["transfer"]
+                transfer = record.transfer.model_dump()
                 path = critical_path(session, f"cloud-{n}", record, cloud["global"]) if engine == "lambda" else \
-                    record["aggregation"]["seconds"]
-                rows.append({"workers": n, "engine": engine, "levels": record["aggregation"]["levels"],
-                             "calls": record["aggregation"]["calls"],
-                             "aggregate s": record["aggregation"]["seconds"], "critical path s": path,
-                             "round s": record["wall_seconds"],
+                    record.aggregation.seconds
+                rows.append({"workers": n, "engine": engine, "levels": record.aggregation.levels,
+                             "calls": record.aggregation.calls,
+                             "aggregate s": record.aggregation.seconds, "critical path s": path,
+                             "round s": record.wall_seconds,
                              "down kB": transfer["bytes_down"] / 1e3, "up kB": transfer["bytes_up"] / 1e3,
                              "record kB": result["record_bytes"] / 1e3,
                              "store GETs": transfer["store_requests"]["get"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dlpipe.runs.record import AggregationRecord
 from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import StoreError
 from dlpipe.train.aggregate import mean_by_tree, plan_tree
@@ -42,9 +43,9 @@ class Aggregation:
     calls: int          # aggregate invocations, retries included (0 in this process)
     seconds: float
 
-    def as_record(self) -> dict:
-        return {"engine": self.engine, "levels": self.levels, "nodes": self.nodes, "calls": self.calls,
-                "seconds": round(self.seconds, 3)}
+    def as_record(self) -> AggregationRecord:
+        return AggregationRecord(engine=self.engine, levels=self.levels, nodes=self.nodes, calls=self.calls,
+                                 seconds=round(self.seconds, 3))
 
 
 def resolve_engine(choice: str, invoker: Invoker) -> str:

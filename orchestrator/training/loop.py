@@ -20,6 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from dlpipe.runs.record import (
+    AggregationRecord,
+    FailedWorker,
+    PhaseSeconds,
+    RoundRecord,
+    TrainScore,
+    TransferRecord,
+    ValScore,
+)
 from dlpipe.shared.clock import now_iso
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.wire import (
@@ -45,7 +54,7 @@ from orchestrator.training.report import round_line, write_outputs
 @dataclass
 class TrainResult:
     run: str
-    records: list[dict]
+    records: list[RoundRecord]
     rounds_run: int
     wall_seconds: float
     invocations: list[Invocation] = field(default_factory=list)
@@ -53,8 +62,8 @@ class TrainResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
-    def final(self) -> dict:
-        return self.records[-1] if self.records else {}
+    def final(self) -> RoundRecord | None:
+        return self.records[-1] if self.records else None
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -105,11 +114,10 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     done, errors = invoke_for_replies(invoker, "train", [event], options.retries, InitResponse, tick)
     if errors:
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
-    run.commit_round(0, {
-        "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
-        "parameters": done[0].parameters,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
+    run.commit_round(0, RoundRecord(
+        kind="init", workers=0, workers_ok=0, train=None, val=None, parameters=done[0].parameters,
+        wall_seconds=round(time.perf_counter() - started, 3),
+        gb_seconds=summarize(invoker.records[n_before:]).gb_seconds, completed_at=now_iso()))
 
 
 def _check_train(event: dict, response: TrainResponse) -> str | None:
@@ -130,7 +138,8 @@ def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]
             for w, parts in enumerate(plan.shard_parts)]
 
 
-def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse]) -> dict:
+def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int,
+             results: dict[int, TrainResponse]) -> AggregationRecord:
     """The round's optimizer state, then its global weights: example-weighted means; how, for the record.
 
     The aggregation tree over the workers in worker order (not completion order) fixes the
@@ -146,7 +155,7 @@ def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: d
                              "diverged, start a new --run with a lower --lr)") from err
 
 
-def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None:
+def evaluate(invoker: Invoker, plan: Plan, weights_key: str, retries: int) -> ValScore | None:
     """Validation loss/accuracy of stored weights, one invocation per validation part."""
     if not plan.val_parts:
         return None
@@ -159,13 +168,13 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
         raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
     results = [done[i] for i in sorted(done)]
-    return {"count": sum(r.count for r in results),
-            **weighted_metrics((r.model_dump(), r.count) for r in results),
-            "seconds": max(r.seconds for r in results)}
+    return ValScore(count=sum(r.count for r in results),
+                    **weighted_metrics((r.model_dump(), r.count) for r in results),
+                    seconds=max(r.seconds for r in results))
 
 
 def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptions, round_: int,
-                 tick: Callable[[Invocation], None], failures: list[tuple[str, str]]) -> dict:
+                 tick: Callable[[Invocation], None], failures: list[tuple[str, str]]) -> RoundRecord:
     run = plan.run
     round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), meter.snapshot()
     events = _worker_events(plan, options, round_)
@@ -190,36 +199,38 @@ def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptio
     aggregation = _average(invoker, plan, options, round_, results)
     averaged_at = time.perf_counter()
     val = evaluate(invoker, plan, run.global_key(round_), options.retries)
-    record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
-    record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
-    record["aggregation"] = aggregation
-    record["transfer"] = _transfer_record(invoker.records[n_before:], meter.snapshot() - traffic_before)
+    record = _round_record(round_, results, errors, len(events), val, round_start, trained_at, averaged_at)
+    record.gb_seconds = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
+    record.aggregation = aggregation
+    record.transfer = _transfer_record(invoker.records[n_before:], meter.snapshot() - traffic_before)
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)
-    return {**record, "round": round_}
+    return record
 
 
-def _transfer_record(records: list[Invocation], traffic: Traffic) -> dict:
+def _transfer_record(records: list[Invocation], traffic: Traffic) -> TransferRecord:
     """What went through the orchestrator this round (its own commit excluded): bytes each way, store requests."""
     down, up = transfer_bytes(records, traffic)
-    return {"bytes_down": down, "bytes_up": up, "store_requests": traffic.requests}
+    return TransferRecord(bytes_down=down, bytes_up=up, store_requests=traffic.requests)
 
 
-def _round_record(results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,
-                  val: dict | None, round_start: float, trained_at: float, averaged_at: float) -> dict:
+def _round_record(round_: int, results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,
+                  val: ValScore | None, round_start: float, trained_at: float, averaged_at: float) -> RoundRecord:
+    """The round's record; its bill, aggregation and transfer are filled in once known."""
     wall = time.perf_counter() - round_start
     train_max = max(r.train_seconds for r in results.values())
-    return {
-        "kind": "round", "workers": workers, "workers_ok": len(results),
-        "worker_results": [r.model_dump(mode="json") for r in results.values()],
-        "failed_workers": [{"worker": w, "attempts": a, "error": e} for w, (a, e) in sorted(errors.items())],
-        "train": {"examples": sum(r.num_examples for r in results.values()),
-                  **weighted_metrics((r.model_dump(), r.num_examples) for r in results.values())},
-        "val": val,
-        "wall_seconds": round(wall, 3),
-        "phase_seconds": {"workers": round(trained_at - round_start, 3), "average": round(averaged_at - trained_at, 3),
-                          "evaluate": round(time.perf_counter() - averaged_at, 3)},
-        "train_share": round(train_max / wall, 4) if wall > 0 else None,
-        "completed_at": now_iso(),
-    }
+    return RoundRecord(
+        round=round_, kind="round", workers=workers, workers_ok=len(results),
+        worker_results=[r.model_dump(mode="json") for r in results.values()],
+        failed_workers=[FailedWorker(worker=w, attempts=a, error=e) for w, (a, e) in sorted(errors.items())],
+        train=TrainScore(examples=sum(r.num_examples for r in results.values()),
+                         **weighted_metrics((r.model_dump(), r.num_examples) for r in results.values())),
+        val=val,
+        wall_seconds=round(wall, 3), gb_seconds=0.0,
+        phase_seconds=PhaseSeconds(workers=round(trained_at - round_start, 3),
+                                   average=round(averaged_at - trained_at, 3),
+                                   evaluate=round(time.perf_counter() - averaged_at, 3)),
+        train_share=round(train_max / wall, 4) if wall > 0 else None,
+        completed_at=now_iso(),
+    )

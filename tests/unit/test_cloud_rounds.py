@@ -63,10 +63,10 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
     cloud_result = train(cloud, "r", 3, out=out, aggregate="auto")       # auto: the invoker is "lambda"
     here_result = train(here, "r", 3, aggregate="local")
     assert global_bytes(cloud, "r", 3) == global_bytes(here, "r", 3)
-    assert [r["aggregation"]["engine"] for r in cloud_result.records[1:]] == ["lambda"] * 3
-    assert [r["aggregation"]["engine"] for r in here_result.records[1:]] == ["local"] * 3
+    assert [r.aggregation.engine for r in cloud_result.records[1:]] == ["lambda"] * 3
+    assert [r.aggregation.engine for r in here_result.records[1:]] == ["local"] * 3
 
-    local, remote = here_result.records[2]["transfer"], cloud_result.records[2]["transfer"]
+    local, remote = here_result.records[2].transfer.model_dump(), cloud_result.records[2].transfer.model_dump()
     assert local["store_requests"]["get"] == 2 * len(SHARD_SIZES)   # every worker's weights and Adam state
     assert remote["store_requests"]["get"] == 0 and remote["bytes_down"] == 0
     assert local["bytes_down"] > 0
@@ -81,10 +81,10 @@ def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     files = list(s.models.list(run.round_prefix(1) + "workers/"))
     record = run.records()[1]
     assert len(files) == 2 * len(SHARD_SIZES)
-    assert record["transfer"]["bytes_down"] == sum(len(s.models.get(k)) for k in files)
-    assert record["transfer"]["bytes_up"] == len(s.models.get(run.global_key(1))) + len(
+    assert record.transfer.bytes_down == sum(len(s.models.get(k)) for k in files)
+    assert record.transfer.bytes_up == len(s.models.get(run.global_key(1))) + len(
         s.models.get(run.optimizer_key(1)))
-    assert (s.meter.snapshot() - before).bytes_up > record["transfer"]["bytes_up"]   # the commit came after it
+    assert (s.meter.snapshot() - before).bytes_up > record.transfer.bytes_up   # the commit came after it
 
 
 def test_a_failed_aggregation_is_retried_and_one_that_keeps_failing_leaves_the_round_uncommitted():

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.names import validate_name
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import Hyper, ModelConfig
@@ -133,12 +134,12 @@ class TrainingRun:
             return None
         return int(self._get_json(self.latest_key)["round"])
 
-    def records(self, up_to: int | None = None) -> list[dict]:
+    def records(self, up_to: int | None = None) -> list[RoundRecord]:
         """Records of rounds 0..up_to (default: the latest completed round), in order."""
         last = self.latest_round() if up_to is None else up_to
         if last is None:
             return []
-        return [self._get_json(self.record_key(r)) for r in range(last + 1)]
+        return [RoundRecord.model_validate({"round": r, **self._get_json(self.record_key(r))}) for r in range(last + 1)]
 
     def load_weights(self, key: str) -> list[np.ndarray]:
         return load_weights(self.store, key)
@@ -167,7 +168,7 @@ class TrainingRun:
     def save_weights(self, key: str, weights: Sequence[np.ndarray]) -> int:
         return save_weights(self.store, key, weights)
 
-    def commit_round(self, round: int, record: dict) -> None:
+    def commit_round(self, round: int, record: RoundRecord) -> None:
         """Mark `round` complete: its record, then the latest pointer (the commit point).
 
         The round's global weights must already be stored; this checks, so a bug cannot
@@ -176,7 +177,7 @@ class TrainingRun:
         if not self.store.exists(self.global_key(round)):
             raise CheckpointError(f"refusing to commit round {round} of run {self.name!r}: "
                                   f"{self.global_key(round)} is missing")
-        self._put_json(self.record_key(round), {**record, "round": round})
+        self._put_json(self.record_key(round), {**record.to_json(), "round": round})
         self._put_json(self.latest_key, {"round": round, "weights": self.global_key(round),
                                          "record": self.record_key(round)})
 
