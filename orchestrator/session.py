@@ -3,7 +3,7 @@
 This is the one place where the pluggable parts are chosen: a CloudFormation stack
 (`--stack-name`) selects S3, DynamoDB and Lambda; otherwise the embedded default (a local
 directory, SQLite and a process pool) with any explicit `--data/--models/--table` URLs.
-Each of these options defaults to a DLPIPE_* environment variable (dlpipe.shared.config.Placement),
+Each of these options defaults to a DLPIPE_* environment variable (orchestrator.settings.Placement),
 exactly as if it had been typed; the command line wins.
 """
 
@@ -13,12 +13,13 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from dlpipe.shared.config import ENV_HOME, ENV_WORKER_LOG, Placement, Settings
+from dlpipe.shared.config import ENV_HOME, Settings
 from dlpipe.shared.store import ObjectStore, StoreError
 from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
 from orchestrator.quiet import worker_log
+from orchestrator.settings import ENV_WORKER_LOG, Placement
 from orchestrator.traffic import Meter, MeteredStore
 
 INVOKERS = ("local", "lambda")

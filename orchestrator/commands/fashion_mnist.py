@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 
 from dlpipe.datasets import fashion_mnist as fm
-from dlpipe.shared.config import ENV_CACHE, download_cache_dir
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary, progress_bar
 from orchestrator.session import Session
+from orchestrator.settings import ENV_CACHE, download_cache_dir
 
 EXAMPLES = f"""\
 examples:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from dlpipe.predict.versions import list_models, read_meta
 from dlpipe.publish import zoo
-from dlpipe.shared.config import DEFAULT_MODEL_ZOO_URL, ENV_CACHE, ENV_MODEL_ZOO, download_cache_dir, model_zoo_url
 from dlpipe.shared.names import validate_name
 from orchestrator.commands import add_command
 from orchestrator.commands.import_onnx import import_file, print_import, read_labels_file
 from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
 from orchestrator.session import Session
+from orchestrator.settings import DEFAULT_MODEL_ZOO_URL, ENV_CACHE, ENV_MODEL_ZOO, download_cache_dir, model_zoo_url
 
 EXAMPLES = f"""\
 examples:

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from pebble import ProcessExpired, ProcessPool
 
-from dlpipe.shared.config import ENV_WORKER_LOG
 from orchestrator.functions import FunctionSpec, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.settings import ENV_WORKER_LOG
 
 
 class LocalContext:

@@ -17,13 +17,14 @@ import pytest
 from dlpipe.datasets import fashion_mnist
 from dlpipe.datasets import manifest as manifests
 from dlpipe.runs.run import TrainingRun
-from dlpipe.shared.config import Settings, download_cache_dir
+from dlpipe.shared.config import Settings
 from dlpipe.shared.store import DirStore
 from dlpipe.train.weights import load_weights, save_weights
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.session import Session
+from orchestrator.settings import download_cache_dir
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from orchestrator.training.prepare import prepare_dataset
 

@@ -20,6 +20,7 @@ from dlpipe.datasets import split as planning
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.wire import PackRequest
+from orchestrator.settings import download_cache_dir
 
 FASHION = Path(fm.FASHION_MNIST_DIRS[0])
 
@@ -146,7 +147,7 @@ def test_a_failed_download_names_the_file_the_address_and_the_reason(offline):
     with pytest.raises(fm.DownloadFailed, match=r"t10k-images-idx3-ubyte.gz is not in .*not-installed.* and "
                                                 r"downloading it from http://127.0.0.1:\d+/t10k-images-idx3-ubyte.gz "
                                                 r"failed \(.*refused") as caught:
-        fm.load_fashion_mnist("test")
+        fm.load_fashion_mnist("test", cache=download_cache_dir())
     assert caught.value.cache == offline / "cache" / "fashion-mnist"
 
 
