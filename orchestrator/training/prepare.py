@@ -8,8 +8,6 @@ without the CLI (orchestrator.commands.prepare is its command line).
 
 from __future__ import annotations
 
-import json
-
 from dlpipe.datasets import manifest as manifests
 from dlpipe.datasets import split as planning
 from dlpipe.datasets.fashion_mnist import FASHION_MNIST_RECIPE
@@ -38,7 +36,7 @@ Job = tuple[str, int | None, int, list]   # (split, shard, part, items)
 
 def model_recipe(store, ref: str) -> tuple[Recipe, str]:
     """(the recipe of model version `ref`, "MODEL:VERSION"); ValueError naming what exists otherwise."""
-    from dlpipe.predict.versions import latest_version, read_meta, version_key
+    from dlpipe.predict.versions import latest_version, read_meta, read_recipe
     from dlpipe.runs.pretrained import parse_ref
     from dlpipe.shared.store import KeyNotFound
     from dlpipe.wire import NotFound
@@ -47,7 +45,7 @@ def model_recipe(store, ref: str) -> tuple[Recipe, str]:
         name, version = parse_ref(ref)
         version = version or latest_version(store, name)
         read_meta(store, name, version)    # NotFound naming the model's versions
-        recipe = Recipe.from_dict(json.loads(store.get(version_key(name, version, "recipe.json"))))
+        recipe = read_recipe(store, name, version)
     except NotFound as err:
         raise ValueError(f"--recipe-from {ref}: {err}") from None
     except KeyNotFound:
