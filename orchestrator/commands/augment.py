@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
+from dlpipe.shared.problems import describe_errors
 from dlpipe.shared.store import InvalidKey, validate_prefix
 from dlpipe.wire import (
     DEFAULT_VARIANTS,
@@ -103,8 +104,7 @@ def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
                            copies=args.copies)
     except ValidationError as err:
-        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                     for e in err.errors())) from None
+        raise CommandError(describe_errors(err, inputs=False)) from None
     except (ValueError, InvalidKey) as err:
         raise CommandError(str(err)) from None
     return source, output, spec

@@ -21,7 +21,7 @@ from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import ObjectStore
-from dlpipe.train.model import model_config_for
+from dlpipe.train.model import model_config_for, small_stem
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
     InitFrom,
@@ -210,7 +210,7 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
     try:
         eval_batch = check_worker_memory(manifest, training, config.model.small_inputs if config else
-                                         {"small": True, "imagenet": False}.get(options.stem or "auto"))
+                                         small_stem(manifest.recipe.size, options.stem or "auto"))
     except DoesNotFit as err:
         raise TrainingFailed(str(err)) from None
     if config is None:

@@ -136,6 +136,13 @@ SMALL_INPUT_LIMIT = 64   # stem "auto": inputs up to this size get the stride-1 
 STEMS = ("auto", "small", "imagenet")
 
 
+def small_stem(side: int, stem: str = "auto") -> bool:
+    """The stride-1 stem? "small" yes, "imagenet" no, "auto" for inputs up to SMALL_INPUT_LIMIT px a side."""
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
+    return side <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
+
+
 def model_config_for(recipe: Recipe, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
                      classifier_relu: bool = False) -> ModelConfig:
     """The model a dataset prepared with `recipe` needs: its input size, one output per label, a stem.
@@ -143,10 +150,8 @@ def model_config_for(recipe: Recipe, labels: Sequence[str], version: str = "1.1"
     Stem "auto" picks the stride-1 stem up to SMALL_INPUT_LIMIT px: on 32 px inputs the
     ImageNet stride-2 stem throws most of the resolution away (about 6 points of accuracy).
     """
-    if stem not in STEMS:
-        raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
     size, channels = recipe.size, recipe.channels
-    small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
+    small = small_stem(size, stem)
     return ModelConfig(version=version, input_shape=(size, size, channels), classes=len(labels),
                        small_inputs=small, classifier_relu=classifier_relu, labels=list(labels),
                        recipe=recipe)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from dlpipe.shared.memory import peak_rss_mb
 from dlpipe.train import parts
 from dlpipe.train.model import build_model
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
@@ -210,20 +211,9 @@ def _warmup_callback(base_rate: float, warmup_steps: float, first_step: int):
 
 
 def _max_rss_mb() -> float | None:
-    """Peak resident memory of this process (Linux's VmHWM): what the function's memory must cover.
-
-    Not ru_maxrss: in a spawned worker (the local invoker's) it includes the parent's memory
-    at the spawn. The local invoker resets the peak at each call; on Lambda it spans the
-    execution environment's life, as Lambda's own "Max Memory Used" does.
-    """
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """What the function's memory must cover (dlpipe.shared.memory), to a tenth of a MB."""
+    peak = peak_rss_mb()
+    return round(peak, 1) if peak is not None else None
 
 
 # --- actions --------------------------------------------------------------------------
