@@ -7,8 +7,8 @@ of the tree (dlpipe.train.aggregate), level after level, each level's nodes at o
 orchestrator sends and reads only small records. ``auto``: lambda when the invoker is
 Lambda, local otherwise. Both follow the one tree, so the weights are the same bytes.
 
-Partial sums go to runs/<run>/rounds/<r>/workers/sum-<level>-<node>.npz (and .adam.npz),
-beside the workers' results, and are deleted with them once the round is committed.
+Partial sums go beside the workers' results (TrainingRun.partial_sum_key), and are deleted
+with them once the round is committed.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], 
     with_optimizer = all(s.optimizer_key for s in sources)
     events = []
     for index, group in enumerate(groups):
-        stem = f"{run.round_prefix(round_)}workers/sum-{level}-{index:04d}"
-        weights_key = run.global_key(round_) if final else f"{stem}.npz"
-        optimizer_key = (run.optimizer_key(round_) if final else f"{stem}.adam.npz") if with_optimizer else None
+        weights_key = run.global_key(round_) if final else run.partial_sum_key(round_, level, index)
+        optimizer_key = ((run.optimizer_key(round_) if final else run.partial_optimizer_key(round_, level, index))
+                         if with_optimizer else None)
         events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=weights_key,
                                        optimizer_key=optimizer_key).model_dump(mode="json"))

@@ -6,6 +6,7 @@ Layout (keys relative to the model store)::
     runs/<run>/rounds/0000/global.npz              initial weights (round 0, from the seed)
     runs/<run>/rounds/<r>/workers/<w>-a<k>.npz     worker w's weights after round r (attempt k)
     runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
+    runs/<run>/rounds/<r>/workers/sum-<l>-<n>.npz  partial sums of in-cloud aggregation (and .adam.npz)
     runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
     runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
     runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
@@ -100,6 +101,13 @@ class TrainingRun:
 
     def worker_optimizer_key(self, round: int, worker: int, attempt: int = 0) -> str:
         return f"{self.round_prefix(round)}workers/{worker:03d}-a{attempt}.adam.npz"
+
+    def partial_sum_key(self, round: int, level: int, node: int) -> str:
+        """A node of the round's aggregation tree below its root: deleted with the workers' results."""
+        return f"{self.round_prefix(round)}workers/sum-{level}-{node:04d}.npz"
+
+    def partial_optimizer_key(self, round: int, level: int, node: int) -> str:
+        return f"{self.round_prefix(round)}workers/sum-{level}-{node:04d}.adam.npz"
 
     @property
     def config_key(self) -> str:
