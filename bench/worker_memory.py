@@ -19,9 +19,10 @@ import tempfile
 import numpy as np
 from tables import markdown_table as table  # bench/tables.py
 
-from dlpipe.runs import footprint, parts
+from dlpipe.runs import footprint
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
+from dlpipe.train import parts
 from dlpipe.train.model import model_config_for
 from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, TrainRequest
 from orchestrator import functions
