@@ -11,6 +11,7 @@ from dlpipe.predict.versions import latest_version, list_models, read_meta, vers
 from dlpipe.wire import NotFound
 from orchestrator.commands import add_command
 from orchestrator.report import printable
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -81,7 +82,7 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
     return ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     store = session.model_store()
     found = entries(store)
     if args.json:

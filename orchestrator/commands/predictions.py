@@ -11,6 +11,7 @@ from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.options import int_between, named
 from orchestrator.report import printable
+from orchestrator.session import Session
 
 MAX_LIMIT = 1_000_000      # records listed at once; 0 lists all
 
@@ -38,7 +39,7 @@ def _image(record) -> str:
     return record.image_key or record.image_name or f"sha256:{record.image_sha256[:12]}"
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     table = session.table()
     try:
         records = table.list(args.limit or None, model=args.model)

@@ -6,11 +6,11 @@ import io
 
 import pytest
 
-from dlpipe.shared.config import Placement
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import DirStore
-from dlpipe.train.run import TrainingRun
 from orchestrator.cli import main
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.settings import Placement
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.unit.test_rounds import FakeTrainFunction, session
 
 DAMAGE = {
@@ -20,6 +20,8 @@ DAMAGE = {
     "config.json truncated": ("runs/r/config.json", b'{"model": {', "start a new --run"),
     "config.json wrong shape": ("runs/r/config.json", b'{"model": 1}', "start a new --run"),
     "round record truncated": ("runs/r/rounds/0001/record.json", b'{"kind": "ro', 'writing {"round": 0}'),
+    "round record not an object": ("runs/r/rounds/0001/record.json", b'[1, 2]', 'writing {"round": 0}'),
+    "round record wrong shape": ("runs/r/rounds/0001/record.json", b'{"workers": "many"}', 'writing {"round": 0}'),
 }
 
 
@@ -54,7 +56,7 @@ def test_the_way_out_given_for_a_damaged_pointer_works():
     with pytest.raises(TrainingFailed, match=r'write \{"round": 2\}'):
         _train(s, 3, resume=True)
     s.models.put("runs/r/latest.json", b'{"round": 2}')
-    assert _train(s, 3, resume=True).final["round"] == 3
+    assert _train(s, 3, resume=True).final.round == 3
 
 
 def test_a_failed_first_round_leaves_the_run_name_free():
@@ -68,7 +70,7 @@ def test_a_failed_first_round_leaves_the_run_name_free():
     with pytest.raises(TrainingFailed, match="initial weights failed"):
         _train(s, 1)
     s.invoker = FakeTrainFunction(s.models)
-    assert _train(s, 1).final["round"] == 1          # no --resume needed, no "already exists"
+    assert _train(s, 1).final.round == 1          # no --resume needed, no "already exists"
 
 
 @pytest.mark.parametrize("case", ["latest.json truncated", "latest.json names round 99", "config.json truncated"])

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from dlpipe.publish import zoo
-from dlpipe.shared.config import Placement
 from orchestrator.cli import main
+from orchestrator.settings import Placement
 from tests.unit.test_onnx_import import make_squeezenet_onnx
 
 MODEL = zoo.PRETRAINED["squeezenet1.1"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from faultkit import linux_only, wait_for
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import DirStore
-from dlpipe.train.run import TrainingRun
-from orchestrator.rounds import TrainOptions, run_training
+from orchestrator.training.loop import TrainOptions, run_training
 from tests.unit.test_rounds import FakeSession, FakeTrainFunction, session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 TRAINER = textwrap.dedent("""
     import io, sys, time
     from dlpipe.shared.store import DirStore
-    from orchestrator.rounds import TrainOptions, run_training
+    from orchestrator.training.loop import TrainOptions, run_training
     from tests.unit.test_rounds import FakeTrainFunction, session
 
     class Slow(FakeTrainFunction):
@@ -78,7 +78,7 @@ def test_two_resumes_at_once_one_trains_and_the_other_is_refused(tmp_path):
 
     import pytest
 
-    from orchestrator.rounds import TrainingFailed
+    from orchestrator.training.loop import TrainingFailed
 
     in_round_2, refused = threading.Event(), threading.Event()
 

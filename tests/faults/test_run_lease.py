@@ -9,10 +9,10 @@ import sys
 import boto3
 import pytest
 
-from dlpipe.shared.config import Placement
 from dlpipe.shared.store import DirStore, open_store
 from orchestrator.cli import main
 from orchestrator.lease import LeaseHeld, LeaseLost, RunLease
+from orchestrator.settings import Placement
 
 
 class Clock:

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from dlpipe.datasets.split import plan_dataset
 from dlpipe.predict.versions import latest_version
 from dlpipe.shared.store import DirStore
 from dlpipe.train.model import weights_misfit
-from dlpipe.train.plan import plan_dataset
 from dlpipe.wire import ModelError, NotFound
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.unit.test_rounds import session
 
 
@@ -77,7 +77,7 @@ def test_the_recipe_mismatch_fix_is_a_complete_command():
     from dlpipe.train.model import model_config_for
 
     s = session()
-    other = model_config_for(Recipe(size=64, channels=3).to_dict(), ["x", "y"], "1.1", "auto", False)
+    other = model_config_for(Recipe(size=64, channels=3), ["x", "y"], "1.1", "auto", False)
     s.models.put("models/base/v1/meta.json", b"{}")
     s.models.put("models/base/latest", b"v1")
     s.models.put("models/base/v1/model.json", other.model_dump_json().encode())

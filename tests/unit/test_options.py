@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from dlpipe.shared.config import Placement
 from orchestrator import options
 from orchestrator.cli import main
+from orchestrator.settings import Placement
 
 
 @pytest.fixture(autouse=True)

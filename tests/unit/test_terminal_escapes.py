@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from dlpipe.shared.config import Placement
 from dlpipe.wire import ModelInfo, PredictResponse, TopClass
 from orchestrator.cli import main
 from orchestrator.commands.predict import Item, format_table, summary_rows
 from orchestrator.report import print_failures, print_summary, printable
+from orchestrator.settings import Placement
 
 CLEAR_AND_RETITLE = "evil\x1b[2J\x1b]0;pwned\x07"
 
