@@ -6,12 +6,14 @@ S3 as served by the moto server.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
 import imagefiles as f
 import pytest
 
+from dlpipe.shared.shards import read_members
 from dlpipe.shared.store import DirStore, S3Store
 from dlpipe.wire import DEFAULT_VARIANTS
 from orchestrator import functions
@@ -161,3 +163,34 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):
     assert cli(tmp_path, tmp_path / "store", *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_augment_pack_writes_shards_and_an_index_and_reruns_identically(tmp_path, photos, capsys):
+    data = tmp_path / "store"
+    assert cli(tmp_path, data, "upload", photos, "--prefix", "raw") == 0
+    args = ("augment", "--source", "raw", "--output", "augmented/packed", "--size", "32", "--pack")
+    assert cli(tmp_path, data, *args, "--batch-size", "4") == 1
+    out = capsys.readouterr().out
+    assert_bad_files_reported(out)
+    assert "15 augmented, 4 failed" in out and "5 shards, WebDataset layout" in out
+    store = DirStore(data)
+    shards = [f"augmented/packed/shard-{i:06d}.tar" for i in range(5)]
+    assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards]
+    index = json.loads(store.get("augmented/packed/index.json"))
+    assert index["__kind__"] == "wids-shard-index-v1" and index["source"] == "raw"
+    assert [s["url"] for s in index["shardlist"]] == [s.removeprefix("augmented/packed/") for s in shards]
+    assert sum(s["nsamples"] for s in index["shardlist"]) == 15
+    assert sum(s["images"] for s in index["shardlist"]) == 15 * len(DEFAULT_VARIANTS)
+    totals: dict[str, int] = {}
+    for s in index["shardlist"]:
+        for cls, n in s["classes"].items():
+            totals[cls] = totals.get(cls, 0) + n
+    assert totals == {"cat": 5 * 7, "dog": 3 * 7, "odd": 7 * 7}
+    members = sorted(name for s in shards for name, _ in read_members(store.get(s)))
+    assert members == sorted(k.removeprefix("augmented/").replace("__", ".") for k in expected_outputs(photos))
+    first = {k: store.get(k) for k in store.list("augmented/")}
+
+    assert cli(tmp_path, data, *args, "--batch-size", "4") == 1     # the same batches: byte-identical shards
+    assert {k: store.get(k) for k in store.list("augmented/")} == first
+    assert cli(tmp_path, data, *args, "--batch-size", "8") == 1     # fewer batches: the extra old shards go
+    assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards[:3]]

@@ -18,6 +18,7 @@ from dlpipe.wire.augment import (  # noqa: F401
     AugmentResponse,
     AugmentSpec,
     ImageResult,
+    ShardInfo,
     check_augment_output,
 )
 from dlpipe.wire.errors import (  # noqa: F401
