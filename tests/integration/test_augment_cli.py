@@ -80,6 +80,7 @@ def test_upload_and_augment_on_a_directory_store(tmp_path, photos, capsys):
     assert_bad_files_reported(out)
     assert "15 augmented, 4 failed" in out and f"images out   {15 * len(DEFAULT_VARIANTS)} " in out
     assert "invocations  5 (0 failed)" in out
+    assert f"({19 + 15 * len(DEFAULT_VARIANTS)} by functions)" in out   # a GET per source, a PUT per output
     assert sorted(store.list("augmented/")) == expected_outputs(photos)
     first = {k: store.get(k) for k in store.list("augmented/")}
 
@@ -173,6 +174,7 @@ def test_augment_pack_writes_shards_and_an_index_and_reruns_identically(tmp_path
     out = capsys.readouterr().out
     assert_bad_files_reported(out)
     assert "15 augmented, 4 failed" in out and "5 shards, WebDataset layout" in out
+    assert "(24 by functions)" in out          # the bill: a GET per source and a PUT per shard, from the replies
     store = DirStore(data)
     shards = [f"augmented/packed/shard-{i:06d}.tar" for i in range(5)]
     assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards]

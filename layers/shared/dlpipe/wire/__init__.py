@@ -21,6 +21,7 @@ from dlpipe.wire.augment import (  # noqa: F401
     ShardInfo,
     check_augment_output,
 )
+from dlpipe.wire.billing import StoreRequests  # noqa: F401
 from dlpipe.wire.errors import (  # noqa: F401
     BadRequest,
     ErrorResponse,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlpipe.shared.images import DEFAULT_MAX_PIXELS
 from dlpipe.shared.store import InvalidKey, validate_prefix
+from dlpipe.wire.billing import StoreRequests
 
 # --- augment ------------------------------------------------------------------------
 
@@ -115,3 +116,4 @@ class AugmentResponse(BaseModel):
     failed: int
     bytes_out: int
     shards: list[ShardInfo] = Field(default_factory=list)
+    requests: StoreRequests = Field(default_factory=StoreRequests)

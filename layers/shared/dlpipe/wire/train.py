@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from dlpipe.shared.names import NAME_PATTERN
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import InvalidKey, validate_key
+from dlpipe.wire.billing import StoreRequests
 
 # --- train: init, pack, train, evaluate ---------------------------------------------
 
@@ -119,6 +120,7 @@ class InitResponse(_Event):
     arrays: int
     parameters: int
     bytes: int
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 class PackRequest(_Event):
@@ -179,6 +181,7 @@ class PackResponse(_Event):
     count: int = Field(ge=1)
     bytes: int = Field(ge=0)
     skipped: list[Skipped] = Field(default_factory=list)
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 class TrainRequest(_Event):
@@ -223,6 +226,7 @@ class TrainResponse(_Event):
     upload_seconds: float
     weights_bytes: int
     max_rss_mb: float | None
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 class EvaluateRequest(_Event):
@@ -241,6 +245,7 @@ class EvaluateResponse(_Event):
     loss: float
     accuracy: float
     seconds: float
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 # --- aggregate: an action of the train function ------------------------------------
@@ -290,6 +295,7 @@ class AggregateResponse(_Event):
     bytes_read: int
     bytes_written: int
     seconds: float
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 TrainEvent = Annotated[InitRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
