@@ -63,6 +63,7 @@ from dlpipe.wire.train import (  # noqa: F401
     ModelConfig,
     PackRequest,
     PackResponse,
+    ShardRef,
     StoreKey,
     Trainable,
     TrainEvent,
