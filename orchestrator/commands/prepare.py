@@ -25,6 +25,7 @@ from orchestrator import capacity
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.packed import images_of, pack_request, plan_packed, read_packed
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
 
 RECIPES = {
@@ -229,13 +230,17 @@ def prepare_dataset(session, source: str, dataset: str, workers: int, recipe: Re
     manifests.validate_dataset(dataset)
     part_size = part_size_for(recipe, part_size)
     source = source.strip("/")
-    classes, items, val_items = _list_sources(store, source, val_source)
-    plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
-                                 source_prefix=source, val_items=val_items)
-    capacity.check_shards_fit((recipe.size, recipe.size, recipe.channels), [sum(map(len, s)) for s in plan.shards])
+    packed = read_packed(store, source, val_source)   # augment --pack output: whole tar shards per part
+    if packed:
+        plan = plan_packed(packed[0], workers, val_fraction, part_size, val_shards=packed[1])
+    else:
+        classes, items, val_items = _list_sources(store, source, val_source)
+        plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
+                                     source_prefix=source, val_items=val_items)
+    capacity.check_shards_fit((recipe.size, recipe.size, recipe.channels),
+                              [sum(images_of(p, bool(packed)) for p in s) for s in plan.shards])
     jobs = _jobs(plan)
-    events = [PackRequest(action="pack", items=part, recipe=recipe,
-                          output_prefix=planning.part_prefix(dataset, split, shard, i)).model_dump(mode="json")
+    events = [pack_request(part, recipe, planning.part_prefix(dataset, split, shard, i), plan.classes, bool(packed))
               for split, shard, i, part in jobs]
     replies, lost = _pack(session, events, jobs, retries, progress, dataset)
     manifest = _assemble(dataset, source, val_source, val_fraction, recipe, plan, jobs, replies, lost)
