@@ -149,6 +149,11 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     assert cli(tmp_path, local, "augment", "--source", "raw", "--output", "augmented", "--size", "32") == 1
     sample = expected_outputs(photos)[::9]
     assert [store.get(k) for k in sample] == [DirStore(local).get(k) for k in sample]  # S3 or disk: same bytes
+    for where in (data, local):   # packed: the same shards on S3 as on disk
+        assert cli(tmp_path, where, "augment", "--source", "raw", "--output", "augmented/p", "--size", "32",
+                   "--batch-size", "8", "--pack") == 1
+    shards = [k for k in store.list("augmented/p/") if k.endswith(".tar")]
+    assert len(shards) == 3 and [store.get(k) for k in shards] == [DirStore(local).get(k) for k in shards]
 
 
 @pytest.mark.parametrize("args, message", [
