@@ -205,7 +205,11 @@ def run(args: argparse.Namespace, session) -> int:
     if tally.refused and len(tally.refused) == len(batches):
         raise CommandError(f"the augment function refused every batch: {tally.refused[0]} (if the deployed "
                            "function is older or newer than this orchestrator, deploy this version)")
-    index = write_index(store, output, source, spec, tally.shards) if args.pack else None
+    if args.pack:
+        index = write_index(store, output, source, spec, tally.shards)
+    else:   # files now: an index left by a packed job here would make `prepare` read its shards instead
+        index = None
+        store.delete(index_key(output))
     _report(args, store, (source, output, spec), listed, keys, tally, time.perf_counter() - start,
             invoker.records[first_record:], index)
     return 1 if tally.failures else 0

@@ -201,3 +201,5 @@ def test_augment_pack_writes_shards_and_an_index_and_reruns_identically(tmp_path
     assert {k: store.get(k) for k in store.list("augmented/")} == first
     assert cli(tmp_path, data, *args, "--batch-size", "8") == 1     # fewer batches: the extra old shards go
     assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards[:3]]
+    assert cli(tmp_path, data, *args[:-1]) == 1                      # files here now: the index goes
+    assert not store.exists("augmented/packed/index.json")
