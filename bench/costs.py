@@ -43,7 +43,6 @@ from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, bill, sum
 from orchestrator.functions import FUNCTIONS
 from orchestrator.report import megabytes
 from orchestrator.session import session_from_args
-from orchestrator.traffic import METER
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import markdown_table as table  # bench/tables.py
@@ -64,12 +63,12 @@ def run_step(parser, session, argv: list[str], quiet: bool = False) -> tuple[lis
     """Run one command on the session; return the invocations it made and the orchestrator's store traffic."""
     first = len(session.invoker.records)
     args = parser.parse_args(argv)
-    before = METER.snapshot()   # the running total: the command's own summary takes from the meter too
+    before = session.meter.snapshot()   # the command's own summary takes from the meter too
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         status = args.run(args, session)
     if status:
         raise SystemExit(f"`orchestrator {' '.join(argv)}` exited with status {status}")
-    return session.invoker.records[first:], METER.snapshot() - before
+    return session.invoker.records[first:], session.meter.snapshot() - before
 
 
 def table_writes(records: list) -> int:

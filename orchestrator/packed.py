@@ -10,9 +10,9 @@ shard mixes the classes. With `--val-source` (packed too), no training shard is 
 
 from __future__ import annotations
 
+from dlpipe.datasets.split import DatasetPlan, Item, stable_fraction
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.shards import read_index
-from dlpipe.train.plan import DatasetPlan, Item, stable_fraction
 from dlpipe.wire import PackRequest
 
 

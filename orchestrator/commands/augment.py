@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
+from dlpipe.shared.problems import describe_errors
 from dlpipe.shared.shards import SHARD_SUFFIX, index_key, make_index
 from dlpipe.shared.store import InvalidKey, validate_prefix
 from dlpipe.wire import (
@@ -27,6 +28,7 @@ from dlpipe.wire import (
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
+from orchestrator.session import Session
 
 EXAMPLES = f"""\
 examples:
@@ -111,8 +113,7 @@ def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
                            copies=args.copies)
     except ValidationError as err:
-        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                     for e in err.errors())) from None
+        raise CommandError(describe_errors(err, inputs=False)) from None
     except (ValueError, InvalidKey) as err:
         raise CommandError(str(err)) from None
     return source, output, spec
@@ -175,7 +176,7 @@ def write_index(store, output: str, source: str, spec: AugmentSpec, shards: list
     return key
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     source, output, spec = options(args)
     store = session.data_store()
     listed = [k for k in store.list(source + "/" if source else "") if not _hidden(k)]
@@ -210,14 +211,16 @@ def run(args: argparse.Namespace, session) -> int:
     else:   # files now: an index left by a packed job here would make `prepare` read its shards instead
         index = None
         store.delete(index_key(output))
-    _report(args, store, (source, output, spec), listed, keys, tally, time.perf_counter() - start,
+    _report(args, session, (source, output, spec), listed, keys, tally, time.perf_counter() - start,
             invoker.records[first_record:], index)
     return 1 if tally.failures else 0
 
 
-def _report(args, store, job: tuple[str, str, AugmentSpec], listed: list[str], keys: list[str], tally: Tally,
-            wall: float, records: list, index: str | None) -> None:
+def _report(args, session: Session, job: tuple[str, str, AugmentSpec], listed: list[str], keys: list[str],
+            tally: Tally, wall: float, records: list, index: str | None) -> None:
     source, output, spec = job
+    store = session.data_store()
+    traffic = session.meter.take()
     ext = "jpg" if spec.format == "jpeg" else "png"
     where = (f"{output}/shard-NNNNNN.tar ({len(tally.shards)} shards, WebDataset layout), index {index}" if index
              else f"{output}/<class>/<name>__<variant>.{ext}")
@@ -229,11 +232,11 @@ def _report(args, store, job: tuple[str, str, AugmentSpec], listed: list[str], k
         ("images out", f"{tally.images_out} ({tally.bytes_out / 1e6:,.1f} MB)"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
-    ], invocations=records, out=human_out(args))
+    ], invocations=records, out=human_out(args), traffic=traffic)
     print_failures(sorted(tally.failures), out=human_out(args))
     if args.json:
         print_json("augment", {
             "store": store.url, "source": source, "output": output, "source_images": len(listed),
             "augmented": tally.done, "failed": len(tally.failures), "images_out": tally.images_out,
             "bytes_out": tally.bytes_out, "shards": len(tally.shards), "index": index, "wall_seconds": wall},
-            sorted(tally.failures), records)
+            sorted(tally.failures), records, traffic=traffic)
