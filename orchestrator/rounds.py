@@ -30,6 +30,7 @@ from dlpipe.wire import (
     TrainRequest,
     TrainResponse,
 )
+from orchestrator import tensorboard
 from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.hyperparams import worker_hyper
@@ -91,6 +92,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
 
     records = run.records()
     outputs = write_outputs(run, records, options.output_dir)
+    outputs.update(tensorboard.write_session_run(session, run.name, records))
     return TrainResult(run=options.run, records=records, rounds_run=todo, wall_seconds=time.perf_counter() - start,
                        invocations=invoker.records[first_record:], failures=failures, outputs=outputs)
 

@@ -6,6 +6,7 @@ import json
 import socket
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dlpipe.shared.config import ENV_CACHE
 from dlpipe.train import fashion_mnist as fm
@@ -53,3 +54,7 @@ def test_demo_runs_every_step_and_leaves_its_outputs(tmp_path, capsys):
     assert (home / "demo" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((home / "data" / "augmented" / "fashion-mnist-train").rglob("*.png"))) == 800
     assert "validation accuracy" in out and "billed" in out
+    board = EventAccumulator(str(home / "tensorboard" / "demo" / "validation"))    # `tensorboard --logdir HOME`
+    board.Reload()
+    assert [e.step for e in board.Scalars("accuracy")] == [1]
+    assert board.Scalars("accuracy")[0].value == pytest.approx(metrics["rounds"][0]["val"]["accuracy"])
