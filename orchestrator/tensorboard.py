@@ -18,7 +18,7 @@ import calendar
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from orchestrator.costs import PRICE_PER_GB_SECOND
@@ -45,11 +45,16 @@ def numbers(record: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield f"{prefix}{key}", float(value)
 
 
-def round_scalars(records: list[dict], architecture: str = "x86_64") -> Iterator[tuple[str, str, float, int]]:
+def as_dicts(records: Iterable) -> list[dict]:
+    """The records as JSON-like dicts, whether read as dicts or as a typed model."""
+    return [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in records]
+
+
+def round_scalars(records: Iterable, architecture: str = "x86_64") -> Iterator[tuple[str, str, float, int]]:
     """(folder, tag, value, round) of every scalar, round 0's cost counted in the totals."""
     price = PRICE_PER_GB_SECOND.get(architecture, PRICE_PER_GB_SECOND["x86_64"])
     gb_total = wall_total = 0.0
-    for record in sorted(records, key=lambda r: r["round"]):
+    for record in sorted(as_dicts(records), key=lambda r: r["round"]):
         step = record["round"]
         gb_total += record.get("gb_seconds") or 0.0
         wall_total += record.get("wall_seconds") or 0.0
@@ -80,7 +85,7 @@ def _walltime(record: dict) -> float | None:
         return None
 
 
-def write_run(home: str | Path | None, run: str, records: list[dict], architecture: str = "x86_64") -> dict[str, str]:
+def write_run(home: str | Path | None, run: str, records: Iterable, architecture: str = "x86_64") -> dict[str, str]:
     """Write the run's event files afresh under <home>/tensorboard/<run>/; {"tensorboard": that folder}."""
     if home is None:
         return {}
@@ -92,6 +97,7 @@ def write_run(home: str | Path | None, run: str, records: list[dict], architectu
         fresh = Path(tempfile.mkdtemp(prefix=f".{run}-", dir=target.parent))
     except OSError as err:   # the run itself is committed: say so, do not fail it
         return {"tensorboard": f"not written ({err})"}
+    records = as_dicts(records)
     walltimes = {r["round"]: _walltime(r) for r in records}
     writers: dict[str, SummaryWriter] = {}
     try:
@@ -109,6 +115,6 @@ def write_run(home: str | Path | None, run: str, records: list[dict], architectu
     return {"tensorboard": f"{target}  (tensorboard --logdir {target.parent})"}
 
 
-def write_session_run(session, run: str, records: list[dict]) -> dict[str, str]:
+def write_session_run(session, run: str, records: Iterable) -> dict[str, str]:
     """`write_run` under the session's home (none for a session without one: a benchmark's, a test's)."""
     return write_run(getattr(session, "home", None), run, records, getattr(session, "architecture", "x86_64"))
