@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.session import Session
+from orchestrator.training.aggregation import ENGINES
+from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 
 EXAMPLES = f"""\
 examples:
@@ -110,7 +111,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         keep_worker_weights=args.keep_worker_weights, aggregate=args.aggregate)
 
 
-def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
     if session.invoker_kind == "local":  # on Lambda the train image has TensorFlow
@@ -120,19 +121,20 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     except TrainingFailed as err:
         raise CommandError(str(err)) from None
     final = result.final
-    val = final.get("val") or {}
-    best = max((r for r in result.records if r.get("val")), key=lambda r: r["val"]["accuracy"], default=None)
-    trained = sum((r.get("train") or {}).get("examples", 0) for r in result.records[-result.rounds_run:]) \
+    val = final.val if final else None
+    best = max((r for r in result.records if r.val), key=lambda r: r.val.accuracy or 0.0 if r.val else 0.0,
+               default=None)
+    trained = sum(r.train.examples for r in result.records[-result.rounds_run:] if r.train) \
         if result.rounds_run else 0
     rows = [
         ("run", f"{options.run} on {options.dataset}"),
-        ("rounds", f"{final.get('round', 0)} completed ({result.rounds_run} this time)"),
-        ("workers", f"{final.get('workers_ok', '-')}/{final.get('workers', '-')} in the last round"),
-        ("validation", f"loss {val['loss']:.4f}, accuracy {val['accuracy']:.2%} ({val['count']} images)"
+        ("rounds", f"{final.round if final else 0} completed ({result.rounds_run} this time)"),
+        ("workers", f"{final.workers_ok}/{final.workers} in the last round" if final else "-/- in the last round"),
+        ("validation", f"loss {val.loss:.4f}, accuracy {val.accuracy:.2%} ({val.count} images)"
          if val else "none (the dataset has no validation images)"),
     ]
-    if best is not None:
-        rows.append(("best", f"{best['val']['accuracy']:.2%} at round {best['round']}"))
+    if best is not None and best.val is not None:
+        rows.append(("best", f"{best.val.accuracy:.2%} at round {best.round}"))
     rows += [
         ("wall time", f"{result.wall_seconds:.1f} s"),
         ("throughput", f"{trained / result.wall_seconds:,.0f} training images/s (all workers)"
@@ -140,14 +142,18 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         ("worker failures", str(len(result.failures))),
     ]
     rows += [(name, path) for name, path in result.outputs.items()]
-    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
+    traffic = session.meter.take()
+    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out, traffic=traffic)
     print_failures(result.failures, out=out)
     if args.json:
         print_json("train", {
-            "run": options.run, "dataset": options.dataset, "rounds_completed": final.get("round", 0),
-            "rounds_run": result.rounds_run, "workers_ok": final.get("workers_ok"), "workers": final.get("workers"),
-            "validation": val or None, "best": {"round": best["round"], **best["val"]} if best else None,
+            "run": options.run, "dataset": options.dataset, "rounds_completed": final.round if final else 0,
+            "rounds_run": result.rounds_run, "workers_ok": final.workers_ok if final else None,
+            "workers": final.workers if final else None,
+            "validation": val.model_dump(mode="json", exclude_unset=True) if val else None,
+            "best": {"round": best.round, **best.val.model_dump(mode="json", exclude_unset=True)}
+            if best and best.val else None,
             "training_examples": trained, "wall_seconds": result.wall_seconds, "worker_failures": len(result.failures),
-            "outputs": result.outputs}, result.failures, result.invocations)
+            "outputs": result.outputs}, result.failures, result.invocations, traffic=traffic)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
     return 1 if result.failures else 0

@@ -8,11 +8,11 @@ import socket
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dlpipe.shared.config import ENV_CACHE
-from dlpipe.train import fashion_mnist as fm
+from dlpipe.datasets import fashion_mnist as fm
 from orchestrator.cli import main
 from orchestrator.commands import demo
 from orchestrator.commands.fashion_mnist import BUNDLED_SIZES
+from orchestrator.settings import ENV_CACHE
 
 
 def _no_network(*args, **kwargs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlpipe.train import fashion_mnist as fm
+from dlpipe.datasets import fashion_mnist as fm
 from orchestrator.commands import demo
 from orchestrator.commands.fashion_mnist import BUNDLED_DIR, BUNDLED_SIZES
 

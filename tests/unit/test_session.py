@@ -9,11 +9,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dlpipe.shared.config import ENV_WORKER_LOG, Placement
 from dlpipe.shared.table import SqliteTable
 from orchestrator.cli import build_parser
 from orchestrator.errors import CommandError
 from orchestrator.session import Session, session_from_args
+from orchestrator.settings import ENV_WORKER_LOG, Placement
 
 STACK_TEMPLATE = {
     "Resources": {"Data": {"Type": "AWS::S3::Bucket"}},

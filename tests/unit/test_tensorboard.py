@@ -9,8 +9,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from unit.test_rounds import session, train  # the round loop with a fake train function (tests/ on sys.path)
 
-from orchestrator import tensorboard
 from orchestrator.costs import PRICE_PER_GB_SECOND
+from orchestrator.training import tensorboard
 
 
 def scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -25,7 +25,7 @@ def test_a_resumed_run_has_each_round_once_with_the_records_figures(tmp_path):
     first = train(s, "r", 2)
     assert first.outputs["tensorboard"].startswith(str(tmp_path / "home" / "tensorboard" / "r"))
     result = train(s, "r", 3, resume=True)
-    records = result.records
+    records = tensorboard.as_dicts(result.records)
     run = tmp_path / "home" / "tensorboard" / "r"
     assert sorted(p.name for p in run.iterdir()) == ["round", "train", "validation",
                                                      "worker-00", "worker-01", "worker-02"]
@@ -60,7 +60,7 @@ def test_fields_added_to_the_record_later_are_written_and_unknown_ones_are_not_r
 
 def test_no_home_no_files_and_writing_imports_neither_tensorflow_nor_torch(tmp_path):
     assert tensorboard.write_run(None, "r", []) == {}
-    code = ("import sys; from orchestrator import tensorboard; "
+    code = ("import sys; from orchestrator.training import tensorboard; "
             f"tensorboard.write_run({str(tmp_path)!r}, 'r', [{{'round': 0}}, {{'round': 1, 'wall_seconds': 1.0}}]); "
             "print(sorted(m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
