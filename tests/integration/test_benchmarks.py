@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from integration.test_quiet_console import CHATTER  # what TensorFlow, absl and oneDNN print (tests/ on sys.path)
 
-from dlpipe.shared.config import Placement
+from orchestrator.settings import Placement
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN_BLOCK = re.compile(r'^if __name__ == "__main__":', re.MULTILINE)
