@@ -8,15 +8,16 @@ JPEG quality 90, write to a directory store), measured in the same run:
       the base resized once and shared; (b2) a Compose per variant, as usually written;
       (b3) as (b) with INTER_AREA where it shrinks: like the handler, every source pixel counts
       (OpenCV's bilinear reads 2 x 2 pixels per output pixel however much it shrinks)
-  (c) the augment handler through the LocalInvoker, 1 worker
+  (c) the augment handler through the LocalInvoker, 1 worker, a file per output
   (d) the same with one worker per core
+  (e), (f) as (c), (d), packed: a tar shard per batch (`augment --pack`)
 
 Every method is single-threaded per process and deterministic (albumentations is seeded at
 the start of each pass; the bench checks that every pass rewrites byte-identical files).
 Rounds interleave the methods; each row gives the best and the median of --repeat rounds
 in wall-clock time, and the best in CPU time (all the CPU the method used: the main
 process plus, for (c) and (d), the workers), which a busy machine disturbs far less.
-Usage:  python bench/augment.py [--images 96] [--repeat 5]
+Usage:  python bench/augment.py [--images 96] [--repeat 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from dlpipe.augment.transforms import (
 )
 from dlpipe.shared.store import DirStore
 from dlpipe.wire import DEFAULT_VARIANTS, AugmentRequest, AugmentSpec
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tables import markdown_table as table  # bench/tables.py
 
 SIZE = 224
 BATCH = 8
@@ -220,15 +224,16 @@ def albumentations_loop(store: DirStore, keys: list[str], pipes: dict, prefix: s
 
 # --- (c), (d) the handler through the LocalInvoker -----------------------------------
 
-def handler_events(keys: list[str], output: str) -> list[dict]:
+def handler_events(keys: list[str], output: str, pack: bool = False) -> list[dict]:
     spec = AugmentSpec(size=SIZE)
-    return [AugmentRequest(keys=keys[i:i + BATCH], source_prefix="raw", output_prefix=output, spec=spec)
-            .model_dump(mode="json") for i in range(0, len(keys), BATCH)]
+    return [AugmentRequest(keys=keys[i:i + BATCH], source_prefix="raw", output_prefix=output, spec=spec,
+                           shard=f"shard-{i // BATCH:06d}" if pack else None).model_dump(mode="json")
+            for i in range(0, len(keys), BATCH)]
 
 
-def through_invoker(invoker, keys: list[str], output: str) -> int:
+def through_invoker(invoker, keys: list[str], output: str, pack: bool = False) -> int:
     written = 0
-    for inv in invoker.map("augment", handler_events(keys, output)):
+    for inv in invoker.map("augment", handler_events(keys, output, pack)):
         if not inv.ok:
             raise RuntimeError(f"augment invocation failed: {inv.error}")
         written += inv.payload["images_out"]
@@ -260,10 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a quick run (16 images, 1 round): does it still work")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="for (d): default one per core")
     parser.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                         help="where the temporary store lives (default: /dev/shm, so that the disk is not measured)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.images, args.repeat = 2 * BATCH * args.workers, 1
     warnings.filterwarnings("ignore")
 
     import cv2
@@ -285,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {"DLPIPE_DATA_URL": str(store.root), "POWERTOOLS_LOG_LEVEL": "WARNING"}
         start = time.perf_counter()
         one = LocalInvoker(1, env=env)
-        through_invoker(one, keys[:BATCH * 2], "warm1")  # warm the worker: imports, first store access
+        through_invoker(one, keys[:BATCH * 2], "augmented/warm1")  # warm the worker: imports, first store access
         cold_one = time.perf_counter() - start
         one_pids = [p.pid for p in multiprocessing.active_children()]
         start = time.perf_counter()
         many = LocalInvoker(args.workers, env=env)
-        through_invoker(many, keys[:BATCH * 2 * args.workers], "warmN")
+        through_invoker(many, keys[:BATCH * 2 * args.workers], "augmented/warmN")
         cold_many = time.perf_counter() - start
         many_pids = [p.pid for p in multiprocessing.active_children() if p.pid not in one_pids]
         runs = {  # row: (run, output prefix, worker pids)
@@ -300,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             "b3": (lambda: albumentations_loop(store, keys, pipes_area, "albu3"), "albu3/", []),
             "c": (lambda: through_invoker(one, keys, "augmented/1"), "augmented/1/", one_pids),
             "d": (lambda: through_invoker(many, keys, "augmented/n"), "augmented/n/", many_pids),
+            "e": (lambda: through_invoker(one, keys, "augmented/p1", pack=True), "augmented/p1/", one_pids),
+            "f": (lambda: through_invoker(many, keys, "augmented/pn", pack=True), "augmented/pn/", many_pids),
         }
         try:
             wall, cpu, changed = measure(runs, args.repeat, store, expected)
@@ -331,28 +341,35 @@ def measure(runs: dict, repeat: int, store, expected: int) -> tuple[dict, dict, 
     return wall, cpu, changed
 
 
+LABELS = {
+    "a": "(a) plain Pillow loop, 1 process",
+    "b": "(b) albumentations + OpenCV, shared resize, 1 process",
+    "b2": "(b2) albumentations, a Compose per variant, 1 process",
+    "b3": "(b3) as (b), INTER_AREA where it shrinks, 1 process",
+    "c": "(c) augment handler, 1 worker, a file per output",
+    "d": "(d) augment handler, {workers} workers, a file per output",
+    "e": "(e) augment handler, 1 worker, packed (--pack)",
+    "f": "(f) augment handler, {workers} workers, packed (--pack)",
+}
+
+
 def print_results(images: int, wall: dict, cpu: dict, workers: int, cold_one: float, cold_many: float) -> None:
     best = {row: images / min(seconds) for row, seconds in wall.items()}
     median = {row: images / statistics.median(seconds) for row, seconds in wall.items()}
     per_cpu = {row: images / min(seconds) for row, seconds in cpu.items()}
-    labels = {
-        "a": "(a) plain Pillow loop, 1 process",
-        "b": "(b) albumentations + OpenCV, shared resize, 1 process",
-        "b2": "(b2) albumentations, a Compose per variant, 1 process",
-        "b3": "(b3) as (b), INTER_AREA where it shrinks, 1 process",
-        "c": "(c) augment handler, LocalInvoker, 1 worker",
-        "d": f"(d) augment handler, LocalInvoker, {workers} workers",
-    }
-    print(f"\n{'method':<56} {'best/s':>7} {'median/s':>9} {'per CPU-s':>10} {'vs (b)':>7} {'vs (b2)':>8} "
-          f"{'vs (b3)':>8}")
-    for row, label in labels.items():
-        print(f"{label:<56} {best[row]:>7.1f} {median[row]:>9.1f} {per_cpu[row]:>10.1f} "
-              f"{best[row] / best['b']:>6.2f}x {best[row] / best['b2']:>7.2f}x {best[row] / best['b3']:>7.2f}x")
+    rows = [[label.format(workers=workers), f"{best[row]:.1f}", f"{median[row]:.1f}", f"{per_cpu[row]:.1f}",
+             f"{best[row] / best['b']:.2f}x", f"{per_cpu[row] / per_cpu['b']:.2f}x",
+             f"{per_cpu[row] / per_cpu['b3']:.2f}x"]
+            for row, label in LABELS.items()]
+    table(f"source photos per second ({time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)",
+          ["method", "best/s", "median/s", "per CPU-s", "vs (b) wall", "vs (b) CPU", "vs (b3) CPU"], rows)
     rounds = [wb / wc for wb, wc in zip(wall["b"], wall["c"], strict=False)]
-    print(f"\n(c) / (b): best {best['c'] / best['b']:.2f}x, median of rounds {statistics.median(rounds):.2f}x, "
-          f"CPU time {per_cpu['c'] / per_cpu['b']:.2f}x (target >= 1.0);  (c) / (b2): {best['c'] / best['b2']:.2f}x; "
-          f"(c) / (b3): {best['c'] / best['b3']:.2f}x, CPU time {per_cpu['c'] / per_cpu['b3']:.2f}x")
-    print(f"(d) / (c) = {best['d'] / best['c']:.2f}x with {workers} workers (target >= 1.8 on 2 cores)")
+    print(f"\n(c) / (b): per CPU-second {per_cpu['c'] / per_cpu['b']:.2f}x (target >= 1.0), best wall "
+          f"{best['c'] / best['b']:.2f}x, median of rounds {statistics.median(rounds):.2f}x; "
+          f"packed (e) / (b): {per_cpu['e'] / per_cpu['b']:.2f}x per CPU-second")
+    print(f"(d) / (c) = {best['d'] / best['c']:.2f}x, (f) / (e) = {best['f'] / best['e']:.2f}x with {workers} workers "
+          "(target >= 1.8 on 2 cores)")
     print(f"pool start and warm-up: {cold_one:.2f} s (1 worker), {cold_many:.2f} s ({workers} workers)")
 
 

@@ -12,18 +12,17 @@ went through the orchestrator and their price as internet egress, and the total.
   predict   per 1,000 predictions (SqueezeNet at 32 px, warm functions), each also one
             write to the predictions table (DynamoDB on demand)
 
-S3 requests: the orchestrator's are counted (orchestrator.traffic), the aggregate action
-reports its own, and the other functions' come from their replies at what each does per
-item (augment: a GET per source and a PUT per output; a train worker: its part, the global
-weights and Adam state read, its own two written; evaluate: a part and the weights; predict:
-the image; model files are read once per warm container and left out).
+S3 requests: the orchestrator's are counted (orchestrator.traffic), and every function reports
+its own in its reply (dlpipe.shared.counted), so the bill holds them all. Augment is run both
+ways, a file per output and packed (`--pack`: a tar shard per batch), each followed by the
+`prepare` that reads it back, and priced for a million photos.
 
 Caveat, printed with the table: durations are this machine's. Lambda gives a function CPU
 in proportion to its memory (one vCPU at 1,769 MB), so a single-threaded workload at
 1,024 MB runs about 1.7 times longer there than on one core here, for the same GB-s per
 unit of CPU time; the "Lambda estimate" column applies that factor.
 
-Usage:  python bench/costs.py [--photos 64] [--train-images 8000]
+Usage:  python bench/costs.py [--photos 256] [--train-images 8000] [--smoke]
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import sys
 import tempfile
 import time
@@ -39,11 +39,13 @@ from pathlib import Path
 
 from dlpipe.shared.store import DirStore
 from orchestrator.cli import build_parser
-from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, bill, s3_request_dollars, summarize
+from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, bill, summarize
 from orchestrator.functions import FUNCTIONS
 from orchestrator.report import megabytes
 from orchestrator.session import session_from_args
-from orchestrator.traffic import REQUEST_KINDS
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tables import markdown_table as table  # bench/tables.py
 
 ONE_VCPU_MB = 1769
 # https://aws.amazon.com/dynamodb/pricing/on-demand/ (us-east-1, since November 2024): per write request unit.
@@ -69,26 +71,9 @@ def run_step(parser, session, argv: list[str], quiet: bool = False) -> tuple[lis
     return session.invoker.records[first:], session.meter.snapshot() - before
 
 
-def replied_requests(records: list) -> tuple[dict[str, int], int]:
-    """S3 requests the functions made, from their replies (see the module docstring); and table writes."""
-    counts, writes = dict.fromkeys(REQUEST_KINDS, 0), 0
-    for r in records:
-        reply = r.payload if r.ok and isinstance(r.payload, dict) else {}
-        action = reply.get("action")
-        if "images_in" in reply:
-            counts["get"] += reply["images_in"]
-            counts["put"] += reply["images_out"]
-        elif action == "train":
-            counts["get"] += 3
-            counts["put"] += 2
-        elif action == "evaluate":
-            counts["get"] += 2
-        elif action == "init":
-            counts["put"] += 1
-        elif "top" in reply:
-            counts["get"] += 1
-            writes += 1
-    return counts, writes
+def table_writes(records: list) -> int:
+    """Predictions recorded in the table: one write each (the functions' S3 requests are in their replies)."""
+    return sum(1 for r in records if r.ok and isinstance(r.payload, dict) and "top" in r.payload)
 
 
 def cpu_factor(function: str) -> float:
@@ -96,18 +81,30 @@ def cpu_factor(function: str) -> float:
     return max(1.0, ONE_VCPU_MB / FUNCTIONS[function].memory_mb)
 
 
+def run_augment(parser, session, home: str, photos: int) -> list[tuple]:
+    """Augment and prepare the same photos both ways; a row per step (as run_workloads')."""
+    bench_augment = _bench_augment_module()
+    bench_augment.make_sources(DirStore(Path(home) / "data"), photos)
+    rows = []
+    for layout, output, extra in (("files", "augmented/files", []), ("packed", "augmented/packed", ["--pack"])):
+        records, traffic = run_step(parser, session, ["augment", "--source", "raw", "--output", output,
+                                                      "--size", "224", *extra])
+        rows.append(("augment", f"1,000 photos, {layout}", records, traffic, 1000 / photos))
+        records, traffic = run_step(parser, session, ["prepare", "--source", output, "--dataset", f"costs-{layout}",
+                                                      "--workers", "1", "--val-fraction", "0", "--recipe",
+                                                      "small-rgb"])
+        rows.append(("train", f"prepare them, {layout}", records, traffic, 1000 / photos))
+    return rows
+
+
 def run_workloads(opts, home: str) -> list[tuple]:
     """(function, unit, records, orchestrator traffic, units measured per unit of work) for each workload."""
     parser = build_parser()
     session = session_from_args(parser.parse_args(["--home", home, "--concurrency", "2", "models"]))
-    rows = []
     try:
-        bench_augment = _bench_augment_module()
-        bench_augment.make_sources(DirStore(Path(home) / "data"), opts.photos)
-        records, traffic = run_step(parser, session, ["augment", "--source", "raw", "--output", "augmented",
-                                                      "--size", "224"])
-        rows.append(("augment", "1,000 photos", records, traffic, 1000 / opts.photos))
-
+        rows = run_augment(parser, session, home, opts.photos)
+        if opts.smoke:
+            return rows
         run_step(parser, session, ["fashion-mnist", "--limit", str(opts.train_images), "--splits", "train", "test"])
         run_step(parser, session, ["prepare", "--source", "fashion-mnist/train", "--val-source", "fashion-mnist/test",
                                    "--dataset", "costs", "--workers", "2", "--recipe", "fashion-mnist"])
@@ -129,37 +126,58 @@ def run_workloads(opts, home: str) -> list[tuple]:
 
 def print_lambda_table(rows: list[tuple]) -> None:
     price = PRICE_PER_GB_SECOND["x86_64"]
-    print("\nLambda cost per unit of work (x86_64 list price; local invoker, billed per ms at template memory)")
-    print(f"{'workload':<9} {'unit':<24} {'memory':>7} {'calls':>6} {'GB-s measured':>14} "
-          f"{'GB-s / unit':>12} {'$ / unit':>10} {'$ Lambda estimate':>18}")
+    cells = []
     for function, unit, records, _, scale in rows:
         cost = summarize(records)
         gbs_unit = cost.gb_seconds * scale
         dollars = gbs_unit * price + cost.invocations * scale * PRICE_PER_REQUEST
         estimate = gbs_unit * cpu_factor(function) * price + cost.invocations * scale * PRICE_PER_REQUEST
-        print(f"{function:<9} {unit:<24} {FUNCTIONS[function].memory_mb:>5}MB {cost.invocations:>6} "
-              f"{cost.gb_seconds:>14.2f} {gbs_unit:>12.2f} {dollars:>10.5f} {estimate:>18.5f}")
+        cells.append([function, unit, f"{FUNCTIONS[function].memory_mb} MB", cost.invocations,
+                      f"{cost.gb_seconds:.2f}", f"{gbs_unit:.2f}", f"{dollars:.5f}", f"{estimate:.5f}"])
+    table("Lambda cost per unit of work (x86_64 list price; local invoker, billed per ms at template memory)",
+          ["function", "unit", "memory", "calls", "GB-s measured", "GB-s / unit", "$ / unit", "$ Lambda estimate"],
+          cells)
     print(f"\nLambda estimate: GB-s x {ONE_VCPU_MB} MB / memory for functions under one vCPU (single-threaded "
-          f"work runs that much longer there). Measured {time.strftime('%Y-%m-%d')} on {sys.platform}.")
+          f"work runs that much longer there). Measured {time.strftime('%Y-%m-%d')} on {sys.platform}, load average "
+          f"{os.getloadavg()[0]:.1f}.")
+
+
+def whole_bill(records: list, traffic, scale: float) -> dict:
+    """The bill of one step, scaled to the unit of work: Lambda, S3 (orchestrator + functions), egress, table."""
+    cost = bill(records, traffic)
+    table_dollars = table_writes(records) * DYNAMODB_PER_WRITE
+    return {"lambda": cost.lambda_.dollars * scale, "requests": {k: n * scale for k, n in cost.requests.items()},
+            "s3": cost.s3_dollars * scale, "bytes": (cost.bytes_down + cost.bytes_up) * scale,
+            "egress": cost.transfer_dollars * scale, "table": table_dollars * scale,
+            "total": (cost.total + table_dollars) * scale}
 
 
 def print_bill_table(rows: list[tuple]) -> None:
     """The whole bill per unit of work: Lambda, S3 requests (orchestrator + functions), transfer, table writes."""
-    print("\nThe whole bill per unit of work (list prices; transfer priced as internet egress: the orchestrator "
-          "outside AWS)")
-    print(f"{'workload':<9} {'Lambda $':>9} {'S3 requests':>12} {'S3 $':>9} {'via orchestrator':>17} "
-          f"{'egress $':>9} {'table $':>8} {'total $':>9} {'S3 share':>9}")
-    for function, _, records, traffic, scale in rows:
-        cost = bill(records, traffic)
-        theirs, writes = replied_requests(records)
-        requests = sum(cost.requests.values()) + sum(theirs.values())
-        s3 = cost.s3_dollars + s3_request_dollars(theirs)
-        table = writes * DYNAMODB_PER_WRITE
-        total = cost.lambda_.dollars + s3 + cost.transfer_dollars + table
-        print(f"{function:<9} {cost.lambda_.dollars * scale:>9.5f} {requests * scale:>12,.0f} {s3 * scale:>9.5f} "
-              f"{megabytes(int((cost.bytes_down + cost.bytes_up) * scale)):>17} "
-              f"{cost.transfer_dollars * scale:>9.5f} {table * scale:>8.5f} {total * scale:>9.5f} "
-              f"{s3 / total if total else 0:>9.1%}")
+    cells = []
+    for function, unit, records, traffic, scale in rows:
+        b = whole_bill(records, traffic, scale)
+        cells.append([function, unit, f"{b['lambda']:.5f}", f"{sum(b['requests'].values()):,.0f}", f"{b['s3']:.5f}",
+                      megabytes(int(b["bytes"])), f"{b['egress']:.5f}", f"{b['table']:.5f}", f"{b['total']:.5f}",
+                      f"{b['s3'] / b['total'] if b['total'] else 0:.1%}"])
+    table("The whole bill per unit of work (list prices; transfer priced as internet egress: the orchestrator "
+          "outside AWS)", ["function", "unit", "Lambda $", "S3 requests", "S3 $", "via orchestrator", "egress $",
+                           "table $", "total $", "S3 share"], cells)
+
+
+def print_million_photos(rows: list[tuple]) -> None:
+    """Augmenting a million photos and preparing them for training, a file per output against packed shards."""
+    cells = []
+    for layout in ("files", "packed"):
+        steps = [whole_bill(records, traffic, scale * 1000) for _, unit, records, traffic, scale in rows
+                 if unit.endswith(f", {layout}")]
+        requests = {k: sum(s["requests"][k] for s in steps) for k in ("put", "get", "list")}
+        cells.append([{"files": "a file per output", "packed": "packed (--pack)"}[layout],
+                      f"{requests['put']:,.0f}", f"{requests['get']:,.0f}", f"{requests['list']:,.0f}",
+                      f"{sum(s['s3'] for s in steps):.2f}", f"{sum(s['lambda'] for s in steps):.2f}",
+                      f"{sum(s['total'] for s in steps):.2f}"])
+    table("A million photos, augmented (7 variants at 224 px) and prepared for training (64 px parts), list prices",
+          ["layout", "PUT", "GET", "LIST", "S3 $", "Lambda $", "total $"], cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-images", type=int, default=8000,
                     help="Fashion-MNIST images in the measured round (default: %(default)s)")
     ap.add_argument("--predictions", type=int, default=200, help="predictions to make (default: %(default)s)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run (16 photos, augment and prepare only): does it still work")
     opts = ap.parse_args(argv)
+    if opts.smoke:
+        opts.photos = 16
     rows = run_workloads(opts, tempfile.mkdtemp(prefix="dlpipe-costs-"))
     print_lambda_table(rows)
     print_bill_table(rows)
+    print_million_photos(rows)
     return 0
 
 

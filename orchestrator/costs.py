@@ -6,9 +6,9 @@ millisecond at its function's memory, and a directory store's requests as S3's.
 
 What is counted, and where from:
 - Lambda: every Invocation record (its billed duration, memory, architecture).
-- S3 requests: those of the orchestrator's own process (orchestrator.traffic), plus those a
-  function reports in its reply (the aggregate action does: `gets`, `puts`). Requests the
-  other functions make inside AWS are not reported to the orchestrator and not priced here.
+- S3 requests: those of the orchestrator's own process (orchestrator.traffic), plus those every
+  function reports in its reply (`requests`, counted by its stores: dlpipe.shared.counted). An
+  invocation that fails without a reply reports none.
 - Transfer: the bytes between the orchestrator and AWS, store traffic plus invoke payloads
   and log tails. Uploads into AWS are free; downloads are internet egress when the
   orchestrator runs outside AWS (in the same region they would be free).
@@ -63,11 +63,16 @@ def summarize(records: Iterable) -> CostSummary:
 
 
 def reported_requests(records: Iterable) -> dict[str, int]:
-    """S3 requests that functions made and reported in their replies (the aggregate action's gets and puts)."""
+    """S3 requests that functions made and reported in their replies (`requests`, dlpipe.wire.StoreRequests;
+    from a function deployed before replies carried it, only the aggregate action's gets and puts)."""
     counts = dict.fromkeys(REQUEST_KINDS, 0)
     for r in records:
         payload = r.payload if r.ok and isinstance(r.payload, dict) else {}
-        if payload.get("action") == "aggregate":
+        made = payload.get("requests")
+        if isinstance(made, dict):
+            for kind in REQUEST_KINDS:
+                counts[kind] += int(made.get(kind, 0))
+        elif payload.get("action") == "aggregate":
             counts["get"] += int(payload.get("gets", 0))
             counts["put"] += int(payload.get("puts", 0))
     return counts

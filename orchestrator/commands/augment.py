@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ from pydantic import ValidationError
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
 from dlpipe.shared.problems import describe_errors
+from dlpipe.shared.shards import SHARD_SUFFIX, index_key, make_index
 from dlpipe.shared.store import InvalidKey, validate_prefix
 from dlpipe.wire import (
     DEFAULT_VARIANTS,
@@ -33,6 +36,8 @@ examples:
       raw/cat/x.jpg -> augmented/cat/x__original.jpg, augmented/cat/x__flip.jpg, ...
   orchestrator augment --source raw --output train224 --size 224 --variants flip rotate crop --seed 7
   orchestrator --stack-name dlpipe augment --source raw --output augmented --batch-size 64
+  orchestrator augment --source raw --output augmented/big --size 224 --pack --batch-size 128
+      a tar shard per batch (WebDataset layout) and augmented/big/index.json: a PUT per batch, not per image
 
 variants: {', '.join(VARIANTS)}  (default: {' '.join(DEFAULT_VARIANTS)})
 Random variants take their parameters from (seed, image path, variant), so re-running a
@@ -61,6 +66,10 @@ def register(subparsers) -> None:
                         help="output format (default: %(default)s, quality 90)")
     parser.add_argument("--copies", type=int, default=1, metavar="K",
                         help="outputs per random variant, each differently random (default: 1)")
+    parser.add_argument("--pack", action="store_true",
+                        help="write each batch's outputs as one tar shard in WebDataset's layout (Q/shard-NNNNNN.tar, "
+                             "samples grouped by name) with an index Q/index.json, instead of a file per output: "
+                             "one S3 request per batch rather than per image; `prepare --source Q` reads the shards")
     add_json_argument(parser)
 
 
@@ -119,6 +128,7 @@ class Tally:
     images_out: int = 0
     bytes_out: int = 0
     refused: list[str] = field(default_factory=list)    # the messages of batches the function refused
+    shards: list[dict] = field(default_factory=list)     # packed: the shards written
 
     def add(self, batch: list[str], inv) -> None:
         if not inv.ok:
@@ -143,6 +153,27 @@ class Tally:
                 self.done += 1
         self.failures += [(key, "no result returned for this key") for key in batch if key not in seen]
         self.bytes_out += reply.bytes_out
+        self.shards += [shard.model_dump() for shard in reply.shards]
+
+
+def shuffled(keys: list[str], source: str) -> list[str]:
+    """A fixed shuffle (by a hash of each path below the source): every shard then mixes the classes,
+    as training workers that each take whole shards need."""
+    def rank(key: str) -> bytes:
+        return hashlib.blake2b(relative_key(key, source).encode(), digest_size=8).digest()
+    return sorted(keys, key=lambda key: (rank(key), key))
+
+
+def write_index(store, output: str, source: str, spec: AugmentSpec, shards: list[dict]) -> str:
+    """Write OUTPUT/index.json (the shards of this job) and remove shards of an earlier job left unlisted."""
+    index = make_index(output, shards, source=source, spec=spec.model_dump(mode="json"))
+    key = index_key(output)
+    store.put(key, json.dumps(index, indent=1).encode())
+    keep = {s["key"] for s in shards}
+    for old in list(store.list(f"{output}/shard-")):
+        if old.endswith(SHARD_SUFFIX) and "/" not in old[len(output) + 1:] and old not in keep:
+            store.delete(old)
+    return key
 
 
 def run(args: argparse.Namespace, session: Session) -> int:
@@ -155,9 +186,14 @@ def run(args: argparse.Namespace, session: Session) -> int:
         raise CommandError(f"no images under {source + '/'!r} in {store.url}; put some there with "
                            f"`orchestrator upload DIR --prefix {source or 'raw'}`")
     keys, refused = plan(listed, source)
+    if args.pack:
+        keys = shuffled(keys, source)
     batches = [keys[i:i + args.batch_size] for i in range(0, len(keys), args.batch_size)]
-    events = [AugmentRequest(keys=batch, source_prefix=source, output_prefix=output, spec=spec).model_dump(mode="json")
-              for batch in batches]
+    # Without --pack the events are as before: a function deployed before --pack existed still takes them.
+    events = [AugmentRequest(keys=batch, source_prefix=source, output_prefix=output, spec=spec,
+                             shard=f"shard-{i:06d}" if args.pack else None).model_dump(
+                  mode="json", exclude=None if args.pack else {"shard"})
+              for i, batch in enumerate(batches)]
 
     invoker = session.invoker
     first_record = len(invoker.records)
@@ -167,26 +203,40 @@ def run(args: argparse.Namespace, session: Session) -> int:
         for inv in invoker.map("augment", events):
             tally.add(batches[inv.index], inv)
             bar.update(len(batches[inv.index]))
-    wall = time.perf_counter() - start
     if tally.refused and len(tally.refused) == len(batches):
         raise CommandError(f"the augment function refused every batch: {tally.refused[0]} (if the deployed "
                            "function is older or newer than this orchestrator, deploy this version)")
+    if args.pack:
+        index = write_index(store, output, source, spec, tally.shards)
+    else:   # files now: an index left by a packed job here would make `prepare` read its shards instead
+        index = None
+        store.delete(index_key(output))
+    _report(args, session, (source, output, spec), listed, keys, tally, time.perf_counter() - start,
+            invoker.records[first_record:], index)
+    return 1 if tally.failures else 0
 
+
+def _report(args, session: Session, job: tuple[str, str, AugmentSpec], listed: list[str], keys: list[str],
+            tally: Tally, wall: float, records: list, index: str | None) -> None:
+    source, output, spec = job
+    store = session.data_store()
     traffic = session.meter.take()
+    ext = "jpg" if spec.format == "jpeg" else "png"
+    where = (f"{output}/shard-NNNNNN.tar ({len(tally.shards)} shards, WebDataset layout), index {index}" if index
+             else f"{output}/<class>/<name>__<variant>.{ext}")
     print_summary("augment", [
         ("store", store.url),
         ("source", f"{source}/ ({len(listed)} images)"),
-        ("output", f"{output}/<class>/<name>__<variant>.{'jpg' if spec.format == 'jpeg' else 'png'}"),
+        ("output", where),
         ("images in", f"{tally.done} augmented, {len(tally.failures)} failed"),
         ("images out", f"{tally.images_out} ({tally.bytes_out / 1e6:,.1f} MB)"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
-    ], invocations=invoker.records[first_record:], out=human_out(args), traffic=traffic)
+    ], invocations=records, out=human_out(args), traffic=traffic)
     print_failures(sorted(tally.failures), out=human_out(args))
     if args.json:
         print_json("augment", {
             "store": store.url, "source": source, "output": output, "source_images": len(listed),
             "augmented": tally.done, "failed": len(tally.failures), "images_out": tally.images_out,
-            "bytes_out": tally.bytes_out, "wall_seconds": wall}, sorted(tally.failures), invoker.records[first_record:],
-            traffic=traffic)
-    return 1 if tally.failures else 0
+            "bytes_out": tally.bytes_out, "shards": len(tally.shards), "index": index, "wall_seconds": wall},
+            sorted(tally.failures), records, traffic=traffic)

@@ -17,6 +17,7 @@ from dlpipe.shared.recipe import Recipe
 from dlpipe.train.parts import NothingPacked
 from dlpipe.wire import PackRequest, PackResponse
 from orchestrator.invokers.retry import invoke_for_replies
+from orchestrator.packed import images_of, pack_request, plan_packed, read_packed
 from orchestrator.report import progress_bar
 from orchestrator.session import Session
 from orchestrator.training import capacity
@@ -149,13 +150,17 @@ def prepare_dataset(session: Session, source: str, dataset: str, workers: int, r
     manifests.validate_dataset(dataset)
     part_size = part_size_for(recipe, part_size)
     source = source.strip("/")
-    classes, items, val_items = _list_sources(store, source, val_source)
-    plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
-                                 source_prefix=source, val_items=val_items)
-    capacity.check_shards_fit((recipe.size, recipe.size, recipe.channels), [sum(map(len, s)) for s in plan.shards])
+    packed = read_packed(store, source, val_source)   # augment --pack output: whole tar shards per part
+    if packed:
+        plan = plan_packed(packed[0], workers, val_fraction, part_size, val_shards=packed[1])
+    else:
+        classes, items, val_items = _list_sources(store, source, val_source)
+        plan = planning.plan_dataset(items, classes, workers, val_fraction=val_fraction, part_size=part_size,
+                                     source_prefix=source, val_items=val_items)
+    capacity.check_shards_fit((recipe.size, recipe.size, recipe.channels),
+                              [sum(images_of(p, bool(packed)) for p in s) for s in plan.shards])
     jobs = _jobs(plan)
-    events = [PackRequest(action="pack", items=part, recipe=recipe,
-                          output_prefix=planning.part_prefix(dataset, split, shard, i)).model_dump(mode="json")
+    events = [pack_request(part, recipe, planning.part_prefix(dataset, split, shard, i), plan.classes, bool(packed))
               for split, shard, i, part in jobs]
     replies, lost = _pack(session, events, jobs, retries, progress, dataset)
     manifest = _assemble(dataset, source, val_source, val_fraction, recipe, plan, jobs, replies, lost)

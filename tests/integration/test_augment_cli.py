@@ -6,12 +6,14 @@ S3 as served by the moto server.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
 import imagefiles as f
 import pytest
 
+from dlpipe.shared.shards import read_members
 from dlpipe.shared.store import DirStore, S3Store
 from dlpipe.wire import DEFAULT_VARIANTS
 from orchestrator import functions
@@ -78,6 +80,7 @@ def test_upload_and_augment_on_a_directory_store(tmp_path, photos, capsys):
     assert_bad_files_reported(out)
     assert "15 augmented, 4 failed" in out and f"images out   {15 * len(DEFAULT_VARIANTS)} " in out
     assert "invocations  5 (0 failed)" in out
+    assert f"({19 + 15 * len(DEFAULT_VARIANTS)} by functions)" in out   # a GET per source, a PUT per output
     assert sorted(store.list("augmented/")) == expected_outputs(photos)
     first = {k: store.get(k) for k in store.list("augmented/")}
 
@@ -146,6 +149,11 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
     assert cli(tmp_path, local, "augment", "--source", "raw", "--output", "augmented", "--size", "32") == 1
     sample = expected_outputs(photos)[::9]
     assert [store.get(k) for k in sample] == [DirStore(local).get(k) for k in sample]  # S3 or disk: same bytes
+    for where in (data, local):   # packed: the same shards on S3 as on disk
+        assert cli(tmp_path, where, "augment", "--source", "raw", "--output", "augmented/p", "--size", "32",
+                   "--batch-size", "8", "--pack") == 1
+    shards = [k for k in store.list("augmented/p/") if k.endswith(".tar")]
+    assert len(shards) == 3 and [store.get(k) for k in shards] == [DirStore(local).get(k) for k in shards]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -161,3 +169,37 @@ def test_upload_and_augment_on_s3(tmp_path, photos, capsys, aws_env):
 def test_usage_errors_say_what_to_do(tmp_path, capsys, args, message):
     assert cli(tmp_path, tmp_path / "store", *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_augment_pack_writes_shards_and_an_index_and_reruns_identically(tmp_path, photos, capsys):
+    data = tmp_path / "store"
+    assert cli(tmp_path, data, "upload", photos, "--prefix", "raw") == 0
+    args = ("augment", "--source", "raw", "--output", "augmented/packed", "--size", "32", "--pack")
+    assert cli(tmp_path, data, *args, "--batch-size", "4") == 1
+    out = capsys.readouterr().out
+    assert_bad_files_reported(out)
+    assert "15 augmented, 4 failed" in out and "5 shards, WebDataset layout" in out
+    assert "(24 by functions)" in out          # the bill: a GET per source and a PUT per shard, from the replies
+    store = DirStore(data)
+    shards = [f"augmented/packed/shard-{i:06d}.tar" for i in range(5)]
+    assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards]
+    index = json.loads(store.get("augmented/packed/index.json"))
+    assert index["__kind__"] == "wids-shard-index-v1" and index["source"] == "raw"
+    assert [s["url"] for s in index["shardlist"]] == [s.removeprefix("augmented/packed/") for s in shards]
+    assert sum(s["nsamples"] for s in index["shardlist"]) == 15
+    assert sum(s["images"] for s in index["shardlist"]) == 15 * len(DEFAULT_VARIANTS)
+    totals: dict[str, int] = {}
+    for s in index["shardlist"]:
+        for cls, n in s["classes"].items():
+            totals[cls] = totals.get(cls, 0) + n
+    assert totals == {"cat": 5 * 7, "dog": 3 * 7, "odd": 7 * 7}
+    members = sorted(name for s in shards for name, _ in read_members(store.get(s)))
+    assert members == sorted(k.removeprefix("augmented/").replace("__", ".") for k in expected_outputs(photos))
+    first = {k: store.get(k) for k in store.list("augmented/")}
+
+    assert cli(tmp_path, data, *args, "--batch-size", "4") == 1     # the same batches: byte-identical shards
+    assert {k: store.get(k) for k in store.list("augmented/")} == first
+    assert cli(tmp_path, data, *args, "--batch-size", "8") == 1     # fewer batches: the extra old shards go
+    assert sorted(store.list("augmented/")) == ["augmented/packed/index.json", *shards[:3]]
+    assert cli(tmp_path, data, *args[:-1]) == 1                      # files here now: the index goes
+    assert not store.exists("augmented/packed/index.json")

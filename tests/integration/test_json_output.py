@@ -98,6 +98,7 @@ def test_fashion_mnist_prepare_train_export_predict(where, tmp_path, capfd):
     assert prepared["train"] == sum(prepared["shards"]) == 40 and len(prepared["shards"]) == 2
     assert prepared["validation"] == 40 and prepared["skipped"] == 0 and len(prepared["classes"]) == 10
     assert prepared["recipe"]["size"] == 32 and prepared["bill"]["invocations"] >= 3   # a part per shard, and val
+    assert prepared["bill"]["s3_requests"]["get"] >= 80              # the pack actions' GETs, an image each
 
     status, trained, err = run_json(capfd, *where, "train", "--dataset", "fm", "--run", "fm", "--rounds", "1",
                                     "--local-epochs", "1", "--output", tmp_path / "out")
@@ -106,6 +107,7 @@ def test_fashion_mnist_prepare_train_export_predict(where, tmp_path, capfd):
     assert (trained["rounds_completed"], trained["rounds_run"], trained["workers"]) == (1, 1, 2)
     assert trained["validation"]["count"] == 40 and 0 <= trained["validation"]["accuracy"] <= 1
     assert trained["failures"] == [] and trained["bill"]["invocations"] >= 3           # init, 2 workers, ...
+    assert trained["bill"]["s3_requests"]["put"] >= 3                # init's weights, each worker's own
     assert all(Path(path).is_file() for path in trained["outputs"].values())
     assert "round   1  workers 2/2" in err                                              # the round line
 
@@ -128,6 +130,7 @@ def test_fashion_mnist_prepare_train_export_predict(where, tmp_path, capfd):
     assert predicted["failures"][0]["item"] == "store:raw/none.png"
     assert "no image at key" in predicted["failures"][0]["reason"]
     assert predicted["bill"]["invocations"] == 3
+    assert predicted["bill"]["s3_requests"]["get"] >= 2              # the images the functions read
 
 
 @pytest.mark.slow

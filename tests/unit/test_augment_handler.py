@@ -51,6 +51,14 @@ def test_sample_event_augments_every_valid_key(handler):
     written = sorted(handler.store.list("augmented/"))
     assert written == sorted(k for r in response["results"] for k in r["outputs"])
     assert {k.split("/")[1] for k in written} == {"cat", "dog"}
+    assert response["requests"] == {"get": len(EVENT["keys"]), "put": len(written), "list": 0, "head": 0,
+                                    "delete": 0}
+
+
+def test_a_packed_batch_makes_one_put(handler):
+    response = handler.handler({**EVENT, "shard": "shard-000000"}, context())
+    assert response["failed"] == 1 and [s["key"] for s in response["shards"]] == ["augmented/shard-000000.tar"]
+    assert response["requests"] == {"get": len(EVENT["keys"]), "put": 1, "list": 0, "head": 0, "delete": 0}
 
 
 @pytest.mark.parametrize("event, message", [

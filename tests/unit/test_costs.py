@@ -95,3 +95,19 @@ def test_the_metered_store_counts_requests_as_s3_bills_them(tmp_path):
     assert taken.requests == {"put": 1001 + 5, "get": 2 + 1, "list": 2, "head": 1, "delete": 1}
     assert taken.bytes_up == 10_010 + 20 * 2 ** 20 and taken.bytes_down == 10 + 20 * 2 ** 20
     assert meter.take().request_count == 0               # take: since the previous take
+
+
+def test_every_replys_store_requests_are_billed_and_an_older_aggregate_still_counts():
+    from orchestrator.costs import bill, reported_requests
+
+    made = {"put": 7, "get": 1, "list": 0, "head": 0, "delete": 0}
+    records = [_invocation({"images_in": 1, "requests": made}, 100, 100),                 # augment
+               _invocation({"action": "pack", "requests": {**made, "put": 1, "get": 50}}, 100, 100),
+               _invocation({"statusCode": 200, "top": [], "requests": {**made, "put": 0}}, 100, 100),   # predict
+               _invocation({"action": "aggregate", "gets": 32, "puts": 2,                  # reports both: once
+                            "requests": {**made, "put": 2, "get": 32}}, 100, 100),
+               _invocation({"action": "aggregate", "gets": 4, "puts": 2}, 100, 100),       # a function of before
+               _invocation({"requests": made}, 100, 100, ok=False)]                        # failed: no reply
+    assert reported_requests(records) == {"put": 7 + 1 + 0 + 2 + 2, "get": 1 + 50 + 1 + 32 + 4, "list": 0,
+                                          "head": 0, "delete": 0}
+    assert bill(records).function_requests == reported_requests(records)

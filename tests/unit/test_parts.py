@@ -170,7 +170,11 @@ def test_a_pack_request_round_trips_with_a_typed_recipe():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"items": []}, "at least 1 item"),
+    ({"items": []}, "give the images to pack: items"),
+    ({"items": [], "shards": [{"key": "augmented/shard-000000.tar", "images": 7}]}, "shards need classes"),
+    ({"items": [], "shards": [{"key": "../x.tar", "images": 7}], "classes": ["a"]}, "'.' or '..' segment"),
+    ({"items": [], "shards": [{"key": "x.tar", "images": 1000}], "classes": ["a"], "recipe": {"size": 1024}},
+     "a shard of packed augment output is never split"),
     ({"items": [["src/a/1.png", -1]]}, "label -1 of 'src/a/1.png' is not a class index"),
     ({"items": [["../etc/passwd", 0]]}, "'.' or '..' segment"),
     ({"items": [["/abs/1.png", 0]]}, "absolute"),

@@ -92,6 +92,14 @@ def test_key_request_is_answered_and_recorded(app, home):
     assert stored.image_key == "photos/cat.jpg" and stored.top == response["top"]
 
 
+def test_replies_count_the_store_requests_of_each_call(app):
+    cold = call(app, {"model": "tiny", "key": "photos/cat.jpg"})["requests"]
+    warm = call(app, {"model": "tiny", "key": "photos/cat.jpg"})["requests"]
+    inline = call(app, {"model": "tiny", "version": "v1", "image_b64": b64(f.jpeg(40, 40, seed=3))})["requests"]
+    assert cold["get"] > warm["get"] >= 1 and cold["put"] == warm["put"] == 0    # cold: the model files too
+    assert warm["get"] - inline["get"] == 1                                      # the image, by key
+
+
 def test_inline_request_is_recorded_by_digest(app, home):
     response = call(app, {"model": "tiny", "version": "v1", "image_b64": b64(f.jpeg(40, 40, seed=3)),
                           "name": "mine.jpg"})
@@ -212,7 +220,8 @@ def test_an_unforeseen_failure_is_a_500_that_points_to_the_log(app, monkeypatch)
 
 def test_the_answer_keeps_the_documented_shape(app):
     response = call(app, {"model": "tiny", "key": "photos/cat.jpg", "top_k": 2})
-    assert list(response) == ["statusCode", "id", "model", "image", "top", "latency_ms", "model_load_ms", "duplicate"]
+    assert list(response) == ["statusCode", "id", "model", "image", "top", "latency_ms", "model_load_ms", "duplicate",
+                              "requests"]
     assert response["image"] == "photos/cat.jpg" and response["model"] == {"name": "tiny", "version": "v1"}
     assert [list(t) for t in response["top"]] == [["label", "index", "probability"]] * 2
     assert parse_reply(response, PredictResponse).top[0].label == response["top"][0]["label"]

@@ -222,6 +222,15 @@ def test_evaluate_matches_keras_evaluate(world, handler):
     assert response["count"] == len(y) == world["val"].count
     assert response["loss"] == pytest.approx(loss, rel=1e-5)
     assert response["accuracy"] == pytest.approx(accuracy)
+    assert response["requests"] == {"get": 2, "put": 0, "list": 0, "head": 0, "delete": 0}   # the weights, the part
+
+
+def test_init_and_train_replies_count_their_store_requests(world, handler):
+    key = TrainingRun(None, "counted").global_key(0)
+    response = handler({"action": "init", "model": model_dict(), "seed": 1, "output_key": key}, context())
+    assert response["requests"] == {"get": 0, "put": 1, "list": 0, "head": 0, "delete": 0}
+    response = handler(train_event(world, "counted", global_key=key, time_budget_s=0.001), context())
+    assert response["requests"]["get"] == 2 and response["requests"]["put"] == 1   # weights + part in, weights out
 
 
 def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
@@ -230,6 +239,7 @@ def test_pack_action_skips_a_corrupt_image_with_its_reason(world, handler):
              "recipe": EVENT["model"]["recipe"], "output_prefix": "datasets/p/train/shard-000/part-000"}
     response = handler(event, context())
     assert response["count"] == 2
+    assert response["requests"] == {"get": 3, "put": 1, "list": 0, "head": 0, "delete": 0}
     assert [s["key"] for s in response["skipped"]] == ["raw/c0/broken.png"]
     assert response["skipped"][0]["reason"].startswith("ImageError: ")   # the decoder serving uses
     x, y = parts.npz_to_arrays(world["data"].get(response["key"]))

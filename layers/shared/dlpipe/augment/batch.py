@@ -14,13 +14,15 @@ from contextlib import contextmanager
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.augment.transforms import augment_image
 from dlpipe.shared.images import ImageError
+from dlpipe.shared.shards import SHARD_SUFFIX, ShardWriter, member_class, sample_key
 from dlpipe.shared.store import KeyNotFound, ObjectStore, StoreError, join_key
-from dlpipe.wire import AugmentRequest, AugmentResponse, ImageResult
+from dlpipe.wire import AugmentRequest, AugmentResponse, ImageResult, ShardInfo
 
 IO_THREADS = 8             # store requests in flight: they wait on the network, not the CPU
 PREFETCH = 2               # sources read ahead of the one being augmented
 WRITE_BACKLOG = 4          # images whose outputs may still be uploading (bounds memory)
 NOT_PROCESSED = "not processed: the function's time limit was near; use a smaller --batch-size"
+SHARD_MAX_BYTES = 128 * 2 ** 20   # a shard this large is stored and the next begun: bounds the function's memory
 
 
 def _reason(err: Exception) -> str:
@@ -92,28 +94,98 @@ class _Deadline:
             self._slowest_ms = max(self._slowest_ms, (time.perf_counter() - start) * 1000)
 
 
-def _encoded(request: AugmentRequest, read: Future, result: ImageResult) -> list[tuple[str, bytes]] | None:
-    """(output key, bytes) of every output of one source; None, with result.error set, if it failed."""
+Encoded = tuple[str, list[tuple[str, bytes]]]   # (output stem, [(file-name suffix, bytes)])
+
+
+def _encoded(request: AugmentRequest, read: Future, result: ImageResult) -> Encoded | None:
+    """The output stem and every encoded output of one source; None, with result.error set, if it failed."""
     try:
         relative, data = read.result()
-        stem = output_stem(relative)
-        return [(join_key(request.output_prefix, stem + suffix), out)
-                for suffix, out in augment_image(data, relative, request.spec)]
+        return output_stem(relative), augment_image(data, relative, request.spec)
     except Exception as err:
         result.error = _reason(err)
         return None
 
 
-def _run(request: AugmentRequest, store: ObjectStore, pool, results: list[ImageResult], deadline: _Deadline) -> int:
-    """Augment the keys in order, reads PREFETCH ahead and writes in the background; the bytes written."""
+class _Files:
+    """A file per output, written on the pool while the next image is augmented."""
+
+    def __init__(self, request: AugmentRequest, store: ObjectStore, pool) -> None:
+        self.request, self.store, self.pool = request, store, pool
+        self.pending: list = []
+        self.bytes_out = 0
+
+    def add(self, result: ImageResult, encoded: Encoded) -> None:
+        stem, outputs = encoded
+        try:
+            keys = [(join_key(self.request.output_prefix, stem + suffix), out) for suffix, out in outputs]
+        except StoreError as err:   # a key S3 cannot hold (too long)
+            result.error = _reason(err)
+            return
+        self.pending.append((result, [(key, self.pool.submit(self.store.put, key, out), len(out))
+                                      for key, out in keys]))
+        self.bytes_out += _settle(self.pending, keep=WRITE_BACKLOG)
+
+    def finish(self) -> list[ShardInfo]:
+        self.bytes_out += _settle(self.pending, keep=0)
+        return []
+
+
+class _Shards:
+    """The outputs packed into tar shards (dlpipe.shared.shards), each stored once it is full or the batch ends."""
+
+    def __init__(self, request: AugmentRequest, store: ObjectStore, pool=None) -> None:
+        self.base, self.store = join_key(request.output_prefix, request.shard or "shard"), store
+        self.writer = ShardWriter()
+        self.held: list[tuple[ImageResult, list[str]]] = []   # the samples of the shard being written
+        self.shards: list[ShardInfo] = []
+        self.bytes_out = 0
+
+    def add(self, result: ImageResult, encoded: Encoded) -> None:
+        stem, outputs = encoded
+        key = sample_key(stem)
+        names = [f"{key}.{suffix.removeprefix('__')}" for suffix, _ in outputs]
+        for name, (_, out) in zip(names, outputs, strict=True):
+            self.writer.add(name, out)
+        self.held.append((result, names))
+        if self.writer.size >= SHARD_MAX_BYTES:
+            self._store()
+
+    def _store(self) -> None:
+        data = self.writer.finish()
+        key = f"{self.base}{f'-{len(self.shards)}' if self.shards else ''}{SHARD_SUFFIX}"
+        held, self.writer, self.held = self.held, ShardWriter(), []
+        try:
+            self.store.put(key, data)
+        except Exception as err:
+            for result, _ in held:
+                result.error = _reason(err)
+            return
+        classes: dict[str, int] = {}
+        for result, names in held:
+            result.outputs, result.shard = names, key
+            for name in names:
+                cls = member_class(name) or ""
+                classes[cls] = classes.get(cls, 0) + 1
+        self.shards.append(ShardInfo(key=key, bytes=len(data), samples=len(held),
+                                     images=sum(len(n) for _, n in held), classes=classes))
+        self.bytes_out += len(data)
+
+    def finish(self) -> list[ShardInfo]:
+        if self.held:
+            self._store()
+        return self.shards
+
+
+def _run(request: AugmentRequest, store: ObjectStore, pool, results: list[ImageResult], deadline: _Deadline,
+         sink: _Files | _Shards) -> None:
+    """Augment the keys in order, reads PREFETCH ahead, handing each image's outputs to `sink`."""
     keys = request.keys
 
     def fetch(i: int) -> tuple[str, bytes]:
         return relative_key(keys[i], request.source_prefix), store.get(keys[i])
 
     reads = {i: pool.submit(fetch, i) for i in range(min(PREFETCH, len(keys)))}
-    pending: list = []
-    bytes_out = 0
     for i, result in enumerate(results):
         if deadline.near():
             for rest in results[i:]:
@@ -125,11 +197,8 @@ def _run(request: AugmentRequest, store: ObjectStore, pool, results: list[ImageR
             if i + PREFETCH < len(keys):
                 reads[i + PREFETCH] = pool.submit(fetch, i + PREFETCH)
             encoded = _encoded(request, reads.pop(i), result)
-        if encoded is None:
-            continue
-        pending.append((result, [(key, pool.submit(store.put, key, out), len(out)) for key, out in encoded]))
-        bytes_out += _settle(pending, keep=WRITE_BACKLOG)
-    return bytes_out + _settle(pending, keep=0)
+        if encoded is not None:
+            sink.add(result, encoded)
 
 
 def augment_batch(request: AugmentRequest, store: ObjectStore,
@@ -142,13 +211,17 @@ def augment_batch(request: AugmentRequest, store: ObjectStore,
     flight. A local directory never waits (the page cache absorbs writes), so there they
     run inline and leave the other cores to the other workers.
     An image's outputs are all encoded before any is written, so a bad image never
-    touches the store. If the function's time limit comes near (`time_left_ms`, Lambda's
-    context method), the remaining keys are reported as not processed, rather than lost
-    to a timeout that would discard the results of the whole batch.
+    touches the store. With `request.shard` the outputs go into tar shards instead
+    (WebDataset's layout): one PUT per shard rather than one per output. If the
+    function's time limit comes near (`time_left_ms`, Lambda's context method), the
+    remaining keys are reported as not processed, rather than lost to a
+    timeout that would discard the results of the whole batch.
     """
     results = [ImageResult(key=key) for key in request.keys]
     executor = _Inline if store.is_local else ThreadPoolExecutor
     with executor(max_workers=IO_THREADS, thread_name_prefix="store") as pool:
-        bytes_out = _run(request, store, pool, results, _Deadline(time_left_ms))
+        sink = (_Shards if request.shard else _Files)(request, store, pool)
+        _run(request, store, pool, results, _Deadline(time_left_ms), sink)
+        shards = sink.finish()
     return AugmentResponse(results=results, images_in=len(results), images_out=sum(len(r.outputs) for r in results),
-                           failed=sum(1 for r in results if r.error), bytes_out=bytes_out)
+                           failed=sum(1 for r in results if r.error), bytes_out=sink.bytes_out, shards=shards)

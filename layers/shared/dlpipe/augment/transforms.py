@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 from PIL import Image, ImageFilter
 
 from dlpipe.augment.naming import output_names, variant_seed
@@ -173,9 +172,13 @@ def _color(frame: Frame, rng: random.Random) -> Image.Image:
 
 
 def _levels(frame: Frame, gain: float, pivot: float) -> Image.Image:
-    """Every channel value v becomes pivot + gain (v - pivot): one lookup-table pass."""
-    lut = np.clip(np.rint(pivot + gain * (np.arange(256) - pivot)), 0, 255).astype(np.uint8).tolist()
-    return frame.base.point(lut * 3)
+    """Every channel value v becomes pivot + gain (v - pivot): one colour-matrix pass, rounded and clipped.
+
+    (A lookup table through point() is the same pass, but Pillow first rounds its 768 entries in
+    Python: a tenth of a millisecond a variant.)
+    """
+    offset = pivot * (1 - gain)
+    return frame.base.convert("RGB", (gain, 0, 0, offset, 0, gain, 0, offset, 0, 0, gain, offset))
 
 
 def mean_grey(image: Image.Image) -> float:

@@ -71,14 +71,16 @@ class Settings:
         return {ENV_DATA: self.data_url, ENV_MODELS: self.model_url, ENV_TABLE: self.table_url}
 
     def data_store(self):
+        from dlpipe.shared.counted import counted
         from dlpipe.shared.store import open_store
 
-        return open_store(self.data_url)
+        return counted(open_store(self.data_url))   # every request counted for the function's reply
 
     def model_store(self):
+        from dlpipe.shared.counted import counted
         from dlpipe.shared.store import open_store
 
-        return open_store(self.model_url)
+        return counted(open_store(self.model_url))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Packed parts: decoding images into one uint8 .npz, and loading parts back for training.
 
 `pack_part` (the train function's "pack" action, fanned out by `orchestrator prepare`)
-decodes a part's images with the recipe's `decode` - the very code serving uses, so training
-sees the pixels serving will see - and stores them as one .npz whose key ends with its
+decodes a part's images (files, or whole tar shards of packed augment output, each read
+once) with the recipe's `decode` - the very code serving uses, so training sees the pixels
+serving will see - and stores them as one .npz whose key ends with its
 content hash. Workers load their parts through `load_parts`, which keeps a copy in /tmp
 between warm invocations; the hash in the key makes that cache safe and catches corrupt objects.
 
@@ -18,14 +19,15 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dlpipe.shared.config import ShardCache
-from dlpipe.shared.images import ImageError
+from dlpipe.shared.images import IMAGE_EXTENSIONS, ImageError
 from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.shards import BadShard, member_class, read_members
 from dlpipe.shared.store import KeyNotFound, join_key
 from dlpipe.wire import PackResponse
 
@@ -58,32 +60,76 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> bool:
     return remaining_ms is not None and remaining_ms() / 1000.0 < PACK_MARGIN_S
 
 
+Source = tuple[str, int | None, bytes | Exception]   # (name, label or None, the file or why there is none)
+
+
+def _sources(store, items: Sequence[tuple[str, int]], shards: Sequence = (),
+             classes: Sequence[str] = ()) -> Iterator[Source]:
+    """Every image to pack, in order: the items' keys, then the members of each shard (one GET a shard).
+
+    A shard's members are named `<shard key>:<member>` and labelled by their class folder.
+    """
+    for key, label in items:
+        try:
+            yield key, label, store.get(key)
+        except KeyNotFound as err:
+            yield key, label, err
+    label_of = {name: i for i, name in enumerate(classes)}
+    for shard in shards:
+        try:
+            data = store.get(shard.key)
+            for name, member in read_members(data):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    cls = member_class(name)
+                    yield f"{shard.key}:{name}", label_of.get(cls or ""), member
+        except (KeyNotFound, BadShard) as err:
+            yield shard.key, None, err
+
+
+def _skip_reason(problem: Exception | None, name: str) -> str:
+    if isinstance(problem, KeyNotFound):
+        return f"missing: {problem}"
+    if isinstance(problem, (ImageError, BadShard)):
+        return f"{type(problem).__name__}: {problem}"
+    return f"its class folder {member_class(name.rsplit(':', 1)[-1])!r} is not one of the dataset's classes"
+
+
 def pack_part(store, items: Sequence[tuple[str, int]], recipe: Recipe, output_prefix: str,
-              remaining_ms: Callable[[], int] | None = None) -> PackResponse:
-    """Decode `items` (key, label) with the recipe and store them as one .npz.
+              remaining_ms: Callable[[], int] | None = None, shards: Sequence = (),
+              classes: Sequence[str] = ()) -> PackResponse:
+    """Decode `items` (key, label), then the images of `shards` (wire.ShardRef), with the recipe into one .npz.
 
     A bad image (undecodable, refused by the decoder's limits, deleted since it was listed) is
     skipped and reported; a part none of whose images decode raises NothingPacked rather than
     storing an empty part. `remaining_ms` (the function's clock) stops a part that would not
     finish in time with a TimeoutError naming the way out, instead of being killed mid-way.
     """
-    x = np.empty((len(items), recipe.size, recipe.size, recipe.channels), np.uint8)
+    expected = len(items) + sum(shard.images for shard in shards)
+    x = np.empty((expected, recipe.size, recipe.size, recipe.channels), np.uint8)
     labels: list[int] = []
     skipped: list[PackResponse.Skipped] = []
-    for index, (key, label) in enumerate(items):
+    for index, (name, label, data) in enumerate(_sources(store, items, shards, classes)):
         if index % 64 == 0 and _out_of_time(remaining_ms):
-            raise TimeoutError(f"packing {output_prefix} ran out of time after {index} of {len(items)} images; "
+            raise TimeoutError(f"packing {output_prefix} ran out of time after {index} of {expected} images; "
                                "prepare again with a smaller --part-size")
+        if len(labels) == expected:
+            raise ValueError(f"the shards of {output_prefix} hold more images than their index says ({expected}); "
+                             "augment with --pack again")
         try:
-            x[len(labels)] = recipe.decode(store.get(key))
+            if isinstance(data, Exception) or label is None:
+                raise data if isinstance(data, Exception) else LookupError(name)
+            x[len(labels)] = recipe.decode(data)
             labels.append(int(label))
-        except ImageError as err:
-            skipped.append(PackResponse.Skipped(key=key, reason=f"{type(err).__name__}: {err}"))
-        except KeyNotFound as err:
-            skipped.append(PackResponse.Skipped(key=key, reason=f"missing: {err}"))
+        except (ImageError, KeyNotFound, BadShard, LookupError) as err:
+            skipped.append(PackResponse.Skipped(key=name, reason=_skip_reason(err, name)))
+    return _store_part(store, x, labels, skipped, output_prefix, expected)
+
+
+def _store_part(store, x: np.ndarray, labels: list[int], skipped: list[PackResponse.Skipped], output_prefix: str,
+                expected: int) -> PackResponse:
     if not labels:
         reasons = "; ".join(f"{s.key}: {s.reason}" for s in skipped[:5])
-        raise NothingPacked(f"none of the {len(items)} images for {output_prefix} could be decoded ({reasons}"
+        raise NothingPacked(f"none of the {expected} images for {output_prefix} could be decoded ({reasons}"
                             + (" ..." if len(skipped) > 5 else "") + ")")
     buffer = io.BytesIO()
     np.savez(buffer, x=x[:len(labels)], y=np.asarray(labels, np.int32))

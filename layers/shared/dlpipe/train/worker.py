@@ -230,8 +230,8 @@ def run_init(request: InitRequest, model_store) -> InitResponse:
 
 def run_pack(request: PackRequest, data_store, remaining_ms: Callable[[], int] | None = None) -> dict:
     """A wire.PackResponse as JSON; NothingPacked if no image of the part decodes."""
-    return parts.pack_part(data_store, request.items, request.recipe, request.output_prefix,
-                           remaining_ms).model_dump(mode="json")
+    return parts.pack_part(data_store, request.items, request.recipe, request.output_prefix, remaining_ms,
+                           shards=request.shards, classes=request.classes).model_dump(mode="json")
 
 
 def load_shard(data_store, keys: Sequence[str], model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:

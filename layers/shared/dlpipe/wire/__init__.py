@@ -18,8 +18,10 @@ from dlpipe.wire.augment import (  # noqa: F401
     AugmentResponse,
     AugmentSpec,
     ImageResult,
+    ShardInfo,
     check_augment_output,
 )
+from dlpipe.wire.billing import StoreRequests  # noqa: F401
 from dlpipe.wire.errors import (  # noqa: F401
     BadRequest,
     ErrorResponse,
@@ -61,6 +63,7 @@ from dlpipe.wire.train import (  # noqa: F401
     ModelConfig,
     PackRequest,
     PackResponse,
+    ShardRef,
     StoreKey,
     Trainable,
     TrainEvent,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlpipe.shared.images import DEFAULT_MAX_PIXELS
 from dlpipe.shared.store import InvalidKey, validate_prefix
+from dlpipe.wire.billing import StoreRequests
 
 # --- augment ------------------------------------------------------------------------
 
@@ -16,6 +17,7 @@ RANDOM_VARIANTS = ("rotate", "crop", "blur", "color", "contrast", "brightness")
 VARIANTS = DETERMINISTIC_VARIANTS + RANDOM_VARIANTS
 DEFAULT_VARIANTS = ("original", "flip", "rotate", "crop", "blur", "color", "contrast")
 MAX_BATCH = 1000
+SHARD_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class AugmentSpec(BaseModel):
@@ -65,6 +67,10 @@ class AugmentRequest(BaseModel):
     source_prefix: str = Field(description="keys are under this prefix; the rest of the path is kept")
     output_prefix: str = Field(min_length=1)
     spec: AugmentSpec = Field(default_factory=AugmentSpec)
+    shard: str | None = Field(default=None, pattern=SHARD_NAME,
+                              description="pack the outputs into tar shards (WebDataset layout) named "
+                                          "<output_prefix>/<shard>.tar (then <shard>-1.tar, ... if large) "
+                                          "instead of writing a file per output")
 
     @field_validator("source_prefix", "output_prefix")
     @classmethod
@@ -87,8 +93,19 @@ class AugmentRequest(BaseModel):
 
 class ImageResult(BaseModel):
     key: str
-    outputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list, description="keys written; packed: member names in `shard`")
+    shard: str | None = None
     error: str | None = None
+
+
+class ShardInfo(BaseModel):
+    """A tar shard the batch wrote, and what it holds."""
+
+    key: str
+    bytes: int
+    samples: int                  # source images
+    images: int                   # outputs: tar members
+    classes: dict[str, int] = Field(default_factory=dict, description="outputs per class folder")
 
 
 class AugmentResponse(BaseModel):
@@ -98,3 +115,5 @@ class AugmentResponse(BaseModel):
     images_out: int
     failed: int
     bytes_out: int
+    shards: list[ShardInfo] = Field(default_factory=list)
+    requests: StoreRequests = Field(default_factory=StoreRequests)

@@ -1,5 +1,8 @@
 """The one way every handler reads its event: as its wire model, or a 400 that names each problem.
 
+Every reply whose model carries `requests` (dlpipe.wire.StoreRequests) gets the store requests
+the invocation made (dlpipe.shared.counted), so the orchestrator can bill them.
+
 A malformed event is the caller's mistake, not the function's: answering it (rather than
 raising) keeps a stack trace out of the orchestrator, a FunctionError off Lambda's metrics,
 and a warm container serving.
@@ -13,6 +16,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
+from dlpipe.shared.counted import counting
 from dlpipe.wire import ErrorResponse
 
 
@@ -26,6 +30,10 @@ def parsed_event(model: Any, function: str, logger) -> Callable:
             except ValidationError as err:
                 logger.warning("invalid event", extra={"problems": err.errors(include_url=False, include_input=False)})
                 return ErrorResponse.invalid_event(function, err).model_dump()
-            return handler(request, context)
+            with counting() as made:
+                reply = handler(request, context)
+            if isinstance(reply, dict) and "requests" in reply:   # a reply whose model reports them
+                reply["requests"] = made
+            return reply
         return wrapper
     return decorate

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dlpipe.shared.names import NAME_PATTERN
 from dlpipe.shared.store import InvalidKey, validate_key
+from dlpipe.wire.billing import StoreRequests
 from dlpipe.wire.errors import BadRequest
 
 # Lambda refuses synchronous request payloads over 6 MB; the base64 text has to fit in that.
@@ -105,3 +106,4 @@ class PredictResponse(BaseModel):
     latency_ms: float = Field(description="reading, decoding, preprocessing and inference")
     model_load_ms: float = Field(description="loading the model, on a container's first request for it; else 0")
     duplicate: bool = Field(description="a retried request: recorded before, not again")
+    requests: StoreRequests = Field(default_factory=StoreRequests)

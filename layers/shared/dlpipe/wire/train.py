@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from dlpipe.shared.names import NAME_PATTERN
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import InvalidKey, validate_key
+from dlpipe.wire.billing import StoreRequests
 
 # --- train: init, pack, train, evaluate ---------------------------------------------
 
@@ -113,10 +114,19 @@ class InitResponse(_Event):
     arrays: int
     parameters: int
     bytes: int
+    requests: StoreRequests = Field(default_factory=StoreRequests)
+
+
+class ShardRef(_Event):
+    """A tar shard of packed augment output (dlpipe.shared.shards) and the images its index says it holds."""
+
+    key: StoreKey
+    images: int = Field(ge=0)
 
 
 class PackRequest(_Event):
-    """Decode `items` (data-store key, label) with `recipe` into one part at `output_prefix`-<hash>.npz."""
+    """Decode `items` (data-store key, label), or every image of `shards` (labelled by class folder, in
+    `classes`), with `recipe` into one part at `output_prefix`-<hash>.npz. A shard is read with one GET."""
 
     # 5000 keys of S3's maximum 1024 bytes still fit Lambda's 6 MB request.
     MAX_ITEMS: ClassVar[int] = 5000
@@ -125,7 +135,10 @@ class PackRequest(_Event):
     MAX_PART_BYTES: ClassVar[int] = 256 * 2 ** 20
 
     action: Literal["pack"]
-    items: list[tuple[str, int]] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[tuple[str, int]] = Field(default_factory=list, max_length=MAX_ITEMS)
+    shards: list[ShardRef] = Field(default_factory=list, max_length=MAX_ITEMS)
+    classes: list[str] = Field(default_factory=list, max_length=MAX_CLASSES,
+                               description="with shards: a member in class folder classes[i] gets label i")
     recipe: Recipe
     output_prefix: str = Field(min_length=1, max_length=900)
 
@@ -150,14 +163,23 @@ class PackRequest(_Event):
             raise ValueError(f"output_prefix is not a valid store key stem: {err}") from None
         return prefix
 
+    @property
+    def images(self) -> int:
+        return len(self.items) + sum(shard.images for shard in self.shards)
+
     @model_validator(mode="after")
     def _fits_memory(self) -> PackRequest:
+        if not self.items and not self.shards:
+            raise ValueError("give the images to pack: items (key, label) or shards")
+        if self.shards and not self.classes:
+            raise ValueError("shards need classes: the class folder names, in label order")
         image_bytes = self.recipe.size ** 2 * self.recipe.channels
-        if len(self.items) * image_bytes > self.MAX_PART_BYTES:
-            raise ValueError(f"{len(self.items)} images of {self.recipe.size}x{self.recipe.size}x"
-                             f"{self.recipe.channels} make {len(self.items) * image_bytes / 2 ** 20:.0f} MB, more "
+        if self.images * image_bytes > self.MAX_PART_BYTES:
+            raise ValueError(f"{self.images} images of {self.recipe.size}x{self.recipe.size}x"
+                             f"{self.recipe.channels} make {self.images * image_bytes / 2 ** 20:.0f} MB, more "
                              f"than a part may hold ({self.MAX_PART_BYTES // 2 ** 20} MB): at most "
-                             f"{self.MAX_PART_BYTES // image_bytes} images per part")
+                             f"{self.MAX_PART_BYTES // image_bytes} images per part (a shard of packed augment "
+                             "output is never split: augment with a smaller --batch-size)")
         return self
 
 
@@ -173,6 +195,7 @@ class PackResponse(_Event):
     count: int = Field(ge=1)
     bytes: int = Field(ge=0)
     skipped: list[Skipped] = Field(default_factory=list)
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 class TrainRequest(_Event):
@@ -217,6 +240,7 @@ class TrainResponse(_Event):
     upload_seconds: float
     weights_bytes: int
     max_rss_mb: float | None
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 class EvaluateRequest(_Event):
@@ -235,6 +259,7 @@ class EvaluateResponse(_Event):
     loss: float
     accuracy: float
     seconds: float
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 # --- aggregate: an action of the train function ------------------------------------
@@ -284,6 +309,7 @@ class AggregateResponse(_Event):
     bytes_read: int
     bytes_written: int
     seconds: float
+    requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
 TrainEvent = Annotated[InitRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
