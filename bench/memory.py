@@ -17,7 +17,7 @@ trains as fast as one core here; below one vCPU a function gets that share of on
 1-vCPU rate is images per CPU-second and the 2-vCPU speed-up from CPU time unless
 --speedup wall (see `rates`); beyond 2 vCPUs Amdahl's law is an extrapolation.
 
-Usage:  python bench/memory.py [--workloads fmnist finetune full224]
+Usage:  python bench/memory.py [--workloads fmnist finetune full224] [--smoke] [--verbose]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import os
 import subprocess
 import sys
 import time
+
+from tables import table  # bench/tables.py
 
 from orchestrator.costs import PRICE_PER_GB_SECOND
 
@@ -47,8 +49,10 @@ H100_IMAGES_PER_S = {"bf16": 15_400, "fp32": 11_000}
 GPU_HOUR = {"AWS p5 (1/8)": 55.04 / 8, "GPU cloud": 2.99}
 
 
-def measure(workload: str, threads: int) -> dict:
-    """In this process: pin to `threads` cores, size TensorFlow's pools, time the second pass of model.fit."""
+def measure(workload: str, threads: int, smoke: bool = False) -> dict:
+    """In this process: pin to `threads` cores, size TensorFlow's pools, time the second pass of model.fit.
+
+    `smoke`: passes of two batches, once (CI's check that the script runs; the figures mean nothing)."""
     os.sched_setaffinity(0, set(range(threads)))
     import numpy as np
     import tensorflow as tf
@@ -60,6 +64,7 @@ def measure(workload: str, threads: int) -> dict:
     from dlpipe.train.worker import compiled_model
 
     size, channels, classes, trainable, batch, images, _ = WORKLOADS[workload]
+    images, repeat = (2 * batch, 1) if smoke else (images, REPEAT)
     spec = model_config_for(Recipe(size=size, channels=channels), [f"c{i}" for i in range(classes)])
     model = compiled_model(spec, trainable)
     rng = np.random.default_rng(0)
@@ -67,7 +72,7 @@ def measure(workload: str, threads: int) -> dict:
     y = rng.integers(0, classes, images)
     model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, epochs=1, verbose=0)   # tracing
     walls, cpus = [], []
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         start, cpu = time.perf_counter(), time.process_time()
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
         walls.append(time.perf_counter() - start)
@@ -92,11 +97,15 @@ def rates(one: dict, two: dict, speedup: str = "cpu") -> tuple[float, float]:
     return rate1, rate1 * max(1.0, min(2.0, by_cpu if speedup == "cpu" else by_wall))
 
 
-def measured(workload: str, threads: int) -> dict:
-    """`measure` in a fresh process (thread pools are fixed at TensorFlow's start)."""
-    out = subprocess.run([sys.executable, __file__, "--measure", workload, str(threads)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def measured(workload: str, threads: int, smoke: bool = False, verbose: bool = False) -> dict:
+    """`measure` in a fresh process (thread pools are fixed at TensorFlow's start); its TensorFlow lines
+    only with --verbose (or when it fails)."""
+    done = subprocess.run([sys.executable, __file__, "--measure", workload, str(threads), *(["--smoke"] * smoke)],
+                          stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, text=True,
+                          env={**os.environ, **({} if verbose else {"TF_CPP_MIN_LOG_LEVEL": "3"})})
+    if done.returncode:
+        raise SystemExit(f"measuring {workload} on {threads} threads failed:\n{done.stderr or ''}{done.stdout}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def amdahl(rate1: float, rate2: float):
@@ -138,11 +147,7 @@ def gpu_table(rate1: float, rate2: float, memory: int, workers: tuple[int, ...])
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    for row in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    table(title, header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,15 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", type=int, default=4096, help="train function memory for the GPU table (MB)")
     ap.add_argument("--speedup", choices=("cpu", "wall"), default="cpu",
                     help="2-vCPU speed-up from CPU time (default; a shared machine) or wall clock (a quiet one)")
+    ap.add_argument("--smoke", action="store_true", help="fmnist only, passes of two batches: does it run (CI)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own output too")
     ap.add_argument("--measure", nargs=2, metavar=("WORKLOAD", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.smoke)))
         return 0
+    if args.smoke:
+        args.workloads = ["fmnist"]
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs share them)")
     found = {}
     for workload in args.workloads:
-        one, two = measured(workload, 1), measured(workload, 2)
+        one, two = (measured(workload, threads, args.smoke, args.verbose) for threads in (1, 2))
         found[workload] = rates(one, two, args.speedup)
         _, p = amdahl(*found[workload])
         print(f"\n{workload}: {found[workload][0]:,.1f} images/s on 1 vCPU, {found[workload][1]:,.1f} on 2 "

@@ -11,7 +11,8 @@ random weights otherwise: the speed does not depend on them), measured in the sa
                preprocess, infer, record in SQLite (LiteRT only)
 
 Each engine runs in its own child process with one thread (LiteRT num_threads=1; TensorFlow
-intra/inter-op threads 1). Usage:  python bench/predict.py [--cold 3] [--warm 50]
+intra/inter-op threads 1). TensorFlow's own lines (the parent's conversion, the children's
+start-up) only with --verbose, as in the commands. Usage:  python bench/predict.py [--cold 3] [--warm 50] [--smoke]
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tables import markdown_table  # bench/tables.py
+
+from orchestrator.quiet import native_output_captured
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 
@@ -106,11 +111,11 @@ def prepare(workdir: Path) -> str:
     return source
 
 
-def child(mode: str, workdir: Path, warm: int) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+def child(mode: str, workdir: Path, warm: int, verbose: bool = False) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({} if verbose else {"TF_CPP_MIN_LOG_LEVEL": "3"})}
     spawned = time.time()
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(workdir), str(warm)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(workdir), str(warm)], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -118,45 +123,52 @@ def child(mode: str, workdir: Path, warm: int) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cold", type=int, default=3, help="cold starts per engine (best is reported)")
+    parser.add_argument("--cold", type=int, default=3,
+                        help="cold starts per engine (best is reported; 0: the warm run's)")
     parser.add_argument("--warm", type=int, default=50, help="warm inferences per engine")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="one process per engine, 3 warm runs: does it still run (CI)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's and LiteRT's own output too")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.cold, args.warm = 0, 3
 
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print("preparing SqueezeNet 1.1 (TensorFlow conversion)...", file=sys.stderr)
-        source = prepare(workdir)
+        with native_output_captured(args.verbose):
+            source = prepare(workdir)
         runs = {}
         for mode in ("litert", "keras"):
-            colds = [child(mode, workdir, 0) for _ in range(args.cold)]
-            warm = child(mode, workdir, args.warm)
+            colds = [child(mode, workdir, 0, args.verbose) for _ in range(args.cold)]
+            warm = child(mode, workdir, args.warm, args.verbose)
+            colds = colds or [warm]   # --cold 0: the warm run's start is the cold start
             runs[mode] = {"process_s": min(c["process_s"] for c in colds),
                           "in_process_s": min(c["in_process_s"] for c in colds),
                           "warm_ms": warm["warm_ms"], "handler_ms": warm.get("handler_ms"), "top5": warm["top5"]}
 
     keras_run = runs["keras"]
     keras_warm = statistics.median(keras_run["warm_ms"])
-    print(f"\nPredict latency: SqueezeNet 1.1, 224 px, batch 1, one thread ({source}); "
-          f"{os.cpu_count()} cores, {args.cold} cold starts, {args.warm} warm runs\n")
-    header = ("engine", "cold start (process)", "cold (in process)", "warm median", "warm p90",
-              "cold vs Keras", "warm vs Keras")
+    header = ["engine", "cold start (process)", "cold (in process)", "warm median", "warm p90",
+              "cold vs Keras", "warm vs Keras"]
     rows = []
     for mode, name in (("litert", "LiteRT (ai-edge-litert)"), ("keras", "Keras model.predict")):
         r = runs[mode]
         warm_sorted = sorted(r["warm_ms"])
         median = statistics.median(warm_sorted)
-        rows.append((name, f"{r['process_s']:.2f} s", f"{r['in_process_s']:.2f} s", f"{median:.1f} ms",
+        rows.append([name, f"{r['process_s']:.2f} s", f"{r['in_process_s']:.2f} s", f"{median:.1f} ms",
                      f"{warm_sorted[int(0.9 * (len(warm_sorted) - 1))]:.1f} ms",
                      f"{keras_run['process_s'] / r['process_s']:.1f}x faster" if mode != "keras" else "baseline",
-                     f"{keras_warm / median:.1f}x faster" if mode != "keras" else "baseline"))
+                     f"{keras_warm / median:.1f}x faster" if mode != "keras" else "baseline"])
     handler = runs["litert"]["handler_ms"]
-    rows.append(("LiteRT, handler path (JPEG->top-5->SQLite)", "", "", f"{statistics.median(handler):.1f} ms",
-                 f"{sorted(handler)[int(0.9 * (len(handler) - 1))]:.1f} ms", "", ""))
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
+    rows.append(["LiteRT, handler path (JPEG->top-5->SQLite)", "", "", f"{statistics.median(handler):.1f} ms",
+                 f"{sorted(handler)[int(0.9 * (len(handler) - 1))]:.1f} ms", "", ""])
+    markdown_table(f"Predict latency: SqueezeNet 1.1, 224 px, batch 1, one thread ({source}); {args.cold} cold "
+                   f"starts, {args.warm} warm runs; load average {load:.1f} at the start, "
+                   f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores", header, rows)
     same = runs["litert"]["top5"] == runs["keras"]["top5"]
     print(f"\ntop-5 identical in both engines: {same}  ({', '.join(runs['litert']['top5'])})")
     print("targets: cold start < 0.5 s, warm < 10 ms, >= 5x faster than Keras on both")

@@ -14,7 +14,7 @@ handler's aggregate action, and this one, the orchestrator, with the real Lambda
    workers with small weight files, aggregated here (local) and in the cloud (lambda):
    bytes through the orchestrator, aggregation time, and that both give the same bytes.
 
-Usage:  python bench/scale.py [--batches 1000] [--concurrency 100] [--workers 4 16 64 256]
+Usage:  python bench/scale.py [--batches 1000] [--concurrency 100] [--workers 4 16 64 256] [--smoke]
 """
 
 from __future__ import annotations
@@ -312,14 +312,10 @@ def bench_aggregation(args: argparse.Namespace) -> list[dict]:
 
 
 def print_rows(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}")
-    header = list(rows[0])
-    cells = [[(f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}") if isinstance(v, float) else str(v)
-              for v in row.values()] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+    from tables import table  # bench/tables.py
+
+    table(title, list(rows[0]), [[(f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}") if isinstance(v, float) else v
+                                  for v in row.values()] for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[4, 16, 64, 256])
     ap.add_argument("--params", type=int, default=20_000, help="parameters of the simulated model")
     ap.add_argument("--train-sleep", type=float, default=0.2, help="seconds a simulated worker trains")
+    ap.add_argument("--smoke", action="store_true",
+                    help="40 batches at concurrency 4, rounds of 2 and 4 workers: does it still run (CI)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.batches, args.concurrency, args.reserved, args.throttles, args.timeouts = 40, 4, 3, 4, 1
+        args.read_timeout, args.sleep, args.workers, args.params, args.train_sleep = 1.0, 0.02, [2, 4], 2000, 0.02
     if args.serve:
         serve(args)
         return 0

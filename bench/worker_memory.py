@@ -8,6 +8,10 @@ before any work.
 
     .venv/bin/python bench/worker_memory.py            # ~10 minutes on 2 cores
     .venv/bin/python bench/worker_memory.py --only 224  # one input size
+    .venv/bin/python bench/worker_memory.py --smoke     # one tiny configuration: does it run (CI)
+
+The workers' TensorFlow lines go to the temporary home's logs/workers.log, as the commands' do,
+unless --verbose.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from tables import markdown_table as table  # bench/tables.py
@@ -36,9 +41,11 @@ CONFIGS = [
     (224, 3, "all", 16, 512), (224, 3, "all", 64, 512), (224, 3, "all", 128, 512), (224, 3, "all", 16, 2048),
     (224, 3, "classifier", 32, 512), (224, 3, "classifier", 128, 512),
 ]
+SMOKE_CONFIGS = [(32, 1, "all", 16, 64)]
 
 
-def measure(settings: Settings, size: int, channels: int, trainable: str, batch: int, shard: int) -> dict:
+def measure(settings: Settings, size: int, channels: int, trainable: str, batch: int, shard: int,
+            verbose: bool = False) -> dict:
     """Peak MB of init, a train round of 3 batches and an evaluation at `batch`, in a fresh worker."""
     recipe = Recipe(size=size, channels=channels)
     rng = np.random.default_rng(0)
@@ -49,7 +56,7 @@ def measure(settings: Settings, size: int, channels: int, trainable: str, batch:
     del x
     model = model_config_for(recipe, [f"c{i}" for i in range(CLASSES)])
     run = f"mem-{size}-{trainable}-{batch}-{shard}"
-    session = Session(settings, "local", concurrency=1)
+    session = Session(settings, "local", concurrency=1, verbose=verbose, home=str(Path(settings.data_url).parent))
     try:
         peaks = {}
         init = InitRequest(action="init", model=model, seed=0, output_key=f"runs/{run}/rounds/0000/global.npz")
@@ -76,17 +83,20 @@ def measure(settings: Settings, size: int, channels: int, trainable: str, batch:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", help="input sizes to measure (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny configuration: does it still run (CI)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the workers' TensorFlow output too")
     args = parser.parse_args(argv)
+    configs = SMOKE_CONFIGS if args.smoke else CONFIGS
     limit = 10240
     spec = functions.FUNCTIONS["train"]
     functions.FUNCTIONS["train"] = functions.FunctionSpec(spec.name, spec.handler, limit, spec.timeout_s, spec.output)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         settings = Settings(data_url=f"{tmp}/data", model_url=f"{tmp}/models", table_url=f"sqlite:///{tmp}/t.db")
-        for size, channels, trainable, batch, shard in CONFIGS:
+        for size, channels, trainable, batch, shard in configs:
             if args.only and size not in args.only:
                 continue
-            peaks = measure(settings, size, channels, trainable, batch, shard)
+            peaks = measure(settings, size, channels, trainable, batch, shard, args.verbose)
             estimate = footprint.train_peak_mb((size, size, channels), batch, shard, trainable)
             rows.append([f"{size}x{size}x{channels}", trainable, batch, shard,
                          f"{footprint.shard_mb((size, size, channels), shard):,.0f}",

@@ -85,9 +85,9 @@ class Session:
         """Keep local workers' logs out of the progress bars unless asked (or set by the user)."""
         if self.verbose:
             return {}
-        quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if self.home is not None:
-            quiet[ENV_WORKER_LOG] = worker_log(self.home)
+        # A session made in code (a benchmark's) has no home for the log: the output goes nowhere.
+        log = os.devnull if self.home is None else worker_log(self.home)
+        quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2", ENV_WORKER_LOG: log}
         return {k: v for k, v in quiet.items() if k not in os.environ}
 
     def data_store(self) -> ObjectStore:

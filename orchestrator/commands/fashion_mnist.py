@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TextIO
 
 from dlpipe.datasets import fashion_mnist as fm
@@ -20,10 +21,15 @@ from orchestrator.report import add_json_argument, human_out, print_json, print_
 from orchestrator.session import Session
 from orchestrator.settings import ENV_CACHE, download_cache_dir
 
+# The demo's data, kept in the repository (MIT licence, LICENSE there): the first images of each split.
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "demo_data" / "fashion-mnist"
+BUNDLED_SIZES = {"train": 6000, "test": 2000}
+
 EXAMPLES = f"""\
 examples:
   orchestrator fashion-mnist                         # all 70000 images under fashion-mnist/
   orchestrator fashion-mnist --limit 2000            # the first 2000 of each split
+  orchestrator fashion-mnist --bundled               # the demo's subset: no download, no package
   orchestrator fashion-mnist --prefix fm --splits test --limit 500
 then:
   orchestrator prepare --source fashion-mnist/train --val-source fashion-mnist/test \\
@@ -31,7 +37,8 @@ then:
 
 Writes PREFIX/train/<class>/<index>.png and PREFIX/test/<class>/<index>.png; classes:
 {', '.join(fm.FASHION_MNIST_CLASSES)}.
-The IDX files come from --idx-dir, the Debian package {fm.DEBIAN_PACKAGE}
+The IDX files come from --bundled (the first {BUNDLED_SIZES['train']} training and {BUNDLED_SIZES['test']} test
+images, kept in the repository for the demo), --idx-dir, the Debian package {fm.DEBIAN_PACKAGE}
 ({fm.FASHION_MNIST_DIRS[0]}), the download cache (${ENV_CACHE}/fashion-mnist, default
 ~/.cache/dlpipe/fashion-mnist) or a download from the official address into that cache."""
 
@@ -46,7 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=positive_int, metavar="N", help="first N images of each split (default: all)")
     p.add_argument("--splits", nargs="+", choices=("train", "test"), default=["train", "test"],
                    help="splits to write (default: train test)")
-    p.add_argument("--idx-dir", metavar="DIR", help="folder with the four *-ubyte.gz files")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--idx-dir", metavar="DIR", help="folder with the four *-ubyte.gz files")
+    source.add_argument("--bundled", action="store_true",
+                        help=f"the subset kept in the repository: the first {BUNDLED_SIZES['train']} training and "
+                             f"{BUNDLED_SIZES['test']} test images (what the demo uses; never downloads)")
     p.add_argument("--threads", type=int_between(1, MAX_THREADS), default=8, metavar="N",
                    help="parallel writes (default: %(default)s)")
     add_json_argument(p)
@@ -62,9 +73,10 @@ def write_fashion_mnist(store, prefix: str = "fashion-mnist", limit: int | None 
     counts = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for split in splits:
-            total = fm.SPLIT_SIZES[split] if limit is None else min(fm.SPLIT_SIZES[split], limit)
+            images, labels = fm.load_fashion_mnist(split, idx_dir, cache=cache)
+            total = len(images) if limit is None else min(len(images), limit)
             futures = []
-            pngs = fm.fashion_mnist_pngs(split, limit, idx_dir, cache=cache)
+            pngs = fm.labelled_pngs(split, images, labels, limit)
             with progress_bar(total=total, unit="img", desc=f"fashion-mnist {split}", enabled=progress) as bar:
                 for key, data in pngs:
                     future = pool.submit(store.put, join_key(prefix, key), data)
@@ -81,7 +93,8 @@ def unavailable_message(err: fm.DownloadFailed) -> str:
     names = ", ".join(name for name, _ in fm.FASHION_MNIST_FILES.values())
     return (f"Fashion-MNIST is not on this machine: {err}. Either install the Debian package {fm.DEBIAN_PACKAGE} "
             f"(apt-get install {fm.DEBIAN_PACKAGE}), or give --idx-dir DIR, a folder with the four IDX files "
-            f"({names}), or copy those files into {err.cache}, where this command and `make demo` look too")
+            f"({names}), or copy those files into {err.cache}, where this command looks too; or use --bundled, "
+            f"the {BUNDLED_SIZES['train']} training and {BUNDLED_SIZES['test']} test images kept in the repository")
 
 
 def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
@@ -91,7 +104,8 @@ def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -
     store = session.data_store()
     start = time.perf_counter()
     try:
-        counts = write_fashion_mnist(store, args.prefix, args.limit, args.splits, args.idx_dir, args.threads)
+        idx_dir = str(BUNDLED_DIR) if args.bundled else args.idx_dir
+        counts = write_fashion_mnist(store, args.prefix, args.limit, args.splits, idx_dir, args.threads)
     except fm.DownloadFailed as err:
         raise CommandError(unavailable_message(err)) from None
     except (OSError, ValueError, InvalidKey) as err:

@@ -48,6 +48,7 @@ from orchestrator.lease import LeaseHeld, LeaseLost, RunLease
 from orchestrator.report import progress_bar
 from orchestrator.session import Session
 from orchestrator.traffic import Meter, Traffic
+from orchestrator.training import tensorboard
 from orchestrator.training.aggregation import AggregationFailed, aggregate_round, resolve_engine
 from orchestrator.training.hyperparams import worker_hyper
 from orchestrator.training.plan import Plan, TrainingFailed, TrainOptions, plan_run
@@ -125,6 +126,7 @@ def _train(session: Session, options: TrainOptions, out: TextIO | None, progress
 
     records = run.records()
     outputs = write_outputs(run, records, options.output_dir)
+    outputs.update(tensorboard.write_session_run(session, run.name, records))
     return TrainResult(run=options.run, records=records, rounds_run=todo, wall_seconds=time.perf_counter() - start,
                        invocations=invoker.records[first_record:], failures=failures, outputs=outputs)
 

@@ -63,6 +63,8 @@ def test_the_wheel_declares_ranges_and_extras_and_carries_the_handlers(wheel):
         meta = Parser().parsestr(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode())
     assert {f"orchestrator/handlers/{fn}/app.py" for fn in ("augment", "train", "predict")} <= names
     assert "dlpipe/wire/train.py" in names and "orchestrator/cli.py" in names
+    demo_data = "orchestrator/demo_data/fashion-mnist/"          # the demo's images, and their licence
+    assert {demo_data + n for n in ("LICENSE", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")} <= names
     requires = meta.get_all("Requires-Dist")
     base = [r for r in requires if "extra ==" not in r]
     assert {r.split("<")[0].split(">")[0].split("[")[0] for r in base} >= {"pillow", "pydantic", "tqdm", "boto3"}
@@ -92,3 +94,5 @@ def test_the_installed_orchestrator_runs_the_functions_from_its_own_copy(venv, t
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["augmented"] == 3 and summary["failed"] == 0 and summary["bill"]["invocations"] == 1
+    done = run(orchestrator, *home, "fashion-mnist", "--bundled", "--limit", "5", "--json", cwd=tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["written"] == {"train": 5, "test": 5}, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import boto3
 import pytest
@@ -11,8 +12,8 @@ from moto import mock_aws
 from dlpipe.shared.table import SqliteTable
 from orchestrator.cli import build_parser
 from orchestrator.errors import CommandError
-from orchestrator.session import session_from_args
-from orchestrator.settings import Placement
+from orchestrator.session import Session, session_from_args
+from orchestrator.settings import ENV_WORKER_LOG, Placement
 
 STACK_TEMPLATE = {
     "Resources": {"Data": {"Type": "AWS::S3::Bucket"}},
@@ -95,6 +96,9 @@ def test_local_workers_are_quiet_unless_verbose(tmp_path, monkeypatch):
     assert session_from_args(parse("--home", str(tmp_path), "--verbose")).worker_log_env() == {}
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "DEBUG")  # the user's own choice wins
     assert "POWERTOOLS_LOG_LEVEL" not in quiet.worker_log_env()
+    # A session made in code (a benchmark's) has no home for a log: its workers' output goes nowhere.
+    assert Session(quiet.settings, "local").worker_log_env()[ENV_WORKER_LOG] == os.devnull
+    assert Session(quiet.settings, "local", verbose=True).worker_log_env() == {}
 
 
 def test_the_session_opens_its_predictions_table(tmp_path):

@@ -132,5 +132,11 @@ def fashion_mnist_pngs(split: str, limit: int | None = None, directory: str | os
     of a split: the dataset as a user's own class folders would arrive. The files are read
     here, before the first image is asked for, so a missing file fails at once."""
     images, labels = load_fashion_mnist(split, directory, download, cache)
+    return labelled_pngs(split, images, labels, limit)
+
+
+def labelled_pngs(split: str, images: np.ndarray, labels: np.ndarray,
+                  limit: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """`fashion_mnist_pngs` of arrays already loaded (the caller knows how many there are)."""
     count = len(images) if limit is None else min(int(limit), len(images))
     return ((f"{split}/{FASHION_MNIST_CLASSES[labels[i]]}/{i:05d}.png", _png(images[i])) for i in range(count))
