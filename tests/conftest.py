@@ -70,3 +70,17 @@ def shared_models() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent: the pretrained ONNX test material lives in ../shared beside the repo")
     return path
+
+
+FAULTS = REPO / "tests" / "faults"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/faults carries the `faults` marker (`pytest -m faults`).
+
+    Here, not in a conftest.py of tests/faults: a second module named `conftest` would shadow
+    this one for the tests that import SHARED from it.
+    """
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(FAULTS):
+            item.add_marker(pytest.mark.faults)
