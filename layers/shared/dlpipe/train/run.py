@@ -7,13 +7,14 @@ Layout (keys relative to the model store)::
     runs/<run>/rounds/<r>/workers/<w>-a<k>.npz     worker w's weights after round r (attempt k)
     runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
     runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
+    runs/<run>/rounds/<r>/outer.npz                the outer optimizer's momentum (dlpipe.train.outer; not FedAvg)
     runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
     runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
     runs/<run>/latest.json                         {"round": r, ...}: the last COMPLETED round
     runs/<run>/metrics.json, metrics.png           per-round metrics and their plot
 
-A round is committed by writing, in this order, its optimizer state, its global weights,
-its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
+A round is committed by writing, in this order, its optimizer state, its outer state, its
+global weights, its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
 a round whose files are all complete, so resuming from it is always safe.
 """
 
@@ -90,6 +91,9 @@ class TrainingRun:
 
     def optimizer_key(self, round: int) -> str:
         return f"{self.round_prefix(round)}optimizer.npz"
+
+    def outer_key(self, round: int) -> str:
+        return f"{self.round_prefix(round)}outer.npz"
 
     def record_key(self, round: int) -> str:
         return f"{self.round_prefix(round)}record.json"

@@ -333,6 +333,8 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     started = time.monotonic()
     recipe = Recipe.from_dict(request.model.recipe)
     x, y = parts.load_parts(data_store, request.shard_keys)
+    if request.limit is not None:   # a fixed subset: the same images every round
+        x, y = x[:request.limit], y[:request.limit]
     weights = load_weights(model_store, request.weights_key)
     model = compiled_model(request.model, request.trainable)
     reset_model(model, weights, 1e-3, 0)
