@@ -20,13 +20,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from dlpipe.shared.store import StoreError
+from dlpipe.shared.store import STORE_BYTES, StoreError
 from dlpipe.train.aggregate import apply_outer, mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
 from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, TrainResponse
+from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.invokers.projection import projected_seconds
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
 
 ENGINES = ("auto", "local", "lambda")
@@ -80,7 +82,7 @@ def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainRespo
     calls, on_lambda = 0, 0.0
     try:
         if engine == "local":
-            _aggregate_here(run, round_, sources, outer)
+            on_lambda = _aggregate_here(run, round_, sources, outer)
         else:
             calls, on_lambda = _aggregate_in_cloud(run, round_, sources, invoker, retries, outer)
     except (AveragingError, CheckpointError, StoreError, ValueError) as err:
@@ -89,7 +91,10 @@ def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainRespo
                        on_lambda)
 
 
-def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource], outer: OuterStep | None) -> None:
+def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource], outer: OuterStep | None) -> float:
+    """The tree in this process; returns the time the one aggregate call at its root would take on Lambda
+    (projected from this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
+    cpu, moved = time.thread_time(), STORE_BYTES.total
     names, examples = [s.name for s in sources], [s.examples for s in sources]
     outputs: list[tuple[str, list[str]]] = [(run.global_key(round_), [s.weights_key for s in sources])]
     if all(s.optimizer_key for s in sources):
@@ -101,6 +106,8 @@ def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource
         if outer is not None and output_key == run.global_key(round_):
             mean = apply_outer(run.store, outer, mean)[0]
         run.save_weights(output_key, mean)
+    spec = function_spec("train")
+    return projected_seconds(time.thread_time() - cpu, spec.memory_mb, max(0, STORE_BYTES.total - moved))
 
 
 def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], groups: list[range], level: int,

@@ -23,7 +23,8 @@ TrainOptions = Any
 # 1-epoch rounds, 57.4 % with the old defaults (batch 128 each, no warm-up, 2-epoch rounds);
 # 1 worker 78.6 %. Shorter rounds cost more overhead per epoch (more rounds to evaluate).
 DEFAULTS = {"local_epochs": 0.25, "local_steps": None, "batch_size": 128, "learning_rate": 1e-3, "seed": 0,
-            "warmup_epochs": 1.0, "trainable": "all"}
+            "warmup_epochs": 1.0, "trainable": "all", "batch_across_workers": True, "lr_scaling": "none",
+            "outer_learning_rate": 1.0, "outer_momentum": 0.0}
 # Runs that start from a pretrained version (--init-from): measured on flowers12 (README, bench/finetune.py);
 # their batch is across workers too.
 FINE_TUNE_DEFAULTS = {**DEFAULTS, "local_epochs": 1, "batch_size": 32, "warmup_epochs": 0.0,
@@ -47,7 +48,7 @@ def resolve_hyper(options: TrainOptions, stored: dict | None, defaults: dict, wo
             return Training(**_resumed_values(options, stored, shard_images))
         values = {name: defaults[name] if getattr(options, name) is None else getattr(options, name)
                   for name in defaults}
-        if values["batch_size"] < workers:
+        if values["batch_across_workers"] and values["batch_size"] < workers:
             raise ValueError(f"--batch-size {values['batch_size']} is the batch across workers: it must be at "
                              f"least --workers ({workers}), one example per worker")
         if options.local_steps is not None:
@@ -56,8 +57,9 @@ def resolve_hyper(options: TrainOptions, stored: dict | None, defaults: dict, wo
                                  "not both")
             values["local_epochs"] = 1       # not used: rounds are local_steps batches
         else:
-            values.update(_round_length(values["local_epochs"], shard_images, values["batch_size"] // workers))
-        return Training(**values, workers=workers, batch_across_workers=True)
+            batch = values["batch_size"] // workers if values["batch_across_workers"] else values["batch_size"]
+            values.update(_round_length(values["local_epochs"], shard_images, batch))
+        return Training(**values, workers=workers)
     except ValidationError as err:
         raise ValueError(f"invalid training options: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") \
             from None
@@ -96,9 +98,14 @@ def _resumed_values(options: TrainOptions, stored: dict, shard_images: int) -> d
     return stored
 
 
+LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}   # the learning rate x workers ** this
+
+
 def worker_hyper(training: Training) -> Hyper:
-    """What each worker trains with: the run's values, with its share of a batch across workers."""
+    """What each worker trains with: the run's values, with its share of a batch across workers, or
+    with a batch of its own and the learning rate scaled for the global batch (Goyal et al. 2017)."""
     hyper = Hyper(**training.model_dump(include=set(Hyper.model_fields)))
     if training.batch_across_workers:
-        hyper = hyper.model_copy(update={"batch_size": max(1, training.batch_size // training.workers)})
-    return hyper
+        return hyper.model_copy(update={"batch_size": max(1, training.batch_size // training.workers)})
+    scaled = training.learning_rate * training.workers ** LR_SCALING[training.lr_scaling]
+    return hyper.model_copy(update={"learning_rate": min(1.0, scaled)})

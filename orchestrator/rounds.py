@@ -30,10 +30,12 @@ from dlpipe.wire import (
     TrainRequest,
     TrainResponse,
 )
-from orchestrator.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 from orchestrator.costs import summarize, transfer_bytes
+from orchestrator.functions import function_spec
 from orchestrator.hyperparams import worker_hyper
 from orchestrator.invokers.base import Invocation
+from orchestrator.invokers.projection import projected_ms
 from orchestrator.invokers.retry import invoke_with_retries, reply_check
 from orchestrator.report import progress_bar
 from orchestrator.traffic import METER, Traffic
@@ -69,7 +71,7 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
     first_record = len(invoker.records)
     failures: list[tuple[str, str]] = []
     last = run.latest_round()
-    todo = max(0, options.rounds - (last or 0))
+    todo = max(0, plan.rounds - (last or 0))
     bar = progress_bar(total=todo * len(plan.shard_parts) + (1 if last is None else 0), unit="worker",
                        desc=f"train {options.run}", enabled=progress)
 
@@ -80,11 +82,13 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
         if last is None:
             _init_round(invoker, plan, options, tick)
             last = 0
-        elif last >= options.rounds:
-            print(f"run {options.run!r} already has {last} completed rounds (asked for {options.rounds}); "
+        elif last >= plan.rounds:
+            print(f"run {options.run!r} already has {last} completed rounds (asked for {plan.rounds}); "
                   "nothing to train", file=out)
-        for round_ in range(last + 1, options.rounds + 1):
-            record = _train_round(invoker, plan, options, round_, tick, failures)
+        epochs = previous_epochs(run, last, plan)
+        for round_ in range(last + 1, plan.rounds + 1):
+            record = _train_round(invoker, plan, options, round_, tick, failures, epochs)
+            epochs = record["epochs"]
             bar.write(round_line(record), file=out)
     finally:
         bar.close()
@@ -106,8 +110,9 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
     run.commit_round(0, {
         "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
-        "parameters": InitResponse.model_validate(done[0]).parameters,
+        "parameters": InitResponse.model_validate(done[0]).parameters, "epochs": 0.0,
         "wall_seconds": round(time.perf_counter() - started, 3),
+        "lambda_seconds": round(sum(inv.lambda_seconds for inv in invoker.records[n_before:]), 3),
         "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
 
 
@@ -140,35 +145,50 @@ def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: d
     summation order, so the result is reproducible and the same bytes whichever engine
     aggregates (--aggregate: here, or the train function's aggregate action in the cloud).
     """
+    training = plan.config.training
     try:
         engine = resolve_engine(options.aggregate, invoker)
-        return aggregate_round(plan.run, round_, results, engine, invoker, options.retries).as_record()
+        outer = outer_request(plan.run, round_, training.outer_learning_rate, training.outer_momentum)
+        return aggregate_round(plan.run, round_, results, engine, invoker, options.retries, outer).as_record()
     except (AggregationFailed, ValueError) as err:
         raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
                              f"round is {round_ - 1}: fix the cause and continue with --resume (if a worker "
                              "diverged, start a new --run with a lower --lr)") from err
 
 
-def evaluate(invoker, plan: Plan, weights_key: str, retries: int) -> dict | None:
-    """Validation loss/accuracy of stored weights, one invocation per validation part."""
+def evaluate(invoker, plan: Plan, weights_key: str, retries: int, images: int | None = None) -> dict | None:
+    """Validation loss/accuracy of stored weights, one invocation per validation part, at once.
+
+    images: score a fixed subset of about that many (every k-th image of each part); None: all.
+    """
     if not plan.val_parts:
         return None
+    limit = None if images is None else max(1, -(-images // len(plan.val_parts)))
     events = [EvaluateRequest(action="evaluate", weights_key=weights_key, shard_keys=[part], model=plan.config.model,
-                              trainable=plan.config.training.trainable,
-                              batch_size=plan.eval_batch_size).model_dump(mode="json")
+                              trainable=plan.config.training.trainable, batch_size=plan.eval_batch_size,
+                              limit=limit).model_dump(mode="json")
               for part in plan.val_parts]
+    first = len(invoker.records)
     done, errors = invoke_with_retries(invoker, "train", events, retries, check=reply_check(EvaluateResponse))
     if errors:
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
         raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
     results = [EvaluateResponse.model_validate(done[i]) for i in sorted(done)]
-    return {"count": sum(r.count for r in results),
-            **weighted_metrics((r.model_dump(), r.count) for r in results),
-            "seconds": max(r.seconds for r in results)}
+    count = sum(r.count for r in results)
+    return {"count": count, **weighted_metrics((r.model_dump(), r.count) for r in results),
+            "seconds": max(r.seconds for r in results), "subset": limit is not None,
+            "lambda_seconds": round(max(inv.lambda_seconds for inv in invoker.records[first:]), 3)}
+
+
+def _eval_images(plan: Plan, options: TrainOptions, round_: int) -> int | None:
+    """The subset's size this round; None (everything) every --full-eval-every rounds and at the end."""
+    if options.eval_images is None or round_ == plan.rounds or round_ % options.full_eval_every == 0:
+        return None
+    return options.eval_images
 
 
 def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: Callable[[Invocation], None],
-                 failures: list[tuple[str, str]]) -> dict:
+                 failures: list[tuple[str, str]], epochs_before: float) -> dict:
     run = plan.run
     round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), METER.snapshot()
     events = _worker_events(plan, options, round_)
@@ -178,6 +198,7 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
                 "output_optimizer_key": run.worker_optimizer_key(round_, event["worker"], attempt)}
 
     done, errors = invoke_with_retries(invoker, "train", events, options.retries, tick, retry_event, _check_train)
+    worker_calls = invoker.records[n_before:]
     for w, (attempts, error) in sorted(errors.items()):
         failures.append((f"round {round_} worker {w}", f"{error} (after {attempts} attempts)"))
     if len(done) < plan.min_workers:
@@ -191,15 +212,54 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
     trained_at = time.perf_counter()
     aggregation = _average(invoker, plan, options, round_, results)
     averaged_at = time.perf_counter()
-    val = evaluate(invoker, plan, run.global_key(round_), options.retries)
+    val = evaluate(invoker, plan, run.global_key(round_), options.retries, _eval_images(plan, options, round_))
     record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
     record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
     record["aggregation"] = aggregation
+    record["epochs"] = round(epochs_before + record["train"]["examples"] / plan.train_images, 4)
+    record.update(lambda_times(worker_calls, results, aggregation, val))
     record["transfer"] = _transfer_record(invoker.records[n_before:], METER.snapshot() - traffic_before)
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)
     return {**record, "round": round_}
+
+
+def previous_epochs(run, last: int, plan: Plan) -> float:
+    """Epochs of data done by round `last`: from its record (older runs' records lack it: estimated)."""
+    if last <= 0:
+        return 0.0
+    epochs = run.record(last).get("epochs")
+    return float(epochs) if epochs is not None else last * plan.epochs_per_round
+
+
+def lambda_times(records: list[Invocation], results: dict[int, TrainResponse], aggregation: dict,
+                 val: dict | None) -> dict:
+    """The round's time on Lambda: its slowest worker (attempts one after another) plus its serial work.
+
+    Local invoker: each invocation's projected time (orchestrator.invokers.projection); Lambda: measured.
+    The training share is the slowest worker's own training time, projected from its CPU time likewise.
+    """
+    per_worker: dict[int, float] = {}
+    for inv in records:
+        worker = inv.extra.get("event", inv.index)
+        per_worker[worker] = per_worker.get(worker, 0.0) + inv.lambda_seconds
+    workers = max(per_worker.values(), default=0.0)
+    serial = aggregation.get("lambda_seconds", 0.0) + (val["lambda_seconds"] if val else 0.0)
+    total = workers + serial
+    projected = any("projected_ms" in inv.extra for inv in records)
+    training = max((training_seconds(r, projected) for r in results.values()), default=0.0)
+    return {"lambda_seconds": round(total, 3),
+            "lambda_phase_seconds": {"workers": round(workers, 3), "aggregate": aggregation.get("lambda_seconds", 0.0),
+                                     "evaluate": val["lambda_seconds"] if val else 0.0},
+            "lambda_train_share": round(min(1.0, training / total), 4) if total > 0 else None}
+
+
+def training_seconds(result: TrainResponse, projected: bool) -> float:
+    """A worker's training time on Lambda: projected from its CPU time (local invoker), else as measured."""
+    if not projected or result.train_cpu_seconds is None:
+        return result.train_seconds
+    return projected_ms("train", result.train_cpu_seconds * 1000, function_spec("train").memory_mb) / 1000
 
 
 def _transfer_record(records: list[Invocation], traffic: Traffic) -> dict:

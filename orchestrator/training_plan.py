@@ -7,6 +7,7 @@ Every option is checked against the dataset, the run's own stored config (on --r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from dlpipe.wire import (
     ModelConfig,
 )
 from orchestrator.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper
+from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
 
 
 class TrainingFailed(RuntimeError):
@@ -37,7 +38,7 @@ class TrainingFailed(RuntimeError):
 class TrainOptions:
     dataset: str
     run: str
-    rounds: int
+    rounds: int | None = None            # train until round R is complete; or give `epochs`
     workers: int | None = None           # default: the dataset's shard count
     local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
     local_steps: int | None = None       # rounds of this many batches instead of whole epochs
@@ -45,6 +46,13 @@ class TrainOptions:
     learning_rate: float | None = None
     seed: int | None = None
     warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
+    batch_across_workers: bool | None = None   # False: a batch per worker (the global batch grows with workers)
+    lr_scaling: str | None = None        # none | sqrt | linear: a batch per worker's learning-rate rule
+    outer_learning_rate: float | None = None   # the outer optimizer (dlpipe.train.outer)
+    outer_momentum: float | None = None
+    epochs: float | None = None          # train until this many epochs of data are done (instead of --rounds)
+    eval_images: int | None = 2000       # validation images scored every round (a fixed subset); None: all
+    full_eval_every: int = 10            # ...and the whole validation set every K rounds and at the end
     min_workers: int | None = None       # default: all workers must succeed
     retries: int = 1
     resume: bool = False
@@ -70,6 +78,9 @@ class Plan:
     min_workers: int
     eval_batch_size: int = 256           # what fits the function's memory (orchestrator.capacity)
     notes: list[str] = field(default_factory=list)   # said before the first round
+    rounds: int = 1                      # the round to train up to (--rounds, or from --epochs)
+    epochs_per_round: float = 1.0        # epochs of the largest shard a round trains
+    train_images: int = 0                # the dataset's training images: epochs = images trained / this
 
     @property
     def init_from(self) -> InitFrom | None:
@@ -105,8 +116,15 @@ def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
 
 
 def _check_options(options: TrainOptions) -> None:
-    if options.rounds < 1:
+    if (options.rounds is None) == (options.epochs is None):
+        raise TrainingFailed("give --rounds R (train until round R) or --epochs E (until E epochs of data), one "
+                             "of them")
+    if options.rounds is not None and options.rounds < 1:
         raise TrainingFailed("--rounds must be at least 1")
+    if options.epochs is not None and not options.epochs > 0:
+        raise TrainingFailed(f"--epochs must be more than 0, not {options.epochs:g}")
+    if (options.eval_images is not None and options.eval_images < 1) or options.full_eval_every < 1:
+        raise TrainingFailed("--eval-images and --full-eval-every must be at least 1")
     if options.retries < 0:
         raise TrainingFailed("--retries must be >= 0")
     try:
@@ -214,5 +232,14 @@ def plan_run(session, options: TrainOptions) -> Plan:
         config = _new_config(options, manifest, training, run.store)
         run.start(config)
     note = cache_note(input_shape(manifest["recipe"]), shard_sizes) if not session.data_store().is_local else None
+    per_round = epochs_per_round(config.training, max(shard_sizes))
+    rounds = options.rounds or max(1, math.ceil(float(options.epochs or 0) / per_round - 1e-9))
     return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers, eval_batch,
-                [note] if note else [])
+                [note] if note else [], rounds, per_round, sum(shard_sizes))
+
+
+def epochs_per_round(training: Training, shard_images: int) -> float:
+    """Epochs of the largest worker shard that one round trains: what --epochs counts rounds with."""
+    if training.local_steps is None:
+        return float(training.local_epochs)
+    return training.local_steps / -(-shard_images // worker_hyper(training).batch_size)

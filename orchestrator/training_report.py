@@ -14,21 +14,27 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 
 def round_line(record: dict) -> str:
+    """One line per round; what older records lack (epochs, Lambda time, transfers) is left out."""
     train, val = record.get("train") or {}, record.get("val") or {}
-    transfer = record.get("transfer")  # rounds recorded before it existed have none
+    transfer = record.get("transfer")
     through = f"  {megabytes(transfer['bytes_down'] + transfer['bytes_up'])} via orchestrator" if transfer else ""
-    return (f"round {record['round']:>3}  workers {record['workers_ok']}/{record['workers']}  "
+    epochs = f"  epoch {record['epochs']:.2f}" if record.get("epochs") is not None else ""
+    subset = "*" if val.get("subset") else ""
+    on_lambda = f"  Lambda {record['lambda_seconds']:.1f} s" if record.get("lambda_seconds") is not None else ""
+    return (f"round {record['round']:>3}{epochs}  workers {record['workers_ok']}/{record['workers']}  "
             f"train loss {_fmt(train.get('loss'))} acc {_fmt(train.get('accuracy'), '.3f')}  "
-            f"val loss {_fmt(val.get('loss'))} acc {_fmt(val.get('accuracy'), '.3f')}  "
-            f"{record['wall_seconds']:.1f} s  {record['gb_seconds']:.1f} GB-s{through}")
+            f"val{subset} loss {_fmt(val.get('loss'))} acc {_fmt(val.get('accuracy'), '.3f')}  "
+            f"{record['wall_seconds']:.1f} s here{on_lambda}  {record['gb_seconds']:.1f} GB-s{through}")
 
 
 def metrics_from_records(run: str, dataset: str, training: dict, records: list[dict]) -> dict:
     rounds = [r for r in records if r["round"] > 0]
     return {"run": run, "dataset": dataset, "training": training,
-            "rounds": [{"round": r["round"], "workers_ok": r["workers_ok"], "train": r["train"], "val": r["val"],
-                        "wall_seconds": r["wall_seconds"], "gb_seconds": r["gb_seconds"],
-                        "train_share": r.get("train_share")} for r in rounds]}
+            "rounds": [{"round": r["round"], "epochs": r.get("epochs"), "workers_ok": r["workers_ok"],
+                        "train": r["train"], "val": r["val"], "wall_seconds": r["wall_seconds"],
+                        "lambda_seconds": r.get("lambda_seconds"), "gb_seconds": r["gb_seconds"],
+                        "train_share": r.get("train_share"), "lambda_train_share": r.get("lambda_train_share")}
+                       for r in rounds]}
 
 
 def plot_metrics(metrics: dict) -> bytes:

@@ -47,7 +47,11 @@ def register(subparsers) -> None:
         examples=EXAMPLES, run=run)
     p.add_argument("--dataset", required=True, metavar="NAME", help="a dataset made by `orchestrator prepare`")
     p.add_argument("--run", dest="run_name", required=True, metavar="RUN", help="name of this training run")
-    p.add_argument("--rounds", type=int, required=True, metavar="R", help="train until round R is complete")
+    until = p.add_mutually_exclusive_group(required=True)
+    until.add_argument("--rounds", type=int, metavar="R", help="train until round R is complete")
+    until.add_argument("--epochs", type=float, metavar="E",
+                       help="train until E epochs of data are done, whatever the round length (the rounds that "
+                            "takes; with --resume, E in all)")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers (default: the dataset's shards)")
     p.add_argument("--local-epochs", type=float, metavar="E",
                    help="epochs each worker trains per round; a fraction (0.25) makes rounds of that share of an "
@@ -58,7 +62,21 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
                         "as many steps whatever N")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--batch-per-worker", dest="batch_across_workers", action="store_const", const=False,
+                       help="--batch-size is each worker's batch: the global batch grows with the workers, and the "
+                            "learning rate with it (--lr-scaling)")
+    split.add_argument("--batch-across-workers", dest="batch_across_workers", action="store_const", const=True,
+                       help="--batch-size is the batch across workers: each of N takes B/N")
     p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
+    p.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"),
+                   help="with a batch per worker, each worker's learning rate is --lr x 1, sqrt(N) or N")
+    p.add_argument("--outer-lr", dest="outer_learning_rate", type=float, metavar="LR",
+                   help="outer learning rate at aggregation: the new global weights move this share of the way "
+                        "(with momentum, further) from the previous ones to the workers' average; 1 with "
+                        "--outer-momentum 0 is plain averaging (FedAvg)")
+    p.add_argument("--outer-momentum", type=float, metavar="M",
+                   help="Nesterov momentum of the outer step (SlowMo, DiLoCo): 0 to below 1")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
     p.add_argument("--min-workers", type=int, metavar="M",
                    help="close a round if at least M workers succeeded (default: all must)")
@@ -93,6 +111,11 @@ def register(subparsers) -> None:
                         "to this machine), by the train function in the cloud (lambda: a tree of partial sums, "
                         "only small records come down), or auto: lambda with the Lambda invoker (default). "
                         "The weights are the same bytes either way")
+    p.add_argument("--eval-images", type=int, default=2000, metavar="N",
+                   help="validation images scored after each round: a fixed subset, the same every round "
+                        "(default: %(default)s); the whole set every --full-eval-every rounds and at the end")
+    p.add_argument("--full-eval-every", type=int, default=10, metavar="K",
+                   help="score the whole validation set every K rounds (default: %(default)s)")
     p.add_argument("--keep-worker-weights", action="store_true",
                    help="keep every worker's weights in the store (default: delete once the round is averaged)")
     add_json_argument(p)
@@ -102,6 +125,9 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
                         local_epochs=args.local_epochs, local_steps=args.local_steps, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, seed=args.seed, warmup_epochs=args.warmup_epochs,
+                        batch_across_workers=args.batch_across_workers, lr_scaling=args.lr_scaling,
+                        outer_learning_rate=args.outer_learning_rate, outer_momentum=args.outer_momentum,
+                        epochs=args.epochs, eval_images=args.eval_images, full_eval_every=args.full_eval_every,
                         min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
                         version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
@@ -124,9 +150,13 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     best = max((r for r in result.records if r.get("val")), key=lambda r: r["val"]["accuracy"], default=None)
     trained = sum((r.get("train") or {}).get("examples", 0) for r in result.records[-result.rounds_run:]) \
         if result.rounds_run else 0
+    first = final.get("round", 0) - result.rounds_run + 1          # this time's first round (0: a new run)
+    on_lambda = sum(r.get("lambda_seconds") or 0.0 for r in result.records
+                    if r["round"] >= first or (first == 1 and r["round"] == 0)) if result.rounds_run else 0.0
     rows = [
         ("run", f"{options.run} on {options.dataset}"),
         ("rounds", f"{final.get('round', 0)} completed ({result.rounds_run} this time)"),
+        ("epochs", f"{final['epochs']:.2f} of data" if final.get("epochs") is not None else "-"),
         ("workers", f"{final.get('workers_ok', '-')}/{final.get('workers', '-')} in the last round"),
         ("validation", f"loss {val['loss']:.4f}, accuracy {val['accuracy']:.2%} ({val['count']} images)"
          if val else "none (the dataset has no validation images)"),
@@ -134,7 +164,8 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     if best is not None:
         rows.append(("best", f"{best['val']['accuracy']:.2%} at round {best['round']}"))
     rows += [
-        ("wall time", f"{result.wall_seconds:.1f} s"),
+        ("wall time", f"{result.wall_seconds:.1f} s here; on Lambda {on_lambda:.1f} s (the rounds' slowest "
+                      "worker and serial work)"),
         ("throughput", f"{trained / result.wall_seconds:,.0f} training images/s (all workers)"
          if result.wall_seconds > 0 and trained else "-"),
         ("worker failures", str(len(result.failures))),
@@ -147,7 +178,8 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
             "run": options.run, "dataset": options.dataset, "rounds_completed": final.get("round", 0),
             "rounds_run": result.rounds_run, "workers_ok": final.get("workers_ok"), "workers": final.get("workers"),
             "validation": val or None, "best": {"round": best["round"], **best["val"]} if best else None,
-            "training_examples": trained, "wall_seconds": result.wall_seconds, "worker_failures": len(result.failures),
+            "training_examples": trained, "wall_seconds": result.wall_seconds, "lambda_seconds": round(on_lambda, 3),
+            "epochs": final.get("epochs"), "worker_failures": len(result.failures),
             "outputs": result.outputs}, result.failures, result.invocations)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
     return 1 if result.failures else 0

@@ -36,7 +36,8 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
     indexed by position in `events`. `check(event, payload)` may turn a success into a
     failure (a bad response); `retry_event(event, attempt)` rewrites an event before its
     attempt number `attempt` (1 for the first retry), e.g. to give it a new output key.
-    `on_result` sees every invocation, retries included.
+    `on_result` sees every invocation, retries included; each carries its event's position in
+    `events` as extra["event"].
     """
     done: dict[int, dict] = {}
     errors: dict[int, tuple[int, str]] = {}
@@ -50,6 +51,7 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
         pending = {}
         for inv in invoker.map(function, batch):
             index, event = order[inv.index], batch[inv.index]
+            inv.extra["event"] = index
             problem = inv.error if not inv.ok else (check(event, inv.payload) if check else None)
             if on_result is not None:
                 on_result(inv)

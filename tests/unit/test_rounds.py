@@ -107,7 +107,7 @@ def session(failures=None, workers: int = 3) -> FakeSession:
     return s
 
 
-def train(s: FakeSession, run: str, rounds: int, **options):
+def train(s: FakeSession, run: str, rounds: int | None, **options):
     return run_training(s, TrainOptions(dataset="d", run=run, rounds=rounds, output_dir=None, **options),
                         out=io.StringIO(), progress=False)
 
@@ -310,3 +310,76 @@ def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeyp
                         functions.FunctionSpec("train", "functions/train/app.py:handler", 10240, 900, "Train"))
     train(s, "huge", 1, batch_size=3)                  # more memory: it fits
     assert s.invoker.records
+
+
+def test_the_outer_step_commits_its_momentum_before_the_weights_and_resumes_bit_identically():
+    outer = {"outer_learning_rate": 0.7, "outer_momentum": 0.9}
+    straight = session()
+    order: list[str] = []
+    put = straight.models.put
+
+    def recording_put(key, data):
+        order.append(key)
+        put(key, data)
+
+    straight.models.put = recording_put
+    train(straight, "r", 3, **outer)
+    run = TrainingRun(straight.models, "r")
+    tail = [k for k in order if k.startswith(run.round_prefix(2)) and "/workers/" not in k]
+    assert tail == [run.optimizer_key(2), run.outer_key(2), run.global_key(2), run.record_key(2)]
+    # Not the plain average: round 1 moved further than the workers did (Nesterov: 0.7 x 1.9 of the way).
+    average = sum(n * (w + 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
+    assert np.allclose(load_weights(straight.models, run.global_key(1))[0], 0.7 * 1.9 * average)
+    bumpy = session(failures={(3, 2): 2})
+    with pytest.raises(TrainingFailed):
+        train(bumpy, "r", 3, **outer)
+    train(bumpy, "r", 3, resume=True)
+    for r in range(1, 4):
+        for key in (run.global_key(r), run.outer_key(r)):
+            assert straight.models.get(key) == bumpy.models.get(key)
+    with pytest.raises(TrainingFailed, match=r"trained with outer-momentum 0\.9"):
+        train(bumpy, "r", 4, resume=True, outer_momentum=0.5)
+
+
+def test_fedavg_runs_keep_no_outer_state():
+    s = session()
+    train(s, "r", 2, outer_learning_rate=1.0, outer_momentum=0.0)
+    run = TrainingRun(s.models, "r")
+    assert not s.models.exists(run.outer_key(1)) and not s.models.exists(run.outer_key(2))
+
+
+def test_a_batch_per_worker_scales_the_learning_rate():
+    s = session()
+    train(s, "r", 1, batch_across_workers=False, batch_size=8, learning_rate=0.001, lr_scaling="sqrt")
+    assert all(h["batch_size"] == 8 and h["learning_rate"] == pytest.approx(0.001 * 3 ** 0.5)
+               for h in train_hypers(s))
+    training = TrainingRun(s.models, "r").config().training
+    assert not training.batch_across_workers and training.lr_scaling == "sqrt" and training.learning_rate == 0.001
+    s.invoker.events.clear()
+    train(s, "lin", 1, batch_across_workers=False, batch_size=8, learning_rate=0.001, lr_scaling="linear")
+    assert all(h["learning_rate"] == pytest.approx(0.003) for h in train_hypers(s))
+
+
+def test_epochs_count_rounds_and_every_round_shows_its_epochs_and_lambda_time():
+    s = session()
+    # Batches of 8 per worker, rounds of 2 batches; the largest shard (30) is 4 batches: a round is half an epoch.
+    result = train(s, "r", None, epochs=1.2, batch_across_workers=False, batch_size=8, local_steps=2)
+    assert [r["round"] for r in result.records] == [0, 1, 2, 3]          # ceil(1.2 / 0.5)
+    assert [r["epochs"] for r in result.records] == [0.0, 1.0, 2.0, 3.0]  # the fake trains its whole shard
+    assert all(r["lambda_seconds"] > 0 for r in result.records)
+    phases = result.final["lambda_phase_seconds"]
+    assert result.final["lambda_seconds"] == pytest.approx(phases["workers"] + phases["aggregate"] + phases["evaluate"])
+    assert phases["workers"] == pytest.approx(0.01)                      # the fake's 10 ms
+    train(s, "r", None, epochs=2.5, resume=True)
+    assert TrainingRun(s.models, "r").latest_round() == 5
+    with pytest.raises(TrainingFailed, match=r"--rounds R .* or --epochs E"):
+        train(s, "x", 2, epochs=1)
+
+
+def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the_end():
+    s = session()
+    train(s, "r", 5, eval_images=3, full_eval_every=2)
+    limits = [e["limit"] for e in s.invoker.events if e["action"] == "evaluate"]
+    assert limits == [3, None, 3, None, None]
+    records = TrainingRun(s.models, "r").records()
+    assert [r["val"]["subset"] for r in records[1:]] == [True, False, True, False, False]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -39,8 +39,13 @@ class Training(Hyper):
 
     workers: int = Field(ge=1)
     # True: batch_size is the batch across workers, each worker taking batch_size // workers.
-    # Runs from before it (False) gave every worker batch_size.
+    # False (and runs from before it): every worker takes batch_size, so the global batch grows with workers.
     batch_across_workers: bool = False
+    # With a batch per worker: each worker's learning rate is learning_rate x 1, sqrt(workers) or workers.
+    lr_scaling: Literal["none", "sqrt", "linear"] = "none"
+    # The outer optimizer at aggregation (dlpipe.train.outer); runs from before it: 1 and 0, FedAvg.
+    outer_learning_rate: float = Field(1.0, gt=0, le=10.0)
+    outer_momentum: float = Field(0.0, ge=0, lt=1.0)
 
 
 class Lineage(BaseModel):
@@ -143,6 +148,10 @@ class TrainingRun:
         if last is None:
             return []
         return [self._get_json(self.record_key(r)) for r in range(last + 1)]
+
+    def record(self, round: int) -> dict:
+        """The record of a completed round."""
+        return self._get_json(self.record_key(round))
 
     def load_weights(self, key: str) -> list[np.ndarray]:
         return load_weights(self.store, key)

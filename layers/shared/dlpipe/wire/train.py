@@ -223,6 +223,8 @@ class TrainResponse(_Event):
     upload_seconds: float
     weights_bytes: int
     max_rss_mb: float | None
+    # CPU time of the process while it trained (all threads): Lambda's training time is projected from it
+    train_cpu_seconds: float | None = None
 
 
 class EvaluateRequest(_Event):
@@ -232,7 +234,7 @@ class EvaluateRequest(_Event):
     model: ModelConfig
     batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
     trainable: Trainable = "all"   # the run's, so that a warm worker keeps one compiled model
-    # Score only the first `limit` images of the parts (a fixed subset, the same every round); None: all.
+    # Score a fixed subset of at most `limit` images: every k-th of the parts, the same every round; None: all.
     limit: int | None = Field(None, ge=1)
 
 
