@@ -73,10 +73,15 @@ def outer_request(run: TrainingRun, round_: int, learning_rate: float, momentum:
 
 
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
-                    invoker: Invoker, retries: int, outer: OuterStep | None = None) -> Aggregation:
-    """Write the round's optimizer state, outer state and global weights from the workers' `results`."""
+                    invoker: Invoker, retries: int, outer: OuterStep | None = None,
+                    average_optimizer: bool = True) -> Aggregation:
+    """Write the round's optimizer state, outer state and global weights from the workers' `results`.
+
+    average_optimizer False: the workers keep their own Adam state; only the weights are aggregated.
+    """
     started = time.perf_counter()
-    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
+    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
+                               optimizer_key=r.optimizer_key if average_optimizer else None,
                                examples=r.num_examples) for w, r in sorted(results.items())]
     levels = plan_tree(len(sources))
     calls, on_lambda = 0, 0.0

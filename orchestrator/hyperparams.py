@@ -24,7 +24,7 @@ TrainOptions = Any
 # 1 worker 78.6 %. Shorter rounds cost more overhead per epoch (more rounds to evaluate).
 DEFAULTS = {"local_epochs": 0.25, "local_steps": None, "batch_size": 128, "learning_rate": 1e-3, "seed": 0,
             "warmup_epochs": 1.0, "trainable": "all", "batch_across_workers": True, "lr_scaling": "none",
-            "outer_learning_rate": 1.0, "outer_momentum": 0.0}
+            "outer_learning_rate": 1.0, "outer_momentum": 0.0, "worker_optimizer": "averaged"}
 # Runs that start from a pretrained version (--init-from): measured on flowers12 (README, bench/finetune.py);
 # their batch is across workers too.
 FINE_TUNE_DEFAULTS = {**DEFAULTS, "local_epochs": 1, "batch_size": 32, "warmup_epochs": 0.0,

@@ -126,16 +126,32 @@ def _check_train(event: dict, payload: object) -> str | None:
     return None
 
 
+def _optimizer_keys(plan: Plan, round_: int, worker: int, attempt: int) -> tuple[str | None, str]:
+    """(the Adam state a worker starts from, where it stores its own): the round's average, or its own.
+
+    Own state (DiLoCo's inner optimizers): kept per worker under the round, read back next round;
+    a worker without one (it failed last round under --min-workers) starts a fresh Adam.
+    """
+    run = plan.run
+    if plan.config.training.worker_optimizer == "averaged":
+        return (run.optimizer_key(round_ - 1) if round_ > 1 else None), run.worker_optimizer_key(round_, worker,
+                                                                                                 attempt)
+    previous = run.worker_state_key(round_ - 1, worker)
+    return (previous if round_ > 1 and run.store.exists(previous) else None), run.worker_state_key(round_, worker)
+
+
 def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]:
     run, config = plan.run, plan.config
     hyper = worker_hyper(config.training)
-    return [TrainRequest(action="train", run=run.name, round=round_, worker=w, attempt=0,
-                         global_key=run.global_key(round_ - 1),
-                         global_optimizer_key=run.optimizer_key(round_ - 1) if round_ > 1 else None,
-                         shard_keys=parts, output_key=run.worker_key(round_, w, 0),
-                         output_optimizer_key=run.worker_optimizer_key(round_, w, 0), model=config.model,
-                         hyper=hyper, time_budget_s=options.time_budget_s).model_dump(mode="json")
-            for w, parts in enumerate(plan.shard_parts)]
+    events = []
+    for w, parts in enumerate(plan.shard_parts):
+        start, output = _optimizer_keys(plan, round_, w, 0)
+        events.append(TrainRequest(action="train", run=run.name, round=round_, worker=w, attempt=0,
+                                   global_key=run.global_key(round_ - 1), global_optimizer_key=start,
+                                   shard_keys=parts, output_key=run.worker_key(round_, w, 0),
+                                   output_optimizer_key=output, model=config.model, hyper=hyper,
+                                   time_budget_s=options.time_budget_s).model_dump(mode="json"))
+    return events
 
 
 def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse]) -> dict:
@@ -149,7 +165,8 @@ def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: d
     try:
         engine = resolve_engine(options.aggregate, invoker)
         outer = outer_request(plan.run, round_, training.outer_learning_rate, training.outer_momentum)
-        return aggregate_round(plan.run, round_, results, engine, invoker, options.retries, outer).as_record()
+        return aggregate_round(plan.run, round_, results, engine, invoker, options.retries, outer,
+                               average_optimizer=training.worker_optimizer == "averaged").as_record()
     except (AggregationFailed, ValueError) as err:
         raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
                              f"round is {round_ - 1}: fix the cause and continue with --resume (if a worker "
@@ -195,7 +212,7 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
 
     def retry_event(event: dict, attempt: int) -> dict:
         return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
-                "output_optimizer_key": run.worker_optimizer_key(round_, event["worker"], attempt)}
+                "output_optimizer_key": _optimizer_keys(plan, round_, event["worker"], attempt)[1]}
 
     done, errors = invoke_with_retries(invoker, "train", events, options.retries, tick, retry_event, _check_train)
     worker_calls = invoker.records[n_before:]
@@ -222,6 +239,8 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)
+    if plan.config.training.worker_optimizer == "own" and round_ > 1:
+        run.delete_worker_states(round_ - 1)   # resuming needs only the last committed round's
     return {**record, "round": round_}
 
 

@@ -50,6 +50,7 @@ class TrainOptions:
     lr_scaling: str | None = None        # none | sqrt | linear: a batch per worker's learning-rate rule
     outer_learning_rate: float | None = None   # the outer optimizer (dlpipe.train.outer)
     outer_momentum: float | None = None
+    worker_optimizer: str | None = None  # averaged | own: each worker's Adam state between rounds
     epochs: float | None = None          # train until this many epochs of data are done (instead of --rounds)
     eval_images: int | None = 2000       # validation images scored every round (a fixed subset); None: all
     full_eval_every: int = 10            # ...and the whole validation set every K rounds and at the end

@@ -21,7 +21,7 @@ def round_line(record: dict) -> str:
     epochs = f"  epoch {record['epochs']:.2f}" if record.get("epochs") is not None else ""
     subset = "*" if val.get("subset") else ""
     on_lambda = f"  Lambda {record['lambda_seconds']:.1f} s" if record.get("lambda_seconds") is not None else ""
-    return (f"round {record['round']:>3}{epochs}  workers {record['workers_ok']}/{record['workers']}  "
+    return (f"round {record['round']:>3}  workers {record['workers_ok']}/{record['workers']}{epochs}  "
             f"train loss {_fmt(train.get('loss'))} acc {_fmt(train.get('accuracy'), '.3f')}  "
             f"val{subset} loss {_fmt(val.get('loss'))} acc {_fmt(val.get('accuracy'), '.3f')}  "
             f"{record['wall_seconds']:.1f} s here{on_lambda}  {record['gb_seconds']:.1f} GB-s{through}")

@@ -77,6 +77,9 @@ def register(subparsers) -> None:
                         "--outer-momentum 0 is plain averaging (FedAvg)")
     p.add_argument("--outer-momentum", type=float, metavar="M",
                    help="Nesterov momentum of the outer step (SlowMo, DiLoCo): 0 to below 1")
+    p.add_argument("--worker-optimizer", choices=("averaged", "own"),
+                   help="each worker's Adam state between rounds: the average of all workers' (then only it and "
+                        "the weights are aggregated), or its own, kept in the run (DiLoCo)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
     p.add_argument("--min-workers", type=int, metavar="M",
                    help="close a round if at least M workers succeeded (default: all must)")
@@ -127,6 +130,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         learning_rate=args.learning_rate, seed=args.seed, warmup_epochs=args.warmup_epochs,
                         batch_across_workers=args.batch_across_workers, lr_scaling=args.lr_scaling,
                         outer_learning_rate=args.outer_learning_rate, outer_momentum=args.outer_momentum,
+                        worker_optimizer=args.worker_optimizer,
                         epochs=args.epochs, eval_images=args.eval_images, full_eval_every=args.full_eval_every,
                         min_workers=args.min_workers,
                         retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,

@@ -383,3 +383,22 @@ def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the
     assert limits == [3, None, 3, None, None]
     records = TrainingRun(s.models, "r").records()
     assert [r["val"]["subset"] for r in records[1:]] == [True, False, True, False, False]
+
+
+def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_identically():
+    straight = session()
+    train(straight, "r", 3, worker_optimizer="own")
+    run = TrainingRun(straight.models, "r")
+    events = [e for e in straight.invoker.events if e["action"] == "train"]
+    assert [e["global_optimizer_key"] for e in events if e["round"] == 1] == [None] * 3
+    assert [e["global_optimizer_key"] for e in events if e["round"] == 3] == [run.worker_state_key(2, w)
+                                                                              for w in range(3)]
+    assert not straight.models.exists(run.optimizer_key(3))            # nothing averaged but the weights
+    assert [k for k in straight.models.list(run.prefix) if "/states/" in k] == [run.worker_state_key(3, w)
+                                                                                 for w in range(3)]
+    bumpy = session(failures={(3, 1): 2})
+    with pytest.raises(TrainingFailed):
+        train(bumpy, "r", 3, worker_optimizer="own")
+    train(bumpy, "r", 3, resume=True)
+    for r in range(1, 4):
+        assert straight.models.get(run.global_key(r)) == bumpy.models.get(run.global_key(r))

@@ -8,6 +8,8 @@ Layout (keys relative to the model store)::
     runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
     runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
     runs/<run>/rounds/<r>/outer.npz                the outer optimizer's momentum (dlpipe.train.outer; not FedAvg)
+    runs/<run>/rounds/<r>/states/<w>.adam.npz      worker w's own Adam state, when workers keep theirs (the
+                                                   last committed round's only)
     runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
     runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
     runs/<run>/latest.json                         {"round": r, ...}: the last COMPLETED round
@@ -46,6 +48,8 @@ class Training(Hyper):
     # The outer optimizer at aggregation (dlpipe.train.outer); runs from before it: 1 and 0, FedAvg.
     outer_learning_rate: float = Field(1.0, gt=0, le=10.0)
     outer_momentum: float = Field(0.0, ge=0, lt=1.0)
+    # Each worker's Adam state between rounds: the example-weighted average (and runs from before it), or its own.
+    worker_optimizer: Literal["averaged", "own"] = "averaged"
 
 
 class Lineage(BaseModel):
@@ -108,6 +112,10 @@ class TrainingRun:
 
     def worker_optimizer_key(self, round: int, worker: int, attempt: int = 0) -> str:
         return f"{self.round_prefix(round)}workers/{worker:03d}-a{attempt}.adam.npz"
+
+    def worker_state_key(self, round: int, worker: int) -> str:
+        """A worker's own Adam state after `round`, when workers keep theirs (Training.worker_optimizer "own")."""
+        return f"{self.round_prefix(round)}states/{worker:03d}.adam.npz"
 
     @property
     def config_key(self) -> str:
@@ -195,6 +203,10 @@ class TrainingRun:
 
     def delete_worker_weights(self, round: int) -> None:
         for key in list(self.store.list(self.round_prefix(round) + "workers/")):
+            self.store.delete(key)
+
+    def delete_worker_states(self, round: int) -> None:
+        for key in list(self.store.list(self.round_prefix(round) + "states/")):
             self.store.delete(key)
 
     def put_outputs(self, metrics: bytes, plot: bytes) -> dict[str, str]:
