@@ -43,7 +43,7 @@ from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, bill, s3_
 from orchestrator.functions import FUNCTIONS
 from orchestrator.report import megabytes
 from orchestrator.session import session_from_args
-from orchestrator.traffic import METER, REQUEST_KINDS
+from orchestrator.traffic import REQUEST_KINDS
 
 ONE_VCPU_MB = 1769
 # https://aws.amazon.com/dynamodb/pricing/on-demand/ (us-east-1, since November 2024): per write request unit.
@@ -61,12 +61,12 @@ def run_step(parser, session, argv: list[str], quiet: bool = False) -> tuple[lis
     """Run one command on the session; return the invocations it made and the orchestrator's store traffic."""
     first = len(session.invoker.records)
     args = parser.parse_args(argv)
-    METER.take()
+    before = session.meter.snapshot()   # the command's own summary takes from the meter too
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         status = args.run(args, session)
     if status:
         raise SystemExit(f"`orchestrator {' '.join(argv)}` exited with status {status}")
-    return session.invoker.records[first:], METER.take()
+    return session.invoker.records[first:], session.meter.snapshot() - before
 
 
 def replied_requests(records: list) -> tuple[dict[str, int], int]:

@@ -31,10 +31,10 @@ from tables import table  # noqa: E402  (bench/tables.py)
 from dlpipe.shared.config import Settings  # noqa: E402
 from dlpipe.shared.recipe import Recipe  # noqa: E402
 from dlpipe.shared.store import DirStore  # noqa: E402
-from orchestrator.commands.prepare import prepare_dataset  # noqa: E402
 from orchestrator.costs import summarize  # noqa: E402
-from orchestrator.rounds import TrainOptions, run_training  # noqa: E402
 from orchestrator.session import Session  # noqa: E402
+from orchestrator.training.loop import TrainOptions, run_training  # noqa: E402
+from orchestrator.training.prepare import prepare_dataset  # noqa: E402
 
 CONFIGS = [  # (label, init_from, trainable, learning rate)
     ("from scratch", None, "all", 1e-3),
@@ -70,9 +70,9 @@ def run_config(session: Session, label: str, init_from, trainable: str, lr: floa
     result = run_training(session, options, out=io.StringIO(), progress=False)
     rows = []
     for record in result.records[1:]:
-        rate = sum(r["images_per_second"] for r in record["worker_results"])
-        rows.append([record["round"], f"{record['val']['accuracy']:.1%}", f"{record['wall_seconds']:.1f} s",
-                     f"{rate:.0f}", f"{record['gb_seconds']:.1f}", f"{record['gb_seconds'] * 0.0000166667:.5f}"])
+        rate = sum(r["images_per_second"] for r in record.worker_results)
+        rows.append([record.round, f"{record.val.accuracy:.1%}", f"{record.wall_seconds:.1f} s",
+                     f"{rate:.0f}", f"{record.gb_seconds:.1f}", f"{record.gb_seconds * 0.0000166667:.5f}"])
     cost = summarize(result.invocations)
     rows.append(["all", "", f"{time.perf_counter() - started:.1f} s", "", f"{cost.gb_seconds:.1f}",
                  f"{cost.dollars:.5f}"])

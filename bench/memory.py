@@ -60,7 +60,7 @@ def measure(workload: str, threads: int) -> dict:
     from dlpipe.train.worker import compiled_model
 
     size, channels, classes, trainable, batch, images, _ = WORKLOADS[workload]
-    spec = model_config_for(Recipe(size=size, channels=channels).to_dict(), [f"c{i}" for i in range(classes)])
+    spec = model_config_for(Recipe(size=size, channels=channels), [f"c{i}" for i in range(classes)])
     model = compiled_model(spec, trainable)
     rng = np.random.default_rng(0)
     x = rng.random((images, size, size, channels), np.float32)

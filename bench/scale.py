@@ -29,8 +29,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dlpipe.runs.record import RoundRecord
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -218,8 +222,8 @@ def bench_invoker(args: argparse.Namespace) -> dict:
 
 
 def write_dataset(data_store, name: str, workers: int) -> None:
+    from dlpipe.datasets.manifest import Counts, Manifest, PartList, write_manifest
     from dlpipe.shared.recipe import Recipe
-    from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
 
     shards = [PartList(parts=[f"datasets/{name}/train/shard-{w:03d}/part-000.npz"], count=120)
               for w in range(workers)]
@@ -233,34 +237,33 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     """Round 0 and round 1 of a run; round 1's record, the bytes of its whole commit, its global weights."""
     import io
 
-    from dlpipe.train.run import TrainingRun
-    from orchestrator.rounds import TrainOptions, run_training
-    from orchestrator.traffic import METER
+    from dlpipe.runs.run import TrainingRun
+    from orchestrator.training.loop import TrainOptions, run_training
 
     options = TrainOptions(dataset=dataset, run=run, rounds=1, workers=workers, aggregate=engine, retries=1,
                            output_dir=None, keep_worker_weights=True)
-    before, first = METER.snapshot(), len(session.invoker.records)
+    before, first = session.meter.snapshot(), len(session.invoker.records)
     result = run_training(session, options, out=io.StringIO(), progress=False)
     record = result.records[1]
     training = TrainingRun(session.model_store(), run)
     return {"record": record, "record_bytes": len(training.store.get(training.record_key(1))),
             "global": training.store.get(training.global_key(1)),
-            "job_traffic": METER.snapshot() - before, "job_records": session.invoker.records[first:]}
+            "job_traffic": session.meter.snapshot() - before, "job_records": session.invoker.records[first:]}
 
 
-def critical_path(session, run: str, record: dict, expected: bytes) -> float:
+def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> float:
     """The round's aggregation again, one node at a time: the sum over levels of the slowest node's round trip.
 
     What the tree takes when every node has a vCPU of its own, as on Lambda; here the nodes of
     a level otherwise share two cores, one Invoke API process and one moto_server.
     """
+    from dlpipe.runs.run import TrainingRun
     from dlpipe.train.aggregate import plan_tree
-    from dlpipe.train.run import TrainingRun
     from dlpipe.wire import TrainResponse
-    from orchestrator.aggregation import aggregate_round
     from orchestrator.invokers.aws import LambdaInvoker
+    from orchestrator.training.aggregation import aggregate_round
 
-    results = {r["worker"]: TrainResponse.model_validate(r) for r in record["worker_results"]}
+    results = {r["worker"]: TrainResponse.model_validate(r) for r in record.worker_results}
     training = TrainingRun(session.model_store(), run)
     runs = []
     for _ in range(3):  # each node's best of three: other jobs on the machine only ever lengthen it
@@ -292,13 +295,13 @@ def bench_aggregation(args: argparse.Namespace) -> list[dict]:
             cloud = one_round(session, f"sim{n}", f"cloud-{n}", n, "lambda")
             for engine, result in (("local", local), ("lambda", cloud)):
                 record = result["record"]
-                transfer = record["transfer"]
+                transfer = record.transfer.model_dump()
                 path = critical_path(session, f"cloud-{n}", record, cloud["global"]) if engine == "lambda" else \
-                    record["aggregation"]["seconds"]
-                rows.append({"workers": n, "engine": engine, "levels": record["aggregation"]["levels"],
-                             "calls": record["aggregation"]["calls"],
-                             "aggregate s": record["aggregation"]["seconds"], "critical path s": path,
-                             "round s": record["wall_seconds"],
+                    record.aggregation.seconds
+                rows.append({"workers": n, "engine": engine, "levels": record.aggregation.levels,
+                             "calls": record.aggregation.calls,
+                             "aggregate s": record.aggregation.seconds, "critical path s": path,
+                             "round s": record.wall_seconds,
                              "down kB": transfer["bytes_down"] / 1e3, "up kB": transfer["bytes_up"] / 1e3,
                              "record kB": result["record_bytes"] / 1e3,
                              "store GETs": transfer["store_requests"]["get"],

@@ -32,13 +32,13 @@ from pathlib import Path
 
 from tables import markdown_table  # bench/tables.py
 
+from dlpipe.datasets import fashion_mnist
 from dlpipe.shared.config import Settings
-from dlpipe.train import fashion_mnist
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
-from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import PRICE_PER_GB_SECOND, PRICE_PER_REQUEST, summarize
-from orchestrator.rounds import TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.loop import TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -111,7 +111,7 @@ def to_target(records: list[dict], target: float) -> dict | None:
     for record in records:
         seconds += record.get("lambda_seconds") or 0.0
         gbs += record["gb_seconds"]
-        if record["round"] > 0 and record["val"]["accuracy"] >= target - 1e-9:
+        if record["round"] > 0 and (record["val"] or {}).get("accuracy", 0.0) >= target - 1e-9:
             return {"round": record["round"], "epochs": record["epochs"], "lambda_seconds": seconds, "gb_seconds": gbs}
     return None
 
@@ -123,8 +123,8 @@ def outside_training(records: list[dict]) -> float | None:
 
 
 def summary(workers: int, result, wall: float) -> dict:
-    records, final = result.records, result.final
-    cost = summarize(result.invocations)
+    records = [r.to_json() | {"round": r.round} for r in result.records]
+    final, cost = records[-1], summarize(result.invocations)
     return {"workers": workers, "rounds": final["round"],
             "epochs": final["epochs"], "final_accuracy": final["val"]["accuracy"], "records": records,
             "lambda_seconds": sum(r.get("lambda_seconds") or 0.0 for r in records), "gb_seconds": cost.gb_seconds,

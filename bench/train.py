@@ -34,16 +34,18 @@ import time
 
 from tables import markdown_table as table  # bench/tables.py
 
+from dlpipe.datasets import fashion_mnist
+from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import batches, fashion_mnist, parts
+from dlpipe.train import batches, parts
 from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
-from orchestrator.commands.prepare import prepare_dataset
 from orchestrator.costs import summarize
-from orchestrator.hyperparams import DEFAULTS
-from orchestrator.rounds import TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.loop import TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
@@ -54,7 +56,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
 
     x, y = parts.load_parts(data_store, manifest["shards"][0]["parts"])
     recipe = Recipe.from_dict(manifest["recipe"])
-    config = model_config_for(manifest["recipe"], manifest["classes"], stem="small")
+    config = model_config_for(recipe, manifest["classes"], stem="small")
     keras.utils.set_random_seed(seed)
     model = build_model(config, dropout_seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
@@ -78,7 +80,7 @@ def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> No
         opts.rounds, opts.resume = repeat + 1, repeat > 0
         result = run_training(session, opts, out=io.StringIO(), progress=False)
         if repeat:  # round 1 includes the cold start (TensorFlow import and tracing)
-            worker.append(result.final["worker_results"][0]["images_per_second"])
+            worker.append(result.final.worker_results[0]["images_per_second"])
             # Two epochs; the first may still be paying one-off costs, like the worker's round 1.
             plain.append(plain_keras_images_per_second(session.data_store(), manifest, batch_size, 2, repeat)[-1])
     # Other processes on a shared machine only ever slow a measurement down: the best of the
@@ -116,7 +118,7 @@ def one_vcpu_speed(settings: Settings, dataset: str, per_worker_batches: list[in
                 opts = TrainOptions(dataset=dataset, run=f"vcpu-{batch}", rounds=3, workers=1, local_steps=max(
                     8, 1024 // batch), batch_size=batch, batch_across_workers=True, output_dir=None)
                 result = run_training(session, opts, out=io.StringIO(), progress=False)
-                rates[batch] = max(r["worker_results"][0]["images_per_second"] for r in result.records[2:])
+                rates[batch] = max(r.worker_results[0]["images_per_second"] for r in result.records[2:])
         finally:
             session.close()
     table("2. one-vCPU worker speed (one thread; warm rounds)", ["batch per worker", "images/s"],
@@ -124,24 +126,24 @@ def one_vcpu_speed(settings: Settings, dataset: str, per_worker_batches: list[in
     return rates
 
 
-def overhead(records: list[dict], label: str) -> list[list]:
+def overhead(records: list[RoundRecord], label: str) -> list[list]:
     rows = []
     for record in records:
-        if record["round"] == 0:
+        if record.round == 0:
             continue
-        phases = record["phase_seconds"]
-        worker = max(record["worker_results"], key=lambda r: r["train_seconds"])
-        rows.append([label, record["round"], f"{record['wall_seconds']:.1f}", f"{worker['train_seconds']:.1f}",
+        phases = record.phase_seconds.model_dump()
+        worker = max(record.worker_results, key=lambda r: r["train_seconds"])
+        rows.append([label, record.round, f"{record.wall_seconds:.1f}", f"{worker['train_seconds']:.1f}",
                      f"{worker['load_seconds'] + worker['setup_seconds'] + worker['upload_seconds']:.1f}",
                      f"{phases['average']:.2f}", f"{phases['evaluate']:.1f}",
-                     f"{1 - record['train_share']:.1%}",
-                     f"{max(r.get('max_rss_mb') or 0 for r in record['worker_results']):,.0f}"])
+                     f"{1 - record.train_share:.1%}",
+                     f"{max(r.get('max_rss_mb') or 0 for r in record.worker_results):,.0f}"])
     return rows
 
 
-def outside_seconds(record: dict) -> float:
+def outside_seconds(record: RoundRecord) -> float:
     """A round's time outside the slowest worker's training."""
-    return record["wall_seconds"] - max(r["train_seconds"] for r in record["worker_results"])
+    return record.wall_seconds - max(r["train_seconds"] for r in record.worker_results)
 
 
 def warm_overhead(result) -> float:
@@ -151,8 +153,8 @@ def warm_overhead(result) -> float:
 
 def cold_start(result) -> float:
     """Round 1's wall time beyond a warm round's: starting the workers' TensorFlow and tracing the model."""
-    walls = [r["wall_seconds"] for r in result.records[2:]] or [result.records[1]["wall_seconds"]]
-    return max(0.0, result.records[1]["wall_seconds"] - statistics.median(walls))
+    walls = [r.wall_seconds for r in result.records[2:]] or [result.records[1].wall_seconds]
+    return max(0.0, result.records[1].wall_seconds - statistics.median(walls))
 
 
 def lambda_estimate(result, target: float, rate: float, cold: float) -> tuple[float | None, float | None, float]:
@@ -165,10 +167,10 @@ def lambda_estimate(result, target: float, rate: float, cold: float) -> tuple[fl
     shard = max(r["shard_examples"] for r in rounds[0]["worker_results"])
     elapsed, epochs = cold, 0.0
     for record in rounds:
-        images = max(r["num_examples"] for r in record["worker_results"])
+        images = max(r["num_examples"] for r in record.worker_results)
         epochs += images / shard
         elapsed += images / rate + extra
-        if record["val"]["accuracy"] >= target:
+        if record.val.accuracy >= target:
             return epochs, elapsed, extra
     return None, None, extra
 
@@ -229,14 +231,14 @@ def report(args, results: dict, rates: dict[int, float]) -> None:
     rows, one = [], results.get(1)
     base, cold = None, cold_start((one or next(iter(results.values())))[0])
     for workers, (result, wall, batch) in results.items():
-        final = result.final["val"]["accuracy"]
-        best = max(result.records[1:], key=lambda r: r["val"]["accuracy"])
+        final = result.final.val.accuracy
+        best = max(result.records[1:], key=lambda r: r.val.accuracy)
         epochs, seconds, extra = lambda_estimate(result, args.target, rates.get(batch, float("nan")), cold)
         if workers == 1:
             base = seconds
         rows.append([workers, batch, len(result.records) - 1, f"{final:.1%}",
-                     f"{(final - one[0].final['val']['accuracy']) * 100:+.1f}" if one else "-",
-                     f"{best['val']['accuracy']:.1%} (round {best['round']})",
+                     f"{(final - one[0].final.val.accuracy) * 100:+.1f}" if one else "-",
+                     f"{best.val.accuracy:.1%} (round {best.round})",
                      f"{epochs:.2f}" if epochs else "not reached", f"{extra:.1f}",
                      f"{seconds:,.0f}" if seconds else "-",
                      f"{base / seconds:.1f}x" if seconds and base else "-",

@@ -3,7 +3,7 @@
 Each configuration runs in a fresh worker process of the local invoker (its memory limit
 raised so that nothing is killed): round 0 (init), then one training round of a few batches
 on a synthetic shard, then an evaluation; the peak is the invocation's VmHWM, Lambda's "Max
-Memory Used". The figures behind dlpipe.train.footprint, which `train` and `prepare` check
+Memory Used". The figures behind dlpipe.runs.footprint, which `train` and `prepare` check
 before any work.
 
     .venv/bin/python bench/worker_memory.py            # ~10 minutes on 2 cores
@@ -19,9 +19,10 @@ import tempfile
 import numpy as np
 from tables import markdown_table as table  # bench/tables.py
 
+from dlpipe.runs import footprint
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import footprint, parts
+from dlpipe.train import parts
 from dlpipe.train.model import model_config_for
 from dlpipe.wire import EvaluateRequest, Hyper, InitRequest, TrainRequest
 from orchestrator import functions
@@ -46,7 +47,7 @@ def measure(settings: Settings, size: int, channels: int, trainable: str, batch:
     key = f"datasets/mem/train/{size}-{shard}.npz"
     settings.data_store().put(key, parts.arrays_to_npz(x, y))
     del x
-    model = model_config_for(recipe.to_dict(), [f"c{i}" for i in range(CLASSES)])
+    model = model_config_for(recipe, [f"c{i}" for i in range(CLASSES)])
     run = f"mem-{size}-{trainable}-{batch}-{shard}"
     session = Session(settings, "local", concurrency=1)
     try:

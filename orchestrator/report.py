@@ -17,7 +17,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from orchestrator.costs import Bill, bill
-from orchestrator.traffic import METER, Traffic
+from orchestrator.traffic import Traffic
 
 
 def megabytes(count: int) -> str:
@@ -62,10 +62,6 @@ def progress_bar(*, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(file=sys.stderr, disable=None if enabled else True, **kwargs)
 
 
-# The store traffic the last summary billed: `print_json` follows `print_summary` and bills the same job.
-_last_traffic: list[Traffic] = []
-
-
 def bill_document(invocations: Iterable = (), traffic: Traffic | None = None) -> dict:
     """The bill as numbers: what the summary's bill lines say."""
     cost = bill(invocations, traffic)
@@ -77,24 +73,25 @@ def bill_document(invocations: Iterable = (), traffic: Traffic | None = None) ->
 
 
 def print_json(command: str, figures: Mapping[str, object], failures: Iterable[tuple[str, str]] = (),
-               invocations: Iterable = (), out: TextIO | None = None) -> None:
-    """The --json contract: {"command", the summary's figures..., "failures": [{"item", "reason"}], "bill"}."""
+               invocations: Iterable = (), out: TextIO | None = None, *, traffic: Traffic) -> None:
+    """The --json contract: {"command", the summary's figures..., "failures": [{"item", "reason"}], "bill"}.
+
+    `traffic`: the job's with the stores (`session.meter.take()`), the same the summary billed.
+    """
     out = out or sys.stdout
     document = {"command": command, **figures,
                 "failures": [{"item": item, "reason": reason} for item, reason in failures],
-                "bill": bill_document(invocations, _last_traffic[-1] if _last_traffic else METER.take())}
+                "bill": bill_document(invocations, traffic)}
     json.dump(document, out, indent=2, default=str)
     print(file=out)
 
 
 def print_summary(title: str, rows: Iterable[tuple[str, object]], invocations: Iterable = (),
-                  out: TextIO | None = None, traffic: Traffic | None = None) -> None:
-    """`traffic`: the orchestrator's with the stores; by default all of it since the previous summary."""
+                  out: TextIO | None = None, *, traffic: Traffic) -> None:
+    """`traffic`: the orchestrator's with the stores during the job (`session.meter.take()`)."""
     out = out or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     rows = list(rows)
     invocations = list(invocations)
-    traffic = METER.take() if traffic is None else traffic
-    _last_traffic[:] = [traffic]
     if invocations or traffic.request_count:
         rows += bill_rows(bill(invocations, traffic))
     width = max((len(label) for label, _ in rows), default=0)

@@ -3,7 +3,7 @@
 This is the one place where the pluggable parts are chosen: a CloudFormation stack
 (`--stack-name`) selects S3, DynamoDB and Lambda; otherwise the embedded default (a local
 directory, SQLite and a process pool) with any explicit `--data/--models/--table` URLs.
-Each of these options defaults to a DLPIPE_* environment variable (dlpipe.shared.config.Placement),
+Each of these options defaults to a DLPIPE_* environment variable (orchestrator.settings.Placement),
 exactly as if it had been typed; the command line wins.
 """
 
@@ -13,13 +13,14 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from dlpipe.shared.config import ENV_HOME, ENV_WORKER_LOG, Placement, Settings
+from dlpipe.shared.config import ENV_HOME, Settings
 from dlpipe.shared.store import ObjectStore, StoreError
 from dlpipe.shared.table import PredictionsTable, TableError, open_table
 from orchestrator.errors import CommandError
 from orchestrator.invokers.base import Invoker
 from orchestrator.quiet import worker_log
-from orchestrator.traffic import MeteredStore
+from orchestrator.settings import ENV_WORKER_LOG, Placement
+from orchestrator.traffic import Meter, MeteredStore
 
 INVOKERS = ("local", "lambda")
 STACK_OUTPUTS = ("DataBucketName", "ModelBucketName", "PredictionsTableName")
@@ -59,6 +60,7 @@ class Session:
     architecture: str = "x86_64"
     verbose: bool = False
     home: str | None = None       # where the local workers' log goes without --verbose
+    meter: Meter = field(default_factory=Meter)   # this session's traffic with its stores (the bill's)
     _invoker: Invoker | None = None
 
     @property
@@ -88,13 +90,13 @@ class Session:
     def data_store(self) -> ObjectStore:
         """Metered (orchestrator.traffic): the summaries price its requests and bytes."""
         try:
-            return MeteredStore(self.settings.data_store())
+            return MeteredStore(self.settings.data_store(), self.meter)
         except StoreError as err:  # a URL no store answers to: the user's to fix, not a crash
             raise CommandError(f"data store: {err}") from None
 
     def model_store(self) -> ObjectStore:
         try:
-            return MeteredStore(self.settings.model_store())
+            return MeteredStore(self.settings.model_store(), self.meter)
         except StoreError as err:
             raise CommandError(f"model store: {err}") from None
 

@@ -3,7 +3,7 @@
 Why: Lambda's compute is not the whole bill. S3 prices every request (PUT and LIST about
 12 times a GET), and every byte the orchestrator downloads from AWS is internet egress when
 it runs on the user's machine: averaging 64 SqueezeNet workers here moves ~1 GB a round.
-The session wraps its stores in `MeteredStore`, which counts into the process's `METER`;
+The session wraps its stores in `MeteredStore`, which counts into the session's `Meter`;
 orchestrator.costs prices the counts and orchestrator.report prints them.
 
 Requests are counted as S3 would bill them, whichever store answers (a directory store is
@@ -75,9 +75,6 @@ class Meter:
         return since
 
 
-METER = Meter()  # this process's traffic with every store the session opened
-
-
 def _parts(size: int) -> int:
     """Requests for moving a file of `size` bytes: one, or one per multipart part plus create and complete."""
     return 1 if size <= MULTIPART_CHUNK else math.ceil(size / MULTIPART_CHUNK) + 2
@@ -86,7 +83,7 @@ def _parts(size: int) -> int:
 class MeteredStore(ObjectStore):
     """Delegates every call to `inner` and counts it into `meter`."""
 
-    def __init__(self, inner: ObjectStore, meter: Meter = METER) -> None:
+    def __init__(self, inner: ObjectStore, meter: Meter) -> None:
         self.inner = inner
         self.meter = meter
         self.url = inner.url

@@ -19,9 +19,9 @@ from aws_lambda_powertools import Logger
 
 from dlpipe.augment.batch import augment_batch
 from dlpipe.shared.config import Settings
-from dlpipe.shared.events import parsed_event
 from dlpipe.shared.store import ObjectStore
 from dlpipe.wire import AugmentRequest
+from dlpipe.wire.events import parsed_event
 
 logger = Logger(service="augment")
 

@@ -21,9 +21,9 @@ from aws_lambda_powertools import Logger
 
 from dlpipe.predict.predictor import Predictor
 from dlpipe.shared.config import ServingSettings, Settings
-from dlpipe.shared.events import parsed_event
 from dlpipe.shared.table import open_table
 from dlpipe.wire import ErrorResponse, PredictRequest, ServingError
+from dlpipe.wire.events import parsed_event
 
 logger = Logger(service="predict")
 _predictor: Predictor | None = None

@@ -19,10 +19,10 @@ from aws_lambda_powertools import Logger
 
 from dlpipe import wire
 from dlpipe.shared.config import Settings
-from dlpipe.shared.events import parsed_event
 from dlpipe.shared.store import ObjectStore
 from dlpipe.train import aggregate
 from dlpipe.train import worker as training
+from dlpipe.wire.events import parsed_event
 
 logger = Logger(service="train")
 

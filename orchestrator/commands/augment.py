@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from dlpipe.augment.naming import output_stem, relative_key
 from dlpipe.shared.images import ImageError
+from dlpipe.shared.problems import describe_errors
 from dlpipe.shared.store import InvalidKey, validate_prefix
 from dlpipe.wire import (
     DEFAULT_VARIANTS,
@@ -24,6 +25,7 @@ from dlpipe.wire import (
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
+from orchestrator.session import Session
 
 EXAMPLES = f"""\
 examples:
@@ -102,8 +104,7 @@ def options(args: argparse.Namespace) -> tuple[str, str, AugmentSpec]:
         spec = AugmentSpec(variants=variants, seed=args.seed, size=args.size, format=args.format,
                            copies=args.copies)
     except ValidationError as err:
-        raise CommandError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                     for e in err.errors())) from None
+        raise CommandError(describe_errors(err, inputs=False)) from None
     except (ValueError, InvalidKey) as err:
         raise CommandError(str(err)) from None
     return source, output, spec
@@ -144,7 +145,7 @@ class Tally:
         self.bytes_out += reply.bytes_out
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     source, output, spec = options(args)
     store = session.data_store()
     listed = [k for k in store.list(source + "/" if source else "") if not _hidden(k)]
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace, session) -> int:
         raise CommandError(f"the augment function refused every batch: {tally.refused[0]} (if the deployed "
                            "function is older or newer than this orchestrator, deploy this version)")
 
+    traffic = session.meter.take()
     print_summary("augment", [
         ("store", store.url),
         ("source", f"{source}/ ({len(listed)} images)"),
@@ -179,11 +181,12 @@ def run(args: argparse.Namespace, session) -> int:
         ("images out", f"{tally.images_out} ({tally.bytes_out / 1e6:,.1f} MB)"),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{len(keys) / wall:,.1f} source images/s" if wall > 0 else "-"),
-    ], invocations=invoker.records[first_record:], out=human_out(args))
+    ], invocations=invoker.records[first_record:], out=human_out(args), traffic=traffic)
     print_failures(sorted(tally.failures), out=human_out(args))
     if args.json:
         print_json("augment", {
             "store": store.url, "source": source, "output": output, "source_images": len(listed),
             "augmented": tally.done, "failed": len(tally.failures), "images_out": tally.images_out,
-            "bytes_out": tally.bytes_out, "wall_seconds": wall}, sorted(tally.failures), invoker.records[first_record:])
+            "bytes_out": tally.bytes_out, "wall_seconds": wall}, sorted(tally.failures), invoker.records[first_record:],
+            traffic=traffic)
     return 1 if tally.failures else 0

@@ -16,7 +16,7 @@ from orchestrator import chain
 from orchestrator.commands import add_command, augment, export, fashion_mnist, photo_demo, predict, prepare, train
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out
-from orchestrator.traffic import METER
+from orchestrator.session import Session
 
 STEP_COMMANDS = (fashion_mnist, augment, prepare, train, export, predict)
 FASHION_DEFAULTS = {"images": 6000, "rounds": 5, "local_epochs": 2, "run_name": "demo"}
@@ -69,14 +69,14 @@ def register(subparsers) -> None:
     add_json_argument(p)
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     # Under --json the steps' own reports go to stderr with the rest of the human report.
     args.json_out = sys.stdout if args.json else None
     with contextlib.redirect_stdout(human_out(args)):
         return _run(args, session)
 
 
-def _run(args: argparse.Namespace, session) -> int:
+def _run(args: argparse.Namespace, session: Session) -> int:
     if args.photos:
         if args.images is not None:
             raise CommandError("--images is for the Fashion-MNIST demo; with --photos every photo is used")
@@ -90,9 +90,9 @@ def _run(args: argparse.Namespace, session) -> int:
     return run_fashion_mnist(args, session)
 
 
-def run_fashion_mnist(args: argparse.Namespace, session) -> int:
+def run_fashion_mnist(args: argparse.Namespace, session: Session) -> int:
     parser = chain.step_parser(STEP_COMMANDS)
-    start, traffic_at_start = time.perf_counter(), METER.snapshot()   # the bill covers every step
+    start, traffic_at_start = time.perf_counter(), session.meter.snapshot()   # the bill covers every step
     name = args.run_name
     out_dir = chain.output_dir(session)
     figure = out_dir / "predictions.png"

@@ -9,6 +9,7 @@ from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.quiet import native_output_captured
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -32,12 +33,11 @@ def register(subparsers) -> None:
     add_json_argument(p)
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     require_train_extra("export", ("tensorflow", "keras"))
     from dlpipe.publish.export import ExportError, export_model
-    from dlpipe.shared.recipe import Recipe
+    from dlpipe.runs.run import TrainingRun, lineage_of
     from dlpipe.train.model import build_model
-    from dlpipe.train.run import TrainingRun, lineage_of
     from dlpipe.train.weights import CheckpointError
 
     store, out = session.model_store(), human_out(args)
@@ -50,12 +50,13 @@ def run(args: argparse.Namespace, session) -> int:
         print(f"exporting run {args.run_name!r} round {round_} (loads TensorFlow; takes a few seconds)...", file=out)
         with native_output_captured(session.verbose):   # TensorFlow's C++ logging and the converter's
             model = build_model(config, weights)
-            exported = export_model(model, store, name, list(config.labels), Recipe.from_dict(config.recipe),
+            exported = export_model(model, store, name, list(config.labels), config.recipe,
                                     source={"kind": "run", "run": args.run_name, "round": round_,
                                             **lineage_of(run_.config())},
                                     version=args.version, config=config)
     except (CheckpointError, ExportError, ValueError) as err:
         raise CommandError(str(err)) from None
+    traffic = session.meter.take()
     print_summary("export", [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("from", f"run {args.run_name} round {round_}"),
@@ -65,12 +66,12 @@ def run(args: argparse.Namespace, session) -> int:
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
-    ], out=out)
+    ], out=out, traffic=traffic)
     if args.json:
         print_json("export", {
             "model": exported.name, "version": exported.version, "run": args.run_name, "round": round_,
             "written_to": f"{store.url}/{exported.prefix}", "squeezenet": config.version,
             "input_shape": list(config.input_shape), "classes": config.classes, "tflite_bytes": exported.tflite_bytes,
-            "max_abs_diff": exported.max_abs_diff, "wall_seconds": time.perf_counter() - start})
+            "max_abs_diff": exported.max_abs_diff, "wall_seconds": time.perf_counter() - start}, traffic=traffic)
     print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}", file=out)
     return 0

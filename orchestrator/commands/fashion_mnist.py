@@ -11,12 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 
-from dlpipe.shared.config import ENV_CACHE, download_cache_dir
+from dlpipe.datasets import fashion_mnist as fm
 from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
-from dlpipe.train import fashion_mnist as fm
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_json, print_summary, progress_bar
+from orchestrator.session import Session
+from orchestrator.settings import ENV_CACHE, download_cache_dir
 
 EXAMPLES = f"""\
 examples:
@@ -81,7 +82,7 @@ def unavailable_message(err: fm.DownloadFailed) -> str:
             f"({names}), or copy those files into {err.cache}, where this command and `make demo` look too")
 
 
-def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     if args.limit is not None and args.limit < 1:
         raise CommandError("--limit must be at least 1")
@@ -95,15 +96,16 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
         raise CommandError(str(err)) from None
     wall = time.perf_counter() - start
     images = sum(counts.values())
+    traffic = session.meter.take()
     print_summary("fashion-mnist", [
         ("store", store.url),
         ("written", ", ".join(f"{args.prefix.strip('/')}/{s}/<class>/: {n} images" for s, n in counts.items())),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{images / wall:,.0f} images/s" if wall > 0 else "-"),
-    ], out=out)
+    ], out=out, traffic=traffic)
     if args.json:
         print_json("fashion-mnist", {"store": store.url, "prefix": args.prefix.strip("/"), "written": counts,
-                                     "images": images, "wall_seconds": wall})
+                                     "images": images, "wall_seconds": wall}, traffic=traffic)
     print(f"\nnext: orchestrator prepare --source {args.prefix.strip('/')}/train --val-source "
           f"{args.prefix.strip('/')}/test --dataset fmnist --workers 2 --recipe fashion-mnist", file=out)
     return 0

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from dlpipe.predict.versions import list_models, read_meta
 from dlpipe.publish import zoo
-from dlpipe.shared.config import DEFAULT_MODEL_ZOO_URL, ENV_CACHE, ENV_MODEL_ZOO, download_cache_dir, model_zoo_url
 from dlpipe.shared.names import validate_name
 from orchestrator.commands import add_command
 from orchestrator.commands.import_onnx import import_file, print_import, read_labels_file
 from orchestrator.errors import CommandError
 from orchestrator.report import print_summary
+from orchestrator.session import Session
+from orchestrator.settings import DEFAULT_MODEL_ZOO_URL, ENV_CACHE, ENV_MODEL_ZOO, download_cache_dir, model_zoo_url
 
 EXAMPLES = f"""\
 examples:
@@ -64,7 +65,7 @@ def offline_message(model: zoo.Pretrained, err: zoo.FetchFailed, cache: Path, na
             f"--name {name}`")
 
 
-def fetch_and_import(session, model_name: str, name: str | None = None) -> tuple[str, str]:
+def fetch_and_import(session: Session, model_name: str, name: str | None = None) -> tuple[str, str]:
     """(name, version) of the model in the store, fetched and imported if need be."""
     model = zoo.PRETRAINED[model_name]
     try:
@@ -83,10 +84,11 @@ def fetch_and_import(session, model_name: str, name: str | None = None) -> tuple
     store = session.model_store()
     version = imported_version(store, name, sha256)
     if version is not None:
+        traffic = session.meter.take()
         print_summary("fetch-model", [
             ("model", f"{name} {version}: already imported from {fetched.onnx.name}, nothing to do"),
             ("cached files", f"{fetched.onnx}, {fetched.labels}"),
-        ])
+        ], traffic=traffic)
         return name, version
     labels = read_labels_file(fetched.labels)
     exported, found = import_file(session, fetched.onnx, labels, name)
@@ -94,6 +96,6 @@ def fetch_and_import(session, model_name: str, name: str | None = None) -> tuple
     return exported.name, exported.version
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     fetch_and_import(session, args.model, args.name)
     return 0

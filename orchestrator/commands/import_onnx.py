@@ -14,6 +14,7 @@ from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
 from orchestrator.quiet import native_output_captured
 from orchestrator.report import add_json_argument, print_json, print_summary
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -54,7 +55,7 @@ def read_labels_file(path: str | Path) -> list[str]:
         raise CommandError(f"bad labels file {path}: {err}") from None
 
 
-def import_file(session, path: Path, labels: list[str], name: str, version: str | None = None,
+def import_file(session: Session, path: Path, labels: list[str], name: str, version: str | None = None,
                 recipe: Recipe | None = None):
     """Import `path` as version `version` of `name`: (ExportedVersion, what was found). CommandError otherwise."""
     from dlpipe.publish.export import ExportError
@@ -68,10 +69,11 @@ def import_file(session, path: Path, labels: list[str], name: str, version: str 
         raise CommandError(f"{path}: {err}") from None
 
 
-def print_import(session, exported, found, classes: int, start: float, title: str = "import-onnx",
+def print_import(session: Session, exported, found, classes: int, start: float, title: str = "import-onnx",
                  as_json: bool = False) -> None:
     """The summary, on stdout, or on stderr with one JSON document on stdout (--json)."""
     out = sys.stderr if as_json else sys.stdout
+    traffic = session.meter.take()
     print_summary(title, [
         ("model", f"{exported.name} {exported.version} (now latest)"),
         ("written to", f"{session.model_store().url}/{exported.prefix}"),
@@ -81,18 +83,18 @@ def print_import(session, exported, found, classes: int, start: float, title: st
         ("model.tflite", f"{exported.tflite_bytes / 1e6:.1f} MB"),
         ("LiteRT vs Keras", f"max |diff| {exported.max_abs_diff:.2g} on a random input"),
         ("wall time", f"{time.perf_counter() - start:.1f} s"),
-    ], out=out)
+    ], out=out, traffic=traffic)
     if as_json:
         print_json(title, {
             "model": exported.name, "version": exported.version,
             "written_to": f"{session.model_store().url}/{exported.prefix}", "squeezenet": found.version,
             "input_shape": list(found.input_shape), "final_pad": found.final_pad, "classes": classes,
             "tflite_bytes": exported.tflite_bytes, "max_abs_diff": exported.max_abs_diff,
-            "wall_seconds": time.perf_counter() - start})
+            "wall_seconds": time.perf_counter() - start}, traffic=traffic)
     print(f"\ntry it: orchestrator predict IMAGE --model {exported.name}", file=out)
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     require_train_extra("import-onnx")
     path = Path(args.file)
     if not path.is_file():

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dlpipe.predict.versions import latest_version, list_models, read_meta, version_key
 from dlpipe.wire import NotFound
 from orchestrator.commands import add_command
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -80,7 +81,7 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
     return ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     store = session.model_store()
     found = entries(store)
     if args.json:

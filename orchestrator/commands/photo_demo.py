@@ -21,13 +21,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from dlpipe.datasets.split import stable_fraction
 from dlpipe.shared.names import validate_name
-from dlpipe.train.plan import stable_fraction
 from dlpipe.wire import AUGMENTED_PREFIX
 from orchestrator import chain
 from orchestrator.commands import augment, export, fetch_model, import_onnx, predict, prepare, train, upload
 from orchestrator.errors import CommandError
-from orchestrator.traffic import METER
+from orchestrator.session import Session
 
 STEP_COMMANDS = (augment, prepare, train, export, predict)
 DEFAULTS = {"rounds": 3, "run_name": "the photo folder's name"}
@@ -62,7 +62,7 @@ def split_photos(root: Path, val_fraction: float) -> dict[str, Files]:
     return splits
 
 
-def upload_photos(session, root: Path, prefix: str, val_fraction: float, augmented: str) -> None:
+def upload_photos(session: Session, root: Path, prefix: str, val_fraction: float, augmented: str) -> None:
     """The split into PREFIX/train and PREFIX/test, replacing what an earlier run left there and under
     `augmented`: a photo held out now must not still be trained on from then."""
     if not root.is_dir():
@@ -104,7 +104,7 @@ def _placeholder_labels(path: Path, out_dir: Path) -> Path:
     return labels
 
 
-def pretrained_model(session, args: argparse.Namespace, out_dir: Path) -> str:
+def pretrained_model(session: Session, args: argparse.Namespace, out_dir: Path) -> str:
     """MODEL:VERSION of the pretrained model in the model store, imported (once) if need be."""
     if not args.pretrained:
         print(f"\n=== 1/7 pretrained model: orchestrator fetch-model {FETCHED}", flush=True)
@@ -140,7 +140,7 @@ def default_name(folder: Path) -> str:
         return "photos"
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     if not 0 < args.val_fraction < 1:
         raise CommandError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     name = args.run_name or default_name(Path(args.photos))
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, session) -> int:
     workers = str(args.workers)
     prefix, out_dir = f"photos/{name}", chain.output_dir(session)
     figure = out_dir / f"{name}-predictions.png"
-    start, traffic_at_start = time.perf_counter(), METER.snapshot()   # the bill covers every step
+    start, traffic_at_start = time.perf_counter(), session.meter.snapshot()   # the bill covers every step
     parser = chain.step_parser(STEP_COMMANDS)
     model = pretrained_model(session, args, out_dir)
     augmented = f"{AUGMENTED_PREFIX}/{name}"

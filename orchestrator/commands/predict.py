@@ -21,6 +21,7 @@ from dlpipe.wire import MAX_IMAGE_B64_CHARS, MAX_TOP_K, ErrorResponse, PredictRe
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import JSON_HELP, human_out, print_json, print_summary, progress_bar
+from orchestrator.session import Session
 
 STORE_PREFIX = "store:"
 
@@ -66,7 +67,7 @@ class Item:
         return self.error is None and self.response is not None
 
 
-def resolve_model(session, name: str | None) -> str:
+def resolve_model(session: Session, name: str | None) -> str:
     """--model, or the model store's only model; CommandError with the choices otherwise."""
     if name:
         return name
@@ -188,7 +189,7 @@ def read_response(item: Item, inv) -> None:
         item.response = reply
 
 
-def predict_all(session, todo: list[Item], model: str, version: str | None, top_k: int) -> None:
+def predict_all(session: Session, todo: list[Item], model: str, version: str | None, top_k: int) -> None:
     """Invoke the function for every item, a chunk at a time, so only a few base64 images are held in memory."""
     chunk_size = max(32, 4 * (session.concurrency or 8))
     with progress_bar(total=len(todo), desc="predict", unit="img", enabled=len(todo) > 1) as bar:
@@ -229,7 +230,7 @@ def json_figures(items: list[Item], model: str, wall: float, show: str | None) -
                          "image": item.arg} for item in items]}
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise CommandError(f"--top-k must be between 1 and {MAX_TOP_K}")
     model = resolve_model(session, args.model)
@@ -249,9 +250,11 @@ def run(args: argparse.Namespace, session) -> int:
                 print(f"\n{item.arg}   FAILED: {item.error}")
     if args.show:
         draw(items, session.data_store(), args.show)
+    traffic = session.meter.take()
     print_summary("predict", summary_rows(items, model, wall, args.show), invoker.records[first_record:],
-                  out=human_out(args))
+                  out=human_out(args), traffic=traffic)
     if args.json:
         failures = [(item.arg, item.error or "no response") for item in items if not item.ok]
-        print_json("predict", json_figures(items, model, wall, args.show), failures, invoker.records[first_record:])
+        print_json("predict", json_figures(items, model, wall, args.show), failures, invoker.records[first_record:],
+                   traffic=traffic)
     return 0 if all(item.ok for item in items) else 1

@@ -9,6 +9,7 @@ import sys
 from dlpipe.shared.table import TableError
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -33,7 +34,7 @@ def _image(record) -> str:
     return record.image_key or record.image_name or f"sha256:{record.image_sha256[:12]}"
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     if args.limit < 0:
         raise CommandError(f"--limit {args.limit}: give 0 (all) or a positive number")
     table = session.table()

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.aggregation import ENGINES
 from orchestrator.commands import add_command, require_train_extra
 from orchestrator.errors import CommandError
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.session import Session
+from orchestrator.training.aggregation import ENGINES
+from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
+from orchestrator.training.loop import TrainingFailed, TrainOptions, TrainResult, run_training
 
 EXAMPLES = f"""\
 examples:
@@ -53,33 +54,7 @@ def register(subparsers) -> None:
                        help="train until E epochs of data are done, whatever the round length (the rounds that "
                             "takes; with --resume, E in all)")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers (default: the dataset's shards)")
-    p.add_argument("--local-epochs", type=float, metavar="E",
-                   help="epochs each worker trains per round; a fraction (0.25) makes rounds of that share of an "
-                        "epoch, averaging more often")
-    p.add_argument("--local-steps", type=int, metavar="K",
-                   help="rounds of K batches of each worker's shard instead (its stream of epochs goes on across "
-                        "rounds)")
-    p.add_argument("--batch-size", type=int, metavar="B",
-                   help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
-                        "as many steps whatever N")
-    split = p.add_mutually_exclusive_group()
-    split.add_argument("--batch-per-worker", dest="batch_across_workers", action="store_const", const=False,
-                       help="--batch-size is each worker's batch: the global batch grows with the workers, and the "
-                            "learning rate with it (--lr-scaling)")
-    split.add_argument("--batch-across-workers", dest="batch_across_workers", action="store_const", const=True,
-                       help="--batch-size is the batch across workers: each of N takes B/N")
-    p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
-    p.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"),
-                   help="with a batch per worker, each worker's learning rate is --lr x 1, sqrt(N) or N")
-    p.add_argument("--outer-lr", dest="outer_learning_rate", type=float, metavar="LR",
-                   help="outer learning rate at aggregation: the new global weights move this share of the way "
-                        "(with momentum, further) from the previous ones to the workers' average; 1 with "
-                        "--outer-momentum 0 is plain averaging (FedAvg)")
-    p.add_argument("--outer-momentum", type=float, metavar="M",
-                   help="Nesterov momentum of the outer step (SlowMo, DiLoCo): 0 to below 1")
-    p.add_argument("--worker-optimizer", choices=("averaged", "own"),
-                   help="each worker's Adam state between rounds: the average of all workers' (then only it and "
-                        "the weights are aggregated), or its own, kept in the run (DiLoCo)")
+    _add_hyper_arguments(p)
     p.add_argument("--seed", type=int, metavar="S", help="seed of the initial weights, data order and dropout")
     p.add_argument("--min-workers", type=int, metavar="M",
                    help="close a round if at least M workers succeeded (default: all must)")
@@ -124,6 +99,37 @@ def register(subparsers) -> None:
     add_json_argument(p)
 
 
+def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
+    """The hyper-parameters a new run fixes (and a resumed one keeps): round length, batch, rates, outer step."""
+    p.add_argument("--local-epochs", type=float, metavar="E",
+                   help="epochs each worker trains per round; a fraction (0.25) makes rounds of that share of an "
+                        "epoch, averaging more often")
+    p.add_argument("--local-steps", type=int, metavar="K",
+                   help="rounds of K batches of each worker's shard instead (its stream of epochs goes on across "
+                        "rounds)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
+                        "as many steps whatever N")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--batch-per-worker", dest="batch_across_workers", action="store_const", const=False,
+                       help="--batch-size is each worker's batch: the global batch grows with the workers, and the "
+                            "learning rate with it (--lr-scaling)")
+    split.add_argument("--batch-across-workers", dest="batch_across_workers", action="store_const", const=True,
+                       help="--batch-size is the batch across workers: each of N takes B/N")
+    p.add_argument("--lr", dest="learning_rate", type=float, metavar="LR", help="Adam learning rate")
+    p.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"),
+                   help="with a batch per worker, each worker's learning rate is --lr x 1, sqrt(N) or N")
+    p.add_argument("--outer-lr", dest="outer_learning_rate", type=float, metavar="LR",
+                   help="outer learning rate at aggregation: the new global weights move this share of the way "
+                        "(with momentum, further) from the previous ones to the workers' average; 1 with "
+                        "--outer-momentum 0 is plain averaging (FedAvg)")
+    p.add_argument("--outer-momentum", type=float, metavar="M",
+                   help="Nesterov momentum of the outer step (SlowMo, DiLoCo): 0 to below 1")
+    p.add_argument("--worker-optimizer", choices=("averaged", "own"),
+                   help="each worker's Adam state between rounds: the average of all workers' (then only it and "
+                        "the weights are aggregated), or its own, kept in the run (DiLoCo)")
+
+
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
                         local_epochs=args.local_epochs, local_steps=args.local_steps, batch_size=args.batch_size,
@@ -140,7 +146,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
                         keep_worker_weights=args.keep_worker_weights, aggregate=args.aggregate)
 
 
-def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:
     out = human_out(args, out)  # resolved per call, so redirected output is honoured
     options = options_from_args(args)
     if session.invoker_kind == "local":  # on Lambda the train image has TensorFlow
@@ -150,40 +156,51 @@ def run(args: argparse.Namespace, session, out: TextIO | None = None) -> int:
     except TrainingFailed as err:
         raise CommandError(str(err)) from None
     final = result.final
-    val = final.get("val") or {}
-    best = max((r for r in result.records if r.get("val")), key=lambda r: r["val"]["accuracy"], default=None)
-    trained = sum((r.get("train") or {}).get("examples", 0) for r in result.records[-result.rounds_run:]) \
+    val = final.val if final else None
+    best = max((r for r in result.records if r.val), key=lambda r: r.val.accuracy or 0.0 if r.val else 0.0,
+               default=None)
+    trained = sum(r.train.examples for r in result.records[-result.rounds_run:] if r.train) \
         if result.rounds_run else 0
-    first = final.get("round", 0) - result.rounds_run + 1          # this time's first round (0: a new run)
-    on_lambda = sum(r.get("lambda_seconds") or 0.0 for r in result.records
-                    if r["round"] >= first or (first == 1 and r["round"] == 0)) if result.rounds_run else 0.0
+    on_lambda = lambda_seconds_this_time(result)
     rows = [
         ("run", f"{options.run} on {options.dataset}"),
-        ("rounds", f"{final.get('round', 0)} completed ({result.rounds_run} this time)"),
-        ("epochs", f"{final['epochs']:.2f} of data" if final.get("epochs") is not None else "-"),
-        ("workers", f"{final.get('workers_ok', '-')}/{final.get('workers', '-')} in the last round"),
-        ("validation", f"loss {val['loss']:.4f}, accuracy {val['accuracy']:.2%} ({val['count']} images)"
+        ("rounds", f"{final.round if final else 0} completed ({result.rounds_run} this time)"),
+        ("epochs", f"{final.epochs:.2f} of data" if final and final.epochs is not None else "-"),
+        ("workers", f"{final.workers_ok}/{final.workers} in the last round" if final else "-/- in the last round"),
+        ("validation", f"loss {val.loss:.4f}, accuracy {val.accuracy:.2%} ({val.count} images)"
          if val else "none (the dataset has no validation images)"),
     ]
-    if best is not None:
-        rows.append(("best", f"{best['val']['accuracy']:.2%} at round {best['round']}"))
+    if best is not None and best.val is not None:
+        rows.append(("best", f"{best.val.accuracy:.2%} at round {best.round}"))
     rows += [
-        ("wall time", f"{result.wall_seconds:.1f} s here; on Lambda {on_lambda:.1f} s (the rounds' slowest "
-                      "worker and serial work)"),
+        ("wall time", f"{result.wall_seconds:.1f} s here; {on_lambda:.1f} s on Lambda (each round's slowest worker, "
+                      "aggregation and evaluation)"),
         ("throughput", f"{trained / result.wall_seconds:,.0f} training images/s (all workers)"
          if result.wall_seconds > 0 and trained else "-"),
         ("worker failures", str(len(result.failures))),
     ]
     rows += [(name, path) for name, path in result.outputs.items()]
-    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out)
+    traffic = session.meter.take()
+    print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out, traffic=traffic)
     print_failures(result.failures, out=out)
     if args.json:
         print_json("train", {
-            "run": options.run, "dataset": options.dataset, "rounds_completed": final.get("round", 0),
-            "rounds_run": result.rounds_run, "workers_ok": final.get("workers_ok"), "workers": final.get("workers"),
-            "validation": val or None, "best": {"round": best["round"], **best["val"]} if best else None,
+            "run": options.run, "dataset": options.dataset, "rounds_completed": final.round if final else 0,
+            "rounds_run": result.rounds_run, "workers_ok": final.workers_ok if final else None,
+            "workers": final.workers if final else None,
+            "validation": val.model_dump(mode="json", exclude_unset=True) if val else None,
+            "best": {"round": best.round, **best.val.model_dump(mode="json", exclude_unset=True)}
+            if best and best.val else None,
             "training_examples": trained, "wall_seconds": result.wall_seconds, "lambda_seconds": round(on_lambda, 3),
-            "epochs": final.get("epochs"), "worker_failures": len(result.failures),
-            "outputs": result.outputs}, result.failures, result.invocations)
+            "epochs": final.epochs if final else None, "worker_failures": len(result.failures),
+            "outputs": result.outputs}, result.failures, result.invocations, traffic=traffic)
     print(f"\nnext: orchestrator export --run {options.run}", file=out)
     return 1 if result.failures else 0
+
+
+def lambda_seconds_this_time(result: TrainResult) -> float:
+    """The rounds trained this time on Lambda, one after another (round 0 too for a new run)."""
+    if not result.rounds_run or result.final is None:
+        return 0.0
+    first = result.final.round - result.rounds_run + 1
+    return sum(r.lambda_seconds or 0.0 for r in result.records if r.round >= first or (first == 1 and r.round == 0))

@@ -21,6 +21,7 @@ from dlpipe.shared.store import InvalidKey, join_key, validate_prefix
 from orchestrator.commands import add_command
 from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary, progress_bar
+from orchestrator.session import Session
 
 EXAMPLES = """\
 examples:
@@ -161,7 +162,7 @@ def _figures(store, prefix: str, found: Scan, uploaded: list[tuple[str, int]], f
             "refused": len(found.refused), "failed": failed, "wall_seconds": wall}
 
 
-def run(args: argparse.Namespace, session) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
     root = Path(args.directory).expanduser()
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory; give a folder with one sub-folder per class")
@@ -180,10 +181,12 @@ def run(args: argparse.Namespace, session) -> int:
     failures += found.unreadable
     wall = max(time.perf_counter() - start, 1e-9)
     out = human_out(args)
-    print_summary("upload", _summary_rows(store, prefix, found, uploaded, len(failures), wall), out=out)
+    traffic = session.meter.take()
+    print_summary("upload", _summary_rows(store, prefix, found, uploaded, len(failures), wall), out=out,
+                  traffic=traffic)
     print_failures(found.refused, title="refused", out=out)
     print_failures(sorted(failures), out=out)
     if args.json:
         print_json("upload", _figures(store, prefix, found, uploaded, len(failures), wall),
-                   sorted(failures) + found.refused)
+                   sorted(failures) + found.refused, traffic=traffic)
     return 1 if failures or found.refused else 0

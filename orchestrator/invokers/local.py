@@ -36,11 +36,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 from pebble import ProcessExpired, ProcessPool
 
-from dlpipe.shared.config import ENV_WORKER_LOG
+from dlpipe.shared.memory import peak_rss_mb, reset_peak
 from dlpipe.shared.store import STORE_BYTES
 from orchestrator.functions import FunctionSpec, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.projection import projected_ms
+from orchestrator.settings import ENV_WORKER_LOG
 
 
 class LocalContext:
@@ -68,32 +69,17 @@ WATCH_INTERVAL_S = 0.05    # how often a worker checks its memory while a handle
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB, since the last `_reset_peak`.
+    """This process's peak resident memory in MB, since the last `reset_peak` (dlpipe.shared.memory).
 
-    Linux's VmHWM rather than a sample of the RSS, so that a peak between two checks still
-    counts; and not ru_maxrss, which in a spawned worker includes the parent's memory at the
-    fork. Elsewhere, ru_maxrss (the whole life of the process).
+    Where there is no VmHWM, ru_maxrss (the whole life of the process).
     """
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = peak_rss_mb()
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def _reset_peak() -> None:
-    """Start the peak afresh (Linux), so that each invocation reports its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
 
 
 class MemoryGuard:
@@ -115,7 +101,7 @@ class MemoryGuard:
         threading.Thread(target=self._watch, name="memory-guard", daemon=True).start()
 
     def begin(self) -> None:
-        _reset_peak()
+        reset_peak()
         with self._lock:
             self._started = time.perf_counter()
         self._busy.set()

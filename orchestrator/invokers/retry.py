@@ -7,22 +7,37 @@ bad response is the caller's to judge, and this is where it is judged again and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from dlpipe.wire import ErrorResponse, parse_reply
 from orchestrator.invokers.base import Invocation, Invoker
 
+Reply = TypeVar("Reply", bound=BaseModel)
+Judged = TypeVar("Judged")
 
-def reply_check(model: type[BaseModel]) -> Callable[[dict, object], str | None]:
-    """A `check` for `invoke_with_retries`: an error answer fails with its message, a reply that is not `model` too."""
-    def check(event: dict, payload: object) -> str | None:
+
+def invoke_for_replies(invoker: Invoker, function: str, events: list[dict], retries: int, reply: type[Reply],
+                       on_result: Callable[[Invocation], None] | None = None,
+                       retry_event: Callable[[dict, int], dict] | None = None,
+                       accept: Callable[[dict, Reply], str | None] | None = None,
+                       ) -> tuple[dict[int, Reply], dict[int, tuple[int, str]]]:
+    """`invoke_with_retries` whose successes are replies parsed once into `reply`, the wire model.
+
+    An error answer fails with its message, a payload that is not `reply` as a bad response;
+    `accept(event, parsed)` may refuse a well-formed reply (its message is the failure).
+    """
+    def judge(event: dict, payload: object) -> tuple[Reply | None, str | None]:
         try:
-            reply = parse_reply(payload, model)
+            parsed = parse_reply(payload, reply)
         except ValidationError as err:
-            return f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
-        return reply.error if isinstance(reply, ErrorResponse) else None
-    return check
+            return None, f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+        if isinstance(parsed, ErrorResponse):
+            return None, parsed.error
+        return parsed, accept(event, parsed) if accept else None
+
+    return _retried(invoker, function, events, retries, judge, on_result, retry_event)
 
 
 def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], retries: int,
@@ -39,7 +54,17 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
     `on_result` sees every invocation, retries included; each carries its event's position in
     `events` as extra["event"].
     """
-    done: dict[int, dict] = {}
+    def judge(event: dict, payload: dict) -> tuple[dict, str | None]:
+        return payload, check(event, payload) if check else None
+
+    return _retried(invoker, function, events, retries, judge, on_result, retry_event)
+
+
+def _retried(invoker: Invoker, function: str, events: list[dict], retries: int,
+             judge: Callable[[dict, Any], tuple[Judged | None, str | None]],
+             on_result: Callable[[Invocation], None] | None,
+             retry_event: Callable[[dict, int], dict] | None) -> tuple[dict[int, Judged], dict[int, tuple[int, str]]]:
+    done: dict[int, Judged] = {}
     errors: dict[int, tuple[int, str]] = {}
     pending = dict(enumerate(events))
     for attempt in range(retries + 1):
@@ -52,7 +77,7 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
         for inv in invoker.map(function, batch):
             index, event = order[inv.index], batch[inv.index]
             inv.extra["event"] = index
-            problem = inv.error if not inv.ok else (check(event, inv.payload) if check else None)
+            value, problem = (None, inv.error) if not inv.ok else judge(event, inv.payload)
             if on_result is not None:
                 on_result(inv)
             if problem:
@@ -60,5 +85,5 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
                 pending[index] = event
             else:
                 errors.pop(index, None)
-                done[index] = inv.payload
+                done[index] = value  # type: ignore[assignment]  # no problem: judged a value
     return done, errors

@@ -16,8 +16,8 @@ import boto3
 import pytest
 from cfnlint.decode.decode import decode_str
 
-from dlpipe.train import fashion_mnist
-from dlpipe.train.run import TrainingRun
+from dlpipe.datasets import fashion_mnist
+from dlpipe.runs.run import TrainingRun
 from dlpipe.train.weights import load_weights
 from orchestrator.cli import main
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights
 from orchestrator.cli import main
-from orchestrator.commands.prepare import prepare_dataset
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 PHOTOS = SHARED / "photos" / "flowers12"
@@ -59,7 +59,7 @@ def train(world, run: str, rounds: int, **options):
 
 def test_fine_tuned_classifier_learns_fast_and_frozen_layers_stay_bit_identical(world):
     result = train(world, "ft", 2, init_from="squeezenet1.1", batch_size=8)   # 5 steps a round on 40 photos
-    val = [r["val"]["accuracy"] for r in result.records[1:]]
+    val = [r.val.accuracy for r in result.records[1:]]
     assert val[-1] > 0.6, val            # 4 classes: chance is 25%
     run, models = TrainingRun(world["models"], "ft"), world["models"]
     config = run.config()

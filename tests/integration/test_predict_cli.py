@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dlpipe.publish.export import export_model
+from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.shared.table import DynamoTable, SqliteTable
@@ -119,17 +120,17 @@ def test_model_choice_errors_say_what_exists(where, files, tmp_path, capsys, mod
 
 
 def test_export_a_training_run_then_predict_with_it(tmp_path, files, capsys):
+    from dlpipe.runs.run import RunConfig, Training, TrainingRun
     from dlpipe.train.model import build_model, model_config_for
-    from dlpipe.train.run import RunConfig, Training, TrainingRun
 
     models = DirStore(tmp_path / "models")
     recipe = Recipe(size=32, channels=1, mean=(0.5,), std=(0.5,))
-    config = model_config_for(recipe.to_dict(), ["shirt", "shoe", "bag", "coat"])
+    config = model_config_for(recipe, ["shirt", "shoe", "bag", "coat"])
     run = TrainingRun(models, "r1")
     run.start(RunConfig(model=config, dataset="d", training=Training(workers=1), created="now"))
     trained = build_model(config)
     run.save_weights(run.global_key(0), trained.get_weights())
-    run.commit_round(0, {})
+    run.commit_round(0, RoundRecord(kind="init", workers=0, workers_ok=0, wall_seconds=0.0, gb_seconds=0.0))
     where = ["--home", str(tmp_path / "home"), "--models", str(models.root), "--concurrency", "1"]
 
     assert main([*where, "export", "--run", "r1"]) == 0

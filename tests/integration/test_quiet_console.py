@@ -18,8 +18,8 @@ import onnx
 import pytest
 from unit.test_onnx_import import make_squeezenet_onnx  # tests/unit, through tests/ on sys.path
 
-from dlpipe.shared.config import Placement
 from dlpipe.shared.store import DirStore
+from orchestrator.settings import Placement
 
 REPO = Path(__file__).resolve().parents[2]
 # What TensorFlow, absl, oneDNN, the TFLite converter and LiteRT print (not our own words).

@@ -11,10 +11,10 @@ import json
 import imagefiles as f
 import pytest
 
+from dlpipe.datasets import manifest as manifests
 from dlpipe.publish.export import export_model
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import manifest as manifests
 from dlpipe.train.model import build_model, model_config_for
 from orchestrator.cli import main
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def home(tmp_path):
     home = tmp_path / "home"
-    config = model_config_for(RECIPE.to_dict(), ["x", "y", "z"])
+    config = model_config_for(RECIPE, ["x", "y", "z"])
     export_model(build_model(config), DirStore(home / "models"), "base", list(config.labels), RECIPE,
                  source={"kind": "run", "run": "seed", "round": 0, "init_from": None, "trainable": "all"},
                  config=config)

@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlpipe.shared.config import Settings, download_cache_dir
+from dlpipe.datasets import fashion_mnist
+from dlpipe.datasets import manifest as manifests
+from dlpipe.runs.run import TrainingRun
+from dlpipe.shared.config import Settings
 from dlpipe.shared.store import DirStore
-from dlpipe.train import fashion_mnist
-from dlpipe.train import manifest as manifests
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from orchestrator import functions
 from orchestrator.cli import main
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
-from orchestrator.commands.prepare import prepare_dataset
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
 from orchestrator.session import Session
+from orchestrator.settings import download_cache_dir
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.prepare import prepare_dataset
 
 HANGING = Path(__file__).parent / "handlers" / "hanging_train.py"
 
@@ -75,11 +76,11 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
         assert f"round   {r}  workers 2/2" in train_out
     models = learned["models"]
     records = TrainingRun(models, "ref").records()
-    assert [r["round"] for r in records] == [0, 1, 2, 3]
-    val = [r["val"]["accuracy"] for r in records[1:]]
+    assert [r.round for r in records] == [0, 1, 2, 3]
+    val = [r.val.accuracy for r in records[1:]]
     # Chance is 10%: three short rounds must get far past it, and the last beats the first.
     assert val[-1] > 0.3 and val[-1] > val[0], val
-    assert all(r["train"]["examples"] == 4000 for r in records[1:])
+    assert all(r.train.examples == 4000 for r in records[1:])
     assert "validation       loss" in train_out and "invocations" in train_out and "GB-s" in train_out
 
     # The layout: config, weights per round, no leftover worker weights, metrics and plot.
@@ -89,7 +90,7 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     assert config["training"] == {"local_epochs": 2, "local_steps": None, "batch_size": 32, "learning_rate": 0.001,
                                   "seed": 0, "warmup_epochs": 1.0, "trainable": "all", "workers": 2,
                                   "batch_across_workers": True}
-    assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record["worker_results"])
+    assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record.worker_results)
     assert all(models.exists(TrainingRun(None, "ref").global_key(r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
     metrics = json.loads(models.get(TrainingRun(None, "ref").metrics_key))
@@ -182,7 +183,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
     assert result.rounds_run == 1 and TrainingRun(models, "bumpy").latest_round() == 3
     assert same(load_weights(models, TrainingRun(None, "bumpy").global_key(3)), reference)
     # The records of a resumed run read like an uninterrupted one's.
-    assert [r["round"] for r in TrainingRun(models, "bumpy").records()] == [0, 1, 2, 3]
+    assert [r.round for r in TrainingRun(models, "bumpy").records()] == [0, 1, 2, 3]
 
     # Hyper-parameters of a run cannot change on resume.
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
@@ -195,8 +196,8 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
     with corrupt_shard(tiny, 0) as key:
         result = train(tiny, options("survivor", 1, min_workers=1, retries=2, keep_worker_weights=True))
     record = result.final
-    assert record["workers_ok"] == 1 and record["workers"] == 2
-    failed = record["failed_workers"]
+    assert record.workers_ok == 1 and record.workers == 2
+    failed = [f.model_dump() for f in record.failed_workers]
     assert [f["worker"] for f in failed] == [0] and failed[0]["attempts"] == 3
     assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
     assert result.failures and result.failures[0][0] == "round 1 worker 0"
@@ -205,8 +206,8 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
                 load_weights(models, TrainingRun(None, "survivor").worker_key(1, 1, 0)))
     assert same(load_weights(models, TrainingRun(None, "survivor").optimizer_key(1)),
                 load_weights(models, TrainingRun(None, "survivor").worker_optimizer_key(1, 1, 0)))
-    assert record["val"]["count"] == json.loads(tiny["data"].get(manifests.manifest_key("tiny")))["val"]["count"]
-    assert record["train"]["examples"] == record["worker_results"][0]["num_examples"]
+    assert record.val.count == json.loads(tiny["data"].get(manifests.manifest_key("tiny")))["val"]["count"]
+    assert record.train.examples == record.worker_results[0]["num_examples"]
 
 
 @pytest.mark.slow
@@ -219,8 +220,8 @@ def test_a_worker_that_times_out_is_retried_and_the_round_is_unchanged(tiny, mon
                         functions.FunctionSpec("train", f"{HANGING}:handler", 4096, 45, "TrainFunctionName"))
     result = train(tiny, options("late", 1, retries=1))
     record = result.final
-    assert record["workers_ok"] == 2 and not record["failed_workers"]
-    assert [r["attempt"] for r in record["worker_results"]] == [0, 1]
+    assert record.workers_ok == 2 and not record.failed_workers
+    assert [r["attempt"] for r in record.worker_results] == [0, 1]
     assert result.failures == [] and any(
         not inv.ok and "Sandbox.Timedout: Task timed out after 45.00 seconds" in inv.error
         for inv in result.invocations)

@@ -94,15 +94,23 @@ import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()]
 sys.path[:] = [p for p in sys.path if "dlpipe" not in p and p not in ("", ".")]
 sys.path.insert(0, sys.argv[1])
+import importlib
+import pkgutil
+
 import app
+import dlpipe.train
 from dlpipe.train import worker
 assert app.handler and worker.run_train
+# Every module of dlpipe.train: the package holds exactly what the image runs, nothing that needs more.
+assert all(p.startswith(sys.argv[1]) for p in dlpipe.train.__path__), dlpipe.train.__path__
+for module in pkgutil.iter_modules(dlpipe.train.__path__, "dlpipe.train."):
+    importlib.import_module(module.name)
 print(sorted(m for m in sys.modules if m.startswith("dlpipe.")))
 """
 
 
 def test_the_train_function_imports_with_only_what_the_image_copies(tmp_path):
-    """The image copies wire/, shared/ and train/ (no augment, predict or publish); the handler must need no more."""
+    """The image copies wire/, shared/ and train/ (no augment, predict or publish); train/ must need no more."""
     import shutil
 
     root = tmp_path / "task"
@@ -121,4 +129,5 @@ def test_the_train_function_imports_with_only_what_the_image_copies(tmp_path):
     done = subprocess.run([sys.executable, "-c", IMPORT_WITH_ONLY_THE_IMAGE, str(root)], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "dlpipe.train.worker" in done.stdout and "dlpipe.predict" not in done.stdout
+    assert "dlpipe.train.worker" in done.stdout and "dlpipe.train.batches" in done.stdout
+    assert "dlpipe.predict" not in done.stdout

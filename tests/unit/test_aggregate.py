@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import DirStore
 from dlpipe.train.aggregate import FAN_IN, mean_by_tree, partial_from_bytes, partial_to_bytes, plan_tree, run_aggregate
 from dlpipe.train.averaging import AveragingError, weighted_average
 from dlpipe.train.outer import OuterOptimizer, outer_step
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import AggregateRequest, AggregateSource, TrainResponse
-from orchestrator.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.local import LocalContext
+from orchestrator.training.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 
 APP = Path(__file__).resolve().parents[2] / "functions" / "train" / "app.py"
 

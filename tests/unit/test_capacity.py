@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from cfnlint.decode.decode import decode_str
 
-from dlpipe.train import footprint
-from orchestrator import capacity
+from dlpipe.runs import footprint
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
+from orchestrator.training import capacity
 
 
 @pytest.mark.parametrize("shape, trainable, shard", [((32, 32, 1), "all", 15000), ((96, 96, 3), "all", 4000),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dlpipe.shared.config import Placement
 from orchestrator.cli import main
+from orchestrator.settings import Placement
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "orchestrator"

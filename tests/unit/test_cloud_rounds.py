@@ -11,11 +11,11 @@ import io
 
 import pytest
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.train.aggregate import run_aggregate
-from dlpipe.train.run import TrainingRun
 from dlpipe.wire import AggregateRequest
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
-from orchestrator.traffic import METER, MeteredStore
+from orchestrator.traffic import MeteredStore
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from tests.unit.test_rounds import SHARD_SIZES, FakeSession, FakeTrainFunction
 from tests.unit.test_rounds import session as plain_session
 
@@ -35,13 +35,13 @@ class CloudTrainFunction(FakeTrainFunction):
 
 
 def cloud_session(aggregate_failures: int = 0) -> FakeSession:
-    """The fake session's stores, metered into the process's METER as a real session's are; the function
+    """The fake session's stores, metered into its meter as a real session's are; the function
     writes to them unmetered."""
     base = plain_session()
     s = FakeSession(data=base.data, models=base.models)
     s.invoker = CloudTrainFunction(base.models, aggregate_failures)
-    s.data_store = lambda: MeteredStore(base.data)
-    s.model_store = lambda: MeteredStore(base.models)
+    s.data_store = lambda: MeteredStore(base.data, s.meter)
+    s.model_store = lambda: MeteredStore(base.models, s.meter)
     return s
 
 
@@ -63,10 +63,10 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
     cloud_result = train(cloud, "r", 3, out=out, aggregate="auto")       # auto: the invoker is "lambda"
     here_result = train(here, "r", 3, aggregate="local")
     assert global_bytes(cloud, "r", 3) == global_bytes(here, "r", 3)
-    assert [r["aggregation"]["engine"] for r in cloud_result.records[1:]] == ["lambda"] * 3
-    assert [r["aggregation"]["engine"] for r in here_result.records[1:]] == ["local"] * 3
+    assert [r.aggregation.engine for r in cloud_result.records[1:]] == ["lambda"] * 3
+    assert [r.aggregation.engine for r in here_result.records[1:]] == ["local"] * 3
 
-    local, remote = here_result.records[2]["transfer"], cloud_result.records[2]["transfer"]
+    local, remote = here_result.records[2].transfer.model_dump(), cloud_result.records[2].transfer.model_dump()
     assert local["store_requests"]["get"] == 2 * len(SHARD_SIZES)   # every worker's weights and Adam state
     assert remote["store_requests"]["get"] == 0 and remote["bytes_down"] == 0
     assert local["bytes_down"] > 0
@@ -75,16 +75,16 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
 
 def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     s = cloud_session()
-    before = METER.snapshot()
+    before = s.meter.snapshot()
     train(s, "r", 1, aggregate="local", keep_worker_weights=True)
     run = TrainingRun(s.models, "r")
     files = list(s.models.list(run.round_prefix(1) + "workers/"))
     record = run.records()[1]
     assert len(files) == 2 * len(SHARD_SIZES)
-    assert record["transfer"]["bytes_down"] == sum(len(s.models.get(k)) for k in files)
-    assert record["transfer"]["bytes_up"] == len(s.models.get(run.global_key(1))) + len(
+    assert record.transfer.bytes_down == sum(len(s.models.get(k)) for k in files)
+    assert record.transfer.bytes_up == len(s.models.get(run.global_key(1))) + len(
         s.models.get(run.optimizer_key(1)))
-    assert (METER.snapshot() - before).bytes_up > record["transfer"]["bytes_up"]   # the commit came after it
+    assert (s.meter.snapshot() - before).bytes_up > record.transfer.bytes_up   # the commit came after it
 
 
 def test_a_failed_aggregation_is_retried_and_one_that_keeps_failing_leaves_the_round_uncommitted():

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dlpipe.datasets import fashion_mnist as fm
+from dlpipe.datasets import manifest as manifests
+from dlpipe.datasets import split as planning
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
-from dlpipe.train import fashion_mnist as fm
-from dlpipe.train import manifest as manifests
-from dlpipe.train import plan as planning
 from dlpipe.wire import PackRequest
+from orchestrator.settings import download_cache_dir
 
 FASHION = Path(fm.FASHION_MNIST_DIRS[0])
 
@@ -146,7 +147,7 @@ def test_a_failed_download_names_the_file_the_address_and_the_reason(offline):
     with pytest.raises(fm.DownloadFailed, match=r"t10k-images-idx3-ubyte.gz is not in .*not-installed.* and "
                                                 r"downloading it from http://127.0.0.1:\d+/t10k-images-idx3-ubyte.gz "
                                                 r"failed \(.*refused") as caught:
-        fm.load_fashion_mnist("test")
+        fm.load_fashion_mnist("test", cache=download_cache_dir())
     assert caught.value.cache == offline / "cache" / "fashion-mnist"
 
 
@@ -235,7 +236,7 @@ def test_a_missing_or_unreadable_manifest_says_which_dataset_and_what_to_run(tmp
 
 
 def test_the_default_part_size_fits_a_pack_and_explicit_ones_are_checked():
-    from orchestrator.commands.prepare import part_size_for
+    from orchestrator.training.prepare import part_size_for
 
     assert part_size_for(Recipe(size=32, channels=1), None) == PackRequest.MAX_ITEMS
     big = Recipe(size=224, resize="center_crop", resize_shorter=256)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from dlpipe.predict.classifier import Classifier
-from dlpipe.predict.versions import latest_version, list_models, load_version
-from dlpipe.publish.export import ExportError, export_model, next_version, set_latest
+from dlpipe.predict.versions import latest_version, list_models, load_version, next_version, set_latest
+from dlpipe.publish.export import ExportError, export_model
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
+from dlpipe.wire import NotFound
 
 LABELS = ["t-shirt", "trouser", "pullover", "dress"]
 RECIPE = Recipe(size=32, channels=1, scale=1 / 255, mean=(0.5,), std=(0.5,))
@@ -77,7 +78,7 @@ def test_versions_count_up_and_are_never_overwritten(model, tmp_path):
         export_model(model, store, "fmnist", LABELS, RECIPE, version="v1", check=False)
     set_latest(store, "fmnist", "best")
     assert latest_version(store, "fmnist") == "best"
-    with pytest.raises(ExportError, match="no complete version 'v9'"):
+    with pytest.raises(NotFound, match="no complete version 'v9'"):
         set_latest(store, "fmnist", "v9")
 
 

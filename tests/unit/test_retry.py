@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from pydantic import BaseModel
+
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.invokers.retry import invoke_with_retries
+from orchestrator.invokers.retry import invoke_for_replies, invoke_with_retries
 
 
 class ScriptedInvoker(Invoker):
@@ -138,3 +140,35 @@ def test_the_check_sees_the_rewritten_event():
                                        check=check)
     assert checked == [("a", "a"), ("b", "b")]
     assert done == {0: {"written": "b"}} and errors == {}
+
+
+class Counted(BaseModel):
+    n: int
+    call: int
+
+
+def test_replies_are_parsed_once_into_their_model_and_bad_ones_are_retried_with_the_reason():
+    """An error answer fails with its message, a reply that is not the model as a bad response, `accept` too."""
+    answers = {0: [{"statusCode": 500, "error": "out of memory"}, {"n": 0, "call": 2}],
+               1: [{"unexpected": True}, {"unexpected": True}],
+               2: [{"n": 2, "call": 1}],
+               3: [{"n": 3, "call": 0}, {"n": 3, "call": 0}]}
+    calls: dict[int, int] = {}
+
+    def answer(event: dict) -> object:
+        calls[event["n"]] = calls.get(event["n"], 0) + 1
+        return answers[event["n"]][calls[event["n"]] - 1]
+
+    invoker = ScriptedInvoker(answer)
+    done, errors = invoke_for_replies(invoker, "train", [{"n": n} for n in range(4)], 1, Counted,
+                                      accept=lambda event, reply: "call 0" if reply.call == 0 else None)
+    assert done == {0: Counted(n=0, call=2), 2: Counted(n=2, call=1)}
+    assert all(isinstance(reply, Counted) for reply in done.values())
+    assert errors[1][0] == 2 and errors[1][1].startswith("bad response (")
+    assert errors[3] == (2, "call 0")
+
+
+def test_an_error_answer_that_keeps_coming_is_the_failure_message():
+    invoker = ScriptedInvoker(lambda event: {"statusCode": 400, "error": "no such run", "kind": "not_found"})
+    done, errors = invoke_for_replies(invoker, "train", [{"n": 0}], 0, Counted)
+    assert done == {} and errors == {0: (1, "no such run")}

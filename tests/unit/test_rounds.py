@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from dlpipe.datasets.manifest import Counts, Manifest, PartList, write_manifest
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train.manifest import Counts, Manifest, PartList, write_manifest
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator import functions
-from orchestrator.hyperparams import DEFAULTS
 from orchestrator.invokers.base import Invocation, Invoker
-from orchestrator.rounds import TrainingFailed, TrainOptions, run_training
+from orchestrator.traffic import Meter
+from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
+from orchestrator.training.report import metrics_from_records, round_line
 from tests.memory_store import MemoryStore
 
 SHARD_SIZES = [30, 10, 20]          # examples per worker: unequal, so the average must weight them
@@ -87,6 +89,7 @@ class FakeSession:
     data: MemoryStore = field(default_factory=MemoryStore)
     models: MemoryStore = field(default_factory=MemoryStore)
     invoker: Invoker | None = None
+    meter: Meter = field(default_factory=Meter)
 
     def data_store(self):
         return self.data
@@ -121,18 +124,18 @@ def test_the_global_weights_are_the_example_weighted_mean_in_worker_order():
     state = load_weights(s.models, run.optimizer_key(1))
     assert float(state[0]) == pytest.approx(sum(n * (10 + w) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES))
     record = result.final
-    assert record["train"]["examples"] == sum(SHARD_SIZES)
-    assert record["train"]["loss"] == pytest.approx(sum(n * (1 + w) for w, n in enumerate(SHARD_SIZES)) / 60)
-    assert [r["worker"] for r in record["worker_results"]] == [0, 1, 2]
-    assert record["val"]["loss"] == pytest.approx(expected) and record["val"]["count"] == 5
+    assert record.train.examples == sum(SHARD_SIZES)
+    assert record.train.loss == pytest.approx(sum(n * (1 + w) for w, n in enumerate(SHARD_SIZES)) / 60)
+    assert [r["worker"] for r in record.worker_results] == [0, 1, 2]
+    assert record.val.loss == pytest.approx(expected) and record.val.count == 5
     assert not list(s.models.list(run.round_prefix(1) + "workers/"))  # worker weights deleted once averaged
 
 
 def test_a_failed_worker_is_retried_under_a_new_key_and_the_round_closes():
     s = session(failures={(1, 1): 1})
     record = train(s, "r", 1).final
-    assert record["workers_ok"] == 3 and record["failed_workers"] == []
-    assert [r["attempt"] for r in record["worker_results"]] == [0, 1, 0]
+    assert record.workers_ok == 3 and record.failed_workers == []
+    assert [r["attempt"] for r in record.worker_results] == [0, 1, 0]
     retried = [e for e in s.invoker.events if e["action"] == "train" and e["worker"] == 1]
     assert [e["output_key"] for e in retried] == ["runs/r/rounds/0001/workers/001-a0.npz",
                                                   "runs/r/rounds/0001/workers/001-a1.npz"]
@@ -148,7 +151,7 @@ def test_too_few_workers_stop_the_run_and_leave_the_last_round_intact():
     # --min-workers lets the round close on the two that succeeded, and records the failure.
     s.invoker.failures[(2, 0)] = 5
     result = train(s, "r", 2, resume=True, min_workers=2)
-    assert result.final["workers_ok"] == 2 and result.final["failed_workers"][0]["worker"] == 0
+    assert result.final.workers_ok == 2 and result.final.failed_workers[0].worker == 0
     assert result.failures and "worker 0 crashed (after 2 attempts)" in result.failures[0][1]
 
 
@@ -364,12 +367,13 @@ def test_epochs_count_rounds_and_every_round_shows_its_epochs_and_lambda_time():
     s = session()
     # Batches of 8 per worker, rounds of 2 batches; the largest shard (30) is 4 batches: a round is half an epoch.
     result = train(s, "r", None, epochs=1.2, batch_across_workers=False, batch_size=8, local_steps=2)
-    assert [r["round"] for r in result.records] == [0, 1, 2, 3]          # ceil(1.2 / 0.5)
-    assert [r["epochs"] for r in result.records] == [0.0, 1.0, 2.0, 3.0]  # the fake trains its whole shard
-    assert all(r["lambda_seconds"] > 0 for r in result.records)
-    phases = result.final["lambda_phase_seconds"]
-    assert result.final["lambda_seconds"] == pytest.approx(phases["workers"] + phases["aggregate"] + phases["evaluate"])
-    assert phases["workers"] == pytest.approx(0.01)                      # the fake's 10 ms
+    assert [r.round for r in result.records] == [0, 1, 2, 3]          # ceil(1.2 / 0.5)
+    assert [r.epochs for r in result.records] == [0.0, 1.0, 2.0, 3.0]  # the fake trains its whole shard
+    assert all(r.lambda_seconds > 0 for r in result.records)
+    phases = result.final.lambda_phase_seconds
+    assert result.final.lambda_seconds == pytest.approx(phases.workers + phases.aggregate + phases.evaluate)
+    assert phases.workers == pytest.approx(0.01)                        # the fake's 10 ms
+    assert "epoch 3.00" in round_line(result.final) and "Lambda 0.0 s" in round_line(result.final)
     train(s, "r", None, epochs=2.5, resume=True)
     assert TrainingRun(s.models, "r").latest_round() == 5
     with pytest.raises(TrainingFailed, match=r"--rounds R .* or --epochs E"):
@@ -382,7 +386,8 @@ def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the
     limits = [e["limit"] for e in s.invoker.events if e["action"] == "evaluate"]
     assert limits == [3, None, 3, None, None]
     records = TrainingRun(s.models, "r").records()
-    assert [r["val"]["subset"] for r in records[1:]] == [True, False, True, False, False]
+    assert [r.val.subset for r in records[1:]] == [True, False, True, False, False]
+    assert "val* loss" in round_line(records[1]) and "val loss" in round_line(records[2])
 
 
 def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_identically():
@@ -402,3 +407,35 @@ def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_iden
     train(bumpy, "r", 3, resume=True)
     for r in range(1, 4):
         assert straight.models.get(run.global_key(r)) == bumpy.models.get(run.global_key(r))
+
+
+# Round records as an earlier version wrote them (before kind, phases, train share, aggregation and transfer).
+OLD_RECORDS = [
+    {"round": 0, "workers": 0, "workers_ok": 0, "train": None, "val": None, "wall_seconds": 1.5, "gb_seconds": 2.0},
+    {"round": 1, "workers": 3, "workers_ok": 3, "train": {"examples": 60, "loss": 2.5, "accuracy": 0.4},
+     "val": {"count": 5, "loss": 0.5, "accuracy": 0.25}, "wall_seconds": 3.25, "gb_seconds": 7.5,
+     "worker_results": [], "failed_workers": []},
+]
+RECORD_FIELDS = {"round", "kind", "workers", "workers_ok", "worker_results", "failed_workers", "train", "val",
+                 "wall_seconds", "phase_seconds", "train_share", "completed_at", "gb_seconds", "aggregation",
+                 "transfer", "epochs", "lambda_seconds", "lambda_phase_seconds", "lambda_train_share"}
+
+
+def test_a_run_recorded_by_an_earlier_version_reads_resumes_and_reports():
+    s = session()
+    train(s, "r", 1)
+    run = TrainingRun(s.models, "r")
+    for record in OLD_RECORDS:
+        s.models.put(run.record_key(record["round"]), json.dumps(record).encode())
+    old = run.records()
+    assert [r.round for r in old] == [0, 1] and old[1].transfer is None and old[1].val.accuracy == 0.25
+    assert "round   1  workers 3/3" in round_line(old[1]) and "via orchestrator" not in round_line(old[1])
+
+    result = train(s, "r", 2, resume=True)
+    assert [r.round for r in result.records] == [0, 1, 2] and result.rounds_run == 1
+    assert result.records[1].train.loss == 2.5 and result.records[2].transfer is not None
+    # The old record was not rewritten; the new one has the fields records have always had, and this version's.
+    assert json.loads(s.models.get(run.record_key(1))) == OLD_RECORDS[1]
+    assert set(json.loads(s.models.get(run.record_key(2)))) == RECORD_FIELDS
+    metrics = metrics_from_records("r", "d", {}, result.records)
+    assert metrics["rounds"][0]["val"] == OLD_RECORDS[1]["val"] and metrics["rounds"][0]["train_share"] is None

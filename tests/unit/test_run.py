@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from dlpipe.runs.record import RoundRecord
+from dlpipe.runs.run import RunConfig, Training, TrainingRun
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.train.model import build_model, model_config_for
-from dlpipe.train.run import RunConfig, Training, TrainingRun
 from dlpipe.train.weights import CheckpointError, save_weights, weights_from_bytes, weights_to_bytes
 from dlpipe.wire import ModelConfig
 
@@ -63,11 +64,11 @@ def test_commit_order_and_load_global(tmp_path):
         run.load_global()
     # A round without its weights cannot be committed.
     with pytest.raises(CheckpointError, match="refusing to commit round 0"):
-        run.commit_round(0, {})
+        run.commit_round(0, RoundRecord(kind="init", workers=0, workers_ok=0, wall_seconds=0.0, gb_seconds=0.0))
     assert run.latest_round() is None
     for r in range(3):
         run.save_weights(run.global_key(r), [np.full(2, r, np.float32)])
-        run.commit_round(r, {"note": r})
+        run.commit_round(r, RoundRecord(workers=1, workers_ok=1, wall_seconds=0.0, gb_seconds=0.0, note=r))
     # Weights of round 3 written but never committed: a crash mid-commit.
     run.save_weights(run.global_key(3), [np.full(2, 3, np.float32)])
     assert run.latest_round() == 2
@@ -77,7 +78,7 @@ def test_commit_order_and_load_global(tmp_path):
     assert run.load_global(round=1)[0][0].tolist() == [1, 1]
     with pytest.raises(CheckpointError, match="round 3 is not one of them"):
         run.load_global(round=3)
-    assert [r["note"] for r in run.records()] == [0, 1, 2]
+    assert [(r.round, r.note) for r in run.records()] == [(0, 0), (1, 1), (2, 2)]
     with pytest.raises(CheckpointError, match="no training run 'other'"):
         TrainingRun(run.store, "other").load_global()
 
@@ -88,12 +89,12 @@ def test_model_config_checks_labels():
 
 
 def test_model_config_for_a_dataset_picks_the_stem_by_size():
-    assert model_config_for(RECIPE.to_dict(), LABELS).small_inputs is True
-    big = model_config_for(Recipe(size=224).to_dict(), LABELS)
+    assert model_config_for(RECIPE, LABELS).small_inputs is True
+    big = model_config_for(Recipe(size=224), LABELS)
     assert big.small_inputs is False and big.input_shape == (224, 224, 3) and big.classes == 3
-    assert model_config_for(Recipe(size=224).to_dict(), LABELS, stem="small").small_inputs is True
+    assert model_config_for(Recipe(size=224), LABELS, stem="small").small_inputs is True
     with pytest.raises(ValueError, match="stem must be one of"):
-        model_config_for(RECIPE.to_dict(), LABELS, stem="huge")
+        model_config_for(RECIPE, LABELS, stem="huge")
 
 
 def test_runs_from_before_classifier_relu_load_with_the_reference_relu(tmp_path):
@@ -103,7 +104,7 @@ def test_runs_from_before_classifier_relu_load_with_the_reference_relu(tmp_path)
     del stored["model"]["classifier_relu"]
     store.put(run.config_key, json.dumps(stored).encode())
     save_weights(store, run.global_key(0), [np.zeros(1, np.float32)])
-    run.commit_round(0, {})
+    run.commit_round(0, RoundRecord(kind="init", workers=0, workers_ok=0, wall_seconds=0.0, gb_seconds=0.0))
     assert run.load_global()[1].classifier_relu is True
 
 

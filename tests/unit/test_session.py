@@ -8,11 +8,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dlpipe.shared.config import Placement
 from dlpipe.shared.table import SqliteTable
 from orchestrator.cli import build_parser
 from orchestrator.errors import CommandError
 from orchestrator.session import session_from_args
+from orchestrator.settings import Placement
 
 STACK_TEMPLATE = {
     "Resources": {"Data": {"Type": "AWS::S3::Bucket"}},

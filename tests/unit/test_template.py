@@ -21,9 +21,9 @@ from cfnlint.helpers import REGIONS
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from dlpipe.datasets.manifest import PREPARED_PREFIX
+from dlpipe.runs.run import RUNS_PREFIX
 from dlpipe.shared.table import DynamoTable
-from dlpipe.train.manifest import PREPARED_PREFIX
-from dlpipe.train.run import RUNS_PREFIX
 from orchestrator.functions import FUNCTIONS, REPO_ROOT
 from orchestrator.invokers.aws import LambdaInvoker
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import DirStore
 from dlpipe.train import batches, parts
 from dlpipe.train import worker as training
 from dlpipe.train.model import build_model
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import CheckpointError, load_weights
 from dlpipe.wire import ModelConfig
 from orchestrator.invokers.local import LocalContext

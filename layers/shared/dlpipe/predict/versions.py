@@ -1,6 +1,7 @@
-"""Model versions in the model store: their keys, which is latest, the list, meta, and loading one.
+"""The model registry: versions in the model store, their keys, which is latest, reading and writing them.
 
-A servable model version is a directory of the model store written by `dlpipe.publish.export`:
+Serving reads versions here; `dlpipe.publish.export` (and import-onnx) writes them here. A
+servable model version is a directory of the model store:
 
     models/<name>/<version>/model.tflite    the float32 network, image in, probabilities out
     models/<name>/<version>/labels.json     class names in output order
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dlpipe.shared.names import validate_name
@@ -66,6 +68,37 @@ def latest_version(store: ObjectStore, name: str) -> str:
         raise ModelError(f"model {name!r}: its latest pointer names no version: {err}") from None
 
 
+def next_version(store: ObjectStore, name: str) -> str:
+    """v1, v2, ...: one more than the highest numbered version of `name`."""
+    numbers = [int(v[1:]) for v in list_models(store).get(name, []) if re.fullmatch(r"v\d+", v)]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def write_version(store: ObjectStore, name: str, version: str, files: Mapping[str, bytes], meta: dict,
+                  make_latest: bool = True) -> None:
+    """Write a version's files, then meta.json (which marks it complete), then (if asked) the latest pointer.
+
+    That order keeps readers safe: a version is listed only once all its files are there.
+    """
+    for filename, data in files.items():
+        store.put(version_key(name, version, filename), data)
+    store.put(version_key(name, version, "meta.json"), json.dumps(meta, indent=2).encode())
+    if make_latest:
+        store.put(latest_key(name), version.encode())
+
+
+def set_latest(store: ObjectStore, name: str, version: str) -> None:
+    """Point `models/<name>/latest` at an existing version (a rollback)."""
+    if version not in list_models(store).get(name, []):
+        raise NotFound(f"model {name!r} has no complete version {version!r}")
+    store.put(latest_key(name), version.encode())
+
+
+def read_recipe(store: ObjectStore, name: str, version: str) -> Recipe:
+    """The version's preprocessing; KeyNotFound if it has none, ValueError if it is not a recipe."""
+    return Recipe.from_dict(json.loads(store.get(version_key(name, version, "recipe.json"))))
+
+
 def read_meta(store: ObjectStore, name: str, version: str) -> dict:
     try:
         return json.loads(store.get(version_key(name, version, "meta.json")))
@@ -98,7 +131,7 @@ def load_version(store: ObjectStore, name: str, version: str | None = None) -> M
     try:
         tflite = store.get(version_key(name, version, "model.tflite"))
         labels = json.loads(store.get(version_key(name, version, "labels.json")))
-        recipe = Recipe.from_dict(json.loads(store.get(version_key(name, version, "recipe.json"))))
+        recipe = read_recipe(store, name, version)
     except KeyNotFound as err:
         missing = err.key.rsplit("/", 1)[-1]
         raise ModelError(f"model {name!r} version {version!r} is incomplete: it has no {missing}") from None

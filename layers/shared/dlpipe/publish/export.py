@@ -12,14 +12,13 @@ import contextlib
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
 from dlpipe.predict.classifier import LiteRTNetwork
-from dlpipe.predict.versions import MODELS_PREFIX, latest_key, list_models, version_key
+from dlpipe.predict.versions import MODELS_PREFIX, next_version, version_key, write_version
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import ObjectStore
@@ -48,12 +47,6 @@ def to_tflite(model) -> bytes:
     # Keras prints the intermediate SavedModel's signature to stdout: not the user's business.
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
-
-
-def next_version(store: ObjectStore, name: str) -> str:
-    """v1, v2, ...: one more than the highest numbered version of `name`."""
-    numbers = [int(v[1:]) for v in list_models(store).get(name, []) if re.fullmatch(r"v\d+", v)]
-    return f"v{max(numbers, default=0) + 1}"
 
 
 def _check_consistent(model, labels: list[str], recipe: Recipe) -> tuple[tuple[int, int, int], int]:
@@ -108,23 +101,13 @@ def export_model(model, store: ObjectStore, name: str, labels: list[str], recipe
         "format": "tflite float32", "output": "probabilities",
         "tflite_sha256": hashlib.sha256(tflite).hexdigest(), "tflite_bytes": len(tflite),
     }
+    files: dict[str, bytes] = {}
     if config is not None:
         weights = weights_to_bytes(model.get_weights())
         meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-        store.put(version_key(name, version, "weights.npz"), weights)
-        store.put(version_key(name, version, "model.json"), config.model_dump_json(indent=1).encode())
-    store.put(version_key(name, version, "model.tflite"), tflite)
-    store.put(version_key(name, version, "labels.json"), json.dumps(list(labels), indent=0).encode())
-    store.put(version_key(name, version, "recipe.json"), json.dumps(recipe.to_dict(), indent=2).encode())
-    store.put(version_key(name, version, "meta.json"), json.dumps(meta, indent=2).encode())
-    if set_latest:
-        store.put(latest_key(name), version.encode())
+        files |= {"weights.npz": weights, "model.json": config.model_dump_json(indent=1).encode()}
+    files |= {"model.tflite": tflite, "labels.json": json.dumps(list(labels), indent=0).encode(),
+              "recipe.json": json.dumps(recipe.to_dict(), indent=2).encode()}
+    write_version(store, name, version, files, meta, make_latest=set_latest)
     return ExportedVersion(name, version, f"{MODELS_PREFIX}/{name}/{version}/", len(tflite), max_diff)
-
-
-def set_latest(store: ObjectStore, name: str, version: str) -> None:
-    """Point `models/<name>/latest` at an existing version (a rollback)."""
-    if version not in list_models(store).get(name, []):
-        raise ExportError(f"model {name!r} has no complete version {version!r}")
-    store.put(latest_key(name), version.encode())
 

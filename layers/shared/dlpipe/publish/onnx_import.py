@@ -16,7 +16,6 @@ Needs `onnx` and TensorFlow: an orchestrator-side module, never imported by a fu
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,5 +312,5 @@ def import_onnx(path: str | Path, labels: list[str], store, name: str, version: 
               "architecture": f"SqueezeNet {found.version}"}
     config = ModelConfig(version=found.version, input_shape=found.input_shape, classes=found.classes,
                          small_inputs=False, classifier_relu=True, labels=list(labels),
-                         recipe=json.loads(json.dumps(recipe.to_dict())))
+                         recipe=recipe)
     return export_model(model, store, name, labels, recipe, source=source, version=version, config=config), found

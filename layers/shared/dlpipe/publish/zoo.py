@@ -2,7 +2,7 @@
 
 `orchestrator fetch-model` takes SqueezeNet 1.1 or 1.0 and the ImageNet class names from the
 ONNX model zoo (github.com/onnx/models, validated/vision/classification; the base URL is
-dlpipe.shared.config.model_zoo_url()). A download is kept only once it passes the importer's
+orchestrator.settings.model_zoo_url()). A download is kept only once it passes the importer's
 own structure check (dlpipe.publish.onnx_import.analyse) and the class names match the
 model's outputs; the import then checks the feature maps and LiteRT against Keras, and
 records the file's sha256 in the version's meta.json. No sha256 is pinned here: the zoo's

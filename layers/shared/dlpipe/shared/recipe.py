@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dlpipe.shared.problems import describe_errors
+
 RESIZE_MODES = ("stretch", "center_crop")
 # A 1024 x 1024 x 3 input is 3 MB as uint8 and 12 MB as float32 per image: beyond it a
 # batch of SqueezeNet activations no longer fits a 10 GB function. Resizing to a shorter
@@ -24,16 +26,6 @@ MAX_RESIZE_SHORTER = 4096
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-def describe_errors(err: ValidationError) -> str:
-    """pydantic's errors on one line, each naming its field and the value given."""
-    problems = []
-    for e in err.errors():
-        message = e["msg"].removeprefix("Value error, ")
-        field = ".".join(map(str, e["loc"]))
-        problems.append(f"{field}: {message} (got {e['input']!r})" if field else message)
-    return "; ".join(problems)
 
 
 class Recipe(BaseModel):

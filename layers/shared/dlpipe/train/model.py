@@ -20,12 +20,12 @@ but must never load TensorFlow.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from dlpipe.shared.recipe import Recipe
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import ModelConfig
 
@@ -136,17 +136,22 @@ SMALL_INPUT_LIMIT = 64   # stem "auto": inputs up to this size get the stride-1 
 STEMS = ("auto", "small", "imagenet")
 
 
-def model_config_for(recipe: dict, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
+def small_stem(side: int, stem: str = "auto") -> bool:
+    """The stride-1 stem? "small" yes, "imagenet" no, "auto" for inputs up to SMALL_INPUT_LIMIT px a side."""
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
+    return side <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
+
+
+def model_config_for(recipe: Recipe, labels: Sequence[str], version: str = "1.1", stem: str = "auto",
                      classifier_relu: bool = False) -> ModelConfig:
     """The model a dataset prepared with `recipe` needs: its input size, one output per label, a stem.
 
     Stem "auto" picks the stride-1 stem up to SMALL_INPUT_LIMIT px: on 32 px inputs the
     ImageNet stride-2 stem throws most of the resolution away (about 6 points of accuracy).
     """
-    if stem not in STEMS:
-        raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
-    size, channels = int(recipe["size"]), int(recipe["channels"])
-    small = size <= SMALL_INPUT_LIMIT if stem == "auto" else stem == "small"
+    size, channels = recipe.size, recipe.channels
+    small = small_stem(size, stem)
     return ModelConfig(version=version, input_shape=(size, size, channels), classes=len(labels),
                        small_inputs=small, classifier_relu=classifier_relu, labels=list(labels),
-                       recipe=json.loads(json.dumps(dict(recipe))))  # as it reads back from JSON
+                       recipe=recipe)

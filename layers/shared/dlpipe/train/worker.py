@@ -20,7 +20,7 @@ what building a fresh model with the same seed and state would give.
 
 Memory: a worker holds its uint8 shard and normalises one batch at a time (batches.ShardBatches),
 so its peak is TensorFlow, the model and a batch's activations, plus one byte per pixel of its
-shard: dlpipe.train.footprint has the measured figures the orchestrator checks before a run.
+shard: dlpipe.runs.footprint has the measured figures the orchestrator checks before a run.
 
 TensorFlow/Keras are imported inside functions; the event models import without them.
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from dlpipe.shared.recipe import Recipe
+from dlpipe.shared.memory import peak_rss_mb
 from dlpipe.train import parts
 from dlpipe.train.model import build_model
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
@@ -211,20 +211,9 @@ def _warmup_callback(base_rate: float, warmup_steps: float, first_step: int):
 
 
 def _max_rss_mb() -> float | None:
-    """Peak resident memory of this process (Linux's VmHWM): what the function's memory must cover.
-
-    Not ru_maxrss: in a spawned worker (the local invoker's) it includes the parent's memory
-    at the spawn. The local invoker resets the peak at each call; on Lambda it spans the
-    execution environment's life, as Lambda's own "Max Memory Used" does.
-    """
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """What the function's memory must cover (dlpipe.shared.memory), to a tenth of a MB."""
+    peak = peak_rss_mb()
+    return round(peak, 1) if peak is not None else None
 
 
 # --- actions --------------------------------------------------------------------------
@@ -262,7 +251,7 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
     """Train the round's batches (batches.round_epochs), stopping between batches when the deadline nears."""
     from dlpipe.train import batches
 
-    hyper, recipe, n = request.hyper, Recipe.from_dict(request.model.recipe), len(y)
+    hyper, recipe, n = request.hyper, request.model.recipe, len(y)
     counter: dict[str, Any] = {"steps": 0, "slowest": 0.0, "stopped": False, "logs": {}}
     callbacks = [_deadline_callback(deadline, counter)]
     if hyper.warmup_epochs > 0:
@@ -332,7 +321,7 @@ def run_evaluate(request: EvaluateRequest, data_store, model_store) -> EvaluateR
     from dlpipe.train import batches
 
     started = time.monotonic()
-    recipe = Recipe.from_dict(request.model.recipe)
+    recipe = request.model.recipe
     x, y = parts.load_parts(data_store, request.shard_keys)
     if request.limit is not None and request.limit < len(y):
         step = -(-len(y) // request.limit)   # every step-th image: the same subset every round, all classes

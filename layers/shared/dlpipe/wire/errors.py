@@ -6,6 +6,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from dlpipe.shared.problems import describe_errors
+
 # --- errors: one shape for every handler --------------------------------------------
 
 class ServingError(Exception):
@@ -48,11 +50,7 @@ class Unavailable(ServingError):
 
 def validation_message(function: str, err: ValidationError) -> str:
     """Each field and its problem, from pydantic's errors without their input values, URLs or traceback."""
-    problems = []
-    for e in err.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(p) for p in e.get("loc", ())) or "event"
-        problems.append(f"{where}: {e.get('msg', 'invalid').removeprefix('Value error, ')}")
-    return f"invalid {function} event: " + "; ".join(problems)
+    return f"invalid {function} event: " + describe_errors(err, inputs=False, whole="event")
 
 
 class ErrorResponse(BaseModel):

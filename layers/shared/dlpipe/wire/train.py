@@ -51,7 +51,7 @@ class ModelConfig(_Event):
     # Configs written before this field existed meant the reference's ReLU after conv10.
     classifier_relu: bool = True
     labels: list[str] = Field(max_length=MAX_CLASSES)
-    recipe: dict
+    recipe: Recipe
 
     @field_validator("input_shape")
     @classmethod
@@ -60,12 +60,6 @@ class ModelConfig(_Event):
         if not (8 <= height <= MAX_INPUT_SIDE and 8 <= width <= MAX_INPUT_SIDE) or channels not in (1, 3):
             raise ValueError(f"input_shape {value} must be H x W x C with 8 <= H, W <= {MAX_INPUT_SIDE} and C 1 or 3")
         return value
-
-    @field_validator("recipe")
-    @classmethod
-    def _a_recipe(cls, value: dict) -> dict:
-        """A valid Recipe, kept in the form it reads back from JSON (lists, not tuples)."""
-        return Recipe.from_dict(value).model_dump(mode="json")
 
     @model_validator(mode="after")
     def _one_label_per_class(self) -> ModelConfig:

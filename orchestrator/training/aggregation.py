@@ -7,8 +7,8 @@ of the tree (dlpipe.train.aggregate), level after level, each level's nodes at o
 orchestrator sends and reads only small records. ``auto``: lambda when the invoker is
 Lambda, local otherwise. Both follow the one tree, so the weights are the same bytes.
 
-Partial sums go to runs/<run>/rounds/<r>/workers/sum-<level>-<node>.npz (and .adam.npz),
-beside the workers' results, and are deleted with them once the round is committed.
+Partial sums go beside the workers' results (TrainingRun.partial_sum_key), and are deleted
+with them once the round is committed.
 
 The outer optimizer (dlpipe.train.outer) is applied once, at the root, by the same function
 on either engine (dlpipe.train.aggregate.apply_outer): its momentum is the run's outer state,
@@ -20,16 +20,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dlpipe.runs.record import AggregationRecord
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import STORE_BYTES, StoreError
 from dlpipe.train.aggregate import apply_outer, mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
-from dlpipe.train.run import TrainingRun
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, TrainResponse
 from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.projection import projected_seconds
-from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.invokers.retry import invoke_for_replies
 
 ENGINES = ("auto", "local", "lambda")
 
@@ -49,9 +50,9 @@ class Aggregation:
     seconds: float
     lambda_seconds: float = 0.0   # on Lambda: the slowest node of each level, level after level (0 here)
 
-    def as_record(self) -> dict:
-        return {"engine": self.engine, "levels": self.levels, "nodes": self.nodes, "calls": self.calls,
-                "seconds": round(self.seconds, 3), "lambda_seconds": round(self.lambda_seconds, 3)}
+    def as_record(self) -> AggregationRecord:
+        return AggregationRecord(engine=self.engine, levels=self.levels, nodes=self.nodes, calls=self.calls,
+                                 seconds=round(self.seconds, 3), lambda_seconds=round(self.lambda_seconds, 3))
 
 
 def resolve_engine(choice: str, invoker: Invoker) -> str:
@@ -120,9 +121,9 @@ def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], 
     with_optimizer = all(s.optimizer_key for s in sources)
     events = []
     for index, group in enumerate(groups):
-        stem = f"{run.round_prefix(round_)}workers/sum-{level}-{index:04d}"
-        weights_key = run.global_key(round_) if final else f"{stem}.npz"
-        optimizer_key = (run.optimizer_key(round_) if final else f"{stem}.adam.npz") if with_optimizer else None
+        weights_key = run.global_key(round_) if final else run.partial_sum_key(round_, level, index)
+        optimizer_key = ((run.optimizer_key(round_) if final else run.partial_optimizer_key(round_, level, index))
+                         if with_optimizer else None)
         events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=weights_key,
                                        optimizer_key=optimizer_key,
@@ -148,13 +149,12 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
     for level, groups in enumerate(levels):
         slowest = 0.0
         events = _node_events(run, round_, sources, groups, level, level == len(levels) - 1, outer)
-        done, errors = invoke_with_retries(invoker, "train", events, retries, count,
-                                           check=reply_check(AggregateResponse))
+        done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
         if errors:
             reasons = "; ".join(f"node {level}.{i}: {error} (after {attempts} attempts)"
                                 for i, (attempts, error) in sorted(errors.items()))
             raise AggregationFailed(f"the aggregate action failed: {reasons}")
-        replies = [AggregateResponse.model_validate(done[i]) for i in range(len(events))]
+        replies = [done[i] for i in range(len(events))]
         sources = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
                                    examples=r.examples) for i, r in enumerate(replies)]
         on_lambda += slowest

@@ -13,7 +13,8 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dlpipe.shared.names import validate_name
-from dlpipe.shared.recipe import Recipe, describe_errors
+from dlpipe.shared.problems import describe_errors
+from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.store import KeyNotFound
 from dlpipe.wire import PackResponse
 

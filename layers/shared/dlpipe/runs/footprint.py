@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import math
 
+from dlpipe.train.model import small_stem
+
 BASE_MB = 850.0                                              # TensorFlow, the model, the optimizer
 MB_PER_STEM_PIXEL = {"all": 0.0019, "classifier": 0.0008}    # per example of a batch
 VAL_PART_COPIES = 2.0                                        # a part being read, and its arrays
 # Keep this share of the function's memory free: the fit's error, and what the allocator keeps.
 HEADROOM = 0.1
-SMALL_INPUT_MAX_SIDE = 64   # dlpipe.train.model: the "auto" stem is stride 1 up to this side
 
 
 def stem_pixels(input_shape: tuple[int, int, int], small_inputs: bool | None = None) -> int:
     """Pixels of one feature map after the first convolution (stride 1 for small inputs, else 2)."""
     height, width, _ = input_shape
-    small = max(height, width) <= SMALL_INPUT_MAX_SIDE if small_inputs is None else small_inputs
+    small = small_stem(max(height, width)) if small_inputs is None else small_inputs
     return height * width if small else math.ceil(height / 2) * math.ceil(width / 2)
 
 

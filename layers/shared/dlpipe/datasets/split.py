@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dlpipe.datasets.manifest import dataset_prefix
 from dlpipe.shared.images import IMAGE_EXTENSIONS
-from dlpipe.train.manifest import dataset_prefix
 
 Item = tuple[str, int]   # (data-store key, label)
 

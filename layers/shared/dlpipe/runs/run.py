@@ -6,6 +6,7 @@ Layout (keys relative to the model store)::
     runs/<run>/rounds/0000/global.npz              initial weights (round 0, from the seed)
     runs/<run>/rounds/<r>/workers/<w>-a<k>.npz     worker w's weights after round r (attempt k)
     runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
+    runs/<run>/rounds/<r>/workers/sum-<l>-<n>.npz  partial sums of in-cloud aggregation (and .adam.npz)
     runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
     runs/<run>/rounds/<r>/outer.npz                the outer optimizer's momentum (dlpipe.train.outer; not FedAvg)
     runs/<run>/rounds/<r>/states/<w>.adam.npz      worker w's own Adam state, when workers keep theirs (the
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.names import validate_name
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import Hyper, ModelConfig
@@ -117,6 +119,13 @@ class TrainingRun:
         """A worker's own Adam state after `round`, when workers keep theirs (Training.worker_optimizer "own")."""
         return f"{self.round_prefix(round)}states/{worker:03d}.adam.npz"
 
+    def partial_sum_key(self, round: int, level: int, node: int) -> str:
+        """A node of the round's aggregation tree below its root: deleted with the workers' results."""
+        return f"{self.round_prefix(round)}workers/sum-{level}-{node:04d}.npz"
+
+    def partial_optimizer_key(self, round: int, level: int, node: int) -> str:
+        return f"{self.round_prefix(round)}workers/sum-{level}-{node:04d}.adam.npz"
+
     @property
     def config_key(self) -> str:
         return f"{self.prefix}config.json"
@@ -150,16 +159,16 @@ class TrainingRun:
             return None
         return int(self._get_json(self.latest_key)["round"])
 
-    def records(self, up_to: int | None = None) -> list[dict]:
+    def records(self, up_to: int | None = None) -> list[RoundRecord]:
         """Records of rounds 0..up_to (default: the latest completed round), in order."""
         last = self.latest_round() if up_to is None else up_to
         if last is None:
             return []
-        return [self._get_json(self.record_key(r)) for r in range(last + 1)]
+        return [RoundRecord.model_validate({"round": r, **self._get_json(self.record_key(r))}) for r in range(last + 1)]
 
-    def record(self, round: int) -> dict:
+    def record(self, round: int) -> RoundRecord:
         """The record of a completed round."""
-        return self._get_json(self.record_key(round))
+        return RoundRecord.model_validate({"round": round, **self._get_json(self.record_key(round))})
 
     def load_weights(self, key: str) -> list[np.ndarray]:
         return load_weights(self.store, key)
@@ -188,7 +197,7 @@ class TrainingRun:
     def save_weights(self, key: str, weights: Sequence[np.ndarray]) -> int:
         return save_weights(self.store, key, weights)
 
-    def commit_round(self, round: int, record: dict) -> None:
+    def commit_round(self, round: int, record: RoundRecord) -> None:
         """Mark `round` complete: its record, then the latest pointer (the commit point).
 
         The round's global weights must already be stored; this checks, so a bug cannot
@@ -197,7 +206,7 @@ class TrainingRun:
         if not self.store.exists(self.global_key(round)):
             raise CheckpointError(f"refusing to commit round {round} of run {self.name!r}: "
                                   f"{self.global_key(round)} is missing")
-        self._put_json(self.record_key(round), {**record, "round": round})
+        self._put_json(self.record_key(round), {**record.to_json(), "round": round})
         self._put_json(self.latest_key, {"round": round, "weights": self.global_key(round),
                                          "record": self.record_key(round)})
 

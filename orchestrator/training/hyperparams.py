@@ -1,6 +1,6 @@
 """A training run's hyper-parameters: the defaults, what a resumed run keeps, what each worker gets.
 
-The run stores its values when it starts (dlpipe.train.run.Training); `--resume` uses them and
+The run stores its values when it starts (dlpipe.runs.run.Training); `--resume` uses them and
 refuses others, so new defaults never change a run already under way.
 """
 
@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dlpipe.train.run import Training
+from dlpipe.runs.run import Training
 from dlpipe.wire import Hyper
 
-# The options are orchestrator.training_plan.TrainOptions (not imported: the plan imports this module).
+# The options are orchestrator.training.plan.TrainOptions (not imported: the plan imports this module).
 TrainOptions = Any
 
 # New runs (bench/train.py; README "More workers at the same number of epochs"): batch_size is

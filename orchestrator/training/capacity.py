@@ -1,6 +1,6 @@
 """Will a worker fit its function? Checked by `prepare` and `train` before any work.
 
-Memory comes from dlpipe.train.footprint (measured peaks) against the train function's
+Memory comes from dlpipe.runs.footprint (measured peaks) against the train function's
 memory size (orchestrator.functions, as in template.yaml). A shard larger than the warm
 workers' cache in /tmp does not fail, but every round downloads it again: that is a note,
 not a refusal. Every message says what to change.
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dlpipe.train import footprint
-from dlpipe.train.run import Training
+from dlpipe.datasets.manifest import Manifest
+from dlpipe.runs import footprint
+from dlpipe.runs.run import Training
+from dlpipe.shared.recipe import Recipe
 from orchestrator.functions import function_spec
-from orchestrator.hyperparams import worker_hyper
+from orchestrator.training.hyperparams import worker_hyper
 
 # template.yaml: TrainShardCacheMB (of TrainEphemeralStorage's /tmp), a unit test keeps them in step.
 TRAIN_SHARD_CACHE_MB = 1536
@@ -26,29 +28,28 @@ class DoesNotFit(ValueError):
     """A worker would run out of memory: the message names the need, the size and the way out."""
 
 
-def input_shape(recipe: dict) -> tuple[int, int, int]:
-    return int(recipe["size"]), int(recipe["size"]), int(recipe.get("channels", 3))
+def input_shape(recipe: Recipe) -> tuple[int, int, int]:
+    return recipe.size, recipe.size, recipe.channels
 
 
-def worker_shard_sizes(manifest: dict, workers: int) -> list[int]:
+def worker_shard_sizes(manifest: Manifest, workers: int) -> list[int]:
     """Images per worker when `workers` share the manifest's shards (shard w, w + W, ...)."""
-    counts = [int(s["count"]) for s in manifest["shards"]]
+    counts = [s.count for s in manifest.shards]
     return [sum(counts[w::workers]) for w in range(workers)]
 
 
-def val_part_images(manifest: dict) -> int:
+def val_part_images(manifest: Manifest) -> int:
     """Images in a validation part, on average (what one evaluate invocation loads)."""
-    val = manifest.get("val") or {}
-    return -(-int(val.get("count", 0)) // max(1, len(val.get("parts", []))))
+    return -(-manifest.val.count // max(1, len(manifest.val.parts)))
 
 
-def check_worker_memory(manifest: dict, training: Training, small_inputs: bool | None = None) -> int:
+def check_worker_memory(manifest: Manifest, training: Training, small_inputs: bool | None = None) -> int:
     """Refuse a run whose workers would need more than their function's memory allows (with headroom).
 
     Returns the batch size for evaluating: the largest that fits, at most EVALUATE_BATCH.
     """
     memory_mb = function_spec("train").memory_mb
-    shape = input_shape(manifest["recipe"])
+    shape = input_shape(manifest.recipe)
     shard, val_part = max(worker_shard_sizes(manifest, training.workers)), val_part_images(manifest)
     batch = worker_hyper(training).batch_size
     need = footprint.train_peak_mb(shape, batch, shard, training.trainable, small_inputs, val_part)

@@ -4,12 +4,12 @@ Each round: every worker (a train function invocation) starts from the global we
 trains on its shard; failed workers are retried; the new global weights (and Adam state)
 are the example-weighted mean of the workers' (dlpipe.train.averaging, in worker order, one
 worker in memory at a time); the evaluate action scores them on the validation parts; then
-the round is committed (dlpipe.train.run: optimizer state, weights, record, latest pointer,
+the round is committed (dlpipe.runs.run: optimizer state, weights, record, latest pointer,
 in that order). Everything a worker does is a function of (seed, round, worker), so a
 resumed run ends with the same weights as an uninterrupted one.
 
 `run_training(session, options)` is the whole job, callable without the CLI (the demo
-chains it after `prepare`); orchestrator.training_plan checks everything before round 0.
+chains it after `prepare`); orchestrator.training.plan checks everything before round 0.
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from dlpipe.runs.record import (
+    AggregationRecord,
+    FailedWorker,
+    LambdaPhases,
+    PhaseSeconds,
+    RoundRecord,
+    TrainScore,
+    TransferRecord,
+    ValScore,
+)
+from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.clock import now_iso
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.wire import (
@@ -30,23 +41,24 @@ from dlpipe.wire import (
     TrainRequest,
     TrainResponse,
 )
-from orchestrator.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.functions import function_spec
-from orchestrator.hyperparams import worker_hyper
-from orchestrator.invokers.base import Invocation
+from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.projection import projected_ms
-from orchestrator.invokers.retry import invoke_with_retries, reply_check
+from orchestrator.invokers.retry import invoke_for_replies
 from orchestrator.report import progress_bar
-from orchestrator.traffic import METER, Traffic
-from orchestrator.training_plan import Plan, TrainingFailed, TrainOptions, plan_run
-from orchestrator.training_report import round_line, write_outputs
+from orchestrator.session import Session
+from orchestrator.traffic import Meter, Traffic
+from orchestrator.training.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
+from orchestrator.training.hyperparams import worker_hyper
+from orchestrator.training.plan import Plan, TrainingFailed, TrainOptions, plan_run
+from orchestrator.training.report import round_line, write_outputs
 
 
 @dataclass
 class TrainResult:
     run: str
-    records: list[dict]
+    records: list[RoundRecord]
     rounds_run: int
     wall_seconds: float
     invocations: list[Invocation] = field(default_factory=list)
@@ -54,13 +66,14 @@ class TrainResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
     @property
-    def final(self) -> dict:
-        return self.records[-1] if self.records else {}
+    def final(self) -> RoundRecord | None:
+        return self.records[-1] if self.records else None
 
 
 # --- the loop ---------------------------------------------------------------------------
 
-def run_training(session, options: TrainOptions, out: TextIO | None = None, progress: bool = True) -> TrainResult:
+def run_training(session: Session, options: TrainOptions, out: TextIO | None = None,
+                 progress: bool = True) -> TrainResult:
     """Train `options.run` up to `options.rounds` rounds; raises TrainingFailed on a round that cannot close."""
     out = out or sys.stdout  # resolved per call, so redirected output is honoured
     start = time.perf_counter()
@@ -87,8 +100,8 @@ def run_training(session, options: TrainOptions, out: TextIO | None = None, prog
                   "nothing to train", file=out)
         epochs = previous_epochs(run, last, plan)
         for round_ in range(last + 1, plan.rounds + 1):
-            record = _train_round(invoker, plan, options, round_, tick, failures, epochs)
-            epochs = record["epochs"]
+            record = _train_round(invoker, session.meter, plan, options, round_, tick, failures, epochs)
+            epochs = record.epochs or 0.0
             bar.write(round_line(record), file=out)
     finally:
         bar.close()
@@ -104,23 +117,17 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
     started, n_before, run = time.perf_counter(), len(invoker.records), plan.run
     event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
                         output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
-    done, errors = invoke_with_retries(invoker, "train", [event], options.retries, tick,
-                                       check=reply_check(InitResponse))
+    done, errors = invoke_for_replies(invoker, "train", [event], options.retries, InitResponse, tick)
     if errors:
         raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
-    run.commit_round(0, {
-        "kind": "init", "workers": 0, "workers_ok": 0, "train": None, "val": None,
-        "parameters": InitResponse.model_validate(done[0]).parameters, "epochs": 0.0,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "lambda_seconds": round(sum(inv.lambda_seconds for inv in invoker.records[n_before:]), 3),
-        "gb_seconds": summarize(invoker.records[n_before:]).gb_seconds, "completed_at": now_iso()})
+    run.commit_round(0, RoundRecord(
+        kind="init", workers=0, workers_ok=0, train=None, val=None, parameters=done[0].parameters, epochs=0.0,
+        wall_seconds=round(time.perf_counter() - started, 3),
+        lambda_seconds=round(sum(inv.lambda_seconds for inv in invoker.records[n_before:]), 3),
+        gb_seconds=summarize(invoker.records[n_before:]).gb_seconds, completed_at=now_iso()))
 
 
-def _check_train(event: dict, payload: object) -> str | None:
-    problem = reply_check(TrainResponse)(event, payload)
-    if problem:
-        return problem
-    response = TrainResponse.model_validate(payload)
+def _check_train(event: dict, response: TrainResponse) -> str | None:
     if response.num_examples <= 0:
         return "trained on no examples (time budget too small?)"
     return None
@@ -154,7 +161,8 @@ def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]
     return events
 
 
-def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse]) -> dict:
+def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int,
+             results: dict[int, TrainResponse]) -> AggregationRecord:
     """The round's optimizer state, then its global weights: example-weighted means; how, for the record.
 
     The aggregation tree over the workers in worker order (not completion order) fixes the
@@ -173,7 +181,8 @@ def _average(invoker, plan: Plan, options: TrainOptions, round_: int, results: d
                              "diverged, start a new --run with a lower --lr)") from err
 
 
-def evaluate(invoker, plan: Plan, weights_key: str, retries: int, images: int | None = None) -> dict | None:
+def evaluate(invoker: Invoker, plan: Plan, weights_key: str, retries: int,
+             images: int | None = None) -> ValScore | None:
     """Validation loss/accuracy of stored weights, one invocation per validation part, at once.
 
     images: score a fixed subset of about that many (every k-th image of each part); None: all.
@@ -186,15 +195,15 @@ def evaluate(invoker, plan: Plan, weights_key: str, retries: int, images: int | 
                               limit=limit).model_dump(mode="json")
               for part in plan.val_parts]
     first = len(invoker.records)
-    done, errors = invoke_with_retries(invoker, "train", events, retries, check=reply_check(EvaluateResponse))
+    done, errors = invoke_for_replies(invoker, "train", events, retries, EvaluateResponse)
     if errors:
         reasons = "; ".join(f"part {i}: {err}" for i, (_, err) in sorted(errors.items()))
         raise TrainingFailed(f"evaluating {weights_key} failed: {reasons}")
-    results = [EvaluateResponse.model_validate(done[i]) for i in sorted(done)]
-    count = sum(r.count for r in results)
-    return {"count": count, **weighted_metrics((r.model_dump(), r.count) for r in results),
-            "seconds": max(r.seconds for r in results), "subset": limit is not None,
-            "lambda_seconds": round(max(inv.lambda_seconds for inv in invoker.records[first:]), 3)}
+    results = [done[i] for i in sorted(done)]
+    return ValScore(count=sum(r.count for r in results),
+                    **weighted_metrics((r.model_dump(), r.count) for r in results),
+                    seconds=max(r.seconds for r in results), subset=limit is not None,
+                    lambda_seconds=round(max(inv.lambda_seconds for inv in invoker.records[first:]), 3))
 
 
 def _eval_images(plan: Plan, options: TrainOptions, round_: int) -> int | None:
@@ -204,17 +213,19 @@ def _eval_images(plan: Plan, options: TrainOptions, round_: int) -> int | None:
     return options.eval_images
 
 
-def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: Callable[[Invocation], None],
-                 failures: list[tuple[str, str]], epochs_before: float) -> dict:
+def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptions, round_: int,
+                 tick: Callable[[Invocation], None], failures: list[tuple[str, str]],
+                 epochs_before: float) -> RoundRecord:
     run = plan.run
-    round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), METER.snapshot()
+    round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), meter.snapshot()
     events = _worker_events(plan, options, round_)
 
     def retry_event(event: dict, attempt: int) -> dict:
         return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
                 "output_optimizer_key": _optimizer_keys(plan, round_, event["worker"], attempt)[1]}
 
-    done, errors = invoke_with_retries(invoker, "train", events, options.retries, tick, retry_event, _check_train)
+    done, errors = invoke_for_replies(invoker, "train", events, options.retries, TrainResponse, tick, retry_event,
+                                      _check_train)
     worker_calls = invoker.records[n_before:]
     for w, (attempts, error) in sorted(errors.items()):
         failures.append((f"round {round_} worker {w}", f"{error} (after {attempts} attempts)"))
@@ -225,53 +236,53 @@ def _train_round(invoker, plan: Plan, options: TrainOptions, round_: int, tick: 
             f"{options.retries} retries: {reasons}. The last completed round is {round_ - 1} "
             f"({run.url(run.global_key(round_ - 1))}). Fix the cause and continue with --resume, or "
             "let a round close on fewer workers with --min-workers.")
-    results = {w: TrainResponse.model_validate(done[w]) for w in sorted(done)}
+    results = {w: done[w] for w in sorted(done)}
     trained_at = time.perf_counter()
     aggregation = _average(invoker, plan, options, round_, results)
     averaged_at = time.perf_counter()
     val = evaluate(invoker, plan, run.global_key(round_), options.retries, _eval_images(plan, options, round_))
-    record = _round_record(results, errors, len(events), val, round_start, trained_at, averaged_at)
-    record["gb_seconds"] = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
-    record["aggregation"] = aggregation
-    record["epochs"] = round(epochs_before + record["train"]["examples"] / plan.train_images, 4)
-    record.update(lambda_times(worker_calls, results, aggregation, val))
-    record["transfer"] = _transfer_record(invoker.records[n_before:], METER.snapshot() - traffic_before)
+    record = _round_record(round_, results, errors, len(events), val, round_start, trained_at, averaged_at)
+    record.gb_seconds = round(summarize(invoker.records[n_before:]).gb_seconds, 3)
+    record.aggregation = aggregation
+    record.transfer = _transfer_record(invoker.records[n_before:], meter.snapshot() - traffic_before)
+    record.epochs = round(epochs_before + record.train.examples / plan.train_images, 4) if record.train else None
+    _lambda_times(record, worker_calls, results, aggregation, val)
     run.commit_round(round_, record)
     if not options.keep_worker_weights:
         run.delete_worker_weights(round_)
     if plan.config.training.worker_optimizer == "own" and round_ > 1:
         run.delete_worker_states(round_ - 1)   # resuming needs only the last committed round's
-    return {**record, "round": round_}
+    return record
 
 
-def previous_epochs(run, last: int, plan: Plan) -> float:
+def previous_epochs(run: TrainingRun, last: int, plan: Plan) -> float:
     """Epochs of data done by round `last`: from its record (older runs' records lack it: estimated)."""
     if last <= 0:
         return 0.0
-    epochs = run.record(last).get("epochs")
+    epochs = run.record(last).epochs
     return float(epochs) if epochs is not None else last * plan.epochs_per_round
 
 
-def lambda_times(records: list[Invocation], results: dict[int, TrainResponse], aggregation: dict,
-                 val: dict | None) -> dict:
+def _lambda_times(record: RoundRecord, calls: list[Invocation], results: dict[int, TrainResponse],
+                  aggregation: AggregationRecord, val: ValScore | None) -> None:
     """The round's time on Lambda: its slowest worker (attempts one after another) plus its serial work.
 
     Local invoker: each invocation's projected time (orchestrator.invokers.projection); Lambda: measured.
     The training share is the slowest worker's own training time, projected from its CPU time likewise.
     """
     per_worker: dict[int, float] = {}
-    for inv in records:
+    for inv in calls:
         worker = inv.extra.get("event", inv.index)
         per_worker[worker] = per_worker.get(worker, 0.0) + inv.lambda_seconds
     workers = max(per_worker.values(), default=0.0)
-    serial = aggregation.get("lambda_seconds", 0.0) + (val["lambda_seconds"] if val else 0.0)
-    total = workers + serial
-    projected = any("projected_ms" in inv.extra for inv in records)
+    aggregate = aggregation.lambda_seconds or 0.0
+    evaluate = (val.lambda_seconds or 0.0) if val else 0.0
+    total = workers + aggregate + evaluate
+    projected = any("projected_ms" in inv.extra for inv in calls)
     training = max((training_seconds(r, projected) for r in results.values()), default=0.0)
-    return {"lambda_seconds": round(total, 3),
-            "lambda_phase_seconds": {"workers": round(workers, 3), "aggregate": aggregation.get("lambda_seconds", 0.0),
-                                     "evaluate": val["lambda_seconds"] if val else 0.0},
-            "lambda_train_share": round(min(1.0, training / total), 4) if total > 0 else None}
+    record.lambda_seconds = round(total, 3)
+    record.lambda_phase_seconds = LambdaPhases(workers=round(workers, 3), aggregate=aggregate, evaluate=evaluate)
+    record.lambda_train_share = round(min(1.0, training / total), 4) if total > 0 else None
 
 
 def training_seconds(result: TrainResponse, projected: bool) -> float:
@@ -281,26 +292,28 @@ def training_seconds(result: TrainResponse, projected: bool) -> float:
     return projected_ms("train", result.train_cpu_seconds * 1000, function_spec("train").memory_mb) / 1000
 
 
-def _transfer_record(records: list[Invocation], traffic: Traffic) -> dict:
+def _transfer_record(records: list[Invocation], traffic: Traffic) -> TransferRecord:
     """What went through the orchestrator this round (its own commit excluded): bytes each way, store requests."""
     down, up = transfer_bytes(records, traffic)
-    return {"bytes_down": down, "bytes_up": up, "store_requests": traffic.requests}
+    return TransferRecord(bytes_down=down, bytes_up=up, store_requests=traffic.requests)
 
 
-def _round_record(results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,
-                  val: dict | None, round_start: float, trained_at: float, averaged_at: float) -> dict:
+def _round_record(round_: int, results: dict[int, TrainResponse], errors: dict[int, tuple[int, str]], workers: int,
+                  val: ValScore | None, round_start: float, trained_at: float, averaged_at: float) -> RoundRecord:
+    """The round's record; its bill, aggregation and transfer are filled in once known."""
     wall = time.perf_counter() - round_start
     train_max = max(r.train_seconds for r in results.values())
-    return {
-        "kind": "round", "workers": workers, "workers_ok": len(results),
-        "worker_results": [r.model_dump(mode="json") for r in results.values()],
-        "failed_workers": [{"worker": w, "attempts": a, "error": e} for w, (a, e) in sorted(errors.items())],
-        "train": {"examples": sum(r.num_examples for r in results.values()),
-                  **weighted_metrics((r.model_dump(), r.num_examples) for r in results.values())},
-        "val": val,
-        "wall_seconds": round(wall, 3),
-        "phase_seconds": {"workers": round(trained_at - round_start, 3), "average": round(averaged_at - trained_at, 3),
-                          "evaluate": round(time.perf_counter() - averaged_at, 3)},
-        "train_share": round(train_max / wall, 4) if wall > 0 else None,
-        "completed_at": now_iso(),
-    }
+    return RoundRecord(
+        round=round_, kind="round", workers=workers, workers_ok=len(results),
+        worker_results=[r.model_dump(mode="json") for r in results.values()],
+        failed_workers=[FailedWorker(worker=w, attempts=a, error=e) for w, (a, e) in sorted(errors.items())],
+        train=TrainScore(examples=sum(r.num_examples for r in results.values()),
+                         **weighted_metrics((r.model_dump(), r.num_examples) for r in results.values())),
+        val=val,
+        wall_seconds=round(wall, 3), gb_seconds=0.0,
+        phase_seconds=PhaseSeconds(workers=round(trained_at - round_start, 3),
+                                   average=round(averaged_at - trained_at, 3),
+                                   evaluate=round(time.perf_counter() - averaged_at, 3)),
+        train_share=round(train_max / wall, 4) if wall > 0 else None,
+        completed_at=now_iso(),
+    )

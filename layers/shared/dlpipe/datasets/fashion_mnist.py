@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dlpipe.shared.config import download_cache_dir
 from dlpipe.shared.recipe import Recipe
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -89,20 +88,21 @@ def _download(name: str, md5: str, cache: Path, searched: list[Path]) -> Path:
 def fashion_mnist_file(split: str, kind: str, directory: str | os.PathLike | None = None,
                        download: bool = True, cache: Path | None = None) -> Path:
     """Path of one Fashion-MNIST file: from `directory`, the Debian package, the download
-    `cache` (default: config.download_cache_dir), or (if `download`) fetched into the cache."""
+    `cache` folder (the orchestrator's: orchestrator.settings.download_cache_dir), or (if
+    `download` and a cache is given) fetched into the cache."""
     try:
         name, md5 = FASHION_MNIST_FILES[(split, kind)]
     except KeyError:
         raise ValueError(f"Fashion-MNIST has splits 'train'/'test' and kinds 'images'/'labels', "
                          f"not {split!r}/{kind!r}") from None
-    cache = (cache or download_cache_dir()) / "fashion-mnist"
-    candidates = [Path(directory)] if directory else [Path(d) for d in FASHION_MNIST_DIRS] + [cache]
+    cache = cache / "fashion-mnist" if cache is not None else None
+    candidates = [Path(directory)] if directory else [Path(d) for d in FASHION_MNIST_DIRS] + ([cache] if cache else [])
     for folder in candidates:
         if (folder / name).is_file():
             return folder / name
     if directory:
         raise FileNotFoundError(f"{name} is not in {directory}")
-    if not download:
+    if not download or cache is None:
         raise FileNotFoundError(f"{name} not found in {', '.join(map(str, candidates))}; install the Debian "
                                 f"package {DEBIAN_PACKAGE} or allow the download")
     return _download(name, md5, cache, candidates)

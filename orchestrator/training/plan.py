@@ -13,21 +13,28 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from dlpipe.datasets import manifest as manifests
+from dlpipe.datasets.manifest import Manifest
 from dlpipe.predict.versions import version_key
+from dlpipe.runs.pretrained import starting_point
+from dlpipe.runs.run import Lineage, RunConfig, Training, TrainingRun
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import manifest as manifests
-from dlpipe.train.model import model_config_for
-from dlpipe.train.pretrained import starting_point
-from dlpipe.train.run import Lineage, RunConfig, Training, TrainingRun
+from dlpipe.shared.store import ObjectStore
+from dlpipe.train.model import model_config_for, small_stem
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import (
     InitFrom,
     ModelConfig,
 )
-from orchestrator.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
-from orchestrator.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
+from orchestrator.session import Session
+from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
+from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
+
+
+def _as_json(recipe: Recipe) -> str:
+    return json.dumps(recipe.model_dump(mode="json"))
 
 
 class TrainingFailed(RuntimeError):
@@ -65,7 +72,7 @@ class TrainOptions:
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
-    aggregate: str = "auto"              # local | lambda | auto: lambda when the invoker is (orchestrator.aggregation)
+    aggregate: str = "auto"              # local | lambda | auto: lambda with a Lambda invoker (training.aggregation)
 
 
 @dataclass
@@ -77,7 +84,7 @@ class Plan:
     shard_parts: list[list[str]]
     val_parts: list[str]
     min_workers: int
-    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.capacity)
+    eval_batch_size: int = 256           # what fits the function's memory (orchestrator.training.capacity)
     notes: list[str] = field(default_factory=list)   # said before the first round
     rounds: int = 1                      # the round to train up to (--rounds, or from --epochs)
     epochs_per_round: float = 1.0        # epochs of the largest shard a round trains
@@ -94,22 +101,22 @@ class Plan:
 
 # --- planning --------------------------------------------------------------------------
 
-def read_manifest(data_store, dataset: str) -> dict:
+def read_manifest(data_store: ObjectStore, dataset: str) -> Manifest:
     try:
-        return manifests.read_manifest(data_store, dataset).model_dump(mode="json")
+        return manifests.read_manifest(data_store, dataset)
     except manifests.ManifestError as err:
         raise TrainingFailed(str(err)) from None
 
 
-def assign_shards(manifest: dict, workers: int | None) -> list[list[str]]:
+def assign_shards(manifest: Manifest, workers: int | None) -> list[list[str]]:
     """Part keys for each worker: shard w, w+W, ... (all of them when W = shard count)."""
-    shards = manifest["shards"]
+    shards = manifest.shards
     workers = workers or len(shards)
     if not 1 <= workers <= len(shards):
-        raise TrainingFailed(f"dataset {manifest['dataset']!r} was prepared in {len(shards)} shards, so it can feed "
+        raise TrainingFailed(f"dataset {manifest.dataset!r} was prepared in {len(shards)} shards, so it can feed "
                              f"1 to {len(shards)} workers, not {workers}; run `orchestrator prepare` again with "
                              f"--workers {workers}")
-    assigned = [[key for s in shards[w::workers] for key in s["parts"]] for w in range(workers)]
+    assigned = [[key for s in shards[w::workers] for key in s.parts] for w in range(workers)]
     empty = [w for w, parts in enumerate(assigned) if not parts]
     if empty:
         raise TrainingFailed(f"workers {empty} would get no data; prepare with more images or fewer workers")
@@ -135,26 +142,22 @@ def _check_options(options: TrainOptions) -> None:
         raise TrainingFailed(str(err)) from None
 
 
-def _new_config(options: TrainOptions, manifest: dict, training: Training, model_store) -> RunConfig:
+def _new_config(options: TrainOptions, manifest: Manifest, training: Training, model_store) -> RunConfig:
     lineage = None
     try:
         if options.init_from:
             model, lineage = _fine_tune_model(options, options.init_from, manifest, model_store)
         else:
-            model = model_config_for(manifest["recipe"], manifest["classes"], options.version or "1.1",
+            model = model_config_for(manifest.recipe, manifest.classes, options.version or "1.1",
                                      options.stem or "auto", options.classifier_relu)
     except (ValueError, ValidationError) as err:
         raise TrainingFailed(f"cannot build a model for dataset {options.dataset!r}: {err}") from None
-    return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.get("id"),
+    return RunConfig(model=model, dataset=options.dataset, manifest_id=manifest.id,
                      training=training, created=now_iso(),
                      init_from=lineage)
 
 
-def _same_recipe(a: dict, b: dict) -> bool:
-    return Recipe.from_dict(a).to_dict() == Recipe.from_dict(b).to_dict()
-
-
-def _fine_tune_model(options: TrainOptions, ref: str, manifest: dict, model_store) -> tuple[ModelConfig, Lineage]:
+def _fine_tune_model(options: TrainOptions, ref: str, manifest: Manifest, model_store) -> tuple[ModelConfig, Lineage]:
     """The starting version's network with the dataset's classes; options that contradict it are refused."""
     try:
         start = starting_point(model_store, ref)
@@ -167,13 +170,13 @@ def _fine_tune_model(options: TrainOptions, ref: str, manifest: dict, model_stor
     if options.stem is not None:
         raise TrainingFailed(f"--stem conflicts with --init-from: the first convolution comes from {what}; "
                              "drop --stem")
-    if not _same_recipe(manifest["recipe"], source.recipe):
+    if manifest.recipe != source.recipe:
         raise TrainingFailed(
-            f"dataset {options.dataset!r} was prepared with recipe {json.dumps(manifest['recipe'])}, but {what} "
-            f"expects {json.dumps(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
-            f"--source {manifest.get('source') or 'PREFIX'} --dataset {options.dataset} --recipe-from "
+            f"dataset {options.dataset!r} was prepared with recipe {_as_json(manifest.recipe)}, but {what} "
+            f"expects {_as_json(source.recipe)}; prepare it with the model's own recipe: `orchestrator prepare "
+            f"--source {manifest.source or 'PREFIX'} --dataset {options.dataset} --recipe-from "
             f"{start.name}:{start.version}`")
-    labels = list(manifest["classes"])
+    labels = list(manifest.classes)
     keep = labels == list(source.labels)
     model = ModelConfig(**{**source.model_dump(), "labels": labels, "classes": len(labels),
                            "classifier_relu": source.classifier_relu if keep else options.classifier_relu})
@@ -181,7 +184,7 @@ def _fine_tune_model(options: TrainOptions, ref: str, manifest: dict, model_stor
                           kept_classifier=keep)
 
 
-def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, manifest: dict) -> None:
+def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, manifest: Manifest) -> None:
     if not options.resume:
         done = run.latest_round()
         state = "no round completed yet" if done is None else f"last completed round: {done}"
@@ -197,12 +200,12 @@ def _check_resume(options: TrainOptions, run: TrainingRun, config: RunConfig, ma
     if config.dataset != options.dataset:
         raise TrainingFailed(f"run {options.run!r} trains on dataset {config.dataset!r}, not "
                              f"{options.dataset!r}; resume with --dataset {config.dataset}")
-    if config.manifest_id != manifest.get("id"):
+    if config.manifest_id != manifest.id:
         raise TrainingFailed(f"dataset {options.dataset!r} was prepared differently after run {options.run!r} started, "
                              "so resuming would train on different shards; start a new --run")
 
 
-def plan_run(session, options: TrainOptions) -> Plan:
+def plan_run(session: Session, options: TrainOptions) -> Plan:
     """Open or start the run, after checking every option against the dataset and the run's own config."""
     _check_options(options)
     run = TrainingRun(session.model_store(), options.run)
@@ -211,7 +214,7 @@ def plan_run(session, options: TrainOptions) -> Plan:
     if config is not None:
         _check_resume(options, run, config, manifest)
     stored = config.training.model_dump(exclude_unset=True) if config else {}
-    workers = options.workers or stored.get("workers") or len(manifest["shards"])
+    workers = options.workers or stored.get("workers") or len(manifest.shards)
     if stored.get("workers") not in (None, workers):
         raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
                              "resume it with the same --workers (or start a new --run)")
@@ -226,16 +229,16 @@ def plan_run(session, options: TrainOptions) -> Plan:
         raise TrainingFailed(f"--min-workers must be between 1 and {workers}, not {min_workers}")
     try:
         eval_batch = check_worker_memory(manifest, training, config.model.small_inputs if config else
-                                         {"small": True, "imagenet": False}.get(options.stem or "auto"))
+                                         small_stem(manifest.recipe.size, options.stem or "auto"))
     except DoesNotFit as err:
         raise TrainingFailed(str(err)) from None
     if config is None:
         config = _new_config(options, manifest, training, run.store)
         run.start(config)
-    note = cache_note(input_shape(manifest["recipe"]), shard_sizes) if not session.data_store().is_local else None
+    note = cache_note(input_shape(manifest.recipe), shard_sizes) if not session.data_store().is_local else None
     per_round = epochs_per_round(config.training, max(shard_sizes))
     rounds = options.rounds or max(1, math.ceil(float(options.epochs or 0) / per_round - 1e-9))
-    return Plan(run, config, shard_parts, manifest.get("val", {}).get("parts", []), min_workers, eval_batch,
+    return Plan(run, config, shard_parts, list(manifest.val.parts), min_workers, eval_batch,
                 [note] if note else [], rounds, per_round, sum(shard_sizes))
 
 

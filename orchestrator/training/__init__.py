@@ -1,0 +1,1 @@
+"""Training on the orchestrator's side: the round loop, its plan, hyper-parameters, capacity, aggregation and report."""
