@@ -43,7 +43,7 @@ from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.costs import summarize
 from orchestrator.session import Session
-from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.hyperparams import new_run_defaults
 from orchestrator.training.loop import TrainOptions, run_training
 from orchestrator.training.prepare import prepare_dataset
 
@@ -263,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--epochs", type=float, help="total epochs per configuration (default: 10, --quick 4)")
-    parser.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
-    parser.add_argument("--local-steps", type=int, default=DEFAULTS["local_steps"],
+    defaults = new_run_defaults()
+    parser.add_argument("--local-epochs", type=float, default=defaults["local_epochs"])
+    parser.add_argument("--local-steps", type=int, default=defaults["local_steps"],
                         help="batches per round (default: %(default)s); 0: whole --local-epochs")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="the batch across workers")
-    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"])
-    parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"])
+    parser.add_argument("--batch-size", type=int, default=128, help="the batch across workers")
+    parser.add_argument("--lr", type=float, default=defaults["learning_rate"])
+    parser.add_argument("--warmup-epochs", type=float, default=defaults["warmup_epochs"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--target", type=float, help="test accuracy to reach (default: 0.90, --quick 0.75)")
     parser.add_argument("--repeats", type=int, default=3, help="speed measurements (default: %(default)s)")

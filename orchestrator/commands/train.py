@@ -11,27 +11,30 @@ from orchestrator.errors import CommandError
 from orchestrator.report import add_json_argument, human_out, print_failures, print_json, print_summary
 from orchestrator.session import Session
 from orchestrator.training.aggregation import ENGINES
-from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS
+from orchestrator.training.hyperparams import HYPER_PARAMETERS, new_run_defaults
 from orchestrator.training.loop import TrainingFailed, TrainOptions, TrainResult, run_training
 
+NEW, TUNE = new_run_defaults(), new_run_defaults(fine_tune=True)
 EXAMPLES = f"""\
 examples:
-  orchestrator train --dataset fmnist --run fm1 --rounds 20
+  orchestrator train --dataset fmnist --run fm1 --epochs 5
       every round: all of the dataset's shards train in parallel (a quarter of an epoch each, by
-      default: 20 rounds are 5 epochs), then their weights are averaged
-  orchestrator train --dataset fmnist --run fm1 --rounds 28 --resume
-      continue fm1 from its last completed round up to round 8 (same weights as if never stopped)
+      default: 20 rounds), then the outer step moves the global weights toward their average
+  orchestrator train --dataset fmnist --run fm1 --epochs 8 --resume
+      continue fm1 from its last completed round until 8 epochs are done (same weights as if never stopped)
   orchestrator train --dataset fmnist --run fm2 --workers 4 --rounds 10 --local-epochs 1 \\
       --min-workers 3 --retries 2
   orchestrator --stack-name dlpipe train --dataset fmnist --run fm3 --rounds 20     # on AWS Lambda
   orchestrator train --dataset flowers --run fl1 --rounds 3 --init-from squeezenet1.1
       fine-tune the pretrained ImageNet SqueezeNet on your classes (a new classifier, the rest frozen)
 
-defaults: --local-epochs {DEFAULTS['local_epochs']}, --batch-size {DEFAULTS['batch_size']} (across all workers), \
---warmup-epochs {DEFAULTS['warmup_epochs']:g}, --lr {DEFAULTS['learning_rate']},
---seed {DEFAULTS['seed']}, --trainable all; with --init-from: --local-epochs {FINE_TUNE_DEFAULTS['local_epochs']}, \
---batch-size {FINE_TUNE_DEFAULTS['batch_size']}, --warmup-epochs {FINE_TUNE_DEFAULTS['warmup_epochs']:g},
---trainable {FINE_TUNE_DEFAULTS['trainable']}; with --resume the run's own values. A batch that would not fit the
+defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']} per worker (--lr-scaling \
+{NEW['lr_scaling']}), --lr {NEW['learning_rate']},
+--warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
+{NEW['outer_momentum']}, --worker-optimizer {NEW['worker_optimizer']}, --seed {NEW['seed']}, --trainable all;
+with --init-from: --local-epochs {TUNE['local_epochs']}, --warmup-epochs {TUNE['warmup_epochs']:g}, --outer-lr \
+{TUNE['outer_learning_rate']}, --outer-momentum {TUNE['outer_momentum']}, --trainable {TUNE['trainable']};
+with --resume the run's own values. A batch that would not fit the
 train function's memory is refused before any work, naming the largest that fits.
 Writes runs/RUN/ in the model store (config, per-round global weights and records, metrics.json,
 metrics.png) and RUN-metrics.json / RUN-metrics.png under --output. Then:
@@ -108,8 +111,8 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds of K batches of each worker's shard instead (its stream of epochs goes on across "
                         "rounds)")
     p.add_argument("--batch-size", type=int, metavar="B",
-                   help="mini-batch size across workers: each of N workers trains batches of B/N, so an epoch is "
-                        "as many steps whatever N")
+                   help="each worker's mini-batch (the global batch is N x B), or with --batch-across-workers the "
+                        "batch across them (each takes B/N)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--batch-per-worker", dest="batch_across_workers", action="store_const", const=False,
                        help="--batch-size is each worker's batch: the global batch grows with the workers, and the "
@@ -131,19 +134,11 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    return TrainOptions(dataset=args.dataset, run=args.run_name, rounds=args.rounds, workers=args.workers,
-                        local_epochs=args.local_epochs, local_steps=args.local_steps, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, seed=args.seed, warmup_epochs=args.warmup_epochs,
-                        batch_across_workers=args.batch_across_workers, lr_scaling=args.lr_scaling,
-                        outer_learning_rate=args.outer_learning_rate, outer_momentum=args.outer_momentum,
-                        worker_optimizer=args.worker_optimizer,
-                        epochs=args.epochs, eval_images=args.eval_images, full_eval_every=args.full_eval_every,
-                        min_workers=args.min_workers,
-                        retries=args.retries, resume=args.resume, time_budget_s=args.time_budget_s,
-                        version=args.version, stem=args.stem, classifier_relu=args.classifier_relu,
-                        init_from=args.init_from, trainable=args.trainable,
-                        output_dir=args.output,
-                        keep_worker_weights=args.keep_worker_weights, aggregate=args.aggregate)
+    """The job's options from the command line: hyper-parameters by their field names, only those given."""
+    given = vars(args)
+    job = {name: given[name] for name in TrainOptions.model_fields if name in given and name not in ("run", "hyper")}
+    hyper = {name: given[name] for name in HYPER_PARAMETERS if given.get(name) is not None}
+    return TrainOptions(**job, run=args.run_name, output_dir=args.output, hyper=hyper)
 
 
 def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -> int:

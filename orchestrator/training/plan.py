@@ -10,8 +10,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dlpipe.datasets import manifest as manifests
 from dlpipe.datasets.manifest import Manifest
@@ -30,7 +31,7 @@ from dlpipe.wire import (
 )
 from orchestrator.session import Session
 from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
-from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper, worker_hyper
+from orchestrator.training.hyperparams import HYPER_PARAMETERS, resolve_hyper, worker_hyper
 
 
 def _as_json(recipe: Recipe) -> str:
@@ -41,26 +42,21 @@ class TrainingFailed(RuntimeError):
     """The run cannot go on; the message says why and what to do. Committed rounds are intact."""
 
 
-@dataclass
-class TrainOptions:
+class TrainOptions(BaseModel):
+    """One invocation of the job: what to train, for how long, how to run it, and the hyper-parameters given.
+
+    `hyper` holds only the hyper-parameters given (dlpipe.runs.run.Training's field names); the
+    rest are Training's defaults for a new run, or the run's own on --resume. They may also be
+    passed by name: TrainOptions(dataset=..., run=..., batch_size=64) puts batch_size in `hyper`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str
     run: str
     rounds: int | None = None            # train until round R is complete; or give `epochs`
+    epochs: float | None = None          # train until this many epochs of data are done (instead of rounds)
     workers: int | None = None           # default: the dataset's shard count
-    local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
-    local_steps: int | None = None       # rounds of this many batches instead of whole epochs
-    batch_size: int | None = None        # new runs: the batch across workers
-    learning_rate: float | None = None
-    seed: int | None = None
-    warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
-    batch_across_workers: bool | None = None   # False: a batch per worker (the global batch grows with workers)
-    lr_scaling: str | None = None        # none | sqrt | linear: a batch per worker's learning-rate rule
-    outer_learning_rate: float | None = None   # the outer optimizer (dlpipe.train.outer)
-    outer_momentum: float | None = None
-    worker_optimizer: str | None = None  # averaged | own: each worker's Adam state between rounds
-    epochs: float | None = None          # train until this many epochs of data are done (instead of --rounds)
-    eval_images: int | None = 2000       # validation images scored every round (a fixed subset); None: all
-    full_eval_every: int = 10            # ...and the whole validation set every K rounds and at the end
     min_workers: int | None = None       # default: all workers must succeed
     retries: int = 1
     resume: bool = False
@@ -68,11 +64,22 @@ class TrainOptions:
     version: str | None = None           # None: 1.1, or the --init-from model's
     stem: str | None = None              # auto (None) | small | imagenet; --init-from: the model's
     init_from: str | None = None         # MODEL[:VERSION]: round 0 from a servable version's weights
-    trainable: str | None = None         # all | classifier (default: all; classifier with --init-from)
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
     aggregate: str = "auto"              # local | lambda | auto: lambda with a Lambda invoker (training.aggregation)
+    eval_images: int | None = 2000       # validation images scored every round (a fixed subset); None: all
+    full_eval_every: int = 10            # ...and the whole validation set every K rounds and at the end
+    hyper: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hyper_by_name(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            given = {k: v for k, v in values.items() if k in HYPER_PARAMETERS and v is not None}
+            rest = {k: v for k, v in values.items() if k not in HYPER_PARAMETERS}
+            values = {**rest, "hyper": {**rest.get("hyper", {}), **given}}
+        return values
 
 
 @dataclass
@@ -213,14 +220,14 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
     config = run.config()
     if config is not None:
         _check_resume(options, run, config, manifest)
-    stored = config.training.model_dump(exclude_unset=True) if config else {}
-    workers = options.workers or stored.get("workers") or len(manifest.shards)
-    if stored.get("workers") not in (None, workers):
-        raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
+    stored = config.training if config else None
+    workers = options.workers or (stored.workers if stored else None) or len(manifest.shards)
+    if stored is not None and stored.workers != workers:
+        raise TrainingFailed(f"run {options.run!r} was trained with {stored.workers} workers; "
                              "resume it with the same --workers (or start a new --run)")
     shard_parts, shard_sizes = assign_shards(manifest, workers), worker_shard_sizes(manifest, workers)
     try:
-        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers,
+        training = resolve_hyper(options.run, options.hyper, stored, bool(options.init_from), workers,
                                  max(shard_sizes))
     except ValueError as err:
         raise TrainingFailed(str(err)) from None

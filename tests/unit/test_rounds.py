@@ -24,7 +24,7 @@ from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator import functions
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.traffic import Meter
-from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.hyperparams import new_run_defaults
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from orchestrator.training.report import metrics_from_records, round_line
 from tests.memory_store import MemoryStore
@@ -117,7 +117,7 @@ def train(s: FakeSession, run: str, rounds: int | None, **options):
 
 def test_the_global_weights_are_the_example_weighted_mean_in_worker_order():
     s = session()
-    result = train(s, "r", 1)
+    result = train(s, "r", 1, outer_learning_rate=1.0, outer_momentum=0.0)    # FedAvg: the average itself
     run = TrainingRun(s.models, "r")
     expected = sum(n * (0 + (w + 1) / 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
     assert np.allclose(load_weights(s.models, run.global_key(1))[0], expected)
@@ -168,7 +168,8 @@ def test_a_round_is_committed_in_order_weights_record_then_latest():
     train(s, "r", 1)
     run = TrainingRun(s.models, "r")
     tail = [k for k in order if (k.startswith(run.round_prefix(1)) and "/workers/" not in k) or k == run.latest_key]
-    assert tail[-4:] == [run.optimizer_key(1), run.global_key(1), run.record_key(1), run.latest_key]
+    assert tail[-5:] == [run.optimizer_key(1), run.outer_key(1), run.global_key(1), run.record_key(1),
+                         run.latest_key]
 
 
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run():
@@ -192,8 +193,8 @@ def test_resume_keeps_the_runs_own_settings_and_refuses_others():
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
         train(s, "r", 2, resume=True, batch_size=64)
     train(s, "r", 2, resume=True)
-    # --batch-size is the batch across the 3 workers: 10 each, in both rounds.
-    assert all(e["hyper"]["batch_size"] == 10 for e in s.invoker.events if e["action"] == "train")
+    # --batch-size is each worker's batch: 32, in both rounds.
+    assert all(e["hyper"]["batch_size"] == 32 for e in s.invoker.events if e["action"] == "train")
     assert TrainingRun(s.models, "r").config().training.batch_size == 32
     with pytest.raises(TrainingFailed, match="trained with 3 workers"):
         train(s, "r", 3, resume=True, workers=2)
@@ -214,15 +215,22 @@ def train_hypers(s: FakeSession) -> list[dict]:
     return [e["hyper"] for e in s.invoker.events if e["action"] == "train"]
 
 
-def test_new_runs_share_the_batch_across_workers_and_warm_up():
+def test_new_runs_take_the_training_models_defaults():
+    """A batch per worker, the learning rate scaled by sqrt(workers), a warm-up, the outer Nesterov step."""
     s = session()
     train(s, "r", 1)
-    assert [h["batch_size"] for h in train_hypers(s)] == [DEFAULTS["batch_size"] // 3] * 3
-    assert all(h["warmup_epochs"] == DEFAULTS["warmup_epochs"] > 0 for h in train_hypers(s))
-    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 42): 1 batch.
-    assert DEFAULTS["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
+    defaults = new_run_defaults()
+    assert [h["batch_size"] for h in train_hypers(s)] == [defaults["batch_size"]] * 3
+    assert all(h["learning_rate"] == pytest.approx(defaults["learning_rate"] * 3 ** 0.5) for h in train_hypers(s))
+    assert all(h["warmup_epochs"] == defaults["warmup_epochs"] > 0 for h in train_hypers(s))
+    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 32): 1 batch.
+    assert defaults["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
     training = TrainingRun(s.models, "r").config().training
-    assert training.batch_size == DEFAULTS["batch_size"] and training.batch_across_workers
+    assert training.batch_size == defaults["batch_size"] and not training.batch_across_workers
+    assert (training.outer_learning_rate, training.outer_momentum, training.lr_scaling) == (0.7, 0.9, "sqrt")
+    assert s.models.exists(TrainingRun(None, "r").outer_key(1))
+    tuned = new_run_defaults(fine_tune=True)
+    assert (tuned["trainable"], tuned["local_epochs"], tuned["outer_momentum"]) == ("classifier", 1, 0.0)
 
 
 def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
@@ -239,8 +247,11 @@ def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
     train(s, "old", 2, resume=True)
     assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
                                 "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0}] * 3
+    assert not s.models.exists(run.outer_key(2))          # FedAvg, as runs were before the outer step
     with pytest.raises(TrainingFailed, match=r"trained with warmup-epochs 0.0"):
         train(s, "old", 3, resume=True, warmup_epochs=1.0)
+    with pytest.raises(TrainingFailed, match=r"trained with outer-momentum 0.0"):
+        train(s, "old", 3, resume=True, outer_momentum=0.9)
     with pytest.raises(TrainingFailed, match="trained with local-steps None"):
         train(s, "old", 3, resume=True, local_steps=10)
 
@@ -256,7 +267,7 @@ def test_round_length_options():
         train(s, "steps", 2, resume=True, local_epochs=1)
     # A fraction of an epoch: batches of 30 // 3 = 10, the largest shard (30) is 3 of them, half is 2 (rounded).
     s.invoker.events.clear()
-    train(s, "half", 1, local_epochs=0.5, batch_size=30)
+    train(s, "half", 1, local_epochs=0.5, batch_size=30, batch_across_workers=True)
     assert all(h["local_steps"] == 2 and h["batch_size"] == 10 for h in train_hypers(s))
     train(s, "half", 2, resume=True, local_epochs=0.5)
     with pytest.raises(TrainingFailed, match=r"trained with local-steps 2; resuming with --local-epochs 0.9"):
@@ -265,7 +276,8 @@ def test_round_length_options():
         train(s, "epochs", 2, resume=True, local_epochs=0.5)
     for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
                              ({"local_epochs": -1}, "--local-epochs must be more than 0"),
-                             ({"batch_size": 2}, "batch across workers: it must be at least --workers \\(3\\)"),
+                             ({"batch_size": 2, "batch_across_workers": True},
+                              "batch across workers: it must be at least --workers \\(3\\)"),
                              ({"local_steps": 0}, "local_steps")]:
         with pytest.raises(TrainingFailed, match=message):
             train(s, "bad", 1, **options)
@@ -288,20 +300,20 @@ def test_a_batch_that_cannot_fit_the_function_is_refused_before_any_work():
     with pytest.raises(TrainingFailed, match=r"a worker would need about [\d,]+ MB \(batches of 128 224x224x3 "
                                              r"images, all layers training, 500 images in its shard\).*4,096 MB; "
                                              r"use --batch-size \d+ or less"):
-        train(s, "big", 1, batch_size=3 * 128)
+        train(s, "big", 1, batch_size=3 * 128, batch_across_workers=True)
     assert s.invoker.records == [] and TrainingRun(s.models, "big").config() is None
     message = ""
     try:
-        train(s, "big", 1, batch_size=3 * 128)
+        train(s, "big", 1, batch_size=3 * 128, batch_across_workers=True)
     except TrainingFailed as err:
         message = str(err)
     suggested = int(message.split("use --batch-size ")[1].split()[0])
-    train(s, "big", 1, batch_size=suggested)          # the suggestion fits
+    train(s, "big", 1, batch_size=suggested, batch_across_workers=True)          # the suggestion fits
     assert TrainingRun(s.models, "big").latest_round() == 1
     # Evaluation's batch is what fits too: not the usual 256 at 224 px.
     assert {e["batch_size"] for e in s.invoker.events if e["action"] == "evaluate"} == {suggested // 3}
     # Only the classifier training needs far less: the same batch fits.
-    train(s, "head", 1, batch_size=3 * 128, trainable="classifier")
+    train(s, "head", 1, batch_size=3 * 128, trainable="classifier", batch_across_workers=True)
 
 
 def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeypatch):

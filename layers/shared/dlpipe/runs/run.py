@@ -28,30 +28,55 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.names import validate_name
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
-from dlpipe.wire import Hyper, ModelConfig
+from dlpipe.wire import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, Hyper, ModelConfig
 
 RUNS_PREFIX = "runs"
 
 
 class Training(Hyper):
-    """The run's hyper-parameters, fixed when it starts (`--resume` refuses others)."""
+    """The run's hyper-parameters, fixed when it starts (`--resume` refuses others).
+
+    The field defaults are the defaults of a new run (README "Data parallelism that pays");
+    `orchestrator train` fills the model from its options. A config stored before a field
+    existed means what the code did then (`BEFORE`), not today's default.
+    """
 
     workers: int = Field(ge=1)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
+    warmup_epochs: float = Field(1.0, ge=0, le=MAX_LOCAL_EPOCHS)
     # True: batch_size is the batch across workers, each worker taking batch_size // workers.
-    # False (and runs from before it): every worker takes batch_size, so the global batch grows with workers.
+    # False: every worker takes batch_size, so the global batch grows with the workers.
     batch_across_workers: bool = False
     # With a batch per worker: each worker's learning rate is learning_rate x 1, sqrt(workers) or workers.
-    lr_scaling: Literal["none", "sqrt", "linear"] = "none"
-    # The outer optimizer at aggregation (dlpipe.train.outer); runs from before it: 1 and 0, FedAvg.
-    outer_learning_rate: float = Field(1.0, gt=0, le=10.0)
-    outer_momentum: float = Field(0.0, ge=0, lt=1.0)
-    # Each worker's Adam state between rounds: the example-weighted average (and runs from before it), or its own.
+    lr_scaling: Literal["none", "sqrt", "linear"] = "sqrt"
+    # The outer optimizer at aggregation (dlpipe.train.outer): DiLoCo's Nesterov step; 1 and 0 is FedAvg.
+    outer_learning_rate: float = Field(0.7, gt=0, le=10.0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1.0)
+    # Each worker's Adam state between rounds: the example-weighted average, or its own (DiLoCo).
     worker_optimizer: Literal["averaged", "own"] = "averaged"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_it_was(cls, values: Any) -> Any:
+        """Fields a stored config lacks keep the meaning they had before they existed."""
+        if isinstance(values, dict) and values.get("_stored"):
+            values = {**BEFORE, **{k: v for k, v in values.items() if k != "_stored"}}
+        return values
+
+    @classmethod
+    def stored(cls, values: dict) -> Training:
+        """A config's training values as written, whichever version wrote them."""
+        return cls.model_validate({**values, "_stored": True})
+
+
+# What each field meant in runs stored before it existed: the code's behaviour then.
+BEFORE = {"batch_size": 128, "warmup_epochs": 0.0, "batch_across_workers": False, "lr_scaling": "none",
+          "outer_learning_rate": 1.0, "outer_momentum": 0.0, "worker_optimizer": "averaged"}
 
 
 class Lineage(BaseModel):
@@ -73,6 +98,11 @@ class RunConfig(BaseModel):
     manifest_id: str | None = None
     training: Training
     created: str
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _stored_training(cls, value: Any) -> Any:
+        return Training.stored(value) if isinstance(value, dict) else value
     init_from: Lineage | None = None     # None: trained from scratch (round 0 from the seed)
 
 
