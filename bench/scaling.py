@@ -123,7 +123,9 @@ def outside_training(records: list[dict]) -> float | None:
 
 
 def summary(workers: int, result, wall: float) -> dict:
-    records = [r.to_json() | {"round": r.round} for r in result.records]
+    keep = ("round", "epochs", "val", "train", "lambda_seconds", "lambda_phase_seconds", "lambda_train_share",
+            "gb_seconds", "wall_seconds")
+    records = [{k: v for k, v in (r.to_json() | {"round": r.round}).items() if k in keep} for r in result.records]
     final, cost = records[-1], summarize(result.invocations)
     return {"workers": workers, "rounds": final["round"],
             "epochs": final["epochs"], "final_accuracy": final["val"]["accuracy"], "records": records,
@@ -227,14 +229,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {count} workers: {runs[-1]['final_accuracy']:.1%} after {runs[-1]['epochs']:.2f} epochs, "
                   f"{runs[-1]['lambda_seconds']:,.0f} Lambda s, {runs[-1]['gb_seconds']:,.0f} GB-s, "
                   f"{wall:,.0f} s here", flush=True)
-    rows = rows_for(runs)
+            if args.json:   # after every configuration: a long run that is stopped keeps what it measured
+                write_json(args.json, size, what, epochs, extra, runs)
     markdown_table(f"{what}, {epochs:g} epochs at every worker count; target: {runs[0]['workers']} worker(s)' final "
-                   f"accuracy ({runs[0]['final_accuracy']:.1%}); projected Lambda time and GB-s", HEADER, rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"size": size, "what": what, "epochs": epochs, "options": extra,
-                                         "header": HEADER, "rows": rows, "runs": runs}, indent=1, default=str))
+                   f"accuracy ({runs[0]['final_accuracy']:.1%}); projected Lambda time and GB-s", HEADER,
+                   rows_for(runs))
     return 0
+
+
+def write_json(path: Path, size: str, what: str, epochs: float, options: dict, runs: list[dict]) -> None:
+    rows = rows_for(runs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"size": size, "what": what, "epochs": epochs, "options": options, "header": HEADER,
+                                "rows": rows, "runs": runs}, indent=1, default=str))
 
 
 if __name__ == "__main__":
