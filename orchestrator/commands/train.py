@@ -28,11 +28,12 @@ examples:
   orchestrator train --dataset flowers --run fl1 --rounds 3 --init-from squeezenet1.1
       fine-tune the pretrained ImageNet SqueezeNet on your classes (a new classifier, the rest frozen)
 
-defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']} per worker (--lr-scaling \
-{NEW['lr_scaling']}), --lr {NEW['learning_rate']},
+defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']} across workers, --lr \
+{NEW['learning_rate']} (--lr-scaling {NEW['lr_scaling']} with --batch-per-worker),
 --warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
 {NEW['outer_momentum']}, --worker-optimizer {NEW['worker_optimizer']}, --seed {NEW['seed']}, --trainable all;
-with --init-from: --local-epochs {TUNE['local_epochs']}, --warmup-epochs {TUNE['warmup_epochs']:g}, --outer-lr \
+with --init-from: --local-epochs {TUNE['local_epochs']}, --batch-size {TUNE['batch_size']}, --warmup-epochs \
+{TUNE['warmup_epochs']:g}, --outer-lr \
 {TUNE['outer_learning_rate']}, --outer-momentum {TUNE['outer_momentum']}, --trainable {TUNE['trainable']};
 with --resume the run's own values. A batch that would not fit the
 train function's memory is refused before any work, naming the largest that fits.

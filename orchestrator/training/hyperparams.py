@@ -22,8 +22,9 @@ HYPER_PARAMETERS = tuple(name for name in Training.model_fields if name != "work
 # `round_steps`): Training.local_epochs counts whole epochs only.
 ROUND_EPOCHS = 0.25
 # Runs that start from a pretrained version (--init-from) differ in these (README "Fine-tune on your
-# own photos", bench/scaling.py --finetune): whole-epoch rounds, no warm-up, only the classifier trains.
-FINE_TUNE: dict[str, Any] = {"local_epochs": 1, "warmup_epochs": 0.0, "trainable": "classifier",
+# own photos", bench/scaling.py --finetune): whole-epoch rounds of batches of 32 across workers, no
+# warm-up, only the classifier trains, plain averaging.
+FINE_TUNE: dict[str, Any] = {"local_epochs": 1, "batch_size": 32, "warmup_epochs": 0.0, "trainable": "classifier",
                              "outer_learning_rate": 1.0, "outer_momentum": 0.0}
 LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}   # the learning rate x workers ** this
 

@@ -193,8 +193,8 @@ def test_resume_keeps_the_runs_own_settings_and_refuses_others():
     with pytest.raises(TrainingFailed, match="trained with batch-size 32"):
         train(s, "r", 2, resume=True, batch_size=64)
     train(s, "r", 2, resume=True)
-    # --batch-size is each worker's batch: 32, in both rounds.
-    assert all(e["hyper"]["batch_size"] == 32 for e in s.invoker.events if e["action"] == "train")
+    # --batch-size is the batch across the 3 workers: 10 each, in both rounds.
+    assert all(e["hyper"]["batch_size"] == 10 for e in s.invoker.events if e["action"] == "train")
     assert TrainingRun(s.models, "r").config().training.batch_size == 32
     with pytest.raises(TrainingFailed, match="trained with 3 workers"):
         train(s, "r", 3, resume=True, workers=2)
@@ -216,18 +216,18 @@ def train_hypers(s: FakeSession) -> list[dict]:
 
 
 def test_new_runs_take_the_training_models_defaults():
-    """A batch per worker, the learning rate scaled by sqrt(workers), a warm-up, the outer Nesterov step."""
+    """The batch across workers, a warm-up, rounds of a quarter epoch, the outer Nesterov step."""
     s = session()
     train(s, "r", 1)
     defaults = new_run_defaults()
-    assert [h["batch_size"] for h in train_hypers(s)] == [defaults["batch_size"]] * 3
-    assert all(h["learning_rate"] == pytest.approx(defaults["learning_rate"] * 3 ** 0.5) for h in train_hypers(s))
+    assert [h["batch_size"] for h in train_hypers(s)] == [defaults["batch_size"] // 3] * 3
+    assert all(h["learning_rate"] == defaults["learning_rate"] for h in train_hypers(s))
     assert all(h["warmup_epochs"] == defaults["warmup_epochs"] > 0 for h in train_hypers(s))
-    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 32): 1 batch.
+    # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 42): 1 batch.
     assert defaults["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
     training = TrainingRun(s.models, "r").config().training
-    assert training.batch_size == defaults["batch_size"] and not training.batch_across_workers
-    assert (training.outer_learning_rate, training.outer_momentum, training.lr_scaling) == (0.7, 0.9, "sqrt")
+    assert training.batch_size == defaults["batch_size"] and training.batch_across_workers
+    assert (training.outer_learning_rate, training.outer_momentum) == (0.7, 0.9)
     assert s.models.exists(TrainingRun(None, "r").outer_key(1))
     tuned = new_run_defaults(fine_tune=True)
     assert (tuned["trainable"], tuned["local_epochs"], tuned["outer_momentum"]) == ("classifier", 1, 0.0)

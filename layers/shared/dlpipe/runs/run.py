@@ -47,11 +47,11 @@ class Training(Hyper):
     """
 
     workers: int = Field(ge=1)
-    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
     warmup_epochs: float = Field(1.0, ge=0, le=MAX_LOCAL_EPOCHS)
     # True: batch_size is the batch across workers, each worker taking batch_size // workers.
     # False: every worker takes batch_size, so the global batch grows with the workers.
-    batch_across_workers: bool = False
+    batch_across_workers: bool = True
     # With a batch per worker: each worker's learning rate is learning_rate x 1, sqrt(workers) or workers.
     lr_scaling: Literal["none", "sqrt", "linear"] = "sqrt"
     # The outer optimizer at aggregation (dlpipe.train.outer): DiLoCo's Nesterov step; 1 and 0 is FedAvg.
