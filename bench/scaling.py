@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no photos at {args.photos}: pass --photos DIR (class folders under train/ and test/)")
         return 2
     extra = overrides(args.set)
+    if size == "finetune":
+        extra.setdefault("init_from", "squeezenet1.1")   # imported by bench/finetune.py's setup
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp, environment(ONE_THREAD), \
             contextlib.ExitStack() as stack:

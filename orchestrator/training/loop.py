@@ -172,7 +172,10 @@ def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int,
     training = plan.config.training
     try:
         engine = resolve_engine(options.aggregate, invoker)
-        outer = outer_request(plan.run, round_, training.outer_learning_rate, training.outer_momentum)
+        # One worker: nothing was lost by averaging, and extrapolating its own steps only fights its Adam
+        # (Fashion-MNIST, 6,000 images, 4 epochs: 74.4 % with the outer step, 78.6 % without).
+        outer = outer_request(plan.run, round_, training.outer_learning_rate, training.outer_momentum) \
+            if training.workers > 1 else None
         return aggregate_round(plan.run, round_, results, engine, invoker, options.retries, outer,
                                average_optimizer=training.worker_optimizer == "averaged").as_record()
     except (AggregationFailed, ValueError) as err:

@@ -451,3 +451,12 @@ def test_a_run_recorded_by_an_earlier_version_reads_resumes_and_reports():
     assert set(json.loads(s.models.get(run.record_key(2)))) == RECORD_FIELDS
     metrics = metrics_from_records("r", "d", {}, result.records)
     assert metrics["rounds"][0]["val"] == OLD_RECORDS[1]["val"] and metrics["rounds"][0]["train_share"] is None
+
+
+def test_one_worker_takes_no_outer_step():
+    s = session(workers=1)
+    train(s, "r", 2)
+    run = TrainingRun(s.models, "r")
+    assert run.config().training.outer_momentum == 0.9 and not s.models.exists(run.outer_key(2))
+    expected = np.float32(0.0) + np.float32(1.0) + np.float32(1.0) / np.float32(2.0)   # worker 0's steps, as they are
+    assert load_weights(s.models, run.global_key(2))[0][0] == expected
