@@ -181,6 +181,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="train options other than the defaults, e.g. outer_momentum=0 lr_scaling=sqrt")
     parser.add_argument("--json", type=Path, help="also write the results (every round of every run) here")
     parser.add_argument("--verbose", action="store_true", help="print every round line")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the table of earlier --json results (runs of the same size merged, one worker "
+                             "first; for a worker count in two files, the later file's) instead of running anything")
     return parser.parse_args(argv)
 
 
@@ -195,8 +198,22 @@ def overrides(pairs: list[str]) -> dict:
     return values
 
 
+def report(paths: list[Path]) -> int:
+    """The table of runs measured earlier (e.g. one worker and the rest in two processes), as one."""
+    results = [json.loads(path.read_text()) for path in paths]
+    latest = {run["workers"]: run for result in results for run in result["runs"]}   # a later file's run wins
+    runs = [latest[workers] for workers in sorted(latest)]
+    first = results[0]
+    markdown_table(f"{first['what']}, {first['epochs']:g} epochs at every worker count; target: {runs[0]['workers']} "
+                   f"worker(s)' final accuracy ({runs[0]['final_accuracy']:.1%}); projected Lambda time and GB-s",
+                   HEADER, rows_for(runs))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.report:
+        return report(args.report)
     size = "smoke" if args.smoke else "quick" if args.quick else "finetune" if args.finetune else "full"
     train_images, test_images, epochs, workers = SIZES[size]
     train_images, test_images = args.train_images or train_images, args.test_images or test_images
