@@ -1,6 +1,7 @@
 """Fine-tuning on your own photos: flowers12 from scratch against a pretrained ImageNet SqueezeNet 1.1.
 
     python bench/finetune.py [--rounds 3] [--workers 1 2] [--photos ../shared/photos/flowers12]
+    python bench/finetune.py --smoke      # 4 photos a class, 1 round, classifier only, 1 worker: for CI
 
 Each configuration is a real run of the pipeline on the embedded default (prepare with the
 model's recipe, then `run_training` on the local invoker, 1 local epoch per round, the test
@@ -42,14 +43,16 @@ CONFIGS = [  # (label, init_from, trainable, learning rate)
 ]
 
 
-def setup(home: Path, photos: Path, onnx: Path, labels: Path, workers: int) -> tuple[Session, Recipe]:
+def setup(home: Path, photos: Path, onnx: Path, labels: Path, workers: int,
+          per_class: int | None = None) -> tuple[Session, Recipe]:
     from dlpipe.publish.onnx_import import import_onnx, read_labels
 
     settings = Settings(str(home / "data"), str(home / "models"), f"sqlite:///{home}/p.sqlite")
     import_onnx(onnx, read_labels(labels.read_text()), settings.model_store(), "squeezenet1.1")
     data = DirStore(home / "data")
-    for path in sorted(photos.rglob("*.jpg")):
-        data.put(f"flowers/{path.relative_to(photos).as_posix()}", path.read_bytes())
+    for folder in sorted({path.parent for path in photos.rglob("*.jpg")}):
+        for path in sorted(folder.glob("*.jpg"))[:per_class]:   # per_class photos of each class (None: all)
+            data.put(f"flowers/{path.relative_to(photos).as_posix()}", path.read_bytes())
     recipe = Recipe.from_dict(json.loads(settings.model_store().get("models/squeezenet1.1/v1/recipe.json")))
     session = Session(settings, "local", concurrency=workers)
     prepare_dataset(session, "flowers/train", "flowers", workers, recipe, val_source="flowers/test", progress=False)
@@ -61,6 +64,7 @@ def run_config(session: Session, label: str, init_from, trainable: str, lr: floa
     run = f"{label.split(',')[0].replace(' ', '-')}-{trainable}-{workers}w"
     options = TrainOptions(dataset="flowers", run=run, rounds=rounds, workers=workers, local_epochs=1,
                            batch_size=32, learning_rate=lr, init_from=init_from, trainable=trainable,
+                           batch_across_workers=True, outer_learning_rate=1.0, outer_momentum=0.0, eval_images=None,
                            output_dir=None)
     started = time.perf_counter()
     result = run_training(session, options, out=io.StringIO(), progress=False)
@@ -117,12 +121,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", choices=[c[0] for c in CONFIGS], nargs="+")
+    parser.add_argument("--smoke", action="store_true", help="4 photos a class, 1 round, classifier only, 1 worker")
     args = parser.parse_args()
+    per_class = None
+    if args.smoke:
+        args.rounds, args.workers, args.only, per_class = 1, [1], [CONFIGS[1][0]], 4
     if not args.photos.is_dir():
         sys.exit(f"no photos at {args.photos}: pass --photos DIR (class folders under train/ and test/)")
     with tempfile.TemporaryDirectory() as tmp:
         session, _ = setup(Path(tmp), args.photos, args.models / "squeezenet1.1.onnx",
-                           args.models / "imagenet_synset_words.txt", max(args.workers))
+                           args.models / "imagenet_synset_words.txt", max(args.workers), per_class)
         try:
             baseline = plain_keras(session, args.rounds)
             summary = []

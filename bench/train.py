@@ -16,6 +16,7 @@ Everything runs on the local invoker (worker processes on this machine): with fe
 than workers the workers share them, so wall times here are not Lambda's; the estimate in 4
 is built from per-worker speed and overhead instead.
 
+    .venv/bin/python bench/train.py --smoke             # 512 images, 1 epoch, 1 and 2 workers: for CI
     .venv/bin/python bench/train.py --quick             # 6,000 images, 4 epochs: ~15 minutes on 2 cores
     .venv/bin/python bench/train.py                     # full Fashion-MNIST, 10 epochs: hours on 2 cores
 """
@@ -42,7 +43,7 @@ from dlpipe.train.model import build_model, model_config_for
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.costs import summarize
 from orchestrator.session import Session
-from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.hyperparams import new_run_defaults
 from orchestrator.training.loop import TrainOptions, run_training
 from orchestrator.training.prepare import prepare_dataset
 
@@ -74,7 +75,7 @@ def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> No
     """Interleave plain fits and worker rounds so load from elsewhere hits both alike."""
     plain, worker = [], []
     opts = TrainOptions(dataset=manifest["dataset"], run="speed", rounds=1, local_epochs=1, batch_size=batch_size,
-                        output_dir=None)
+                        batch_across_workers=True, output_dir=None)
     for repeat in range(repeats + 1):
         opts.rounds, opts.resume = repeat + 1, repeat > 0
         result = run_training(session, opts, out=io.StringIO(), progress=False)
@@ -115,7 +116,7 @@ def one_vcpu_speed(settings: Settings, dataset: str, per_worker_batches: list[in
         try:
             for batch in sorted(set(per_worker_batches)):
                 opts = TrainOptions(dataset=dataset, run=f"vcpu-{batch}", rounds=3, workers=1, local_steps=max(
-                    8, 1024 // batch), batch_size=batch, output_dir=None)
+                    8, 1024 // batch), batch_size=batch, batch_across_workers=True, output_dir=None)
                 result = run_training(session, opts, out=io.StringIO(), progress=False)
                 rates[batch] = max(r.worker_results[0]["images_per_second"] for r in result.records[2:])
         finally:
@@ -208,7 +209,8 @@ def accuracy(settings: Settings, args, manifests: dict[int, dict]) -> dict:
             opts = TrainOptions(dataset=f"fm-w{workers}", run=f"acc-w{workers}", rounds=rounds_for(args, shard, batch),
                                 local_epochs=args.local_epochs if args.local_steps is None else None,
                                 local_steps=args.local_steps, batch_size=args.batch_size, learning_rate=args.lr,
-                                warmup_epochs=args.warmup_epochs, output_dir=None)
+                                warmup_epochs=args.warmup_epochs, batch_across_workers=True,
+                                outer_learning_rate=1.0, outer_momentum=0.0, eval_images=None, output_dir=None)
             run_start = time.perf_counter()
             result = run_training(session, opts, out=sys.stdout, progress=False)
             results[workers] = (result, time.perf_counter() - run_start, batch)
@@ -256,15 +258,18 @@ def round_length(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="6000 train / 1000 test images, 4 epochs, target 75%%")
+    parser.add_argument("--smoke", action="store_true",
+                        help="512 train / 256 test images, 1 epoch, 1 and 2 workers, one repeat (CI)")
     parser.add_argument("--train-images", type=int, default=60000)
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--epochs", type=float, help="total epochs per configuration (default: 10, --quick 4)")
-    parser.add_argument("--local-epochs", type=int, default=DEFAULTS["local_epochs"])
-    parser.add_argument("--local-steps", type=int, default=DEFAULTS["local_steps"],
+    defaults = new_run_defaults()
+    parser.add_argument("--local-epochs", type=float, default=defaults["local_epochs"])
+    parser.add_argument("--local-steps", type=int, default=defaults["local_steps"],
                         help="batches per round (default: %(default)s); 0: whole --local-epochs")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="the batch across workers")
-    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"])
-    parser.add_argument("--warmup-epochs", type=float, default=DEFAULTS["warmup_epochs"])
+    parser.add_argument("--batch-size", type=int, default=128, help="the batch across workers")
+    parser.add_argument("--lr", type=float, default=defaults["learning_rate"])
+    parser.add_argument("--warmup-epochs", type=float, default=defaults["warmup_epochs"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--target", type=float, help="test accuracy to reach (default: 0.90, --quick 0.75)")
     parser.add_argument("--repeats", type=int, default=3, help="speed measurements (default: %(default)s)")
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     args.local_steps = args.local_steps or None
     if args.quick:
         args.train_images, args.test_images = 6000, 1000
+    if args.smoke:
+        args.train_images, args.test_images, args.epochs, args.workers, args.repeats = 512, 256, 1, [1, 2], 1
+        args.skip = sorted({*args.skip, "vcpu"})
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         settings = Settings(data_url=f"{tmp}/data", model_url=f"{tmp}/models", table_url=f"sqlite:///{tmp}/t.db")

@@ -29,6 +29,11 @@ class Invocation:
     response_bytes: int = 0         # received: the reply and its log tail (what a link to AWS carries)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def lambda_seconds(self) -> float:
+        """Its duration on Lambda: projected from CPU time and transfers (local invoker), else as measured."""
+        return float(self.extra.get("projected_ms", self.duration_ms)) / 1000.0
+
 
 class Invoker(ABC):
     """Runs handlers on JSON events: locally in processes, or on AWS Lambda."""

@@ -8,6 +8,12 @@ worker killed and replaced, as Lambda does, and is reported as "Task timed out";
 whose memory goes over the function's memory size is killed and replaced too, and the call
 fails with Lambda's "Runtime.OutOfMemory". Each record carries the invocation's peak memory
 (extra["max_memory_mb"], Lambda's "Max Memory Used").
+
+Time and bill: this machine may have fewer cores than there are workers, so an invocation's
+wall time here is not Lambda's. Each record carries the CPU time the worker process spent
+on it (all threads, extra["cpu_ms"]) and the bytes it moved to and from the stores
+(extra["store_bytes"]); its Lambda duration is projected from them
+(orchestrator.invokers.projection, extra["projected_ms"]), and that is what is billed.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pebble import ProcessExpired, ProcessPool
 
 from dlpipe.shared.memory import peak_rss_mb, reset_peak
+from dlpipe.shared.store import STORE_BYTES
 from orchestrator.functions import FunctionSpec, function_spec
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.invokers.projection import projected_ms
 from orchestrator.settings import ENV_WORKER_LOG
 
 
@@ -187,7 +195,7 @@ def _run(path: str, name: str, event_json: str, function: str, memory_mb: int,
     _INVOCATIONS += 1
     cold = _INVOCATIONS == 1
     _GUARD.begin()
-    start = time.perf_counter()
+    start, cpu_start, moved_before = time.perf_counter(), time.process_time(), STORE_BYTES.total
     try:
         handler = _load_handler(path, name)
         context = LocalContext(function, memory_mb, timeout_s, request_id)
@@ -199,6 +207,8 @@ def _run(path: str, name: str, event_json: str, function: str, memory_mb: int,
                  "stackTrace": traceback.format_exc().splitlines()[-12:]}
         result = {"ok": False, "error": error, "ms": (time.perf_counter() - start) * 1000, "cold": cold}
     result["max_memory_mb"] = math.ceil(_GUARD.end())
+    result["cpu_ms"] = (time.process_time() - cpu_start) * 1000   # the whole process: TensorFlow's threads too
+    result["store_bytes"] = STORE_BYTES.total - moved_before
     return result
 
 
@@ -310,6 +320,10 @@ class LocalInvoker(Invoker):
                 inv.duration_ms = result["ms"]
                 inv.extra["cold"] = result["cold"]
                 inv.extra["max_memory_mb"] = result["max_memory_mb"]
+                inv.extra["cpu_ms"] = round(result["cpu_ms"], 3)
+                inv.extra["store_bytes"] = result["store_bytes"]
+                inv.extra["projected_ms"] = round(projected_ms(spec.name, result["cpu_ms"], spec.memory_mb,
+                                                               result["store_bytes"]), 3)
                 if result["ok"]:
                     inv.ok = True
                     inv.payload = json.loads(result["body"])
@@ -317,7 +331,8 @@ class LocalInvoker(Invoker):
                 else:
                     inv.error = f"{result['error']['errorType']}: {result['error']['errorMessage']}"
                     inv.payload = result["error"]
-            inv.billed_ms = max(1, math.ceil(inv.duration_ms))
+            # Lambda's duration projected from what was measured; a killed call (timeout, memory) is billed as it ran
+            inv.billed_ms = max(1, math.ceil(inv.extra.get("projected_ms", inv.duration_ms)))
             inv.wall_ms = (time.perf_counter() - submitted) * 1000
             self._record(inv)
             if on_result:

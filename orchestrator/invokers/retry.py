@@ -51,7 +51,8 @@ def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], ret
     indexed by position in `events`. `check(event, payload)` may turn a success into a
     failure (a bad response); `retry_event(event, attempt)` rewrites an event before its
     attempt number `attempt` (1 for the first retry), e.g. to give it a new output key.
-    `on_result` sees every invocation, retries included.
+    `on_result` sees every invocation, retries included; each carries its event's position in
+    `events` as extra["event"].
     """
     def judge(event: dict, payload: dict) -> tuple[dict, str | None]:
         return payload, check(event, payload) if check else None
@@ -75,6 +76,7 @@ def _retried(invoker: Invoker, function: str, events: list[dict], retries: int,
         pending = {}
         for inv in invoker.map(function, batch):
             index, event = order[inv.index], batch[inv.index]
+            inv.extra["event"] = index
             value, problem = (None, inv.error) if not inv.ok else judge(event, inv.payload)
             if on_result is not None:
                 on_result(inv)

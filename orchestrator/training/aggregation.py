@@ -9,6 +9,10 @@ Lambda, local otherwise. Both follow the one tree, so the weights are the same b
 
 Partial sums go beside the workers' results (TrainingRun.partial_sum_key), and are deleted
 with them once the round is committed.
+
+The outer optimizer (dlpipe.train.outer) is applied once, at the root, by the same function
+on either engine (dlpipe.train.aggregate.apply_outer): its momentum is the run's outer state,
+runs/<run>/rounds/<r>/outer.npz, written before the round's global weights.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import dataclass
 
 from dlpipe.runs.record import AggregationRecord
 from dlpipe.runs.run import TrainingRun
-from dlpipe.shared.store import StoreError
-from dlpipe.train.aggregate import mean_by_tree, plan_tree
+from dlpipe.shared.store import STORE_BYTES, StoreError
+from dlpipe.train.aggregate import apply_outer, mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, TrainResponse
+from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, TrainResponse
+from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
+from orchestrator.invokers.projection import projected_seconds
 from orchestrator.invokers.retry import invoke_for_replies
 
 ENGINES = ("auto", "local", "lambda")
@@ -42,10 +48,11 @@ class Aggregation:
     nodes: int
     calls: int          # aggregate invocations, retries included (0 in this process)
     seconds: float
+    lambda_seconds: float = 0.0   # on Lambda: the slowest node of each level, level after level (0 here)
 
     def as_record(self) -> AggregationRecord:
         return AggregationRecord(engine=self.engine, levels=self.levels, nodes=self.nodes, calls=self.calls,
-                                 seconds=round(self.seconds, 3))
+                                 seconds=round(self.seconds, 3), lambda_seconds=round(self.lambda_seconds, 3))
 
 
 def resolve_engine(choice: str, invoker: Invoker) -> str:
@@ -56,25 +63,44 @@ def resolve_engine(choice: str, invoker: Invoker) -> str:
     return choice
 
 
+def outer_request(run: TrainingRun, round_: int, learning_rate: float, momentum: float) -> OuterStep | None:
+    """The root's outer step for `round_`, or None for the plain average (outer lr 1, momentum 0)."""
+    if learning_rate == 1.0 and momentum == 0.0:
+        return None
+    previous_momentum = run.outer_key(round_ - 1)
+    return OuterStep(learning_rate=learning_rate, momentum=momentum, previous_key=run.global_key(round_ - 1),
+                     momentum_key=previous_momentum if round_ > 1 and run.store.exists(previous_momentum) else None,
+                     output_momentum_key=run.outer_key(round_))
+
+
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
-                    invoker: Invoker, retries: int) -> Aggregation:
-    """Write the round's optimizer state and global weights: the example-weighted means of `results`."""
+                    invoker: Invoker, retries: int, outer: OuterStep | None = None,
+                    average_optimizer: bool = True) -> Aggregation:
+    """Write the round's optimizer state, outer state and global weights from the workers' `results`.
+
+    average_optimizer False: the workers keep their own Adam state; only the weights are aggregated.
+    """
     started = time.perf_counter()
-    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
+    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
+                               optimizer_key=r.optimizer_key if average_optimizer else None,
                                examples=r.num_examples) for w, r in sorted(results.items())]
     levels = plan_tree(len(sources))
-    calls = 0
+    calls, on_lambda = 0, 0.0
     try:
         if engine == "local":
-            _aggregate_here(run, round_, sources)
+            on_lambda = _aggregate_here(run, round_, sources, outer)
         else:
-            calls = _aggregate_in_cloud(run, round_, sources, invoker, retries)
-    except (AveragingError, CheckpointError, StoreError) as err:
+            calls, on_lambda = _aggregate_in_cloud(run, round_, sources, invoker, retries, outer)
+    except (AveragingError, CheckpointError, StoreError, ValueError) as err:
         raise AggregationFailed(str(err)) from err
-    return Aggregation(engine, len(levels), sum(len(level) for level in levels), calls, time.perf_counter() - started)
+    return Aggregation(engine, len(levels), sum(len(level) for level in levels), calls, time.perf_counter() - started,
+                       on_lambda)
 
 
-def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource]) -> None:
+def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource], outer: OuterStep | None) -> float:
+    """The tree in this process; returns the time the one aggregate call at its root would take on Lambda
+    (projected from this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
+    cpu, moved = time.thread_time(), STORE_BYTES.total
     names, examples = [s.name for s in sources], [s.examples for s in sources]
     outputs: list[tuple[str, list[str]]] = [(run.global_key(round_), [s.weights_key for s in sources])]
     if all(s.optimizer_key for s in sources):
@@ -82,11 +108,16 @@ def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource
     for output_key, keys in outputs:
         def load(i: int, keys: list[str] = keys) -> list:
             return run.load_weights(keys[i])
-        run.save_weights(output_key, mean_by_tree(load, examples, names))
+        mean = mean_by_tree(load, examples, names)
+        if outer is not None and output_key == run.global_key(round_):
+            mean = apply_outer(run.store, outer, mean)[0]
+        run.save_weights(output_key, mean)
+    spec = function_spec("train")
+    return projected_seconds(time.thread_time() - cpu, spec.memory_mb, max(0, STORE_BYTES.total - moved))
 
 
 def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], groups: list[range], level: int,
-                 final: bool) -> list[dict]:
+                 final: bool, outer: OuterStep | None) -> list[dict]:
     with_optimizer = all(s.optimizer_key for s in sources)
     events = []
     for index, group in enumerate(groups):
@@ -95,22 +126,29 @@ def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], 
                          if with_optimizer else None)
         events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=weights_key,
-                                       optimizer_key=optimizer_key).model_dump(mode="json"))
+                                       optimizer_key=optimizer_key,
+                                       outer=outer if final else None).model_dump(mode="json"))
     return events
 
 
 def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSource], invoker: Invoker,
-                        retries: int) -> int:
-    """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote."""
-    calls = 0
+                        retries: int, outer: OuterStep | None) -> tuple[int, float]:
+    """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote.
 
-    def count(_: Invocation) -> None:
-        nonlocal calls
+    Returns the calls made and the Lambda time: the slowest call of each level, added up.
+    """
+    calls, slowest = 0, 0.0
+
+    def count(inv: Invocation) -> None:
+        nonlocal calls, slowest
         calls += 1
+        slowest = max(slowest, inv.lambda_seconds)
 
     levels = plan_tree(len(sources))
+    on_lambda = 0.0
     for level, groups in enumerate(levels):
-        events = _node_events(run, round_, sources, groups, level, final=level == len(levels) - 1)
+        slowest = 0.0
+        events = _node_events(run, round_, sources, groups, level, level == len(levels) - 1, outer)
         done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
         if errors:
             reasons = "; ".join(f"node {level}.{i}: {error} (after {attempts} attempts)"
@@ -119,4 +157,5 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
         replies = [done[i] for i in range(len(events))]
         sources = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
                                    examples=r.examples) for i, r in enumerate(replies)]
-    return calls
+        on_lambda += slowest
+    return calls, on_lambda

@@ -7,10 +7,12 @@ Every option is checked against the dataset, the run's own stored config (on --r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dlpipe.datasets import manifest as manifests
 from dlpipe.datasets.manifest import Manifest
@@ -29,7 +31,7 @@ from dlpipe.wire import (
 )
 from orchestrator.session import Session
 from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
-from orchestrator.training.hyperparams import DEFAULTS, FINE_TUNE_DEFAULTS, resolve_hyper
+from orchestrator.training.hyperparams import HYPER_PARAMETERS, resolve_hyper, worker_hyper
 
 
 def _as_json(recipe: Recipe) -> str:
@@ -40,18 +42,21 @@ class TrainingFailed(RuntimeError):
     """The run cannot go on; the message says why and what to do. Committed rounds are intact."""
 
 
-@dataclass
-class TrainOptions:
+class TrainOptions(BaseModel):
+    """One invocation of the job: what to train, for how long, how to run it, and the hyper-parameters given.
+
+    `hyper` holds only the hyper-parameters given (dlpipe.runs.run.Training's field names); the
+    rest are Training's defaults for a new run, or the run's own on --resume. They may also be
+    passed by name: TrainOptions(dataset=..., run=..., batch_size=64) puts batch_size in `hyper`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str
     run: str
-    rounds: int
+    rounds: int | None = None            # train until round R is complete; or give `epochs`
+    epochs: float | None = None          # train until this many epochs of data are done (instead of rounds)
     workers: int | None = None           # default: the dataset's shard count
-    local_epochs: float | None = None    # None: DEFAULTS, or the run's own values on --resume; fractions too
-    local_steps: int | None = None       # rounds of this many batches instead of whole epochs
-    batch_size: int | None = None        # new runs: the batch across workers
-    learning_rate: float | None = None
-    seed: int | None = None
-    warmup_epochs: float | None = None   # learning-rate warm-up, in epochs of a worker's shard
     min_workers: int | None = None       # default: all workers must succeed
     retries: int = 1
     resume: bool = False
@@ -59,11 +64,22 @@ class TrainOptions:
     version: str | None = None           # None: 1.1, or the --init-from model's
     stem: str | None = None              # auto (None) | small | imagenet; --init-from: the model's
     init_from: str | None = None         # MODEL[:VERSION]: round 0 from a servable version's weights
-    trainable: str | None = None         # all | classifier (default: all; classifier with --init-from)
     classifier_relu: bool = False        # the reference's ReLU after conv10 (see dlpipe.train.model)
     output_dir: Path | None = Path(".")  # local copies of metrics.json and the plot
     keep_worker_weights: bool = False
     aggregate: str = "auto"              # local | lambda | auto: lambda with a Lambda invoker (training.aggregation)
+    eval_images: int | None = 2000       # validation images scored every round (a fixed subset); None: all
+    full_eval_every: int = 10            # ...and the whole validation set every K rounds and at the end
+    hyper: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hyper_by_name(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            given = {k: v for k, v in values.items() if k in HYPER_PARAMETERS and v is not None}
+            rest = {k: v for k, v in values.items() if k not in HYPER_PARAMETERS}
+            values = {**rest, "hyper": {**rest.get("hyper", {}), **given}}
+        return values
 
 
 @dataclass
@@ -77,6 +93,9 @@ class Plan:
     min_workers: int
     eval_batch_size: int = 256           # what fits the function's memory (orchestrator.training.capacity)
     notes: list[str] = field(default_factory=list)   # said before the first round
+    rounds: int = 1                      # the round to train up to (--rounds, or from --epochs)
+    epochs_per_round: float = 1.0        # epochs of the largest shard a round trains
+    train_images: int = 0                # the dataset's training images: epochs = images trained / this
 
     @property
     def init_from(self) -> InitFrom | None:
@@ -120,8 +139,15 @@ def _check_val_parts(data_store, dataset: str, manifest: Manifest) -> None:
 
 
 def _check_options(options: TrainOptions) -> None:
-    if options.rounds < 1:
+    if (options.rounds is None) == (options.epochs is None):
+        raise TrainingFailed("give --rounds R (train until round R) or --epochs E (until E epochs of data), one "
+                             "of them")
+    if options.rounds is not None and options.rounds < 1:
         raise TrainingFailed("--rounds must be at least 1")
+    if options.epochs is not None and not options.epochs > 0:
+        raise TrainingFailed(f"--epochs must be more than 0, not {options.epochs:g}")
+    if (options.eval_images is not None and options.eval_images < 1) or options.full_eval_every < 1:
+        raise TrainingFailed("--eval-images and --full-eval-every must be at least 1")
     if options.retries < 0:
         raise TrainingFailed("--retries must be >= 0")
     try:
@@ -212,14 +238,14 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
         _check_resume(options, run, config, manifest)
     else:   # a resumed run's workers may hold the parts in their shard cache (dlpipe.train.parts)
         _check_val_parts(session.data_store(), options.dataset, manifest)
-    stored = config.training.model_dump(exclude_unset=True) if config else {}
-    workers = options.workers or stored.get("workers") or len(manifest.shards)
-    if stored.get("workers") not in (None, workers):
-        raise TrainingFailed(f"run {options.run!r} was trained with {stored['workers']} workers; "
+    stored = config.training if config else None
+    workers = options.workers or (stored.workers if stored else None) or len(manifest.shards)
+    if stored is not None and stored.workers != workers:
+        raise TrainingFailed(f"run {options.run!r} was trained with {stored.workers} workers; "
                              "resume it with the same --workers (or start a new --run)")
     shard_parts, shard_sizes = assign_shards(manifest, workers), worker_shard_sizes(manifest, workers)
     try:
-        training = resolve_hyper(options, stored, FINE_TUNE_DEFAULTS if options.init_from else DEFAULTS, workers,
+        training = resolve_hyper(options.run, options.hyper, stored, bool(options.init_from), workers,
                                  max(shard_sizes))
     except ValueError as err:
         raise TrainingFailed(str(err)) from None
@@ -235,5 +261,14 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
         config = _new_config(options, manifest, training, run.store)
         run.start(config)
     note = cache_note(input_shape(manifest.recipe), shard_sizes) if not session.data_store().is_local else None
+    per_round = epochs_per_round(config.training, max(shard_sizes))
+    rounds = options.rounds or max(1, math.ceil(float(options.epochs or 0) / per_round - 1e-9))
     return Plan(run, config, shard_parts, list(manifest.val.parts), min_workers, eval_batch,
-                [note] if note else [])
+                [note] if note else [], rounds, per_round, sum(shard_sizes))
+
+
+def epochs_per_round(training: Training, shard_images: int) -> float:
+    """Epochs of the largest worker shard that one round trains: what --epochs counts rounds with."""
+    if training.local_steps is None:
+        return float(training.local_epochs)
+    return training.local_steps / -(-shard_images // worker_hyper(training).batch_size)

@@ -16,14 +16,21 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def round_line(record: RoundRecord) -> str:
+    """One line per round; what older records lack (epochs, Lambda time, transfers) is left out.
+
+    val*: scored on the fixed validation subset (train --eval-images), not the whole set.
+    """
     train, val, transfer = record.train, record.val, record.transfer  # transfer: none in rounds recorded before it
     train_loss, train_acc = (train.loss, train.accuracy) if train else (None, None)
     val_loss, val_acc = (val.loss, val.accuracy) if val else (None, None)
     through = f"  {megabytes(transfer.bytes_down + transfer.bytes_up)} via orchestrator" if transfer else ""
-    return (f"round {record.round:>3}  workers {record.workers_ok}/{record.workers}  "
+    epochs = f"  epoch {record.epochs:.2f}" if record.epochs is not None else ""
+    subset = "*" if val and val.subset else ""
+    on_lambda = f"  Lambda {record.lambda_seconds:.1f} s" if record.lambda_seconds is not None else ""
+    return (f"round {record.round:>3}  workers {record.workers_ok}/{record.workers}{epochs}  "
             f"train loss {_fmt(train_loss)} acc {_fmt(train_acc, '.3f')}  "
-            f"val loss {_fmt(val_loss)} acc {_fmt(val_acc, '.3f')}  "
-            f"{record.wall_seconds:.1f} s  {record.gb_seconds:.1f} GB-s{through}")
+            f"val{subset} loss {_fmt(val_loss)} acc {_fmt(val_acc, '.3f')}  "
+            f"{record.wall_seconds:.1f} s here{on_lambda}  {record.gb_seconds:.1f} GB-s{through}")
 
 
 def _score(score: TrainScore | ValScore | None) -> dict | None:
@@ -33,9 +40,10 @@ def _score(score: TrainScore | ValScore | None) -> dict | None:
 def metrics_from_records(run: str, dataset: str, training: dict, records: list[RoundRecord]) -> dict:
     rounds = [r for r in records if r.round > 0]
     return {"run": run, "dataset": dataset, "training": training,
-            "rounds": [{"round": r.round, "workers_ok": r.workers_ok, "train": _score(r.train), "val": _score(r.val),
-                        "wall_seconds": r.wall_seconds, "gb_seconds": r.gb_seconds,
-                        "train_share": r.train_share} for r in rounds]}
+            "rounds": [{"round": r.round, "epochs": r.epochs, "workers_ok": r.workers_ok, "train": _score(r.train),
+                        "val": _score(r.val), "wall_seconds": r.wall_seconds, "lambda_seconds": r.lambda_seconds,
+                        "gb_seconds": r.gb_seconds, "train_share": r.train_share,
+                        "lambda_train_share": r.lambda_train_share} for r in rounds]}
 
 
 def plot_metrics(metrics: dict) -> bytes:

@@ -58,7 +58,7 @@ def train(world, run: str, rounds: int, **options):
 
 
 def test_fine_tuned_classifier_learns_fast_and_frozen_layers_stay_bit_identical(world):
-    result = train(world, "ft", 2, init_from="squeezenet1.1", batch_size=8)   # 5 steps a round on 40 photos
+    result = train(world, "ft", 2, init_from="squeezenet1.1", batch_size=8)   # 5 steps a round on 40 photos each
     val = [r.val.accuracy for r in result.records[1:]]
     assert val[-1] > 0.6, val            # 4 classes: chance is 25%
     run, models = TrainingRun(world["models"], "ft"), world["models"]

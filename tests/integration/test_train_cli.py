@@ -86,11 +86,15 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     # The layout: config, weights per round, no leftover worker weights, metrics and plot.
     config = TrainingRun(models, "ref").config().model_dump(mode="json")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
-    # --batch-size 32 is the batch across the 2 workers (16 each); the warm-up is the new runs' default.
+    # --batch-size 32 is the batch across the 2 workers (16 each); the warm-up and the outer Nesterov step are
+    # the new runs' defaults.
     assert config["training"] == {"local_epochs": 2, "local_steps": None, "batch_size": 32, "learning_rate": 0.001,
                                   "seed": 0, "warmup_epochs": 1.0, "trainable": "all", "workers": 2,
-                                  "batch_across_workers": True}
+                                  "batch_across_workers": True, "lr_scaling": "sqrt", "outer_learning_rate": 0.7,
+                                  "outer_momentum": 0.9, "worker_optimizer": "averaged"}
     assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record.worker_results)
+    assert [r.epochs for r in records] == [0.0, 2.0, 4.0, 6.0] and all(r.lambda_seconds for r in records)
+    assert "epoch 6.00" in train_out and "on Lambda" in train_out
     assert all(models.exists(TrainingRun(None, "ref").global_key(r)) for r in range(4))
     assert not list(models.list("runs/ref/rounds/0003/workers/"))
     metrics = json.loads(models.get(TrainingRun(None, "ref").metrics_key))
@@ -194,14 +198,15 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny):
 def test_min_workers_closes_a_round_on_the_survivors(tiny):
     models = tiny["models"]
     with corrupt_shard(tiny, 0) as key:
-        result = train(tiny, options("survivor", 1, min_workers=1, retries=2, keep_worker_weights=True))
+        result = train(tiny, options("survivor", 1, min_workers=1, retries=2, keep_worker_weights=True,
+                                     outer_learning_rate=1.0, outer_momentum=0.0))
     record = result.final
     assert record.workers_ok == 1 and record.workers == 2
     failed = [f.model_dump() for f in record.failed_workers]
     assert [f["worker"] for f in failed] == [0] and failed[0]["attempts"] == 3
     assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
     assert result.failures and result.failures[0][0] == "round 1 worker 0"
-    # The global model is worker 1's alone (an average of one), and it was evaluated.
+    # With plain averaging the global model is worker 1's alone (an average of one), and it was evaluated.
     assert same(load_weights(models, TrainingRun(None, "survivor").global_key(1)),
                 load_weights(models, TrainingRun(None, "survivor").worker_key(1, 1, 0)))
     assert same(load_weights(models, TrainingRun(None, "survivor").optimizer_key(1)),

@@ -21,11 +21,12 @@ from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import DirStore
 from dlpipe.train.aggregate import FAN_IN, mean_by_tree, partial_from_bytes, partial_to_bytes, plan_tree, run_aggregate
 from dlpipe.train.averaging import AveragingError, weighted_average
+from dlpipe.train.outer import OuterOptimizer, outer_step
 from dlpipe.train.weights import load_weights, save_weights
 from dlpipe.wire import AggregateRequest, AggregateSource, TrainResponse
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.local import LocalContext
-from orchestrator.training.aggregation import AggregationFailed, aggregate_round, resolve_engine
+from orchestrator.training.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 
 APP = Path(__file__).resolve().parents[2] / "functions" / "train" / "app.py"
 
@@ -121,6 +122,39 @@ def test_in_the_cloud_and_here_give_the_same_bytes(tmp_path, handler, count):
         got = load_weights(models, run.global_key(1))
         assert [a.tobytes() for a in got] == [a.tobytes() for a in expected]
         assert [a.dtype for a in got] == [np.float32, np.float32]
+
+
+@pytest.mark.parametrize("count", [3, 20])
+def test_the_outer_step_is_taken_once_at_the_root_and_gives_the_same_bytes_on_both_engines(tmp_path, handler, count):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    previous = [np.ones((5, 3), np.float32), np.zeros(7, np.float32)]
+    save_weights(models, run.global_key(0), previous)
+    results = worker_results(models, run, count)
+    shutil.copytree(tmp_path / "models", tmp_path / "here")
+    shutil.copytree(tmp_path / "models", tmp_path / "plain")
+    here = TrainingRun(DirStore(tmp_path / "here"), "r")
+    assert outer_request(run, 1, 1.0, 0.0) is None                     # FedAvg: no outer step at all
+    outer = outer_request(run, 1, 0.7, 0.9)
+    assert outer is not None and outer.momentum_key is None            # round 1: no momentum yet
+
+    cloud_invoker = HandlerInvoker(handler)
+    aggregate_round(run, 1, results, "lambda", cloud_invoker, retries=0, outer=outer)
+    aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0, outer=outer_request(here, 1, 0.7,
+                                                                                                        0.9))
+    assert [bool(e.get("outer")) for e in cloud_invoker.events] == [False] * (len(cloud_invoker.events) - 1) + [True]
+    for key in (run.global_key(1), run.optimizer_key(1), run.outer_key(1)):
+        assert run.store.get(key) == here.store.get(key)
+    aggregate_round(TrainingRun(DirStore(tmp_path / "plain"), "r"), 1, results, "local", HandlerInvoker(handler),
+                    retries=0)
+    if count <= FAN_IN:   # one node: the root's step, by hand, from the plain average
+        average = load_weights(DirStore(tmp_path / "plain"), run.global_key(1))
+        expected, momentum = outer_step(OuterOptimizer(0.7, 0.9), previous, average, None)
+        assert [a.tobytes() for a in load_weights(models, run.global_key(1))] == [a.tobytes() for a in expected]
+        assert momentum is not None
+        assert [a.tobytes() for a in load_weights(models, run.outer_key(1))] == [a.tobytes() for a in momentum]
+    second = outer_request(run, 2, 0.7, 0.9)
+    assert second is not None and second.momentum_key == run.outer_key(1)
 
 
 @pytest.mark.parametrize("count, fan_in", [(7, 2), (7, 3), (64, 3), (64, 5)])

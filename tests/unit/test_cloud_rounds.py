@@ -67,7 +67,8 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
     assert [r.aggregation.engine for r in here_result.records[1:]] == ["local"] * 3
 
     local, remote = here_result.records[2].transfer.model_dump(), cloud_result.records[2].transfer.model_dump()
-    assert local["store_requests"]["get"] == 2 * len(SHARD_SIZES)   # every worker's weights and Adam state
+    # every worker's weights and Adam state, and for the outer step the previous global weights and momentum
+    assert local["store_requests"]["get"] == 2 * len(SHARD_SIZES) + 2
     assert remote["store_requests"]["get"] == 0 and remote["bytes_down"] == 0
     assert local["bytes_down"] > 0
     assert "via orchestrator" in out.getvalue()
@@ -76,7 +77,7 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
 def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     s = cloud_session()
     before = s.meter.snapshot()
-    train(s, "r", 1, aggregate="local", keep_worker_weights=True)
+    train(s, "r", 1, aggregate="local", keep_worker_weights=True, outer_learning_rate=1.0, outer_momentum=0.0)
     run = TrainingRun(s.models, "r")
     files = list(s.models.list(run.round_prefix(1) + "workers/"))
     record = run.records()[1]

@@ -10,6 +10,7 @@ from orchestrator import functions
 from orchestrator.costs import gb_seconds, summarize
 from orchestrator.functions import FunctionSpec
 from orchestrator.invokers.local import LocalInvoker
+from orchestrator.invokers.projection import projected_ms
 
 HANDLERS = Path(__file__).parent / "handlers" / "probe.py"
 
@@ -143,3 +144,37 @@ def test_cost_summary_from_records(invoker):
     expected = sum(gb_seconds(r.billed_ms, 256) for r in invoker.records)
     assert summary.gb_seconds == pytest.approx(expected)
     assert summary.dollars == pytest.approx(expected * 0.0000166667 + 2 * 0.2e-6)
+
+
+@pytest.fixture
+def one_vcpu(monkeypatch):
+    """A function of 1,769 MB: one vCPU on Lambda, so its projected time is its CPU time (plus transfers)."""
+    monkeypatch.setitem(functions.FUNCTIONS, "probe_vcpu", FunctionSpec("probe_vcpu", f"{HANDLERS}:handler", 1769, 30,
+                                                                         "X"))
+    inv = LocalInvoker(concurrency=1)
+    yield inv
+    inv.close()
+
+
+def test_projected_time_follows_cpu_seconds_not_the_wall_clock(one_vcpu):
+    """Whatever else loads the machine: a CPU-bound call is projected (and billed) at its CPU time,
+    a sleeping one at almost nothing, though it took longer here."""
+    one_vcpu.invoke("probe_vcpu", {"echo": 0})                      # the cold start, out of the way
+    busy = one_vcpu.invoke("probe_vcpu", {"spin_cpu_s": 0.4})
+    idle = one_vcpu.invoke("probe_vcpu", {"sleep": 0.5})
+    assert busy.ok and idle.ok
+    spun_ms = busy.payload["spun_cpu_s"] * 1000
+    # the process's CPU time covers the handler's own and a little around it (JSON, the memory guard)
+    assert spun_ms <= busy.extra["cpu_ms"] < spun_ms + 150
+    assert busy.extra["projected_ms"] == pytest.approx(busy.extra["cpu_ms"], rel=1e-6)
+    assert busy.billed_ms == max(1, -(-busy.extra["projected_ms"] // 1))
+    assert idle.duration_ms >= 500 and idle.extra["projected_ms"] < 150 and idle.billed_ms < 150
+    assert busy.lambda_seconds == pytest.approx(busy.extra["projected_ms"] / 1000)
+
+
+def test_projected_time_adds_the_store_transfers(one_vcpu, tmp_path):
+    moved = one_vcpu.invoke("probe_vcpu", {"put_bytes": [str(tmp_path), 7_000_000]})
+    assert moved.ok and moved.extra["store_bytes"] == 7_000_000
+    assert moved.extra["projected_ms"] == pytest.approx(projected_ms("probe_vcpu", moved.extra["cpu_ms"], 1769,
+                                                                     7_000_000), rel=1e-6)
+    assert moved.extra["projected_ms"] >= 100          # 7 MB at 70 MB/s

@@ -24,7 +24,7 @@ from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
 from orchestrator import functions
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.traffic import Meter
-from orchestrator.training.hyperparams import DEFAULTS
+from orchestrator.training.hyperparams import new_run_defaults
 from orchestrator.training.loop import TrainingFailed, TrainOptions, run_training
 from orchestrator.training.report import metrics_from_records, round_line
 from tests.memory_store import MemoryStore
@@ -111,14 +111,14 @@ def session(failures=None, workers: int = 3) -> FakeSession:
     return s
 
 
-def train(s: FakeSession, run: str, rounds: int, **options):
+def train(s: FakeSession, run: str, rounds: int | None, **options):
     return run_training(s, TrainOptions(dataset="d", run=run, rounds=rounds, output_dir=None, **options),
                         out=io.StringIO(), progress=False)
 
 
 def test_the_global_weights_are_the_example_weighted_mean_in_worker_order():
     s = session()
-    result = train(s, "r", 1)
+    result = train(s, "r", 1, outer_learning_rate=1.0, outer_momentum=0.0)    # FedAvg: the average itself
     run = TrainingRun(s.models, "r")
     expected = sum(n * (0 + (w + 1) / 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
     assert np.allclose(load_weights(s.models, run.global_key(1))[0], expected)
@@ -169,7 +169,8 @@ def test_a_round_is_committed_in_order_weights_record_then_latest():
     train(s, "r", 1)
     run = TrainingRun(s.models, "r")
     tail = [k for k in order if (k.startswith(run.round_prefix(1)) and "/workers/" not in k) or k == run.latest_key]
-    assert tail[-4:] == [run.optimizer_key(1), run.global_key(1), run.record_key(1), run.latest_key]
+    assert tail[-5:] == [run.optimizer_key(1), run.outer_key(1), run.global_key(1), run.record_key(1),
+                         run.latest_key]
 
 
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run():
@@ -215,15 +216,22 @@ def train_hypers(s: FakeSession) -> list[dict]:
     return [e["hyper"] for e in s.invoker.events if e["action"] == "train"]
 
 
-def test_new_runs_share_the_batch_across_workers_and_warm_up():
+def test_new_runs_take_the_training_models_defaults():
+    """The batch across workers, a warm-up, rounds of a quarter epoch, the outer Nesterov step."""
     s = session()
     train(s, "r", 1)
-    assert [h["batch_size"] for h in train_hypers(s)] == [DEFAULTS["batch_size"] // 3] * 3
-    assert all(h["warmup_epochs"] == DEFAULTS["warmup_epochs"] > 0 for h in train_hypers(s))
+    defaults = new_run_defaults()
+    assert [h["batch_size"] for h in train_hypers(s)] == [defaults["batch_size"] // 3] * 3
+    assert all(h["learning_rate"] == defaults["learning_rate"] for h in train_hypers(s))
+    assert all(h["warmup_epochs"] == defaults["warmup_epochs"] > 0 for h in train_hypers(s))
     # Rounds of a quarter of an epoch of the largest shard (30 examples, 1 batch of 42): 1 batch.
-    assert DEFAULTS["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
+    assert defaults["local_epochs"] == 0.25 and all(h["local_steps"] == 1 for h in train_hypers(s))
     training = TrainingRun(s.models, "r").config().training
-    assert training.batch_size == DEFAULTS["batch_size"] and training.batch_across_workers
+    assert training.batch_size == defaults["batch_size"] and training.batch_across_workers
+    assert (training.outer_learning_rate, training.outer_momentum) == (0.7, 0.9)
+    assert s.models.exists(TrainingRun(None, "r").outer_key(1))
+    tuned = new_run_defaults(fine_tune=True)
+    assert (tuned["trainable"], tuned["local_epochs"], tuned["outer_momentum"]) == ("classifier", 1, 0.0)
 
 
 def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
@@ -240,8 +248,11 @@ def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
     train(s, "old", 2, resume=True)
     assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
                                 "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0}] * 3
+    assert not s.models.exists(run.outer_key(2))          # FedAvg, as runs were before the outer step
     with pytest.raises(TrainingFailed, match=r"trained with warmup-epochs 0.0"):
         train(s, "old", 3, resume=True, warmup_epochs=1.0)
+    with pytest.raises(TrainingFailed, match=r"trained with outer-momentum 0.0"):
+        train(s, "old", 3, resume=True, outer_momentum=0.9)
     with pytest.raises(TrainingFailed, match="trained with local-steps None"):
         train(s, "old", 3, resume=True, local_steps=10)
 
@@ -257,7 +268,7 @@ def test_round_length_options():
         train(s, "steps", 2, resume=True, local_epochs=1)
     # A fraction of an epoch: batches of 30 // 3 = 10, the largest shard (30) is 3 of them, half is 2 (rounded).
     s.invoker.events.clear()
-    train(s, "half", 1, local_epochs=0.5, batch_size=30)
+    train(s, "half", 1, local_epochs=0.5, batch_size=30, batch_across_workers=True)
     assert all(h["local_steps"] == 2 and h["batch_size"] == 10 for h in train_hypers(s))
     train(s, "half", 2, resume=True, local_epochs=0.5)
     with pytest.raises(TrainingFailed, match=r"trained with local-steps 2; resuming with --local-epochs 0.9"):
@@ -266,7 +277,8 @@ def test_round_length_options():
         train(s, "epochs", 2, resume=True, local_epochs=0.5)
     for options, message in [({"local_epochs": 1, "local_steps": 5}, "not both"),
                              ({"local_epochs": -1}, "--local-epochs must be more than 0"),
-                             ({"batch_size": 2}, "batch across workers: it must be at least --workers \\(3\\)"),
+                             ({"batch_size": 2, "batch_across_workers": True},
+                              "batch across workers: it must be at least --workers \\(3\\)"),
                              ({"local_steps": 0}, "local_steps")]:
         with pytest.raises(TrainingFailed, match=message):
             train(s, "bad", 1, **options)
@@ -289,20 +301,20 @@ def test_a_batch_that_cannot_fit_the_function_is_refused_before_any_work():
     with pytest.raises(TrainingFailed, match=r"a worker would need about [\d,]+ MB \(batches of 128 224x224x3 "
                                              r"images, all layers training, 500 images in its shard\).*4,096 MB; "
                                              r"use --batch-size \d+ or less"):
-        train(s, "big", 1, batch_size=3 * 128)
+        train(s, "big", 1, batch_size=3 * 128, batch_across_workers=True)
     assert s.invoker.records == [] and TrainingRun(s.models, "big").config() is None
     message = ""
     try:
-        train(s, "big", 1, batch_size=3 * 128)
+        train(s, "big", 1, batch_size=3 * 128, batch_across_workers=True)
     except TrainingFailed as err:
         message = str(err)
     suggested = int(message.split("use --batch-size ")[1].split()[0])
-    train(s, "big", 1, batch_size=suggested)          # the suggestion fits
+    train(s, "big", 1, batch_size=suggested, batch_across_workers=True)          # the suggestion fits
     assert TrainingRun(s.models, "big").latest_round() == 1
     # Evaluation's batch is what fits too: not the usual 256 at 224 px.
     assert {e["batch_size"] for e in s.invoker.events if e["action"] == "evaluate"} == {suggested // 3}
     # Only the classifier training needs far less: the same batch fits.
-    train(s, "head", 1, batch_size=3 * 128, trainable="classifier")
+    train(s, "head", 1, batch_size=3 * 128, trainable="classifier", batch_across_workers=True)
 
 
 def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeypatch):
@@ -316,6 +328,100 @@ def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeyp
     assert s.invoker.records
 
 
+def test_the_outer_step_commits_its_momentum_before_the_weights_and_resumes_bit_identically():
+    outer = {"outer_learning_rate": 0.7, "outer_momentum": 0.9}
+    straight = session()
+    order: list[str] = []
+    put = straight.models.put
+
+    def recording_put(key, data):
+        order.append(key)
+        put(key, data)
+
+    straight.models.put = recording_put
+    train(straight, "r", 3, **outer)
+    run = TrainingRun(straight.models, "r")
+    tail = [k for k in order if k.startswith(run.round_prefix(2)) and "/workers/" not in k]
+    assert tail == [run.optimizer_key(2), run.outer_key(2), run.global_key(2), run.record_key(2)]
+    # Not the plain average: round 1 moved further than the workers did (Nesterov: 0.7 x 1.9 of the way).
+    average = sum(n * (w + 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
+    assert np.allclose(load_weights(straight.models, run.global_key(1))[0], 0.7 * 1.9 * average)
+    bumpy = session(failures={(3, 2): 2})
+    with pytest.raises(TrainingFailed):
+        train(bumpy, "r", 3, **outer)
+    train(bumpy, "r", 3, resume=True)
+    for r in range(1, 4):
+        for key in (run.global_key(r), run.outer_key(r)):
+            assert straight.models.get(key) == bumpy.models.get(key)
+    with pytest.raises(TrainingFailed, match=r"trained with outer-momentum 0\.9"):
+        train(bumpy, "r", 4, resume=True, outer_momentum=0.5)
+
+
+def test_fedavg_runs_keep_no_outer_state():
+    s = session()
+    train(s, "r", 2, outer_learning_rate=1.0, outer_momentum=0.0)
+    run = TrainingRun(s.models, "r")
+    assert not s.models.exists(run.outer_key(1)) and not s.models.exists(run.outer_key(2))
+
+
+def test_a_batch_per_worker_scales_the_learning_rate():
+    s = session()
+    train(s, "r", 1, batch_across_workers=False, batch_size=8, learning_rate=0.001, lr_scaling="sqrt")
+    assert all(h["batch_size"] == 8 and h["learning_rate"] == pytest.approx(0.001 * 3 ** 0.5)
+               for h in train_hypers(s))
+    training = TrainingRun(s.models, "r").config().training
+    assert not training.batch_across_workers and training.lr_scaling == "sqrt" and training.learning_rate == 0.001
+    s.invoker.events.clear()
+    train(s, "lin", 1, batch_across_workers=False, batch_size=8, learning_rate=0.001, lr_scaling="linear")
+    assert all(h["learning_rate"] == pytest.approx(0.003) for h in train_hypers(s))
+
+
+def test_epochs_count_rounds_and_every_round_shows_its_epochs_and_lambda_time():
+    s = session()
+    # Batches of 8 per worker, rounds of 2 batches; the largest shard (30) is 4 batches: a round is half an epoch.
+    result = train(s, "r", None, epochs=1.2, batch_across_workers=False, batch_size=8, local_steps=2)
+    assert [r.round for r in result.records] == [0, 1, 2, 3]          # ceil(1.2 / 0.5)
+    assert [r.epochs for r in result.records] == [0.0, 1.0, 2.0, 3.0]  # the fake trains its whole shard
+    assert all(r.lambda_seconds > 0 for r in result.records)
+    phases = result.final.lambda_phase_seconds
+    assert result.final.lambda_seconds == pytest.approx(phases.workers + phases.aggregate + phases.evaluate)
+    assert phases.workers == pytest.approx(0.01)                        # the fake's 10 ms
+    assert "epoch 3.00" in round_line(result.final) and "Lambda 0.0 s" in round_line(result.final)
+    train(s, "r", None, epochs=2.5, resume=True)
+    assert TrainingRun(s.models, "r").latest_round() == 5
+    with pytest.raises(TrainingFailed, match=r"--rounds R .* or --epochs E"):
+        train(s, "x", 2, epochs=1)
+
+
+def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the_end():
+    s = session()
+    train(s, "r", 5, eval_images=3, full_eval_every=2)
+    limits = [e["limit"] for e in s.invoker.events if e["action"] == "evaluate"]
+    assert limits == [3, None, 3, None, None]
+    records = TrainingRun(s.models, "r").records()
+    assert [r.val.subset for r in records[1:]] == [True, False, True, False, False]
+    assert "val* loss" in round_line(records[1]) and "val loss" in round_line(records[2])
+
+
+def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_identically():
+    straight = session()
+    train(straight, "r", 3, worker_optimizer="own")
+    run = TrainingRun(straight.models, "r")
+    events = [e for e in straight.invoker.events if e["action"] == "train"]
+    assert [e["global_optimizer_key"] for e in events if e["round"] == 1] == [None] * 3
+    assert [e["global_optimizer_key"] for e in events if e["round"] == 3] == [run.worker_state_key(2, w)
+                                                                              for w in range(3)]
+    assert not straight.models.exists(run.optimizer_key(3))            # nothing averaged but the weights
+    assert [k for k in straight.models.list(run.prefix) if "/states/" in k] == [run.worker_state_key(3, w)
+                                                                                 for w in range(3)]
+    bumpy = session(failures={(3, 1): 2})
+    with pytest.raises(TrainingFailed):
+        train(bumpy, "r", 3, worker_optimizer="own")
+    train(bumpy, "r", 3, resume=True)
+    for r in range(1, 4):
+        assert straight.models.get(run.global_key(r)) == bumpy.models.get(run.global_key(r))
+
+
 # Round records as an earlier version wrote them (before kind, phases, train share, aggregation and transfer).
 OLD_RECORDS = [
     {"round": 0, "workers": 0, "workers_ok": 0, "train": None, "val": None, "wall_seconds": 1.5, "gb_seconds": 2.0},
@@ -325,7 +431,7 @@ OLD_RECORDS = [
 ]
 RECORD_FIELDS = {"round", "kind", "workers", "workers_ok", "worker_results", "failed_workers", "train", "val",
                  "wall_seconds", "phase_seconds", "train_share", "completed_at", "gb_seconds", "aggregation",
-                 "transfer"}
+                 "transfer", "epochs", "lambda_seconds", "lambda_phase_seconds", "lambda_train_share"}
 
 
 def test_a_run_recorded_by_an_earlier_version_reads_resumes_and_reports():
@@ -341,8 +447,17 @@ def test_a_run_recorded_by_an_earlier_version_reads_resumes_and_reports():
     result = train(s, "r", 2, resume=True)
     assert [r.round for r in result.records] == [0, 1, 2] and result.rounds_run == 1
     assert result.records[1].train.loss == 2.5 and result.records[2].transfer is not None
-    # The old record was not rewritten; the new one has exactly the fields records have always had.
+    # The old record was not rewritten; the new one has the fields records have always had, and this version's.
     assert json.loads(s.models.get(run.record_key(1))) == OLD_RECORDS[1]
     assert set(json.loads(s.models.get(run.record_key(2)))) == RECORD_FIELDS
     metrics = metrics_from_records("r", "d", {}, result.records)
     assert metrics["rounds"][0]["val"] == OLD_RECORDS[1]["val"] and metrics["rounds"][0]["train_share"] is None
+
+
+def test_one_worker_takes_no_outer_step():
+    s = session(workers=1)
+    train(s, "r", 2)
+    run = TrainingRun(s.models, "r")
+    assert run.config().training.outer_momentum == 0.9 and not s.models.exists(run.outer_key(2))
+    expected = np.float32(0.0) + np.float32(1.0) + np.float32(1.0) / np.float32(2.0)   # worker 0's steps, as they are
+    assert load_weights(s.models, run.global_key(2))[0][0] == expected

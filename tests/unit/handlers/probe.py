@@ -1,4 +1,4 @@
-"""A handler for invoker tests: echoes, allocates, fails, sleeps or exits on request."""
+"""A handler for invoker tests: echoes, allocates, fails, sleeps, spins, writes or exits on request."""
 
 import os
 import time
@@ -12,6 +12,11 @@ def handler(event, context):
     held = bytearray(event["allocate_mb"] * 2**20) if "allocate_mb" in event else b""
     if "sleep" in event:
         time.sleep(event["sleep"])
+    spun = _spin(event["spin_cpu_s"]) if "spin_cpu_s" in event else 0.0
+    if "put_bytes" in event:
+        from dlpipe.shared.store import DirStore
+
+        DirStore(event["put_bytes"][0]).put("probe/blob", bytes(event["put_bytes"][1]))
     if "fail" in event:
         raise ValueError(f"asked to fail: {event['fail']}")
     if event.get("exit"):
@@ -26,7 +31,17 @@ def handler(event, context):
         "calls_in_this_process": WARM_STATE["calls"],
         "env": os.environ.get("DLPIPE_DATA_URL"),
         "allocated_mb": len(held) // 2**20,
+        "spun_cpu_s": spun,
     }
+
+
+def _spin(seconds: float) -> float:
+    """Busy for `seconds` of this thread's CPU time (however long that takes on a loaded machine)."""
+    start = time.thread_time()
+    total = 0
+    while time.thread_time() - start < seconds:
+        total += sum(range(1000))
+    return time.thread_time() - start
 
 
 def not_json(event, context):

@@ -31,6 +31,8 @@ class ValScore(_Part):
     loss: float | None = None
     accuracy: float | None = None
     seconds: float | None = None
+    subset: bool = False                    # a fixed subset of the validation set (train --eval-images)
+    lambda_seconds: float | None = None     # the slowest evaluate call on Lambda (projected on the local invoker)
 
 
 class FailedWorker(_Part):
@@ -53,6 +55,7 @@ class AggregationRecord(_Part):
     nodes: int
     calls: int
     seconds: float
+    lambda_seconds: float | None = None     # on Lambda: the slowest node of each level, added up
 
 
 class TransferRecord(_Part):
@@ -61,6 +64,14 @@ class TransferRecord(_Part):
     bytes_down: int
     bytes_up: int
     store_requests: dict[str, int]
+
+
+class LambdaPhases(_Part):
+    """A round's time on Lambda by phase: its slowest worker, then aggregation, then evaluation."""
+
+    workers: float
+    aggregate: float
+    evaluate: float
 
 
 class RoundRecord(_Part):
@@ -82,6 +93,10 @@ class RoundRecord(_Part):
     train_share: float | None = None
     aggregation: AggregationRecord | None = None
     transfer: TransferRecord | None = None              # rounds recorded before it existed have none
+    epochs: float | None = None                         # epochs of data done by the end of this round
+    lambda_seconds: float | None = None                 # the round's time on Lambda (slowest worker + serial work)
+    lambda_phase_seconds: LambdaPhases | None = None
+    lambda_train_share: float | None = None             # the slowest worker's training in lambda_seconds
 
     def to_json(self) -> dict:
         """The stored form: the fields this record was given (so an old record reads back as it was)."""

@@ -8,13 +8,16 @@ Layout (keys relative to the model store)::
     runs/<run>/rounds/<r>/workers/<w>-a<k>.adam.npz   ...and its optimizer state (steps, moments)
     runs/<run>/rounds/<r>/workers/sum-<l>-<n>.npz  partial sums of in-cloud aggregation (and .adam.npz)
     runs/<run>/rounds/<r>/optimizer.npz            example-weighted mean of the workers' optimizer states
+    runs/<run>/rounds/<r>/outer.npz                the outer optimizer's momentum (dlpipe.train.outer; not FedAvg)
+    runs/<run>/rounds/<r>/states/<w>.adam.npz      worker w's own Adam state, when workers keep theirs (the
+                                                   last committed round's only)
     runs/<run>/rounds/<r>/global.npz               example-weighted mean of the workers' weights
     runs/<run>/rounds/<r>/record.json              what happened in round r (metrics, failures)
     runs/<run>/latest.json                         {"round": r, ...}: the last COMPLETED round
     runs/<run>/metrics.json, metrics.png           per-round metrics and their plot
 
-A round is committed by writing, in this order, its optimizer state, its global weights,
-its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
+A round is committed by writing, in this order, its optimizer state, its outer state, its
+global weights, its record and then the latest pointer: a crash at any moment leaves `latest.json` naming
 a round whose files are all complete, so resuming from it is always safe.
 """
 
@@ -22,27 +25,59 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.store import KeyNotFound
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
-from dlpipe.wire import Hyper, ModelConfig
+from dlpipe.wire import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, Hyper, ModelConfig
 
 RUNS_PREFIX = "runs"
 
 
 class Training(Hyper):
-    """The run's hyper-parameters, fixed when it starts (`--resume` refuses others)."""
+    """The run's hyper-parameters, fixed when it starts (`--resume` refuses others).
+
+    The field defaults are the defaults of a new run (README "Data parallelism that pays");
+    `orchestrator train` fills the model from its options. A config stored before a field
+    existed means what the code did then (`BEFORE`), not today's default.
+    """
 
     workers: int = Field(ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE)
+    warmup_epochs: float = Field(1.0, ge=0, le=MAX_LOCAL_EPOCHS)
     # True: batch_size is the batch across workers, each worker taking batch_size // workers.
-    # Runs from before it (False) gave every worker batch_size.
-    batch_across_workers: bool = False
+    # False: every worker takes batch_size, so the global batch grows with the workers.
+    batch_across_workers: bool = True
+    # With a batch per worker: each worker's learning rate is learning_rate x 1, sqrt(workers) or workers.
+    lr_scaling: Literal["none", "sqrt", "linear"] = "sqrt"
+    # The outer optimizer at aggregation (dlpipe.train.outer): DiLoCo's Nesterov step; 1 and 0 is FedAvg.
+    outer_learning_rate: float = Field(0.7, gt=0, le=10.0)
+    outer_momentum: float = Field(0.9, ge=0, lt=1.0)
+    # Each worker's Adam state between rounds: the example-weighted average, or its own (DiLoCo).
+    worker_optimizer: Literal["averaged", "own"] = "averaged"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_it_was(cls, values: Any) -> Any:
+        """Fields a stored config lacks keep the meaning they had before they existed."""
+        if isinstance(values, dict) and values.get("_stored"):
+            values = {**BEFORE, **{k: v for k, v in values.items() if k != "_stored"}}
+        return values
+
+    @classmethod
+    def stored(cls, values: dict) -> Training:
+        """A config's training values as written, whichever version wrote them."""
+        return cls.model_validate({**values, "_stored": True})
+
+
+# What each field meant in runs stored before it existed: the code's behaviour then.
+BEFORE = {"batch_size": 128, "warmup_epochs": 0.0, "batch_across_workers": False, "lr_scaling": "none",
+          "outer_learning_rate": 1.0, "outer_momentum": 0.0, "worker_optimizer": "averaged"}
 
 
 class Lineage(BaseModel):
@@ -64,6 +99,11 @@ class RunConfig(BaseModel):
     manifest_id: str | None = None
     training: Training
     created: str
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _stored_training(cls, value: Any) -> Any:
+        return Training.stored(value) if isinstance(value, dict) else value
     init_from: Lineage | None = None     # None: trained from scratch (round 0 from the seed)
 
 
@@ -95,6 +135,9 @@ class TrainingRun:
     def optimizer_key(self, round: int) -> str:
         return f"{self.round_prefix(round)}optimizer.npz"
 
+    def outer_key(self, round: int) -> str:
+        return f"{self.round_prefix(round)}outer.npz"
+
     def record_key(self, round: int) -> str:
         return f"{self.round_prefix(round)}record.json"
 
@@ -103,6 +146,10 @@ class TrainingRun:
 
     def worker_optimizer_key(self, round: int, worker: int, attempt: int = 0) -> str:
         return f"{self.round_prefix(round)}workers/{worker:03d}-a{attempt}.adam.npz"
+
+    def worker_state_key(self, round: int, worker: int) -> str:
+        """A worker's own Adam state after `round`, when workers keep theirs (Training.worker_optimizer "own")."""
+        return f"{self.round_prefix(round)}states/{worker:03d}.adam.npz"
 
     def partial_sum_key(self, round: int, level: int, node: int) -> str:
         """A node of the round's aggregation tree below its root: deleted with the workers' results."""
@@ -172,6 +219,10 @@ class TrainingRun:
             raise self._damaged(key, "not a round record" if isinstance(err, TypeError) else
                                 f"{err.error_count()} invalid or missing fields") from None
 
+    def record(self, round: int) -> RoundRecord:
+        """The record of a completed round."""
+        return self._record(round)
+
     def load_weights(self, key: str) -> list[np.ndarray]:
         return load_weights(self.store, key)
 
@@ -216,6 +267,10 @@ class TrainingRun:
 
     def delete_worker_weights(self, round: int) -> None:
         for key in list(self.store.list(self.round_prefix(round) + "workers/")):
+            self.store.delete(key)
+
+    def delete_worker_states(self, round: int) -> None:
+        for key in list(self.store.list(self.round_prefix(round) + "states/")):
             self.store.delete(key)
 
     def put_outputs(self, metrics: bytes, plot: bytes) -> dict[str, str]:

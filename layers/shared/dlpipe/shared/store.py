@@ -36,10 +36,35 @@ from dlpipe.shared.keys import (
     validate_prefix,
 )
 
-__all__ = ["DirStore", "InvalidKey", "KeyNotFound", "ObjectStore", "S3Store", "StoreError", "join_key", "open_store",
-           "validate_key", "validate_prefix"]
+__all__ = ["STORE_BYTES", "DirStore", "InvalidKey", "KeyNotFound", "ObjectStore", "S3Store", "StoreError", "join_key",
+           "open_store", "validate_key", "validate_prefix"]
 
 _TMP_COUNTER = itertools.count()
+
+
+class StoreBytes:
+    """Bytes this process read from and wrote to stores: what a function moves to and from S3.
+
+    The local invoker reads it around each invocation to project its Lambda duration
+    (orchestrator.invokers.projection); counting is a few additions, harmless elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.read = 0
+        self.written = 0
+
+    def add(self, read: int = 0, written: int = 0) -> None:
+        with self._lock:
+            self.read += read
+            self.written += written
+
+    @property
+    def total(self) -> int:
+        return self.read + self.written
+
+
+STORE_BYTES = StoreBytes()
 
 
 class ObjectStore(ABC):
@@ -173,6 +198,7 @@ class DirStore(ObjectStore):
             data = os.read(file, info.st_size + 1)  # one read, but for a file changed meanwhile (or huge)
             while len(data) != info.st_size and (more := os.read(file, 1 << 20)):
                 data += more
+            STORE_BYTES.add(read=len(data))
             return data
         finally:
             os.close(file)
@@ -193,6 +219,8 @@ class DirStore(ObjectStore):
             try:
                 written = self._write(fd, name, data, key, exclusive)
                 if written is not None:
+                    if written:
+                        STORE_BYTES.add(written=len(data))
                     return written
             finally:
                 os.close(fd)
@@ -331,14 +359,17 @@ class S3Store(ObjectStore):
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            data = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except ClientError as err:
             if self._is_missing(err):
                 raise KeyNotFound(key, self.url) from None
             raise
+        STORE_BYTES.add(read=len(data))
+        return data
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        STORE_BYTES.add(written=len(data))
 
     def create(self, key: str, data: bytes) -> bool:
         """S3's conditional write (If-None-Match: *): 412 if the key exists, 409 if another such write races."""
@@ -350,6 +381,7 @@ class S3Store(ObjectStore):
             if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
             raise
+        STORE_BYTES.add(written=len(data))
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:

@@ -30,8 +30,9 @@ from itertools import islice
 import numpy as np
 
 from dlpipe.train.averaging import AveragingError, PartialSum, WeightedAverage
+from dlpipe.train.outer import OuterOptimizer, outer_step
 from dlpipe.train.weights import CheckpointError, weights_from_bytes, weights_to_bytes
-from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource
+from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep
 
 FAN_IN = 16          # sources per node: 256 workers are two levels, 4,096 three
 READ_AHEAD = 4       # reads in flight while a node sums: S3 serves one connection at ~70 MB/s
@@ -137,8 +138,34 @@ def _sum_sources(store, sources: Sequence[AggregateSource], keys: Sequence[str],
     return total
 
 
+def apply_outer(store, outer: OuterStep, average: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+    """The root's outer step (dlpipe.train.outer): (new global weights, bytes read, bytes written).
+
+    The new momentum is stored before the weights are, as a round commits its state first.
+    """
+    previous_bytes = store.get(outer.previous_key)
+    read = len(previous_bytes)
+    buffer = None
+    if outer.momentum_key:
+        momentum_bytes = store.get(outer.momentum_key)
+        read += len(momentum_bytes)
+        buffer = weights_from_bytes(momentum_bytes, f"the outer momentum {outer.momentum_key!r}")
+    optimizer = OuterOptimizer(outer.learning_rate, outer.momentum)
+    new, momentum = outer_step(optimizer, weights_from_bytes(previous_bytes, repr(outer.previous_key)), average,
+                               buffer)
+    written = 0
+    if momentum is not None:
+        data = weights_to_bytes(momentum)
+        store.put(outer.output_momentum_key, data)
+        written = len(data)
+    return new, read, written
+
+
 def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> AggregateResponse:
-    """One node: the sources' weighted sum, optimizer state first, then weights (the order a round commits them)."""
+    """One node: the sources' weighted sum, optimizer state first, then weights (the order a round commits them).
+
+    At the root, `request.outer` turns the workers' average into the new global weights.
+    """
     started = time.monotonic()
     counter = {"gets": 0, "read": 0, "puts": 0, "written": 0}
     groups: list[tuple[str, list[str]]] = []
@@ -148,7 +175,17 @@ def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> 
     total = WeightedAverage()
     for output_key, keys in groups:
         total = _sum_sources(store, request.sources, keys, request.partial_sources, counter, ahead)
-        data = weights_to_bytes(total.result()) if request.final else partial_to_bytes(total.partial())
+        if not request.final:
+            data = partial_to_bytes(total.partial())
+        elif request.outer is not None and output_key == request.weights_key:
+            weights, read, written = apply_outer(store, request.outer, total.result())
+            counter["gets"] += 1 + bool(request.outer.momentum_key)
+            counter["read"] += read
+            counter["puts"] += bool(written)
+            counter["written"] += written
+            data = weights_to_bytes(weights)
+        else:
+            data = weights_to_bytes(total.result())
         store.put(output_key, data)
         counter["puts"] += 1
         counter["written"] += len(data)

@@ -28,7 +28,7 @@ from dlpipe.shared.config import ShardCache
 from dlpipe.shared.images import IMAGE_EXTENSIONS, ImageError
 from dlpipe.shared.recipe import Recipe
 from dlpipe.shared.shards import BadShard, member_class, read_members
-from dlpipe.shared.store import KeyNotFound, join_key
+from dlpipe.shared.store import STORE_BYTES, KeyNotFound, join_key
 from dlpipe.wire import PackResponse
 
 HASH_CHARS = 16
@@ -186,12 +186,31 @@ def _read_cached(path: Path, key: str) -> bytes | None:
         return None
 
 
+# Parts a local store served this process: on Lambda a warm worker would read them from /tmp.
+_SERVED_LOCALLY: set[tuple[str, str]] = set()
+
+
+def _as_if_cached(store, key: str, size: int, cache: ShardCache) -> None:
+    """Count a local store's repeated read of a part as Lambda's /tmp cache would serve it: no S3 bytes.
+
+    Why: the local invoker projects each invocation's Lambda time from the bytes it moved
+    (orchestrator.invokers.projection); a warm worker's shard comes from /tmp, not from S3.
+    """
+    if not _HASHED_KEY.search(key) or size > cache.limit_bytes:
+        return
+    if (store.url, key) in _SERVED_LOCALLY:
+        STORE_BYTES.add(read=-size)
+    else:
+        _SERVED_LOCALLY.add((store.url, key))
+
+
 def fetch_part(store, key: str, cache: ShardCache) -> bytes:
     """Bytes of a part, from the /tmp cache when a warm worker has it (remote stores only:
     a local one needs no cache)."""
     if store.is_local:
         data = store.get(key)
         verify_part(key, data)
+        _as_if_cached(store, key, len(data), cache)
         return data
     path = cache.folder / (hashlib.sha256(f"{store.url}\x00{key}".encode()).hexdigest()[:32] + ".npz")
     data = _read_cached(path, key)

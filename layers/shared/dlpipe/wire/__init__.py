@@ -61,6 +61,7 @@ from dlpipe.wire.train import (  # noqa: F401
     InitRequest,
     InitResponse,
     ModelConfig,
+    OuterStep,
     PackRequest,
     PackResponse,
     ShardRef,

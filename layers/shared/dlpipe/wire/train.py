@@ -241,6 +241,8 @@ class TrainResponse(_Event):
     weights_bytes: int
     max_rss_mb: float | None
     requests: StoreRequests = Field(default_factory=StoreRequests)
+    # CPU time of the process while it trained (all threads): Lambda's training time is projected from it
+    train_cpu_seconds: float | None = None
 
 
 class EvaluateRequest(_Event):
@@ -250,6 +252,8 @@ class EvaluateRequest(_Event):
     model: ModelConfig
     batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
     trainable: Trainable = "all"   # the run's, so that a warm worker keeps one compiled model
+    # Score a fixed subset of at most `limit` images: every k-th of the parts, the same every round; None: all.
+    limit: int | None = Field(None, ge=1)
 
 
 class EvaluateResponse(_Event):
@@ -279,6 +283,16 @@ class AggregateSource(_Event):
     examples: int = Field(ge=1, description="a worker's num_examples, or the total a partial sum holds")
 
 
+class OuterStep(_Event):
+    """The outer optimizer's step at the root (dlpipe.train.outer): from the previous global weights and momentum."""
+
+    learning_rate: float = Field(gt=0, le=10.0)
+    momentum: float = Field(ge=0, lt=1.0)
+    previous_key: StoreKey                     # the previous round's global weights
+    momentum_key: StoreKey | None = None       # its outer momentum (None: the first step)
+    output_momentum_key: StoreKey              # where the new momentum goes
+
+
 class AggregateRequest(_Event):
     action: Literal["aggregate"]
     sources: list[AggregateSource] = Field(min_length=1, max_length=MAX_AGGREGATE_SOURCES)
@@ -286,6 +300,7 @@ class AggregateRequest(_Event):
     final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
     weights_key: StoreKey                      # where to write (model store)
     optimizer_key: StoreKey | None = None      # None: the sources carry no optimizer state
+    outer: OuterStep | None = None             # at the root only: None is the plain average (FedAvg)
 
     @model_validator(mode="after")
     def _optimizer_everywhere_or_nowhere(self) -> AggregateRequest:
@@ -294,6 +309,8 @@ class AggregateRequest(_Event):
             state = "has no optimizer_key" if self.optimizer_key else "has an optimizer_key the output lacks"
             raise ValueError(f"source(s) {without[:5]} {state}: every source and the output carry optimizer "
                              "state, or none does")
+        if self.outer is not None and not self.final:
+            raise ValueError("the outer step is taken once, at the root: only a final node carries `outer`")
         return self
 
 

@@ -1,0 +1,51 @@
+"""`orchestrator train`'s options: one hyper-parameter model (Training) whose defaults are a new run's."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from dlpipe.runs.run import BEFORE, RunConfig, Training
+from orchestrator.commands import train as train_command
+from orchestrator.training.hyperparams import HYPER_PARAMETERS, new_run_defaults
+from orchestrator.training.plan import TrainOptions
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    return parser.parse_args(["train", "--dataset", "d", "--run", "r", *argv])
+
+
+def test_argparse_fills_the_model_by_field_name_with_only_what_was_given():
+    options = train_command.options_from_args(parse("--epochs", "3", "--lr", "0.002", "--batch-per-worker",
+                                                    "--outer-momentum", "0.5", "--workers", "4"))
+    assert options.hyper == {"learning_rate": 0.002, "batch_across_workers": False, "outer_momentum": 0.5}
+    assert (options.epochs, options.rounds, options.workers, options.eval_images) == (3.0, None, 4, 2000)
+    assert train_command.options_from_args(parse("--rounds", "2")).hyper == {}
+
+
+def test_every_hyper_parameter_has_an_option():
+    args = vars(parse("--rounds", "1"))
+    assert set(HYPER_PARAMETERS) <= set(args)
+
+
+def test_hyper_parameters_may_be_given_by_name_in_python():
+    options = TrainOptions(dataset="d", run="r", rounds=1, batch_size=64, outer_learning_rate=1.0, seed=None)
+    assert options.hyper == {"batch_size": 64, "outer_learning_rate": 1.0}
+    with pytest.raises(ValueError, match="nonsense"):
+        TrainOptions(dataset="d", run="r", rounds=1, nonsense=3)
+
+
+def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_meaning():
+    defaults = new_run_defaults()
+    assert all(defaults[name] == Training.model_fields[name].default for name in HYPER_PARAMETERS
+               if name != "local_epochs")
+    assert defaults["local_epochs"] == 0.25 and new_run_defaults(fine_tune=True)["trainable"] == "classifier"
+    old = {"local_epochs": 2, "batch_size": 128, "learning_rate": 0.001, "seed": 0, "trainable": "all", "workers": 3}
+    stored = RunConfig.model_validate({"model": {"input_shape": [32, 32, 1], "classes": 2, "labels": ["a", "b"],
+                                                 "recipe": {"size": 32, "channels": 1}},
+                                       "dataset": "d", "training": old, "created": "now"}).training
+    assert all(getattr(stored, name) == value for name, value in BEFORE.items() if name not in old)
+    assert (stored.outer_learning_rate, stored.outer_momentum, stored.batch_across_workers) == (1.0, 0.0, False)
