@@ -84,9 +84,6 @@ def register(subparsers) -> None:
     p.add_argument("--time-budget", dest="time_budget_s", type=positive_float, metavar="SEC",
                    help="stop each worker's local training after SEC seconds (default: the function timeout "
                         "minus a margin)")
-    p.add_argument("--warmup-epochs", type=non_negative_float, metavar="E",
-                   help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard. "
-                        "Keeps workers close enough early on for their average to be good")
     p.add_argument("--init-from", type=model_ref, metavar="MODEL[:VERSION]",
                    help="start from a servable model version (from `import-onnx` or `export`; default version: "
                         "its latest) instead of random weights: a new classifier for the dataset's classes "
@@ -137,6 +134,9 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
     split.add_argument("--batch-across-workers", dest="batch_across_workers", action="store_const", const=True,
                        help="--batch-size is the batch across workers: each of N takes B/N")
     p.add_argument("--lr", dest="learning_rate", type=positive_float, metavar="LR", help="Adam learning rate")
+    p.add_argument("--warmup-epochs", type=non_negative_float, metavar="E",
+                   help="raise the learning rate linearly from 0 over the first E epochs of each worker's shard. "
+                        "Keeps workers close enough early on for their average to be good")
     p.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"),
                    help="with a batch per worker, each worker's learning rate is --lr x 1, sqrt(N) or N")
     p.add_argument("--outer-lr", dest="outer_learning_rate", type=positive_float, metavar="LR",

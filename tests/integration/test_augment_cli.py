@@ -13,8 +13,9 @@ import boto3
 import imagefiles as f
 import pytest
 
+from dlpipe.shared.s3_store import S3Store
 from dlpipe.shared.shards import read_members
-from dlpipe.shared.store import DirStore, S3Store
+from dlpipe.shared.store import DirStore
 from dlpipe.wire import DEFAULT_VARIANTS
 from orchestrator import functions
 from orchestrator.cli import main

@@ -249,7 +249,7 @@ def test_bad_training_requests_are_refused_before_any_work(tiny):
 def test_prepare_and_train_on_s3_with_the_shard_cache(tmp_path, aws_env, monkeypatch, fashion_mnist_files):
     import boto3
 
-    from dlpipe.shared.store import S3Store
+    from dlpipe.shared.s3_store import S3Store
 
     s3 = boto3.client("s3")
     for bucket in ("dlpipe-train-data", "dlpipe-train-models"):

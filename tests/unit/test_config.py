@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from dlpipe.shared.config import Settings
-from dlpipe.shared.store import DirStore, S3Store
+from dlpipe.shared.s3_store import S3Store
+from dlpipe.shared.store import DirStore
 
 
 def test_defaults_live_under_home_and_are_absolute(tmp_path):

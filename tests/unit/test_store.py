@@ -12,11 +12,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from dlpipe.shared.s3_store import S3Store
 from dlpipe.shared.store import (
     DirStore,
     InvalidKey,
     KeyNotFound,
-    S3Store,
     StoreError,
     join_key,
     open_store,
