@@ -32,6 +32,7 @@ from dlpipe.shared.config import Settings  # noqa: E402
 from dlpipe.shared.recipe import Recipe  # noqa: E402
 from dlpipe.shared.store import DirStore  # noqa: E402
 from orchestrator.costs import summarize  # noqa: E402
+from orchestrator.quiet import native_output_captured  # noqa: E402
 from orchestrator.session import Session  # noqa: E402
 from orchestrator.training.loop import TrainOptions, run_training  # noqa: E402
 from orchestrator.training.prepare import prepare_dataset  # noqa: E402
@@ -80,8 +81,10 @@ def run_config(session: Session, label: str, init_from, trainable: str, lr: floa
     return rows
 
 
-def plain_keras(session: Session, rounds: int, seed: int = 0) -> list[float]:
-    """The same classifier-only fine-tuning in this process: model.fit, batch 32, Adam 1e-3."""
+def plain_keras(session: Session, rounds: int, seed: int = 0) -> tuple[list[float], list[float]]:
+    """The same classifier-only fine-tuning in this process: model.fit, batch 32, Adam 1e-3.
+
+    Returns the test accuracy and training images/s of each epoch."""
     import keras
 
     from dlpipe.train import parts, worker
@@ -109,9 +112,7 @@ def plain_keras(session: Session, rounds: int, seed: int = 0) -> list[float]:
         model.fit(recipe.normalize(x[order]), y[order], batch_size=32, epochs=1, shuffle=False, verbose=0)
         rates.append(len(y) / (time.perf_counter() - started))
         accuracies.append(float(model.evaluate(recipe.normalize(xv), yv, batch_size=64, verbose=0)[1]))
-    table("plain Keras, one process, classifier only", ["epoch", "test acc", "train img/s"],
-          [[e + 1, f"{a:.1%}", f"{r:.0f}"] for e, (a, r) in enumerate(zip(accuracies, rates, strict=False))])
-    return accuracies
+    return accuracies, rates
 
 
 def main() -> None:
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", choices=[c[0] for c in CONFIGS], nargs="+")
     parser.add_argument("--smoke", action="store_true", help="4 photos a class, 1 round, classifier only, 1 worker")
+    parser.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's and LiteRT's own output too")
     args = parser.parse_args()
     per_class = None
     if args.smoke:
@@ -129,10 +131,14 @@ def main() -> None:
     if not args.photos.is_dir():
         sys.exit(f"no photos at {args.photos}: pass --photos DIR (class folders under train/ and test/)")
     with tempfile.TemporaryDirectory() as tmp:
-        session, _ = setup(Path(tmp), args.photos, args.models / "squeezenet1.1.onnx",
-                           args.models / "imagenet_synset_words.txt", max(args.workers), per_class)
+        with native_output_captured(args.verbose):   # TensorFlow's start-up and the converter's passes
+            session, _ = setup(Path(tmp), args.photos, args.models / "squeezenet1.1.onnx",
+                               args.models / "imagenet_synset_words.txt", max(args.workers), per_class)
         try:
-            baseline = plain_keras(session, args.rounds)
+            with native_output_captured(args.verbose):
+                baseline, rates = plain_keras(session, args.rounds)
+            table("plain Keras, one process, classifier only", ["epoch", "test acc", "train img/s"],
+                  [[e + 1, f"{a:.1%}", f"{r:.0f}"] for e, (a, r) in enumerate(zip(baseline, rates, strict=True))])
             summary = []
             for label, init_from, trainable, lr in CONFIGS:
                 if args.only and label not in args.only:

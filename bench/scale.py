@@ -261,14 +261,17 @@ def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> fl
     from dlpipe.train.aggregate import plan_tree
     from dlpipe.wire import TrainResponse
     from orchestrator.invokers.aws import LambdaInvoker
-    from orchestrator.training.aggregation import aggregate_round
+    from orchestrator.training.aggregation import aggregate_round, outer_request
 
     results = {r["worker"]: TrainResponse.model_validate(r) for r in record.worker_results}
     training = TrainingRun(session.model_store(), run)
+    hyper = training.config().training   # the run's own outer step, as the training loop applied it
+    outer = outer_request(training, 1, hyper.outer_learning_rate, hyper.outer_momentum) if len(results) > 1 else None
     runs = []
     for _ in range(3):  # each node's best of three: other jobs on the machine only ever lengthen it
         with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
-            aggregate_round(training, 1, results, "lambda", invoker, retries=0)
+            aggregate_round(training, 1, results, "lambda", invoker, retries=0, outer=outer,
+                            average_optimizer=hyper.worker_optimizer == "averaged")
             runs.append([r.wall_ms for r in invoker.records])   # one at a time: in the order submitted
         assert training.store.get(training.global_key(1)) == expected
     walls = [min(node) for node in zip(*runs, strict=True)]

@@ -38,10 +38,10 @@ from dlpipe.datasets import fashion_mnist
 from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.config import Settings
 from dlpipe.shared.recipe import Recipe
-from dlpipe.train import batches, parts
-from dlpipe.train.model import build_model, model_config_for
+from dlpipe.train import parts
 from orchestrator.commands.fashion_mnist import write_fashion_mnist
 from orchestrator.costs import summarize
+from orchestrator.quiet import native_output_captured
 from orchestrator.session import Session
 from orchestrator.training.hyperparams import new_run_defaults
 from orchestrator.training.loop import TrainOptions, run_training
@@ -51,8 +51,14 @@ ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP
 
 
 def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, epochs: int, seed: int) -> list[float]:
-    """Plain model.fit on the worker's shard, in this process, after a warm-up (tracing) call."""
+    """Plain model.fit on the worker's shard, in this process, after a warm-up (tracing) call.
+
+    TensorFlow is imported here, not at the top: the local invoker's spawned workers import this
+    module again before they send their output to the worker log."""
     import keras
+
+    from dlpipe.train import batches
+    from dlpipe.train.model import build_model, model_config_for
 
     x, y = parts.load_parts(data_store, manifest["shards"][0]["parts"])
     recipe = Recipe.from_dict(manifest["recipe"])
@@ -71,7 +77,7 @@ def plain_keras_images_per_second(data_store, manifest: dict, batch_size: int, e
     return rates
 
 
-def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> None:
+def speed(session: Session, manifest: dict, batch_size: int, repeats: int, verbose: bool = False) -> None:
     """Interleave plain fits and worker rounds so load from elsewhere hits both alike."""
     plain, worker = [], []
     opts = TrainOptions(dataset=manifest["dataset"], run="speed", rounds=1, local_epochs=1, batch_size=batch_size,
@@ -82,7 +88,8 @@ def speed(session: Session, manifest: dict, batch_size: int, repeats: int) -> No
         if repeat:  # round 1 includes the cold start (TensorFlow import and tracing)
             worker.append(result.final.worker_results[0]["images_per_second"])
             # Two epochs; the first may still be paying one-off costs, like the worker's round 1.
-            plain.append(plain_keras_images_per_second(session.data_store(), manifest, batch_size, 2, repeat)[-1])
+            with native_output_captured(verbose):
+                plain.append(plain_keras_images_per_second(session.data_store(), manifest, batch_size, 2, repeat)[-1])
     # Other processes on a shared machine only ever slow a measurement down: the best of the
     # repeats is the least disturbed one, the median shows the spread.
     pb, wb = max(plain), max(worker)
@@ -164,7 +171,7 @@ def lambda_estimate(result, target: float, rate: float, cold: float) -> tuple[fl
     """
     rounds = result.records[1:]
     extra = warm_overhead(result)
-    shard = max(r["shard_examples"] for r in rounds[0]["worker_results"])
+    shard = max(r["shard_examples"] for r in rounds[0].worker_results)
     elapsed, epochs = cold, 0.0
     for record in rounds:
         images = max(r["num_examples"] for r in record.worker_results)
@@ -196,6 +203,8 @@ def rounds_for(args, shard: int, batch: int) -> int:
     """Rounds that make args.epochs epochs of a worker's shard."""
     if args.local_steps is None:
         return max(1, round(args.epochs / args.local_epochs))
+    from dlpipe.train import batches   # Keras: see plain_keras_images_per_second
+
     return max(1, round(args.epochs * batches.steps_per_epoch(shard, batch) / args.local_steps))
 
 
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, help="test accuracy to reach (default: 0.90, --quick 0.75)")
     parser.add_argument("--repeats", type=int, default=3, help="speed measurements (default: %(default)s)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("speed", "vcpu", "accuracy"))
+    parser.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own output too")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (4 if args.quick else 10)
     args.target = args.target or (0.75 if args.quick else 0.90)
@@ -289,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         manifests = prepare_all(settings, args)
         if "speed" not in args.skip:
             with contextlib.closing(Session(settings, "local", concurrency=1)) as session:
-                speed(session, manifests[1], args.batch_size, args.repeats)
+                speed(session, manifests[1], args.batch_size, args.repeats, args.verbose)
         rates = {} if "vcpu" in args.skip else one_vcpu_speed(
             settings, "fm-w1", [args.batch_size // w for w in args.workers])
         if "accuracy" not in args.skip:

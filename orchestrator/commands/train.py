@@ -191,7 +191,8 @@ def run(args: argparse.Namespace, session: Session, out: TextIO | None = None) -
          if result.wall_seconds > 0 and trained else "-"),
         ("worker failures", str(len(result.failures))),
     ]
-    rows += [(name, path) for name, path in result.outputs.items()]
+    rows += [(name, f"{path}  (tensorboard --logdir {Path(path).parent})" if name == "tensorboard" and
+              Path(path).is_dir() else path) for name, path in result.outputs.items()]
     traffic = session.meter.take()
     print_summary(f"train {options.run}", rows, invocations=result.invocations, out=out, traffic=traffic)
     print_failures(result.failures, out=out)

@@ -112,7 +112,7 @@ def write_run(home: str | Path | None, run: str, records: Iterable, architecture
     except OSError as err:
         shutil.rmtree(fresh, ignore_errors=True)
         return {"tensorboard": f"not written ({err})"}
-    return {"tensorboard": f"{target}  (tensorboard --logdir {target.parent})"}
+    return {"tensorboard": str(target)}
 
 
 def write_session_run(session, run: str, records: Iterable) -> dict[str, str]:

@@ -108,7 +108,9 @@ def test_fashion_mnist_prepare_train_export_predict(where, tmp_path, capfd):
     assert trained["validation"]["count"] == 40 and 0 <= trained["validation"]["accuracy"] <= 1
     assert trained["failures"] == [] and trained["bill"]["invocations"] >= 3           # init, 2 workers, ...
     assert trained["bill"]["s3_requests"]["put"] >= 3                # init's weights, each worker's own
-    assert all(Path(path).is_file() for path in trained["outputs"].values())
+    outputs = trained["outputs"]
+    assert Path(outputs["local metrics"]).is_file() and Path(outputs["local plot"]).is_file()
+    assert (Path(outputs["tensorboard"]) / "validation").is_dir()                     # a folder per writer
     assert "round   1  workers 2/2" in err                                              # the round line
 
     status, exported, err = run_json(capfd, *where, "export", "--run", "fm")
