@@ -203,7 +203,7 @@ def rounds_for(args, shard: int, batch: int) -> int:
     """Rounds that make args.epochs epochs of a worker's shard."""
     if args.local_steps is None:
         return max(1, round(args.epochs / args.local_epochs))
-    from dlpipe.train import batches   # Keras: see plain_keras_images_per_second
+    from dlpipe.train import batches  # Keras: see plain_keras_images_per_second
 
     return max(1, round(args.epochs * batches.steps_per_epoch(shard, batch) / args.local_steps))
 
