@@ -30,7 +30,6 @@ from dlpipe.runs.record import (
     TransferRecord,
     ValScore,
 )
-from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.train.averaging import weighted_metrics
@@ -122,10 +121,11 @@ def _train(session: Session, options: TrainOptions, out: TextIO | None, progress
         elif last >= plan.rounds:
             print(f"run {options.run!r} already has {last} completed rounds (asked for {plan.rounds}); "
                   "nothing to train", file=out)
-        epochs = previous_epochs(run, last, plan)
+        previous = run.record(last) if last else None
+        epochs = previous_epochs(previous, plan)
         for round_ in range(last + 1, plan.rounds + 1):
-            record = _train_round(invoker, session.meter, plan, options, round_, tick, failures, epochs)
-            epochs = record.epochs or 0.0
+            record = _train_round(invoker, session.meter, plan, options, round_, tick, failures, epochs, previous)
+            epochs, previous = record.epochs or 0.0, record
             bar.write(round_line(record), file=out)
     finally:
         bar.close()
@@ -159,26 +159,35 @@ def _check_train(event: dict, response: TrainResponse) -> str | None:
     return None
 
 
-def _optimizer_keys(plan: Plan, round_: int, worker: int, attempt: int) -> tuple[str | None, str]:
+def _optimizer_keys(plan: Plan, round_: int, worker: int, attempt: int,
+                    own_states: dict[int, str]) -> tuple[str | None, str]:
     """(the Adam state a worker starts from, where it stores its own): the round's average, or its own.
 
-    Own state (DiLoCo's inner optimizers): kept per worker under the round, read back next round;
-    a worker without one (it failed last round under --min-workers) starts a fresh Adam.
+    Own state (DiLoCo's inner optimizers): kept per worker and attempt under the round, read back next
+    round from the key the last round's record names; a worker without one (it failed last round
+    under --min-workers) starts a fresh Adam.
     """
     run = plan.run
     if plan.config.training.worker_optimizer == "averaged":
         return (run.optimizer_key(round_ - 1) if round_ > 1 else None), run.worker_optimizer_key(round_, worker,
                                                                                                  attempt)
-    previous = run.worker_state_key(round_ - 1, worker)
-    return (previous if round_ > 1 and run.store.exists(previous) else None), run.worker_state_key(round_, worker)
+    return own_states.get(worker), run.worker_state_key(round_, worker, attempt)
 
 
-def _worker_events(plan: Plan, options: TrainOptions, round_: int) -> list[dict]:
+def _own_states(plan: Plan, previous: RoundRecord | None) -> dict[int, str]:
+    """Each worker's own Adam state after the last round, as its record names it (its successful attempt's)."""
+    if plan.config.training.worker_optimizer != "own" or previous is None:
+        return {}
+    results = previous.worker_results or []
+    return {int(r["worker"]): str(r["optimizer_key"]) for r in results if r.get("optimizer_key")}
+
+
+def _worker_events(plan: Plan, options: TrainOptions, round_: int, own_states: dict[int, str]) -> list[dict]:
     run, config = plan.run, plan.config
     hyper = worker_hyper(config.training)
     events = []
     for w, parts in enumerate(plan.shard_parts):
-        start, output = _optimizer_keys(plan, round_, w, 0)
+        start, output = _optimizer_keys(plan, round_, w, 0, own_states)
         events.append(TrainRequest(action="train", run=run.name, round=round_, worker=w, attempt=0,
                                    global_key=run.global_key(round_ - 1), global_optimizer_key=start,
                                    shard_keys=parts, output_key=run.worker_key(round_, w, 0),
@@ -244,14 +253,17 @@ def _eval_images(plan: Plan, options: TrainOptions, round_: int) -> int | None:
 
 def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptions, round_: int,
                  tick: Callable[[Invocation], None], failures: list[tuple[str, str]],
-                 epochs_before: float) -> RoundRecord:
+                 epochs_before: float, previous: RoundRecord | None) -> RoundRecord:
+    """Round `round_` from the last committed round's record (`previous`; None before round 1)."""
     run = plan.run
     round_start, n_before, traffic_before = time.perf_counter(), len(invoker.records), meter.snapshot()
-    events = _worker_events(plan, options, round_)
+    own_states = _own_states(plan, previous)
+    events = _worker_events(plan, options, round_, own_states)
 
     def retry_event(event: dict, attempt: int) -> dict:
         return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
-                "output_optimizer_key": _optimizer_keys(plan, round_, event["worker"], attempt)[1]}
+                "output_optimizer_key": _optimizer_keys(plan, round_, event["worker"], attempt,
+                                                                own_states)[1]}
 
     done, errors = invoke_for_replies(invoker, "train", events, options.retries, TrainResponse, tick, retry_event,
                                       _check_train)
@@ -284,12 +296,12 @@ def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptio
     return record
 
 
-def previous_epochs(run: TrainingRun, last: int, plan: Plan) -> float:
-    """Epochs of data done by round `last`: from its record (older runs' records lack it: estimated)."""
-    if last <= 0:
+def previous_epochs(last: RoundRecord | None, plan: Plan) -> float:
+    """Epochs of data done by the `last` committed round: from its record (older runs' records lack it:
+    estimated)."""
+    if last is None or last.round <= 0:
         return 0.0
-    epochs = run.record(last).epochs
-    return float(epochs) if epochs is not None else last * plan.epochs_per_round
+    return float(last.epochs) if last.epochs is not None else last.round * plan.epochs_per_round
 
 
 def _lambda_times(record: RoundRecord, calls: list[Invocation], results: dict[int, TrainResponse],

@@ -77,7 +77,8 @@ def test_lambda_and_local_aggregation_train_the_same_run_and_only_local_download
 def test_the_transfer_of_a_local_round_is_the_worker_files_it_read():
     s = cloud_session()
     before = s.meter.snapshot()
-    train(s, "r", 1, aggregate="local", keep_worker_weights=True, outer_learning_rate=1.0, outer_momentum=0.0)
+    train(s, "r", 1, aggregate="local", keep_worker_weights=True, outer_learning_rate=1.0, outer_momentum=0.0,
+          worker_optimizer="averaged")
     run = TrainingRun(s.models, "r")
     files = list(s.models.list(run.round_prefix(1) + "workers/"))
     record = run.records()[1]

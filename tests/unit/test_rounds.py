@@ -118,7 +118,8 @@ def train(s: FakeSession, run: str, rounds: int | None, **options):
 
 def test_the_global_weights_are_the_example_weighted_mean_in_worker_order():
     s = session()
-    result = train(s, "r", 1, outer_learning_rate=1.0, outer_momentum=0.0)    # FedAvg: the average itself
+    result = train(s, "r", 1, outer_learning_rate=1.0, outer_momentum=0.0,    # FedAvg: the average itself
+                   worker_optimizer="averaged")
     run = TrainingRun(s.models, "r")
     expected = sum(n * (0 + (w + 1) / 1) for w, n in enumerate(SHARD_SIZES)) / sum(SHARD_SIZES)
     assert np.allclose(load_weights(s.models, run.global_key(1))[0], expected)
@@ -156,7 +157,8 @@ def test_too_few_workers_stop_the_run_and_leave_the_last_round_intact():
     assert result.failures and "worker 0 crashed (after 2 attempts)" in result.failures[0][1]
 
 
-def test_a_round_is_committed_in_order_weights_record_then_latest():
+@pytest.mark.parametrize("worker_optimizer", ["own", "averaged"])
+def test_a_round_is_committed_in_order_weights_record_then_latest(worker_optimizer):
     s = session()
     order = []
     put = s.models.put
@@ -166,11 +168,14 @@ def test_a_round_is_committed_in_order_weights_record_then_latest():
         put(key, data)
 
     s.models.put = recording_put
-    train(s, "r", 1)
+    train(s, "r", 1, worker_optimizer=worker_optimizer)
     run = TrainingRun(s.models, "r")
-    tail = [k for k in order if (k.startswith(run.round_prefix(1)) and "/workers/" not in k) or k == run.latest_key]
-    assert tail[-5:] == [run.optimizer_key(1), run.outer_key(1), run.global_key(1), run.record_key(1),
-                         run.latest_key]
+    written_by_workers = ("/workers/", "/states/")
+    tail = [k for k in order if (k.startswith(run.round_prefix(1)) and not any(w in k for w in written_by_workers))
+            or k == run.latest_key]
+    averaged = [run.optimizer_key(1)] if worker_optimizer == "averaged" else []
+    expected = [*averaged, run.outer_key(1), run.global_key(1), run.record_key(1), run.latest_key]
+    assert tail[-len(expected):] == expected      # (round 0 wrote latest.json before)
 
 
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run():
@@ -329,7 +334,7 @@ def test_a_shard_too_large_for_the_function_is_refused_even_at_batch_one(monkeyp
 
 
 def test_the_outer_step_commits_its_momentum_before_the_weights_and_resumes_bit_identically():
-    outer = {"outer_learning_rate": 0.7, "outer_momentum": 0.9}
+    outer = {"outer_learning_rate": 0.7, "outer_momentum": 0.9, "worker_optimizer": "averaged"}
     straight = session()
     order: list[str] = []
     put = straight.models.put
@@ -404,17 +409,18 @@ def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the
 
 
 def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_identically():
-    straight = session()
+    straight = session(failures={(2, 1): 1})          # worker 1's second round succeeds at its retry
     train(straight, "r", 3, worker_optimizer="own")
     run = TrainingRun(straight.models, "r")
     events = [e for e in straight.invoker.events if e["action"] == "train"]
     assert [e["global_optimizer_key"] for e in events if e["round"] == 1] == [None] * 3
-    assert [e["global_optimizer_key"] for e in events if e["round"] == 3] == [run.worker_state_key(2, w)
-                                                                              for w in range(3)]
+    # Round 3 reads the state of the attempt that round 2's record names: worker 1's retry, not its failed first try.
+    assert [e["global_optimizer_key"] for e in events if e["round"] == 3] == [
+        run.worker_state_key(2, 0), run.worker_state_key(2, 1, attempt=1), run.worker_state_key(2, 2)]
     assert not straight.models.exists(run.optimizer_key(3))            # nothing averaged but the weights
     assert [k for k in straight.models.list(run.prefix) if "/states/" in k] == [run.worker_state_key(3, w)
                                                                                  for w in range(3)]
-    bumpy = session(failures={(3, 1): 2})
+    bumpy = session(failures={(2, 1): 1, (3, 1): 2})
     with pytest.raises(TrainingFailed):
         train(bumpy, "r", 3, worker_optimizer="own")
     train(bumpy, "r", 3, resume=True)
