@@ -245,8 +245,10 @@ def evaluate(invoker: Invoker, plan: Plan, weights_key: str, retries: int,
 
 
 def _eval_images(plan: Plan, options: TrainOptions, round_: int) -> int | None:
-    """The subset's size this round; None (everything) every --full-eval-every rounds and at the end."""
-    if options.eval_images is None or round_ == plan.rounds or round_ % options.full_eval_every == 0:
+    """The subset's size this round; None (everything) every --full-eval-every rounds, at the end, and when the
+    subset would hold every validation image anyway (then the round line does not mark it as a subset)."""
+    if options.eval_images is None or round_ == plan.rounds or round_ % options.full_eval_every == 0 or \
+            options.eval_images >= plan.val_images:
         return None
     return options.eval_images
 

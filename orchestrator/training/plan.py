@@ -96,6 +96,7 @@ class Plan:
     rounds: int = 1                      # the round to train up to (--rounds, or from --epochs)
     epochs_per_round: float = 1.0        # epochs of the largest shard a round trains
     train_images: int = 0                # the dataset's training images: epochs = images trained / this
+    val_images: int = 0                  # the validation images: a subset of at least as many is all of them
 
     @property
     def init_from(self) -> InitFrom | None:
@@ -264,7 +265,7 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
     per_round = epochs_per_round(config.training, max(shard_sizes))
     rounds = options.rounds or max(1, math.ceil(float(options.epochs or 0) / per_round - 1e-9))
     return Plan(run, config, shard_parts, list(manifest.val.parts), min_workers, eval_batch,
-                [note] if note else [], rounds, per_round, sum(shard_sizes))
+                [note] if note else [], rounds, per_round, sum(shard_sizes), manifest.val.count)
 
 
 def epochs_per_round(training: Training, shard_images: int) -> float:

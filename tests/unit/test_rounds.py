@@ -408,6 +408,15 @@ def test_rounds_score_a_fixed_subset_and_the_whole_set_every_k_rounds_and_at_the
     assert "val* loss" in round_line(records[1]) and "val loss" in round_line(records[2])
 
 
+def test_a_subset_as_large_as_the_validation_set_is_the_whole_set_and_not_marked_as_a_subset():
+    s = session()                                      # 5 validation images
+    train(s, "r", 2, eval_images=5, full_eval_every=10)
+    assert [e["limit"] for e in s.invoker.events if e["action"] == "evaluate"] == [None, None]
+    records = TrainingRun(s.models, "r").records()
+    assert [r.val.subset for r in records[1:]] == [False, False]
+    assert "val loss" in round_line(records[1])
+
+
 def test_workers_that_keep_their_own_adam_state_read_it_back_and_resume_bit_identically():
     straight = session(failures={(2, 1): 1})          # worker 1's second round succeeds at its retry
     train(straight, "r", 3, worker_optimizer="own")
