@@ -43,7 +43,8 @@ examples:
 defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']} across workers, --lr \
 {NEW['learning_rate']} (--lr-scaling {NEW['lr_scaling']} with --batch-per-worker),
 --warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
-{NEW['outer_momentum']}, --worker-optimizer {NEW['worker_optimizer']}, --seed {NEW['seed']}, --trainable all;
+{NEW['outer_momentum']} (rounds of whole epochs: 1 and 0, plain averaging, unless given),
+--worker-optimizer {NEW['worker_optimizer']}, --seed {NEW['seed']}, --trainable all;
 with --init-from: --local-epochs {TUNE['local_epochs']}, --batch-size {TUNE['batch_size']}, --warmup-epochs \
 {TUNE['warmup_epochs']:g}, --outer-lr \
 {TUNE['outer_learning_rate']}, --outer-momentum {TUNE['outer_momentum']}, --trainable {TUNE['trainable']};

@@ -26,6 +26,10 @@ ROUND_EPOCHS = 0.25
 # warm-up, only the classifier trains, plain averaging.
 FINE_TUNE: dict[str, Any] = {"local_epochs": 1, "batch_size": 32, "warmup_epochs": 0.0, "trainable": "classifier",
                              "outer_learning_rate": 1.0, "outer_momentum": 0.0}
+# Rounds of whole epochs (--local-epochs 1, 2, ...) average plainly unless the outer step is asked for: a few
+# long rounds leave its momentum no time to help, and it overshoots (the demo's 5 rounds of 2 epochs on
+# 2 workers: 58.6 % after round 1 and 81.7 % after round 5 with it, 74.3 % and 85 % without).
+WHOLE_EPOCH_ROUNDS: dict[str, Any] = {"outer_learning_rate": 1.0, "outer_momentum": 0.0}
 LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}   # the learning rate x workers ** this
 
 
@@ -66,6 +70,8 @@ def resolve_hyper(run: str, given: dict[str, Any], stored: Training | None, fine
         else:
             batch = values["batch_size"] // workers if values["batch_across_workers"] else values["batch_size"]
             values.update(_round_length(values["local_epochs"], shard_images, batch))
+        if values["local_steps"] is None and not {"outer_learning_rate", "outer_momentum"} & set(given):
+            values.update(WHOLE_EPOCH_ROUNDS)
         return Training(**values, workers=workers)
     except ValidationError as err:
         raise ValueError(f"invalid training options: {describe_errors(err)}") from None

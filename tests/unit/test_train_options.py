@@ -8,7 +8,7 @@ import pytest
 
 from dlpipe.runs.run import BEFORE, RunConfig, Training
 from orchestrator.commands import train as train_command
-from orchestrator.training.hyperparams import HYPER_PARAMETERS, new_run_defaults
+from orchestrator.training.hyperparams import HYPER_PARAMETERS, new_run_defaults, resolve_hyper
 from orchestrator.training.plan import TrainOptions
 
 
@@ -49,3 +49,16 @@ def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_mean
                                        "dataset": "d", "training": old, "created": "now"}).training
     assert all(getattr(stored, name) == value for name, value in BEFORE.items() if name not in old)
     assert (stored.outer_learning_rate, stored.outer_momentum, stored.batch_across_workers) == (1.0, 0.0, False)
+
+
+@pytest.mark.parametrize(("given", "outer"), [
+    ({}, (0.7, 0.9)),                                            # rounds of a quarter epoch: the outer step
+    ({"local_epochs": 0.5}, (0.7, 0.9)),
+    ({"local_steps": 40}, (0.7, 0.9)),
+    ({"local_epochs": 2}, (1.0, 0.0)),                           # whole epochs: plain averaging...
+    ({"local_epochs": 2, "outer_momentum": 0.5}, (0.7, 0.5)),    # ...unless the outer step is asked for
+    ({"local_epochs": 1, "outer_learning_rate": 0.8}, (0.8, 0.9)),
+])
+def test_rounds_of_whole_epochs_average_plainly_unless_the_outer_step_is_given(given, outer):
+    training = resolve_hyper("r", given, None, fine_tune=False, workers=2, shard_images=1000)
+    assert (training.outer_learning_rate, training.outer_momentum) == outer
