@@ -263,9 +263,9 @@ def _train_round(invoker: Invoker, meter: Meter, plan: Plan, options: TrainOptio
     events = _worker_events(plan, options, round_, own_states)
 
     def retry_event(event: dict, attempt: int) -> dict:
-        return {**event, "attempt": attempt, "output_key": run.worker_key(round_, event["worker"], attempt),
-                "output_optimizer_key": _optimizer_keys(plan, round_, event["worker"], attempt,
-                                                                own_states)[1]}
+        worker = event["worker"]
+        return {**event, "attempt": attempt, "output_key": run.worker_key(round_, worker, attempt),
+                "output_optimizer_key": _optimizer_keys(plan, round_, worker, attempt, own_states)[1]}
 
     done, errors = invoke_for_replies(invoker, "train", events, options.retries, TrainResponse, tick, retry_event,
                                       _check_train)
