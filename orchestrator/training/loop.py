@@ -100,7 +100,7 @@ def _train(session: Session, options: TrainOptions, out: TextIO | None, progress
     start = time.perf_counter()
     plan = plan_run(session, options)
     plan.run.fence = lease.renew
-    plan.run.records()   # every committed round's record readable, before any work (CheckpointError otherwise)
+    committed = plan.run.records()   # every committed round's record readable before any work (CheckpointError)
     for note in plan.notes:
         print(note, file=out)
     invoker, run = session.invoker, plan.run
@@ -114,25 +114,29 @@ def _train(session: Session, options: TrainOptions, out: TextIO | None, progress
     def tick(inv: Invocation) -> None:
         bar.update(1 if inv.ok else 0)
 
+    board = None
     try:
         if last is None:
             _init_round(invoker, plan, options, tick)
-            last = 0
+            last, committed = 0, [run.record(0)]
         elif last >= plan.rounds:
             print(f"run {options.run!r} already has {last} completed rounds (asked for {plan.rounds}); "
                   "nothing to train", file=out)
-        previous = run.record(last) if last else None
+        board = tensorboard.RunBoard.for_session(session, run.name, committed)   # followed live
+        previous = committed[-1] if last else None
         epochs = previous_epochs(previous, plan)
         for round_ in range(last + 1, plan.rounds + 1):
             record = _train_round(invoker, session.meter, plan, options, round_, tick, failures, epochs, previous)
             epochs, previous = record.epochs or 0.0, record
+            board.add(record)
             bar.write(round_line(record), file=out)
     finally:
         bar.close()
+        board_outputs = board.close() if board is not None else {}
 
     records = run.records()
     outputs = write_outputs(run, records, options.output_dir)
-    outputs.update(tensorboard.write_session_run(session, run.name, records))
+    outputs.update(board_outputs)
     return TrainResult(run=options.run, records=records, rounds_run=todo, wall_seconds=time.perf_counter() - start,
                        invocations=invoker.records[first_record:], failures=failures, outputs=outputs)
 

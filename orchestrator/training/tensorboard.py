@@ -1,8 +1,9 @@
 """A training run's rounds as TensorBoard event files, so that runs compare side by side.
 
 Written from the committed round records (the run's truth, as metrics.json is), by
-tensorboardX: a light writer that needs neither TensorFlow nor PyTorch. Each write replaces the
-run's folder whole, so a resumed run (--resume) ends with each round once, never duplicated.
+tensorboardX: a light writer that needs neither TensorFlow nor PyTorch. When a run starts, its
+folder is written afresh from the rounds committed so far, so a resumed run (--resume) has each
+round once, never duplicated; then each round is appended as it commits (RunBoard).
 
 Layout under <home>/tensorboard/<run>/, as Keras's TensorBoard callback lays out a run:
   train/, validation/   loss and accuracy per round (one chart each, train and validation overlaid)
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from orchestrator.costs import PRICE_PER_GB_SECOND
 
@@ -115,6 +117,53 @@ def write_run(home: str | Path | None, run: str, records: Iterable, architecture
     return {"tensorboard": str(target)}
 
 
-def write_session_run(session, run: str, records: Iterable) -> dict[str, str]:
-    """`write_run` under the session's home (none for a session without one: a benchmark's, a test's)."""
-    return write_run(getattr(session, "home", None), run, records, getattr(session, "architecture", "x86_64"))
+class RunBoard:
+    """A training run's event files kept current while it trains, so `tensorboard` follows it live.
+
+    Opened with the rounds committed so far (written afresh: a resumed run has each round once),
+    then each round appended as it commits. Writing never fails the run: a failure is reported
+    in the outputs instead.
+    """
+
+    def __init__(self, home: str | Path | None, run: str, records: Iterable, architecture: str = "x86_64") -> None:
+        self.records, self.architecture = as_dicts(records), architecture
+        self.outputs = write_run(home, run, self.records, architecture)
+        self._writers: dict[str, Any] = {}
+
+    @classmethod
+    def for_session(cls, session, run: str, records: Iterable) -> RunBoard:
+        """Under the session's home (none for a session without one: a benchmark's, a test's)."""
+        return cls(getattr(session, "home", None), run, records, getattr(session, "architecture", "x86_64"))
+
+    @property
+    def folder(self) -> Path | None:
+        written = self.outputs.get("tensorboard")
+        return Path(written) if written and not written.startswith("not written") else None
+
+    def add(self, record: Any) -> None:
+        """Append a committed round's scalars (its totals to date counted over every round so far)."""
+        if self.folder is None:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.records.append(as_dicts([record])[0])
+        step, walltime = self.records[-1]["round"], _walltime(self.records[-1])
+        try:
+            for folder, tag, value, at in round_scalars(self.records, self.architecture):
+                if at == step:
+                    if folder not in self._writers:   # a file of its own (names are to the second)
+                        self._writers[folder] = SummaryWriter(str(self.folder / folder), flush_secs=3600,
+                                                              filename_suffix=f".from-round-{step:06d}")
+                    self._writers[folder].add_scalar(tag, value, step, walltime=walltime)
+            for writer in self._writers.values():
+                writer.flush()
+        except OSError as err:
+            self.close()
+            self.outputs = {"tensorboard": f"not written ({err})"}
+
+    def close(self) -> dict[str, str]:
+        """{"tensorboard": the run's folder}, or why it was not written; {} without a home."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        return self.outputs

@@ -11,6 +11,7 @@ from unit.test_rounds import session, train  # the round loop with a fake train 
 
 from orchestrator.costs import PRICE_PER_GB_SECOND
 from orchestrator.training import tensorboard
+from orchestrator.training.loop import TrainingFailed
 
 
 def scalars(folder) -> dict[str, list[tuple[int, float]]]:
@@ -66,3 +67,25 @@ def test_no_home_no_files_and_writing_imports_neither_tensorflow_nor_torch(tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
     assert (tmp_path / "tensorboard" / "r" / "round").is_dir()
+
+
+def test_each_round_is_in_the_event_files_as_soon_as_it_commits_even_if_a_later_round_fails(tmp_path):
+    s = session(failures={(3, 0): 5})                  # worker 0 fails round 3 past its retries
+    s.home = str(tmp_path / "home")
+    with pytest.raises(TrainingFailed):
+        train(s, "r", 3)
+    run = tmp_path / "home" / "tensorboard" / "r"
+    assert [step for step, _ in scalars(run / "validation")["accuracy"]] == [1, 2]
+    assert [step for step, _ in scalars(run / "round")["cost/gb_seconds_to_date"]] == [1, 2]
+
+
+def test_a_board_appends_each_round_once_with_its_totals_to_date(tmp_path):
+    records = [{"round": 0, "gb_seconds": 1.0, "wall_seconds": 1.0},
+               {"round": 1, "train": {"loss": 0.9, "accuracy": 0.5}, "gb_seconds": 2.0, "wall_seconds": 3.0},
+               {"round": 2, "train": {"loss": 0.7, "accuracy": 0.6}, "gb_seconds": 4.0, "wall_seconds": 5.0}]
+    board = tensorboard.RunBoard(tmp_path, "r", records[:2])
+    board.add(records[2])
+    assert board.close() == {"tensorboard": str(tmp_path / "tensorboard" / "r")}
+    assert scalars(tmp_path / "tensorboard" / "r" / "train")["loss"] == [(1, pytest.approx(0.9)),
+                                                                          (2, pytest.approx(0.7))]
+    assert scalars(tmp_path / "tensorboard" / "r" / "round")["cost/gb_seconds_to_date"] == [(1, 3.0), (2, 7.0)]
