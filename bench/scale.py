@@ -275,10 +275,11 @@ def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> fl
             runs.append([r.wall_ms for r in invoker.records])   # one at a time: in the order submitted
         assert training.store.get(training.global_key(1)) == expected
     walls = [min(node) for node in zip(*runs, strict=True)]
+    trees = 2 if hyper.worker_optimizer == "averaged" else 1   # the optimizer state's tree beside the weights'
     total, first = 0.0, 0
     for level in plan_tree(len(results)):
-        total += max(walls[first:first + len(level)])
-        first += len(level)
+        total += max(walls[first:first + trees * len(level)])
+        first += trees * len(level)
     return total / 1000
 
 

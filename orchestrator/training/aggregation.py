@@ -85,6 +85,7 @@ def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainRespo
                                optimizer_key=r.optimizer_key if average_optimizer else None,
                                examples=r.num_examples) for w, r in sorted(results.items())]
     levels = plan_tree(len(sources))
+    trees = 2 if all(s.optimizer_key for s in sources) else 1     # the optimizer state's beside the weights'
     calls, on_lambda = 0, 0.0
     try:
         if engine == "local":
@@ -93,41 +94,46 @@ def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainRespo
             calls, on_lambda = _aggregate_in_cloud(run, round_, sources, invoker, retries, outer)
     except (AveragingError, CheckpointError, StoreError, ValueError) as err:
         raise AggregationFailed(str(err)) from err
-    return Aggregation(engine, len(levels), sum(len(level) for level in levels), calls, time.perf_counter() - started,
-                       on_lambda)
+    return Aggregation(engine, len(levels), trees * sum(len(level) for level in levels), calls,
+                       time.perf_counter() - started, on_lambda)
 
 
 def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource], outer: OuterStep | None) -> float:
-    """The tree in this process; returns the time the one aggregate call at its root would take on Lambda
-    (projected from this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
-    cpu, moved = time.thread_time(), STORE_BYTES.total
+    """The tree in this process; returns the time the aggregation would take on Lambda: the optimizer
+    state's and the weights' root calls side by side, as the cloud engine runs them (each projected from
+    this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
     names, examples = [s.name for s in sources], [s.examples for s in sources]
     outputs: list[tuple[str, list[str]]] = [(run.global_key(round_), [s.weights_key for s in sources])]
     if all(s.optimizer_key for s in sources):
         outputs.insert(0, (run.optimizer_key(round_), [str(s.optimizer_key) for s in sources]))
+    spec, projected = function_spec("train"), []
     for output_key, keys in outputs:
+        cpu, moved = time.thread_time(), STORE_BYTES.total
+
         def load(i: int, keys: list[str] = keys) -> list:
             return run.load_weights(keys[i])
         mean = mean_by_tree(load, examples, names)
         if outer is not None and output_key == run.global_key(round_):
             mean = apply_outer(run.store, outer, mean)[0]
         run.save_weights(output_key, mean)
-    spec = function_spec("train")
-    return projected_seconds(time.thread_time() - cpu, spec.memory_mb, max(0, STORE_BYTES.total - moved))
+        projected.append(projected_seconds(time.thread_time() - cpu, spec.memory_mb,
+                                           max(0, STORE_BYTES.total - moved)))
+    return max(projected)
 
 
 def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], groups: list[range], level: int,
-                 final: bool, outer: OuterStep | None) -> list[dict]:
-    with_optimizer = all(s.optimizer_key for s in sources)
+                 final: bool, outer: OuterStep | None, optimizer: bool = False) -> list[dict]:
+    """One level of one tree: the weights' (`optimizer` False; the outer step at its root) or the optimizer
+    state's, whose sources name the state as their weights (the action averages both alike)."""
     events = []
     for index, group in enumerate(groups):
-        weights_key = run.global_key(round_) if final else run.partial_sum_key(round_, level, index)
-        optimizer_key = ((run.optimizer_key(round_) if final else run.partial_optimizer_key(round_, level, index))
-                         if with_optimizer else None)
+        if optimizer:
+            output = run.optimizer_key(round_) if final else run.partial_optimizer_key(round_, level, index)
+        else:
+            output = run.global_key(round_) if final else run.partial_sum_key(round_, level, index)
         events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
-                                       partial_sources=level > 0, final=final, weights_key=weights_key,
-                                       optimizer_key=optimizer_key,
-                                       outer=outer if final else None).model_dump(mode="json"))
+                                       partial_sources=level > 0, final=final, weights_key=output,
+                                       outer=outer if final and not optimizer else None).model_dump(mode="json"))
     return events
 
 
@@ -135,6 +141,8 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
                         retries: int, outer: OuterStep | None) -> tuple[int, float]:
     """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote.
 
+    The optimizer state (two thirds of the bytes, with Adam) has a tree of its own beside the weights',
+    level for level in the same batches, so a level takes as long as its slowest node, not their sum.
     Returns the calls made and the Lambda time: the slowest call of each level, added up.
     """
     calls, slowest = 0, 0.0
@@ -144,18 +152,25 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
         calls += 1
         slowest = max(slowest, inv.lambda_seconds)
 
+    trees = {False: [AggregateSource(name=s.name, weights_key=s.weights_key, examples=s.examples) for s in sources]}
+    if all(s.optimizer_key for s in sources):
+        trees[True] = [AggregateSource(name=f"{s.name} optimizer state", weights_key=str(s.optimizer_key),
+                                       examples=s.examples) for s in sources]
     levels = plan_tree(len(sources))
     on_lambda = 0.0
     for level, groups in enumerate(levels):
-        slowest = 0.0
-        events = _node_events(run, round_, sources, groups, level, level == len(levels) - 1, outer)
+        slowest, final = 0.0, level == len(levels) - 1
+        events = [e for optimizer, tree in trees.items()
+                  for e in _node_events(run, round_, tree, groups, level, final, outer, optimizer)]
         done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
         if errors:
-            reasons = "; ".join(f"node {level}.{i}: {error} (after {attempts} attempts)"
+            reasons = "; ".join(f"node {level}.{i % len(groups)}{' (optimizer state)' if i >= len(groups) else ''}: "
+                                f"{error} (after {attempts} attempts)"
                                 for i, (attempts, error) in sorted(errors.items()))
             raise AggregationFailed(f"the aggregate action failed: {reasons}")
-        replies = [done[i] for i in range(len(events))]
-        sources = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key, optimizer_key=r.optimizer_key,
-                                   examples=r.examples) for i, r in enumerate(replies)]
+        for position, optimizer in enumerate(trees):
+            replies = [done[position * len(groups) + i] for i in range(len(groups))]
+            trees[optimizer] = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key,
+                                                examples=r.examples) for i, r in enumerate(replies)]
         on_lambda += slowest
     return calls, on_lambda

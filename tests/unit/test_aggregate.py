@@ -113,7 +113,8 @@ def test_in_the_cloud_and_here_give_the_same_bytes(tmp_path, handler, count):
     local = aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0)
 
     assert cloud.levels == local.levels == (1 if count <= FAN_IN else 2)
-    assert cloud.calls == cloud.nodes == (1 if count <= FAN_IN else 5) and local.calls == 0
+    # a tree for the weights and one beside it for the optimizer state
+    assert cloud.calls == cloud.nodes == 2 * (1 if count <= FAN_IN else 5) and local.calls == 0
     for key in (run.global_key(1), run.optimizer_key(1)):
         assert run.store.get(key) == here.store.get(key)
     if count <= FAN_IN:  # one node: exactly the worker-order average every earlier round was made with
@@ -142,7 +143,7 @@ def test_the_outer_step_is_taken_once_at_the_root_and_gives_the_same_bytes_on_bo
     aggregate_round(run, 1, results, "lambda", cloud_invoker, retries=0, outer=outer)
     aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0, outer=outer_request(here, 1, 0.7,
                                                                                                         0.9))
-    assert [bool(e.get("outer")) for e in cloud_invoker.events] == [False] * (len(cloud_invoker.events) - 1) + [True]
+    assert [e["weights_key"] for e in cloud_invoker.events if e.get("outer")] == [run.global_key(1)]  # the root
     for key in (run.global_key(1), run.optimizer_key(1), run.outer_key(1)):
         assert run.store.get(key) == here.store.get(key)
     aggregate_round(TrainingRun(DirStore(tmp_path / "plain"), "r"), 1, results, "local", HandlerInvoker(handler),
@@ -188,12 +189,13 @@ def test_a_failed_node_is_retried_and_a_node_that_keeps_failing_stops_the_aggreg
     results = worker_results(models, run, 20)
     flaky = HandlerInvoker(handler, fail=1)
     done = aggregate_round(run, 1, results, "lambda", flaky, retries=1)
-    assert done.calls == done.nodes + 1 and flaky.events[2] == flaky.events[0]   # node 0.0 again, the same event
+    # level 0: two nodes in each tree (weights, optimizer state); then node 0.0 again, the same event
+    assert done.calls == done.nodes + 1 and flaky.events[4] == flaky.events[0]
     assert models.exists(run.global_key(1))
 
     models.delete(run.global_key(1))
     with pytest.raises(AggregationFailed, match=r"node 0\.0: Sandbox.Timedout.*\(after 2 attempts\)"):
-        aggregate_round(run, 1, results, "lambda", HandlerInvoker(handler, fail=2, target="sum-0-0000"), retries=1)
+        aggregate_round(run, 1, results, "lambda", HandlerInvoker(handler, fail=2, target="sum-0-0000.npz"), retries=1)
     assert not models.exists(run.global_key(1))
 
 
@@ -233,3 +235,13 @@ def test_auto_aggregates_in_the_cloud_only_with_the_lambda_invoker(handler):
     assert resolve_engine("auto", lambda_invoker) == "local" and resolve_engine("lambda", lambda_invoker) == "lambda"
     with pytest.raises(ValueError, match="--aggregate is one of auto, local, lambda"):
         resolve_engine("gpu", lambda_invoker)
+
+
+def test_the_optimizer_state_has_a_tree_of_its_own_beside_the_weights_in_the_same_batches(tmp_path, handler):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    invoker = HandlerInvoker(handler)
+    done = aggregate_round(run, 1, worker_results(models, run, 3), "lambda", invoker, retries=0)
+    assert [e["weights_key"] for e in invoker.events] == [run.global_key(1), run.optimizer_key(1)]
+    assert all(e.get("optimizer_key") is None for e in invoker.events)   # each tree carries one kind of array
+    assert (done.levels, done.nodes, done.calls) == (1, 2, 2)
