@@ -87,7 +87,8 @@ def simulated_train(params: int, sleep_s: float):
         weights = [w + rng.normal(scale=1e-2, size=w.shape).astype(np.float32) for w in start]
         moments = [m + rng.random(m.shape).astype(np.float32) * 1e-4 for m in state[1:]]
         size = save_weights(store, event["output_key"], weights)
-        size += save_weights(store, event["output_optimizer_key"], [state[0] + 10.0, *moments])
+        size += save_weights(store, event["output_optimizer_key"], [state[0] + 10.0, *moments],
+                             event["hyper"].get("optimizer_precision", "float32"))
         n = 100 + event["worker"] * 37 % 50
         return TrainResponse(run=event["run"], round=event["round"], worker=event["worker"],
                              attempt=event["attempt"], weights_key=event["output_key"],
@@ -271,7 +272,8 @@ def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> fl
     for _ in range(3):  # each node's best of three: other jobs on the machine only ever lengthen it
         with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
             aggregate_round(training, 1, results, "lambda", invoker, retries=0, outer=outer,
-                            average_optimizer=hyper.worker_optimizer == "averaged")
+                            average_optimizer=hyper.worker_optimizer == "averaged",
+                            precision=hyper.optimizer_precision)
             runs.append([r.wall_ms for r in invoker.records])   # one at a time: in the order submitted
         assert training.store.get(training.global_key(1)) == expected
     walls = [min(node) for node in zip(*runs, strict=True)]

@@ -44,7 +44,8 @@ defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']}
 {NEW['learning_rate']} (--lr-scaling {NEW['lr_scaling']} with --batch-per-worker),
 --warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
 {NEW['outer_momentum']} (rounds of whole epochs: 1 and 0, plain averaging, unless given),
---worker-optimizer {NEW['worker_optimizer']}, --seed {NEW['seed']}, --trainable all;
+--worker-optimizer {NEW['worker_optimizer']}, --optimizer-precision {NEW['optimizer_precision']},
+--seed {NEW['seed']}, --trainable all;
 with --init-from: --local-epochs {TUNE['local_epochs']}, --batch-size {TUNE['batch_size']}, --warmup-epochs \
 {TUNE['warmup_epochs']:g}, --outer-lr \
 {TUNE['outer_learning_rate']}, --outer-momentum {TUNE['outer_momentum']}, --trainable {TUNE['trainable']};
@@ -149,6 +150,9 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-optimizer", choices=("averaged", "own"),
                    help="each worker's Adam state between rounds: the average of all workers' (then only it and "
                         "the weights are aggregated), or its own, kept in the run (DiLoCo)")
+    p.add_argument("--optimizer-precision", choices=("bfloat16", "float32"),
+                   help="how the Adam state is stored between rounds: bfloat16 moves half its bytes through the "
+                        "store (the workers' reads and writes, the aggregation), float32 keeps it exactly")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

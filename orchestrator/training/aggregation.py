@@ -26,7 +26,7 @@ from dlpipe.shared.store import STORE_BYTES, StoreError
 from dlpipe.train.aggregate import apply_outer, mean_by_tree, plan_tree
 from dlpipe.train.averaging import AveragingError
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, TrainResponse
+from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, Precision, TrainResponse
 from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.projection import projected_seconds
@@ -73,77 +73,98 @@ def outer_request(run: TrainingRun, round_: int, learning_rate: float, momentum:
                      output_momentum_key=run.outer_key(round_))
 
 
+@dataclass
+class Tree:
+    """One tree of a round's aggregation: the weights' (the outer step at its root) or the optimizer state's."""
+
+    output_key: str
+    sources: list[AggregateSource]
+    outer: OuterStep | None = None
+    precision: Precision = "float32"
+    label: str = ""                  # how errors name the tree's nodes beside the weights'
+
+
+def round_trees(run: TrainingRun, round_: int, results: dict[int, TrainResponse], outer: OuterStep | None,
+                average_optimizer: bool, precision: Precision) -> list[Tree]:
+    """The weights' tree, and the optimizer state's beside it when the workers' states are averaged."""
+    ordered = sorted(results.items())
+    trees = [Tree(run.global_key(round_), [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
+                                                           examples=r.num_examples) for w, r in ordered], outer)]
+    if average_optimizer and all(r.optimizer_key for _, r in ordered):
+        trees.append(Tree(run.optimizer_key(round_),
+                          [AggregateSource(name=f"worker {w} optimizer state", weights_key=str(r.optimizer_key),
+                                           examples=r.num_examples) for w, r in ordered],
+                          precision=precision, label=" (optimizer state)"))
+    return trees
+
+
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
                     invoker: Invoker, retries: int, outer: OuterStep | None = None,
-                    average_optimizer: bool = True) -> Aggregation:
+                    average_optimizer: bool = True, precision: Precision = "float32") -> Aggregation:
     """Write the round's optimizer state, outer state and global weights from the workers' `results`.
 
     average_optimizer False: the workers keep their own Adam state; only the weights are aggregated.
+    precision: how the averaged optimizer state is stored (the run's, as its workers store theirs).
     """
     started = time.perf_counter()
-    sources = [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
-                               optimizer_key=r.optimizer_key if average_optimizer else None,
-                               examples=r.num_examples) for w, r in sorted(results.items())]
-    levels = plan_tree(len(sources))
-    trees = 2 if all(s.optimizer_key for s in sources) else 1     # the optimizer state's beside the weights'
+    trees = round_trees(run, round_, results, outer, average_optimizer, precision)
+    levels = plan_tree(len(results))
     calls, on_lambda = 0, 0.0
     try:
         if engine == "local":
-            on_lambda = _aggregate_here(run, round_, sources, outer)
+            on_lambda = _aggregate_here(run, trees)
         else:
-            calls, on_lambda = _aggregate_in_cloud(run, round_, sources, invoker, retries, outer)
+            calls, on_lambda = _aggregate_in_cloud(run, round_, trees, invoker, retries)
     except (AveragingError, CheckpointError, StoreError, ValueError) as err:
         raise AggregationFailed(str(err)) from err
-    return Aggregation(engine, len(levels), trees * sum(len(level) for level in levels), calls,
+    return Aggregation(engine, len(levels), len(trees) * sum(len(level) for level in levels), calls,
                        time.perf_counter() - started, on_lambda)
 
 
-def _aggregate_here(run: TrainingRun, round_: int, sources: list[AggregateSource], outer: OuterStep | None) -> float:
-    """The tree in this process; returns the time the aggregation would take on Lambda: the optimizer
-    state's and the weights' root calls side by side, as the cloud engine runs them (each projected from
-    this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
-    names, examples = [s.name for s in sources], [s.examples for s in sources]
-    outputs: list[tuple[str, list[str]]] = [(run.global_key(round_), [s.weights_key for s in sources])]
-    if all(s.optimizer_key for s in sources):
-        outputs.insert(0, (run.optimizer_key(round_), [str(s.optimizer_key) for s in sources]))
+def _aggregate_here(run: TrainingRun, trees: list[Tree]) -> float:
+    """The trees in this process, the optimizer state's first (as a round commits it first); returns the time
+    the aggregation would take on Lambda: the trees' root calls side by side, as the cloud engine runs them
+    (each projected from this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
     spec, projected = function_spec("train"), []
-    for output_key, keys in outputs:
+    for tree in reversed(trees):
         cpu, moved = time.thread_time(), STORE_BYTES.total
 
-        def load(i: int, keys: list[str] = keys) -> list:
-            return run.load_weights(keys[i])
-        mean = mean_by_tree(load, examples, names)
-        if outer is not None and output_key == run.global_key(round_):
-            mean = apply_outer(run.store, outer, mean)[0]
-        run.save_weights(output_key, mean)
+        def load(i: int, tree: Tree = tree) -> list:
+            return run.load_weights(tree.sources[i].weights_key)
+        mean = mean_by_tree(load, [s.examples for s in tree.sources], [s.name for s in tree.sources])
+        if tree.outer is not None:
+            mean = apply_outer(run.store, tree.outer, mean)[0]
+        run.save_weights(tree.output_key, mean, tree.precision)
         projected.append(projected_seconds(time.thread_time() - cpu, spec.memory_mb,
                                            max(0, STORE_BYTES.total - moved)))
     return max(projected)
 
 
-def _node_events(run: TrainingRun, round_: int, sources: list[AggregateSource], groups: list[range], level: int,
-                 final: bool, outer: OuterStep | None, optimizer: bool = False) -> list[dict]:
-    """One level of one tree: the weights' (`optimizer` False; the outer step at its root) or the optimizer
-    state's, whose sources name the state as their weights (the action averages both alike)."""
+def _node_events(run: TrainingRun, round_: int, tree: Tree, sources: list[AggregateSource], groups: list[range],
+                 level: int, final: bool) -> list[dict]:
+    """One level of one tree; a final level writes the tree's output, the others partial sums."""
     events = []
     for index, group in enumerate(groups):
-        if optimizer:
-            output = run.optimizer_key(round_) if final else run.partial_optimizer_key(round_, level, index)
+        if final:
+            output = tree.output_key
+        elif tree.label:
+            output = run.partial_optimizer_key(round_, level, index)
         else:
-            output = run.global_key(round_) if final else run.partial_sum_key(round_, level, index)
+            output = run.partial_sum_key(round_, level, index)
         events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=output,
-                                       outer=outer if final and not optimizer else None).model_dump(mode="json"))
+                                       outer=tree.outer if final else None,
+                                       precision=tree.precision if final else "float32").model_dump(mode="json"))
     return events
 
 
-def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSource], invoker: Invoker,
-                        retries: int, outer: OuterStep | None) -> tuple[int, float]:
+def _aggregate_in_cloud(run: TrainingRun, round_: int, trees: list[Tree], invoker: Invoker,
+                        retries: int) -> tuple[int, float]:
     """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote.
 
-    The optimizer state (two thirds of the bytes, with Adam) has a tree of its own beside the weights',
-    level for level in the same batches, so a level takes as long as its slowest node, not their sum.
-    Returns the calls made and the Lambda time: the slowest call of each level, added up.
+    The optimizer state (two thirds of the bytes in float32, with Adam) has a tree of its own beside the
+    weights', level for level in the same batches, so a level takes as long as its slowest node, not their
+    sum. Returns the calls made and the Lambda time: the slowest call of each level, added up.
     """
     calls, slowest = 0, 0.0
 
@@ -152,25 +173,22 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, sources: list[AggregateSo
         calls += 1
         slowest = max(slowest, inv.lambda_seconds)
 
-    trees = {False: [AggregateSource(name=s.name, weights_key=s.weights_key, examples=s.examples) for s in sources]}
-    if all(s.optimizer_key for s in sources):
-        trees[True] = [AggregateSource(name=f"{s.name} optimizer state", weights_key=str(s.optimizer_key),
-                                       examples=s.examples) for s in sources]
-    levels = plan_tree(len(sources))
+    sources = [tree.sources for tree in trees]
+    levels = plan_tree(len(trees[0].sources))
     on_lambda = 0.0
     for level, groups in enumerate(levels):
         slowest, final = 0.0, level == len(levels) - 1
-        events = [e for optimizer, tree in trees.items()
-                  for e in _node_events(run, round_, tree, groups, level, final, outer, optimizer)]
+        events = [e for tree, tree_sources in zip(trees, sources, strict=True)
+                  for e in _node_events(run, round_, tree, tree_sources, groups, level, final)]
         done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
         if errors:
-            reasons = "; ".join(f"node {level}.{i % len(groups)}{' (optimizer state)' if i >= len(groups) else ''}: "
+            reasons = "; ".join(f"node {level}.{i % len(groups)}{trees[i // len(groups)].label}: "
                                 f"{error} (after {attempts} attempts)"
                                 for i, (attempts, error) in sorted(errors.items()))
             raise AggregationFailed(f"the aggregate action failed: {reasons}")
-        for position, optimizer in enumerate(trees):
+        for position in range(len(trees)):
             replies = [done[position * len(groups) + i] for i in range(len(groups))]
-            trees[optimizer] = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key,
-                                                examples=r.examples) for i, r in enumerate(replies)]
+            sources[position] = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key,
+                                                 examples=r.examples) for i, r in enumerate(replies)]
         on_lambda += slowest
     return calls, on_lambda

@@ -94,11 +94,12 @@ def _check_reply(event: dict, reply: PackResponse) -> str | None:
 
 
 def _pack(session: Session, events: list[dict], jobs: list[Job], retries: int, progress: bool,
-          dataset: str) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
+          dataset: str, packed: bool) -> tuple[dict[int, PackResponse], list[PackResponse.Skipped]]:
     """Run the packs; ({job: reply}, images of parts where none decoded). RuntimeError for other failures."""
-    bar = progress_bar(total=sum(len(job[3]) for job in jobs), unit="img", desc=f"prepare {dataset}", enabled=progress)
+    bar = progress_bar(total=sum(images_of(job[3], packed) for job in jobs), unit="img", desc=f"prepare {dataset}",
+                       enabled=progress)
     done, errors = invoke_for_replies(session.invoker, "train", events, retries, PackResponse,
-                                      lambda inv: bar.update(len(jobs[inv.index][3]) if inv.ok else 0),
+                                      lambda inv: bar.update(images_of(jobs[inv.index][3], packed) if inv.ok else 0),
                                       accept=_check_reply)
     bar.close()
     unreadable = f"{NothingPacked.__name__}: "
@@ -162,7 +163,7 @@ def prepare_dataset(session: Session, source: str, dataset: str, workers: int, r
     jobs = _jobs(plan)
     events = [pack_request(part, recipe, planning.part_prefix(dataset, split, shard, i), plan.classes, bool(packed))
               for split, shard, i, part in jobs]
-    replies, lost = _pack(session, events, jobs, retries, progress, dataset)
+    replies, lost = _pack(session, events, jobs, retries, progress, dataset, bool(packed))
     manifest = _assemble(dataset, source, val_source, val_fraction, recipe, plan, jobs, replies, lost)
     key = manifests.write_manifest(store, manifest)
     # Parts of an earlier prepare of this name are now unreferenced: remove them.

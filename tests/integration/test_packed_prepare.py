@@ -40,7 +40,25 @@ def everything(store, manifest) -> list[tuple[int, bytes]]:
     return sorted((int(label), image.tobytes()) for image, label in zip(x, y, strict=True))
 
 
-def test_packed_output_prepares_to_the_same_pixels_with_one_get_per_shard(home, capsys):
+class Bar:
+    """progress_bar's stand-in: what prepare says it will do and what it reports done."""
+
+    def __init__(self, total: int, **_) -> None:
+        self.total, self.done = total, 0
+        BARS.append(self)
+
+    def update(self, n: int) -> None:
+        self.done += n
+
+    def close(self) -> None:
+        pass
+
+
+BARS: list[Bar] = []
+
+
+def test_packed_output_prepares_to_the_same_pixels_with_one_get_per_shard(home, capsys, monkeypatch):
+    monkeypatch.setattr("orchestrator.training.prepare.progress_bar", Bar)
     augment = ("augment", "--source", "raw", "--size", "24", "--variants", "original", "flip", "rotate")
     assert cli(home, *augment, "--output", "augmented/files") == 1
     assert cli(home, *augment, "--output", "augmented/packed", "--pack", "--batch-size", "2") == 1
@@ -63,6 +81,7 @@ def test_packed_output_prepares_to_the_same_pixels_with_one_get_per_shard(home, 
     assert packed.counts.train + packed.counts.val == files.counts.train + files.counts.val == 36
     assert packed.counts.val > 0 and packed.counts.skipped == 0
     assert everything(store, packed) == everything(store, files)        # the very same pixels and labels
+    assert [(b.total, b.done) for b in BARS[-2:]] == [(36, 36)] * 2     # the bars count images, not shards
 
     # The pack actions' own count: one GET a shard (every shard is packed), and no per-image GET.
     assert sum(r.payload["requests"]["get"] for r in records) == len(shards)

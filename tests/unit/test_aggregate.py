@@ -10,6 +10,7 @@ worker-order averaging (dlpipe.train.averaging) always gave.
 from __future__ import annotations
 
 import importlib.util
+import io
 import shutil
 import uuid
 from pathlib import Path
@@ -221,11 +222,41 @@ def test_a_stale_or_broken_partial_sum_is_refused_naming_it(tmp_path):
                                        weights_key="g.npz"), store)
 
 
-def test_the_handler_refuses_a_request_with_optimizer_state_on_one_side_only(handler):
-    event = {"action": "aggregate", "weights_key": "g.npz", "optimizer_key": "o.npz",
-             "sources": [{"name": "worker 0", "weights_key": "w.npz", "examples": 3}]}
-    reply = handler(event, LocalContext("train", 4096, 900, "x"))
-    assert reply["statusCode"] == 400 and "worker 0" in reply["error"] and "optimizer" in reply["error"]
+def test_the_handler_refuses_an_outer_step_off_the_root_or_in_bfloat16(handler):
+    outer = {"learning_rate": 0.7, "momentum": 0.9, "previous_key": "p.npz", "output_momentum_key": "m.npz"}
+    source = [{"name": "worker 0", "weights_key": "w.npz", "examples": 3}]
+    context = LocalContext("train", 4096, 900, "x")
+    for extra, problem in (({"final": False}, "only a final node"), ({"precision": "bfloat16"}, "float32")):
+        reply = handler({"action": "aggregate", "weights_key": "g.npz", "sources": source, "outer": outer, **extra},
+                        context)
+        assert reply["statusCode"] == 400 and problem in reply["error"]
+
+
+@pytest.mark.parametrize("count", [3, 20])
+def test_a_bfloat16_optimizer_state_is_the_same_bytes_on_both_engines_and_the_weights_stay_float32(tmp_path, handler,
+                                                                                                  count):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    results = worker_results(models, run, count)
+    shutil.copytree(tmp_path / "models", tmp_path / "here")
+    here = TrainingRun(DirStore(tmp_path / "here"), "r")
+    invoker = HandlerInvoker(handler)
+    aggregate_round(run, 1, results, "lambda", invoker, retries=0, precision="bfloat16")
+    aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0, precision="bfloat16")
+    for key in (run.global_key(1), run.optimizer_key(1)):
+        assert run.store.get(key) == here.store.get(key)
+    with np.load(io.BytesIO(models.get(run.optimizer_key(1)))) as archive:
+        assert sorted(archive.files) == ["b0001", "w0000"]   # the moments in bfloat16, the step count as it was
+    with np.load(io.BytesIO(models.get(run.global_key(1)))) as archive:
+        assert sorted(archive.files) == ["w0000", "w0001"]
+    assert [e["precision"] for e in invoker.events if e["final"]] == ["float32", "bfloat16"]
+    full = TrainingRun(DirStore(tmp_path / "full"), "r")
+    shutil.copytree(tmp_path / "here", tmp_path / "full", dirs_exist_ok=True)
+    aggregate_round(full, 1, results, "local", HandlerInvoker(handler), retries=0)
+    exact, rounded = load_weights(full.store, run.optimizer_key(1)), load_weights(models, run.optimizer_key(1))
+    assert rounded[0] == exact[0] and rounded[1].dtype == np.float32
+    np.testing.assert_allclose(rounded[1], exact[1], rtol=2 ** -8)
+    assert not np.array_equal(rounded[1], exact[1])
 
 
 def test_auto_aggregates_in_the_cloud_only_with_the_lambda_invoker(handler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -37,12 +38,33 @@ def test_weights_round_trip_keeps_order_shape_and_dtype():
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
+def test_bfloat16_keeps_float32_arrays_to_8_bits_rounding_to_nearest_even_and_everything_else_exactly():
+    ulp = 2.0 ** -7   # of bfloat16 at 1
+    moments = np.array([1.0, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2 ** -20, -3e-12, 6e37, 0.0], np.float32)
+    step, weights = np.asarray(1234.0, np.float64), np.linspace(-1, 1, 7, dtype=np.float32)
+    half = weights_from_bytes(weights_to_bytes([step, moments, np.float32(0.1), weights[:0]], "bfloat16"))
+    assert half[0] == 1234.0 and half[0].dtype == np.float64     # the step count: not a float32 array
+    assert half[2] == np.float32(0.1) and half[3].shape == (0,)  # a float32 scalar stays as it is
+    assert half[1].dtype == np.float32
+    # ties go to the even mantissa (1, then 1 + 2 ulp); above a tie, up; tiny and huge keep their range
+    assert half[1][:4].tolist() == [1.0, 1.0, 1 + 2 * ulp, 1 + ulp]
+    np.testing.assert_allclose(half[1], moments, rtol=2 ** -8)   # half an ulp at most
+    full = weights_to_bytes([step, moments])
+    assert len(weights_to_bytes([step, weights.repeat(1000)], "bfloat16")) < 0.6 * len(
+        weights_to_bytes([step, weights.repeat(1000)]))
+    assert weights_from_bytes(full)[1].tobytes() == moments.tobytes()
+
+
 def test_unreadable_weights_are_a_clear_error():
     with pytest.raises(CheckpointError, match=r"'x.npz' is not a readable weights file"):
         weights_from_bytes(b"garbage", what="'x.npz'")
     data = weights_to_bytes([np.ones(3, np.float32)])
     with pytest.raises(CheckpointError, match="not a readable weights file"):
         weights_from_bytes(data[: len(data) // 2])
+    buffer = io.BytesIO()
+    np.savez(buffer, w0000=np.ones(2, np.float32), b0002=np.ones(2, np.uint16))   # array 1 missing
+    with pytest.raises(CheckpointError, match="unexpected arrays"):
+        weights_from_bytes(buffer.getvalue())
 
 
 def test_layout_keys():

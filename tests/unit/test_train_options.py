@@ -49,6 +49,7 @@ def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_mean
                                        "dataset": "d", "training": old, "created": "now"}).training
     assert all(getattr(stored, name) == value for name, value in BEFORE.items() if name not in old)
     assert (stored.outer_learning_rate, stored.outer_momentum, stored.batch_across_workers) == (1.0, 0.0, False)
+    assert (defaults["optimizer_precision"], stored.optimizer_precision) == ("bfloat16", "float32")
 
 
 @pytest.mark.parametrize(("given", "outer"), [

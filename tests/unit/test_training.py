@@ -125,6 +125,25 @@ def test_one_worker_round_equals_plain_keras_fit(world, handler):
     assert max(float(np.abs(a - b).max()) for a, b in zip(worker, initial, strict=True)) > 1e-3
 
 
+def test_a_worker_stores_its_adam_state_in_bfloat16_when_asked_the_same_state_rounded(world, handler):
+    states = {}
+    for precision in ("float32", "bfloat16"):
+        run = f"state-{precision}"
+        init(handler, run)
+        event = train_event(world, run, output_optimizer_key=TrainingRun(None, run).worker_optimizer_key(1, 0))
+        event["hyper"].update(local_epochs=1, optimizer_precision=precision)
+        reply = handler(event, context())
+        with np.load(io.BytesIO(world["models"].get(reply["optimizer_key"]))) as archive:
+            states[precision] = (sorted({name[0] for name in archive.files}), reply["weights_bytes"])
+        states[precision] += (load_weights(world["models"], reply["optimizer_key"]),)
+    (kinds32, bytes32, exact), (kinds16, bytes16, rounded) = states["float32"], states["bfloat16"]
+    assert kinds32 == ["w"] and kinds16 == ["b", "w"]     # the step count stays float64 ("w0000")
+    assert rounded[0] == exact[0] and bytes16 < bytes32
+    for got, want in zip(rounded[1:], exact[1:], strict=True):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("warmup_epochs", [0.0, 1.5])
 def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, warmup_epochs):

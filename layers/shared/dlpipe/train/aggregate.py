@@ -162,34 +162,29 @@ def apply_outer(store, outer: OuterStep, average: Sequence[np.ndarray]) -> tuple
 
 
 def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> AggregateResponse:
-    """One node: the sources' weighted sum, optimizer state first, then weights (the order a round commits them).
+    """One node of one tree (the weights' or the optimizer state's): its sources' weighted sum.
 
     At the root, `request.outer` turns the workers' average into the new global weights.
     """
     started = time.monotonic()
     counter = {"gets": 0, "read": 0, "puts": 0, "written": 0}
-    groups: list[tuple[str, list[str]]] = []
-    if request.optimizer_key:
-        groups.append((request.optimizer_key, [str(s.optimizer_key) for s in request.sources]))
-    groups.append((request.weights_key, [s.weights_key for s in request.sources]))
-    total = WeightedAverage()
-    for output_key, keys in groups:
-        total = _sum_sources(store, request.sources, keys, request.partial_sources, counter, ahead)
-        if not request.final:
-            data = partial_to_bytes(total.partial())
-        elif request.outer is not None and output_key == request.weights_key:
-            weights, read, written = apply_outer(store, request.outer, total.result())
-            counter["gets"] += 1 + bool(request.outer.momentum_key)
-            counter["read"] += read
-            counter["puts"] += bool(written)
-            counter["written"] += written
-            data = weights_to_bytes(weights)
-        else:
-            data = weights_to_bytes(total.result())
-        store.put(output_key, data)
-        counter["puts"] += 1
-        counter["written"] += len(data)
-    return AggregateResponse(weights_key=request.weights_key, optimizer_key=request.optimizer_key,
-                             final=request.final, examples=total.total_examples, contributions=total.contributions,
-                             gets=counter["gets"], puts=counter["puts"], bytes_read=counter["read"],
-                             bytes_written=counter["written"], seconds=round(time.monotonic() - started, 3))
+    total = _sum_sources(store, request.sources, [s.weights_key for s in request.sources], request.partial_sources,
+                         counter, ahead)
+    if not request.final:
+        data = partial_to_bytes(total.partial())
+    elif request.outer is not None:
+        weights, read, written = apply_outer(store, request.outer, total.result())
+        counter["gets"] += 1 + bool(request.outer.momentum_key)
+        counter["read"] += read
+        counter["puts"] += bool(written)
+        counter["written"] += written
+        data = weights_to_bytes(weights)
+    else:
+        data = weights_to_bytes(total.result(), request.precision)
+    store.put(request.weights_key, data)
+    counter["puts"] += 1
+    counter["written"] += len(data)
+    return AggregateResponse(weights_key=request.weights_key, final=request.final, examples=total.total_examples,
+                             contributions=total.contributions, gets=counter["gets"], puts=counter["puts"],
+                             bytes_read=counter["read"], bytes_written=counter["written"],
+                             seconds=round(time.monotonic() - started, 3))

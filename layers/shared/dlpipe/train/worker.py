@@ -301,7 +301,8 @@ def run_train(request: TrainRequest, data_store, model_store,
 
     size = save_weights(model_store, request.output_key, model.get_weights())
     if request.output_optimizer_key:
-        size += save_weights(model_store, request.output_optimizer_key, optimizer_state(model))
+        size += save_weights(model_store, request.output_optimizer_key, optimizer_state(model),
+                             hyper.optimizer_precision)
     train_s = trained - built
     return TrainResponse(
         run=request.run, round=request.round, worker=request.worker, attempt=request.attempt,

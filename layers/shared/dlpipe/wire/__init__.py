@@ -64,6 +64,7 @@ from dlpipe.wire.train import (  # noqa: F401
     OuterStep,
     PackRequest,
     PackResponse,
+    Precision,
     ShardRef,
     StoreKey,
     Trainable,

@@ -75,6 +75,8 @@ class ModelConfig(_Event):
 
 TRAINABLE = ("all", "classifier")
 Trainable = Literal["all", "classifier"]
+# How a stored array file keeps float32 arrays (dlpipe.train.weights): as they are, or as bfloat16.
+Precision = Literal["float32", "bfloat16"]
 
 
 class Hyper(_Event):
@@ -90,6 +92,7 @@ class Hyper(_Event):
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_LOCAL_EPOCHS,
                                  description="the learning rate rises linearly from 0 over this many "
                                              "epochs of the worker's shard (0: no warm-up)")
+    optimizer_precision: Precision = Field("float32", description="how the worker stores its Adam state")
 
 
 class InitFrom(_Event):
@@ -269,7 +272,7 @@ class EvaluateResponse(_Event):
 # --- aggregate: an action of the train function ------------------------------------
 # One node of a round's aggregation tree (dlpipe.train.aggregate): the example-weighted sum
 # of some workers' results (or of partial sums from the level below), written as a partial
-# sum, or at the root as the round's global weights and optimizer state.
+# sum, or at the root as the round's global weights or its optimizer state (each has a tree of its own).
 
 MAX_AGGREGATE_SOURCES = 64   # the tree's fan-in is 16; a node reads its sources one after another
 
@@ -279,7 +282,6 @@ class AggregateSource(_Event):
 
     name: str = Field(min_length=1, max_length=100, description="how errors name it, e.g. 'worker 3'")
     weights_key: StoreKey
-    optimizer_key: StoreKey | None = None
     examples: int = Field(ge=1, description="a worker's num_examples, or the total a partial sum holds")
 
 
@@ -299,25 +301,22 @@ class AggregateRequest(_Event):
     partial_sources: bool = Field(False, description="the sources are partial sums written by aggregate calls")
     final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
     weights_key: StoreKey                      # where to write (model store)
-    optimizer_key: StoreKey | None = None      # None: the sources carry no optimizer state
     outer: OuterStep | None = None             # at the root only: None is the plain average (FedAvg)
+    precision: Precision = Field("float32", description="how a final node stores what it averaged without an "
+                                                        "outer step (bfloat16: an optimizer state's tree)")
 
     @model_validator(mode="after")
-    def _optimizer_everywhere_or_nowhere(self) -> AggregateRequest:
-        without = [s.name for s in self.sources if (s.optimizer_key is None) != (self.optimizer_key is None)]
-        if without:
-            state = "has no optimizer_key" if self.optimizer_key else "has an optimizer_key the output lacks"
-            raise ValueError(f"source(s) {without[:5]} {state}: every source and the output carry optimizer "
-                             "state, or none does")
+    def _outer_at_the_root(self) -> AggregateRequest:
         if self.outer is not None and not self.final:
             raise ValueError("the outer step is taken once, at the root: only a final node carries `outer`")
+        if self.outer is not None and self.precision != "float32":
+            raise ValueError("the outer step makes the global weights, which are stored in float32")
         return self
 
 
 class AggregateResponse(_Event):
     action: Literal["aggregate"] = "aggregate"
     weights_key: str
-    optimizer_key: str | None
     final: bool
     examples: int = Field(ge=1)
     contributions: int = Field(ge=1, description="workers summed below this node")
