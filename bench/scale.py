@@ -273,13 +273,13 @@ def critical_path(session, run: str, record: RoundRecord, expected: bytes) -> fl
         with LambdaInvoker({"train": "train-sim"}, 1) as invoker:
             aggregate_round(training, 1, results, "lambda", invoker, retries=0, outer=outer,
                             average_optimizer=hyper.worker_optimizer == "averaged",
-                            precision=hyper.optimizer_precision)
+                            precision=hyper.optimizer_precision, fan_in=hyper.tree_fan_in)
             runs.append([r.wall_ms for r in invoker.records])   # one at a time: in the order submitted
         assert training.store.get(training.global_key(1)) == expected
     walls = [min(node) for node in zip(*runs, strict=True)]
     trees = 2 if hyper.worker_optimizer == "averaged" else 1   # the optimizer state's tree beside the weights'
     total, first = 0.0, 0
-    for level in plan_tree(len(results)):
+    for level in plan_tree(len(results), hyper.tree_fan_in):
         total += max(walls[first:first + trees * len(level)])
         first += trees * len(level)
     return total / 1000

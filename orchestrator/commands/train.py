@@ -31,7 +31,8 @@ EXAMPLES = f"""\
 examples:
   orchestrator train --dataset fmnist --run fm1 --epochs 5
       every round: all of the dataset's shards train in parallel (a quarter of an epoch each, by
-      default: 20 rounds), then the outer step moves the global weights toward their average
+      default: 20 rounds; 1/N of an epoch with N > 4 workers), then the outer step moves the global
+      weights toward their average
   orchestrator train --dataset fmnist --run fm1 --epochs 8 --resume
       continue fm1 from its last completed round until 8 epochs are done (same weights as if never stopped)
   orchestrator train --dataset fmnist --run fm2 --workers 4 --rounds 10 --local-epochs 1 \\
@@ -40,8 +41,9 @@ examples:
   orchestrator train --dataset flowers --run fl1 --rounds 3 --init-from squeezenet1.1
       fine-tune the pretrained ImageNet SqueezeNet on your classes (a new classifier, the rest frozen)
 
-defaults: --local-epochs {NEW['local_epochs']}, --batch-size {NEW['batch_size']} across workers, --lr \
-{NEW['learning_rate']} (--lr-scaling {NEW['lr_scaling']} with --batch-per-worker),
+defaults: --local-epochs {NEW['local_epochs']} (1/N with N > 4 workers),
+--batch-size {NEW['batch_size']} across workers, --lr {NEW['learning_rate']} \
+(--lr-scaling {NEW['lr_scaling']} with --batch-per-worker),
 --warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
 {NEW['outer_momentum']} (rounds of whole epochs: 1 and 0, plain averaging, unless given),
 --worker-optimizer {NEW['worker_optimizer']}, --optimizer-precision {NEW['optimizer_precision']},
@@ -150,6 +152,9 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-optimizer", choices=("averaged", "own"),
                    help="each worker's Adam state between rounds: the average of all workers' (then only it and "
                         "the weights are aggregated), or its own, kept in the run (DiLoCo)")
+    p.add_argument("--fan-in", type=int, metavar="K",
+                   help="aggregation: each node of the tree sums K workers' results (or K nodes' sums); default: "
+                        "the K with the least serial work for --workers (16 and fewer workers: one node)")
     p.add_argument("--optimizer-precision", choices=("bfloat16", "float32"),
                    help="how the Adam state is stored between rounds: bfloat16 moves half its bytes through the "
                         "store (the workers' reads and writes, the aggregation), float32 keeps it exactly")

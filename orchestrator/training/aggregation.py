@@ -1,17 +1,19 @@
 """Where a round's worker results become its global weights: in this process, or in the cloud.
 
-``local``: the orchestrator reads every worker's weights and optimizer state from the store
-and sums them here (all of it crosses the orchestrator's link: ~20 MB per SqueezeNet
-worker). ``lambda``: the train function's ``aggregate`` action does, one invocation per node
-of the tree (dlpipe.train.aggregate), level after level, each level's nodes at once; the
-orchestrator sends and reads only small records. ``auto``: lambda when the invoker is
-Lambda, local otherwise. Both follow the one tree, so the weights are the same bytes.
+Both engines run the same nodes of the same trees (dlpipe.train.aggregate: the weights' tree,
+and the optimizer state's beside it), level after level, each node one call of
+`run_aggregate`, so the weights are the same bytes either way. ``lambda``: each level's nodes
+are one batch of the train function's ``aggregate`` action, run at once; the orchestrator
+sends and reads only small records. ``local``: this process runs them one after another
+against the store (with a remote store every worker's weights and optimizer state cross the
+orchestrator's link: ~10 MB per SqueezeNet worker), and projects the time Lambda would take
+(each level its slowest node). ``auto``: lambda when the invoker is Lambda, local otherwise.
 
 Partial sums go beside the workers' results (TrainingRun.partial_sum_key), and are deleted
 with them once the round is committed.
 
-The outer optimizer (dlpipe.train.outer) is applied once, at the root, by the same function
-on either engine (dlpipe.train.aggregate.apply_outer): its momentum is the run's outer state,
+The outer optimizer (dlpipe.train.outer) is applied once, at the root of the weights' tree
+(dlpipe.train.aggregate.apply_outer): its momentum is the run's outer state,
 runs/<run>/rounds/<r>/outer.npz, written before the round's global weights.
 """
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from dlpipe.runs.record import AggregationRecord
 from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.store import STORE_BYTES, StoreError
-from dlpipe.train.aggregate import apply_outer, mean_by_tree, plan_tree
+from dlpipe.train.aggregate import FAN_IN, plan_tree, run_aggregate
 from dlpipe.train.averaging import AveragingError
 from dlpipe.train.weights import CheckpointError
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, Precision, TrainResponse
@@ -86,63 +88,56 @@ class Tree:
 
 def round_trees(run: TrainingRun, round_: int, results: dict[int, TrainResponse], outer: OuterStep | None,
                 average_optimizer: bool, precision: Precision) -> list[Tree]:
-    """The weights' tree, and the optimizer state's beside it when the workers' states are averaged."""
+    """The weights' tree, and the optimizer state's beside it when the workers' states are averaged: first,
+    as a round commits its state before its weights."""
     ordered = sorted(results.items())
     trees = [Tree(run.global_key(round_), [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
                                                            examples=r.num_examples) for w, r in ordered], outer)]
     if average_optimizer and all(r.optimizer_key for _, r in ordered):
-        trees.append(Tree(run.optimizer_key(round_),
-                          [AggregateSource(name=f"worker {w} optimizer state", weights_key=str(r.optimizer_key),
-                                           examples=r.num_examples) for w, r in ordered],
-                          precision=precision, label=" (optimizer state)"))
+        trees.insert(0, Tree(run.optimizer_key(round_),
+                             [AggregateSource(name=f"worker {w} optimizer state", weights_key=str(r.optimizer_key),
+                                              examples=r.num_examples) for w, r in ordered],
+                             precision=precision, label=" (optimizer state)"))
     return trees
 
 
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
                     invoker: Invoker, retries: int, outer: OuterStep | None = None,
-                    average_optimizer: bool = True, precision: Precision = "float32") -> Aggregation:
+                    average_optimizer: bool = True, precision: Precision = "float32",
+                    fan_in: int = FAN_IN) -> Aggregation:
     """Write the round's optimizer state, outer state and global weights from the workers' `results`.
 
     average_optimizer False: the workers keep their own Adam state; only the weights are aggregated.
     precision: how the averaged optimizer state is stored (the run's, as its workers store theirs).
+    fan_in: the run's tree (dlpipe.train.aggregate.plan_tree).
     """
     started = time.perf_counter()
     trees = round_trees(run, round_, results, outer, average_optimizer, precision)
-    levels = plan_tree(len(results))
+    levels = plan_tree(len(results), fan_in)
     calls, on_lambda = 0, 0.0
     try:
-        if engine == "local":
-            on_lambda = _aggregate_here(run, trees)
-        else:
-            calls, on_lambda = _aggregate_in_cloud(run, round_, trees, invoker, retries)
+        for level, groups in enumerate(levels):
+            events = [e for tree in trees for e in _node_events(run, round_, tree, groups, level, len(levels))]
+            if engine == "local":
+                replies, slowest = _level_here(run, events)
+            else:
+                replies, slowest, made = _level_in_cloud(invoker, events, retries, level, trees)
+                calls += made
+            on_lambda += slowest
+            for position, tree in enumerate(trees):
+                tree.sources = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key,
+                                                examples=r.examples)
+                                for i, r in enumerate(replies[position * len(groups):(position + 1) * len(groups)])]
     except (AveragingError, CheckpointError, StoreError, ValueError) as err:
         raise AggregationFailed(str(err)) from err
     return Aggregation(engine, len(levels), len(trees) * sum(len(level) for level in levels), calls,
                        time.perf_counter() - started, on_lambda)
 
 
-def _aggregate_here(run: TrainingRun, trees: list[Tree]) -> float:
-    """The trees in this process, the optimizer state's first (as a round commits it first); returns the time
-    the aggregation would take on Lambda: the trees' root calls side by side, as the cloud engine runs them
-    (each projected from this thread's CPU time and the bytes it moved, as the local invoker projects calls)."""
-    spec, projected = function_spec("train"), []
-    for tree in reversed(trees):
-        cpu, moved = time.thread_time(), STORE_BYTES.total
-
-        def load(i: int, tree: Tree = tree) -> list:
-            return run.load_weights(tree.sources[i].weights_key)
-        mean = mean_by_tree(load, [s.examples for s in tree.sources], [s.name for s in tree.sources])
-        if tree.outer is not None:
-            mean = apply_outer(run.store, tree.outer, mean)[0]
-        run.save_weights(tree.output_key, mean, tree.precision)
-        projected.append(projected_seconds(time.thread_time() - cpu, spec.memory_mb,
-                                           max(0, STORE_BYTES.total - moved)))
-    return max(projected)
-
-
-def _node_events(run: TrainingRun, round_: int, tree: Tree, sources: list[AggregateSource], groups: list[range],
-                 level: int, final: bool) -> list[dict]:
-    """One level of one tree; a final level writes the tree's output, the others partial sums."""
+def _node_events(run: TrainingRun, round_: int, tree: Tree, groups: list[range], level: int,
+                 height: int) -> list[dict]:
+    """One level of one tree; the last level writes the tree's output, the others partial sums."""
+    final = level == height - 1
     events = []
     for index, group in enumerate(groups):
         if final:
@@ -151,21 +146,30 @@ def _node_events(run: TrainingRun, round_: int, tree: Tree, sources: list[Aggreg
             output = run.partial_optimizer_key(round_, level, index)
         else:
             output = run.partial_sum_key(round_, level, index)
-        events.append(AggregateRequest(action="aggregate", sources=[sources[i] for i in group],
+        events.append(AggregateRequest(action="aggregate", sources=[tree.sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=output,
                                        outer=tree.outer if final else None,
-                                       precision=tree.precision if final else "float32").model_dump(mode="json"))
+                                       precision=tree.precision).model_dump(mode="json"))
     return events
 
 
-def _aggregate_in_cloud(run: TrainingRun, round_: int, trees: list[Tree], invoker: Invoker,
-                        retries: int) -> tuple[int, float]:
-    """Each level's nodes as one batch of aggregate invocations; the level above reads what they wrote.
+def _level_here(run: TrainingRun, events: list[dict]) -> tuple[list[AggregateResponse], float]:
+    """A level's nodes in this process, one after another, each exactly as the aggregate action runs it; and
+    the level's time on Lambda, where its nodes run at once: the slowest node, projected from this thread's
+    CPU time and the bytes it moved (as the local invoker projects calls)."""
+    spec, replies, slowest = function_spec("train"), [], 0.0
+    for event in events:
+        cpu, moved = time.thread_time(), STORE_BYTES.total
+        replies.append(run_aggregate(AggregateRequest.model_validate(event), run.store))
+        slowest = max(slowest, projected_seconds(time.thread_time() - cpu, spec.memory_mb,
+                                                 max(0, STORE_BYTES.total - moved)))
+    return replies, slowest
 
-    The optimizer state (two thirds of the bytes in float32, with Adam) has a tree of its own beside the
-    weights', level for level in the same batches, so a level takes as long as its slowest node, not their
-    sum. Returns the calls made and the Lambda time: the slowest call of each level, added up.
-    """
+
+def _level_in_cloud(invoker: Invoker, events: list[dict], retries: int, level: int,
+                    trees: list[Tree]) -> tuple[list[AggregateResponse], float, int]:
+    """A level's nodes, every tree's, as one batch of aggregate invocations: the level takes as long as its
+    slowest call. Returns the replies in order, that time and the calls made (retries included)."""
     calls, slowest = 0, 0.0
 
     def count(inv: Invocation) -> None:
@@ -173,22 +177,10 @@ def _aggregate_in_cloud(run: TrainingRun, round_: int, trees: list[Tree], invoke
         calls += 1
         slowest = max(slowest, inv.lambda_seconds)
 
-    sources = [tree.sources for tree in trees]
-    levels = plan_tree(len(trees[0].sources))
-    on_lambda = 0.0
-    for level, groups in enumerate(levels):
-        slowest, final = 0.0, level == len(levels) - 1
-        events = [e for tree, tree_sources in zip(trees, sources, strict=True)
-                  for e in _node_events(run, round_, tree, tree_sources, groups, level, final)]
-        done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
-        if errors:
-            reasons = "; ".join(f"node {level}.{i % len(groups)}{trees[i // len(groups)].label}: "
-                                f"{error} (after {attempts} attempts)"
-                                for i, (attempts, error) in sorted(errors.items()))
-            raise AggregationFailed(f"the aggregate action failed: {reasons}")
-        for position in range(len(trees)):
-            replies = [done[position * len(groups) + i] for i in range(len(groups))]
-            sources[position] = [AggregateSource(name=f"node {level}.{i}", weights_key=r.weights_key,
-                                                 examples=r.examples) for i, r in enumerate(replies)]
-        on_lambda += slowest
-    return calls, on_lambda
+    done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
+    if errors:
+        per_tree = len(events) // len(trees)
+        reasons = "; ".join(f"node {level}.{i % per_tree}{trees[i // per_tree].label}: "
+                            f"{error} (after {attempts} attempts)" for i, (attempts, error) in sorted(errors.items()))
+        raise AggregationFailed(f"the aggregate action failed: {reasons}")
+    return [done[i] for i in range(len(events))], slowest, calls

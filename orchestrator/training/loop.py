@@ -217,7 +217,7 @@ def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int,
             if training.workers > 1 else None
         return aggregate_round(plan.run, round_, results, engine, invoker, options.retries, outer,
                                average_optimizer=training.worker_optimizer == "averaged",
-                               precision=training.optimizer_precision).as_record()
+                               precision=training.optimizer_precision, fan_in=training.tree_fan_in).as_record()
     except (AggregationFailed, ValueError) as err:
         raise TrainingFailed(f"round {round_}: cannot average the workers' results: {err}. The last completed "
                              f"round is {round_ - 1}: fix the cause and continue with --resume (if a worker "

@@ -50,6 +50,8 @@ def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_mean
     assert all(getattr(stored, name) == value for name, value in BEFORE.items() if name not in old)
     assert (stored.outer_learning_rate, stored.outer_momentum, stored.batch_across_workers) == (1.0, 0.0, False)
     assert (defaults["optimizer_precision"], stored.optimizer_precision) == ("bfloat16", "float32")
+    # the aggregation tree: chosen for the workers when a run starts, 16 per node in runs stored before
+    assert (Training(workers=8).fan_in, Training(workers=16).fan_in, stored.fan_in) == (16, 4, 16)
 
 
 @pytest.mark.parametrize(("given", "outer"), [
@@ -63,3 +65,26 @@ def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_mean
 def test_rounds_of_whole_epochs_average_plainly_unless_the_outer_step_is_given(given, outer):
     training = resolve_hyper("r", given, None, fine_tune=False, workers=2, shard_images=1000)
     assert (training.outer_learning_rate, training.outer_momentum) == outer
+
+
+@pytest.mark.parametrize(("workers", "given", "steps"), [
+    (1, {}, 47),                  # 24,000 images: 188 batches of 128 an epoch, a quarter of them
+    (4, {}, 47),                  # 6,000 a shard, batches of 32: the same 188 an epoch, a quarter
+    (8, {}, 24),                  # 1/8 of 188 (23.5)
+    (16, {}, 12),                 # 1/16 of 188
+    (8, {"local_epochs": 0.5}, 94),
+])
+def test_rounds_are_a_quarter_epoch_up_to_4_workers_and_1_over_n_above(workers, given, steps):
+    training = resolve_hyper("r", given, None, fine_tune=False, workers=workers, shard_images=24000 // workers)
+    assert training.local_steps == steps
+    tuned = resolve_hyper("r", {}, None, fine_tune=True, workers=workers, shard_images=1000)
+    assert (tuned.local_epochs, tuned.local_steps) == (1, None)    # fine-tuning: whole epochs, as before
+
+
+def test_rounds_of_1_over_n_are_never_shorter_than_6_batches():
+    # 6,000 images on 16 workers: 375 a shard, batches of 8, 47 an epoch; 1/16 would be 3 batches
+    assert resolve_hyper("r", {}, None, fine_tune=False, workers=16, shard_images=375).local_steps == 6
+    # ...unless the quarter epoch itself is shorter, or the user asks
+    assert resolve_hyper("r", {}, None, fine_tune=False, workers=2, shard_images=100).local_steps == 1
+    assert resolve_hyper("r", {"local_epochs": 0.0625}, None, fine_tune=False, workers=16,
+                         shard_images=375).local_steps == 3

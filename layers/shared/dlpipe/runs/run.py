@@ -33,8 +33,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from dlpipe.runs.record import RoundRecord
 from dlpipe.shared.names import validate_name
 from dlpipe.shared.store import KeyNotFound
+from dlpipe.train.aggregate import FAN_IN, best_fan_in
 from dlpipe.train.weights import CheckpointError, load_weights, save_weights
-from dlpipe.wire import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, Hyper, ModelConfig, Precision
+from dlpipe.wire import MAX_AGGREGATE_SOURCES, MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, Hyper, ModelConfig, Precision
 
 RUNS_PREFIX = "runs"
 
@@ -63,6 +64,9 @@ class Training(Hyper):
     worker_optimizer: Literal["averaged", "own"] = "averaged"
     # Adam's state stored in bfloat16: half the bytes each round's workers and aggregation move (README).
     optimizer_precision: Precision = "bfloat16"
+    # Sources per node of the aggregation tree; None: the one with the least serial work for the workers
+    # (dlpipe.train.aggregate.best_fan_in), fixed when the run starts.
+    fan_in: int | None = Field(None, ge=2, le=MAX_AGGREGATE_SOURCES)
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +75,16 @@ class Training(Hyper):
         if isinstance(values, dict) and values.get("_stored"):
             values = {**BEFORE, **{k: v for k, v in values.items() if k != "_stored"}}
         return values
+
+    @model_validator(mode="after")
+    def _fan_in_for_the_workers(self) -> Training:
+        if self.fan_in is None:
+            self.fan_in = best_fan_in(self.workers)
+        return self
+
+    @property
+    def tree_fan_in(self) -> int:
+        return self.fan_in if self.fan_in is not None else best_fan_in(self.workers)
 
     @classmethod
     def stored(cls, values: dict) -> Training:
@@ -81,7 +95,7 @@ class Training(Hyper):
 # What each field meant in runs stored before it existed: the code's behaviour then.
 BEFORE = {"batch_size": 128, "warmup_epochs": 0.0, "batch_across_workers": False, "lr_scaling": "none",
           "outer_learning_rate": 1.0, "outer_momentum": 0.0, "worker_optimizer": "averaged",
-          "optimizer_precision": "float32"}
+          "optimizer_precision": "float32", "fan_in": FAN_IN}
 
 
 class Lineage(BaseModel):

@@ -1,21 +1,21 @@
 """A round's aggregation as a tree of partial weighted sums, in any process: numpy only.
 
 Why a tree: one process that reads N workers' results reads them one after another, so
-aggregation time grows with N. Here level 0 sums consecutive groups of FAN_IN workers
-(weights x examples, in float64), each level above sums FAN_IN partial sums of the level
+aggregation time grows with N. Here level 0 sums consecutive groups of `fan_in` workers
+(weights x examples, in float64), each level above sums `fan_in` partial sums of the level
 below, and the root divides by the total: with every node an invocation and the nodes of
-a level running at once, the time grows with log N.
+a level running at once, the time grows with log N. `best_fan_in` picks the tree with the
+least serial work for N (a run stores its choice).
 
-The summation order is fixed once, by `plan_tree(N)`, whoever computes it: the train
-function's ``aggregate`` action (`run_aggregate`, one node per call, partial sums through
-the store) or the orchestrator in one process (`mean_by_tree`, partial sums in memory).
-Both do the same float64 additions in the same order, and both round a partial sum to the
-weights' own dtype where it leaves a node (`as_stored`: the file holds float32 weights as
-float32, so the level above reads no more than a leaf does), so the global weights are the
-same bytes whichever engine ran, and a resumed run stays bit-identical. Up to FAN_IN workers
-the tree is a single node, which adds them in worker order exactly as dlpipe.train.averaging
-always has; above, each level rounds once more (a relative 6e-8 in float32, far below what
-one step of training changes).
+The summation order is fixed once, by `plan_tree(N, fan_in)`, and every node is one call of
+`run_aggregate`, whoever runs it: the train function's ``aggregate`` action, or the
+orchestrator in its own process (the local engine). Both read and write the same partial
+sums through the store, each rounded where it leaves a node to the tree's precision (the
+weights' own float32, or bfloat16 for an optimizer state's tree), so the global weights are
+the same bytes whichever engine ran, and a resumed run stays bit-identical. Up to `fan_in`
+workers the tree is a single node, which adds them in worker order exactly as
+dlpipe.train.averaging always has; above, each level rounds once more (a relative 6e-8 in
+float32, far below what one step of training changes).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
@@ -31,10 +31,10 @@ import numpy as np
 
 from dlpipe.train.averaging import AveragingError, PartialSum, WeightedAverage
 from dlpipe.train.outer import OuterOptimizer, outer_step
-from dlpipe.train.weights import CheckpointError, weights_from_bytes, weights_to_bytes
-from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep
+from dlpipe.train.weights import CheckpointError, from_bfloat16, to_bfloat16, weights_from_bytes, weights_to_bytes
+from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, Precision
 
-FAN_IN = 16          # sources per node: 256 workers are two levels, 4,096 three
+FAN_IN = 16          # sources per node at most (and of runs stored before the fan-in was chosen)
 READ_AHEAD = 4       # reads in flight while a node sums: S3 serves one connection at ~70 MB/s
 
 
@@ -53,58 +53,48 @@ def plan_tree(count: int, fan_in: int = FAN_IN) -> list[list[range]]:
     return levels
 
 
-def as_stored(partial: PartialSum) -> PartialSum:
-    """The partial sum as the level above reads it: each sum rounded to its weights' dtype (then float64 again)."""
-    sums = [np.asarray(s, d).astype(np.float64) for s, d in zip(partial.sums, partial.dtypes, strict=True)]
-    return PartialSum(sums, list(partial.dtypes), partial.total_examples, partial.contributions)
+def tree_cost(levels: list[list[range]]) -> int:
+    """A tree's serial work, in reads of one source: each level its largest node's reads, one write and a call."""
+    return sum(max(len(node) for node in level) + 2 for level in levels)
 
 
-def partial_to_bytes(partial: PartialSum) -> bytes:
-    """A partial sum as .npz: the sums in their weights' dtypes, the dtypes, examples and workers (no pickle)."""
+def best_fan_in(count: int, most: int = FAN_IN) -> int:
+    """The fan-in (2 to `most`) whose tree for `count` sources has the least serial work; of equals, the fewest
+    levels, then the largest fan-in (`most` whenever one node is best: 8 workers get 16, 16 workers get 4)."""
+    return min(range(most, 1, -1), key=lambda f: (tree_cost(plan_tree(count, f)), len(plan_tree(count, f))))
+
+
+def partial_to_bytes(partial: PartialSum, precision: Precision = "float32") -> bytes:
+    """A partial sum as .npz: the sums in their weights' dtypes (float32 ones as bfloat16 if asked, as
+    dlpipe.train.weights stores them), the dtypes, examples and workers (no pickle)."""
     buffer = io.BytesIO()
-    arrays = {f"s{i:04d}": np.asarray(s, d) for i, (s, d) in enumerate(zip(partial.sums, partial.dtypes,
-                                                                           strict=True))}
+    arrays = {}
+    for i, (total, dtype) in enumerate(zip(partial.sums, partial.dtypes, strict=True)):
+        stored = np.asarray(total, dtype)
+        if precision == "bfloat16" and stored.dtype == np.float32 and stored.ndim:
+            arrays[f"b{i:04d}"] = to_bfloat16(stored)
+        else:
+            arrays[f"s{i:04d}"] = stored
     arrays["dtypes"] = np.array([np.dtype(d).str for d in partial.dtypes])
     arrays["counts"] = np.array([partial.total_examples, partial.contributions], np.int64)
-    # numpy's stubs read the first keyword as allow_pickle
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]   # numpy's stubs read a keyword as allow_pickle
     return buffer.getvalue()
 
 
 def partial_from_bytes(data: bytes, what: str) -> PartialSum:
-    """The inverse of `partial_to_bytes`, sums in float64: what `as_stored` gives of the partial that was written."""
+    """The inverse of `partial_to_bytes`, sums in float64 (as written: rounded to their stored precision)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            names = sorted(n for n in archive.files if n.startswith("s"))
+            names = sorted((n for n in archive.files if n[0] in "sb" and n[1:].isdigit()), key=lambda n: n[1:])
             dtypes = [np.dtype(str(d)) for d in archive["dtypes"]]
             examples, contributions = (int(c) for c in archive["counts"])
-            sums = [archive[n] for n in names]
+            sums = [from_bfloat16(archive[n]) if n[0] == "b" else archive[n] for n in names]
     except Exception as err:
         raise CheckpointError(f"{what} is not a readable partial sum ({type(err).__name__}: {err})") from err
     if [s.dtype for s in sums] != dtypes or not all(np.issubdtype(d, np.floating) for d in dtypes):
         raise CheckpointError(f"{what} is not a partial sum: arrays {[str(s.dtype) for s in sums][:5]} for "
                               f"dtypes {[str(d) for d in dtypes][:5]}")
     return PartialSum([s.astype(np.float64) for s in sums], dtypes, examples, contributions)
-
-
-def mean_by_tree(load: Callable[[int], Sequence[np.ndarray]], examples: Sequence[int], names: Sequence[str],
-                 fan_in: int = FAN_IN) -> list[np.ndarray]:
-    """The tree's result in this process: `load(i)` gives source i's weights when its leaf needs them.
-
-    Depth first, so memory is one running sum per level and one source's weights.
-    """
-    levels = plan_tree(len(examples), fan_in)
-
-    def node(level: int, index: int) -> WeightedAverage:
-        total = WeightedAverage()
-        for child in levels[level][index]:
-            if level == 0:
-                total.add(load(child), examples[child], source=names[child])
-            else:
-                total.add_partial(as_stored(node(level - 1, child).partial()), source=f"node {level - 1}.{child}")
-        return total
-
-    return node(len(levels) - 1, 0).result()
 
 
 def _read_in_order(store, keys: Sequence[str], ahead: int) -> Iterator[bytes]:
@@ -171,7 +161,7 @@ def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> 
     total = _sum_sources(store, request.sources, [s.weights_key for s in request.sources], request.partial_sources,
                          counter, ahead)
     if not request.final:
-        data = partial_to_bytes(total.partial())
+        data = partial_to_bytes(total.partial(), request.precision)
     elif request.outer is not None:
         weights, read, written = apply_outer(store, request.outer, total.result())
         counter["gets"] += 1 + bool(request.outer.momentum_key)
