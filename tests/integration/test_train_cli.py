@@ -87,11 +87,13 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     config = TrainingRun(models, "ref").config().model_dump(mode="json")
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
     # --batch-size 32 is the batch across the 2 workers (16 each); the warm-up is the new runs' default, and
-    # rounds of whole epochs average plainly (outer lr 1, momentum 0) when the outer step is not asked for.
+    # rounds of whole epochs average plainly (outer lr 1, momentum 0) when the outer step is not asked for; the
+    # Adam state is stored in bfloat16, and 2 workers are one aggregation node (fan-in 16).
     assert config["training"] == {"local_epochs": 2, "local_steps": None, "batch_size": 32, "learning_rate": 0.001,
                                   "seed": 0, "warmup_epochs": 1.0, "trainable": "all", "workers": 2,
                                   "batch_across_workers": True, "lr_scaling": "sqrt", "outer_learning_rate": 1.0,
-                                  "outer_momentum": 0.0, "worker_optimizer": "averaged"}
+                                  "outer_momentum": 0.0, "worker_optimizer": "averaged",
+                                  "optimizer_precision": "bfloat16", "fan_in": 16}
     assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record.worker_results)
     assert [r.epochs for r in records] == [0.0, 2.0, 4.0, 6.0] and all(r.lambda_seconds for r in records)
     assert "epoch 6.00" in train_out and "on Lambda" in train_out
