@@ -125,7 +125,7 @@ def test_fashion_mnist_prepare_train_export_predict(where, tmp_path, capfd):
                                     "--top-k", "2")
     assert status == 1
     assert_contract(predicted, "predict")
-    assert (predicted["images"], predicted["predicted"], predicted["failed"]) == (3, 2, 1)
+    assert (predicted["images"], predicted["predicted"], predicted["failed"]) == (3, 2, 1), predicted["failures"]
     assert predicted["model"] == "fm" and predicted["version"] == "v1"
     assert [r["image"] for r in predicted["results"]] == [f"store:{k}" for k in keys] + ["store:raw/none.png"]
     assert all(len(r["top"]) == 2 for r in predicted["results"][:2])

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -94,16 +95,34 @@ class SqliteTable(PredictionsTable):
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+                conn = self._open()
+            except (sqlite3.Error, OSError) as err:  # OSError: its folder cannot be created
+                raise TableError(f"cannot open the predictions table {self.url}: {err}") from None
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection in WAL mode with the table made, retried while another process sets the file up.
+
+        Switching a new file to WAL takes a lock that SQLite's busy timeout does not wait for: two cold
+        functions opening a fresh table at once had one fail with "database is locked" (a test).
+        """
+        deadline, pause = time.monotonic() + self.busy_timeout_s, 0.005
+        while True:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
                 conn.execute(self.SCHEMA)
                 conn.execute("CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created)")
                 conn.execute("CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, created)")
-            except (sqlite3.Error, OSError) as err:  # OSError: its folder cannot be created
-                raise TableError(f"cannot open the predictions table {self.url}: {err}") from None
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+                return conn
+            except sqlite3.OperationalError as err:
+                conn.close()
+                if "locked" not in str(err) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
 
     def put(self, record: PredictionRecord) -> bool:
         cur = self._conn().execute(
