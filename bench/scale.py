@@ -241,8 +241,9 @@ def one_round(session, dataset: str, run: str, workers: int, engine: str) -> dic
     from dlpipe.runs.run import TrainingRun
     from orchestrator.training.loop import TrainOptions, run_training
 
+    # the default batch of 128 across workers, or one example a worker above 128 workers
     options = TrainOptions(dataset=dataset, run=run, rounds=1, workers=workers, aggregate=engine, retries=1,
-                           output_dir=None, keep_worker_weights=True)
+                           output_dir=None, keep_worker_weights=True, hyper={"batch_size": max(128, workers)})
     before, first = session.meter.snapshot(), len(session.invoker.records)
     result = run_training(session, options, out=io.StringIO(), progress=False)
     record = result.records[1]
