@@ -154,7 +154,7 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
                         "the weights are aggregated), or its own, kept in the run (DiLoCo)")
     p.add_argument("--fan-in", type=int, metavar="K",
                    help="aggregation: each node of the tree sums K workers' results (or K nodes' sums); default: "
-                        "the K with the least serial work for --workers (16 and fewer workers: one node)")
+                        "the K with the least serial work for --workers (up to 8 workers: one node)")
     p.add_argument("--optimizer-precision", choices=("bfloat16", "float32"),
                    help="how the Adam state is stored between rounds: bfloat16 moves half its bytes through the "
                         "store (the workers' reads and writes, the aggregation), float32 keeps it exactly")

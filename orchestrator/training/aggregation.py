@@ -83,7 +83,12 @@ class Tree:
     sources: list[AggregateSource]
     outer: OuterStep | None = None
     precision: Precision = "float32"
-    label: str = ""                  # how errors name the tree's nodes beside the weights'
+    optimizer: bool = False          # the optimizer state's tree: its partial sums have keys of their own
+
+    @property
+    def label(self) -> str:
+        """How errors name the tree's nodes beside the weights'."""
+        return " (optimizer state)" if self.optimizer else ""
 
 
 def round_trees(run: TrainingRun, round_: int, results: dict[int, TrainResponse], outer: OuterStep | None,
@@ -97,7 +102,7 @@ def round_trees(run: TrainingRun, round_: int, results: dict[int, TrainResponse]
         trees.insert(0, Tree(run.optimizer_key(round_),
                              [AggregateSource(name=f"worker {w} optimizer state", weights_key=str(r.optimizer_key),
                                               examples=r.num_examples) for w, r in ordered],
-                             precision=precision, label=" (optimizer state)"))
+                             precision=precision, optimizer=True))
     return trees
 
 
@@ -142,7 +147,7 @@ def _node_events(run: TrainingRun, round_: int, tree: Tree, groups: list[range],
     for index, group in enumerate(groups):
         if final:
             output = tree.output_key
-        elif tree.label:
+        elif tree.optimizer:
             output = run.partial_optimizer_key(round_, level, index)
         else:
             output = run.partial_sum_key(round_, level, index)

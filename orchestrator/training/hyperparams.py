@@ -84,9 +84,10 @@ def resolve_hyper(run: str, given: dict[str, Any], stored: Training | None, fine
             values["local_epochs"] = 1       # not used: rounds are local_steps batches
         else:
             batch = values["batch_size"] // workers if values["batch_across_workers"] else values["batch_size"]
-            values.update(_round_length(values["local_epochs"], shard_images, batch))
-            if not fine_tune and given.get("local_epochs") is None:
-                values["local_steps"] = default_round_steps(workers, shard_images, batch)
+            if fine_tune or given.get("local_epochs") is not None:
+                values.update(_round_length(values["local_epochs"], shard_images, batch))
+            else:
+                values.update(local_epochs=1, local_steps=default_round_steps(workers, shard_images, batch))
         if values["local_steps"] is None and not {"outer_learning_rate", "outer_momentum"} & set(given):
             values.update(WHOLE_EPOCH_ROUNDS)
         return Training(**values, workers=workers)

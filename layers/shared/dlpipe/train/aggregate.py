@@ -31,7 +31,7 @@ import numpy as np
 
 from dlpipe.train.averaging import AveragingError, PartialSum, WeightedAverage
 from dlpipe.train.outer import OuterOptimizer, outer_step
-from dlpipe.train.weights import CheckpointError, from_bfloat16, to_bfloat16, weights_from_bytes, weights_to_bytes
+from dlpipe.train.weights import CheckpointError, loaded_array, stored_arrays, weights_from_bytes, weights_to_bytes
 from dlpipe.wire import AggregateRequest, AggregateResponse, AggregateSource, OuterStep, Precision
 
 FAN_IN = 16          # sources per node at most (and of runs stored before the fan-in was chosen)
@@ -68,13 +68,8 @@ def partial_to_bytes(partial: PartialSum, precision: Precision = "float32") -> b
     """A partial sum as .npz: the sums in their weights' dtypes (float32 ones as bfloat16 if asked, as
     dlpipe.train.weights stores them), the dtypes, examples and workers (no pickle)."""
     buffer = io.BytesIO()
-    arrays = {}
-    for i, (total, dtype) in enumerate(zip(partial.sums, partial.dtypes, strict=True)):
-        stored = np.asarray(total, dtype)
-        if precision == "bfloat16" and stored.dtype == np.float32 and stored.ndim:
-            arrays[f"b{i:04d}"] = to_bfloat16(stored)
-        else:
-            arrays[f"s{i:04d}"] = stored
+    arrays = stored_arrays([np.asarray(s, d) for s, d in zip(partial.sums, partial.dtypes, strict=True)], "s",
+                           precision)
     arrays["dtypes"] = np.array([np.dtype(d).str for d in partial.dtypes])
     arrays["counts"] = np.array([partial.total_examples, partial.contributions], np.int64)
     np.savez(buffer, **arrays)  # type: ignore[arg-type]   # numpy's stubs read a keyword as allow_pickle
@@ -88,7 +83,7 @@ def partial_from_bytes(data: bytes, what: str) -> PartialSum:
             names = sorted((n for n in archive.files if n[0] in "sb" and n[1:].isdigit()), key=lambda n: n[1:])
             dtypes = [np.dtype(str(d)) for d in archive["dtypes"]]
             examples, contributions = (int(c) for c in archive["counts"])
-            sums = [from_bfloat16(archive[n]) if n[0] == "b" else archive[n] for n in names]
+            sums = [loaded_array(n, archive[n]) for n in names]
     except Exception as err:
         raise CheckpointError(f"{what} is not a readable partial sum ({type(err).__name__}: {err})") from err
     if [s.dtype for s in sums] != dtypes or not all(np.issubdtype(d, np.floating) for d in dtypes):

@@ -32,18 +32,31 @@ def from_bfloat16(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def weights_to_bytes(weights: Sequence[np.ndarray], precision: Precision = "float32") -> bytes:
-    """.npz of the arrays; with precision "bfloat16", every float32 array that is not a scalar is stored
-    as bfloat16 (the rest as they are)."""
-    arrays = {}
-    for i, w in enumerate(weights):
-        w = np.asarray(w)
-        if precision == "bfloat16" and w.dtype == np.float32 and w.ndim:
-            arrays[f"b{i:04d}"] = to_bfloat16(w)
+def stored_arrays(arrays: Sequence[np.ndarray], prefix: str, precision: Precision) -> dict[str, np.ndarray]:
+    """The .npz members of `arrays`, array i as `{prefix}{i:04d}`; with precision "bfloat16", every float32
+    array that is not a scalar as `b{i:04d}` in bfloat16 instead."""
+    members = {}
+    for i, array in enumerate(arrays):
+        if precision == "bfloat16" and array.dtype == np.float32 and array.ndim:
+            members[f"b{i:04d}"] = to_bfloat16(array)
         else:
-            arrays[f"w{i:04d}"] = w
+            members[f"{prefix}{i:04d}"] = array
+    return members
+
+
+def loaded_array(name: str, array: np.ndarray) -> np.ndarray:
+    """A member of `stored_arrays` as it was given (a bfloat16 one as float32)."""
+    if name[0] != "b":
+        return array
+    if array.dtype != np.uint16:
+        raise ValueError(f"bfloat16 array {name} is {array.dtype}, not uint16")
+    return from_bfloat16(array)
+
+
+def weights_to_bytes(weights: Sequence[np.ndarray], precision: Precision = "float32") -> bytes:
+    """.npz of the arrays (in bfloat16 where `stored_arrays` puts them so)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **stored_arrays([np.asarray(w) for w in weights], "w", precision))
     return buffer.getvalue()
 
 
@@ -55,10 +68,7 @@ def weights_from_bytes(data: bytes, what: str = "weights") -> list[np.ndarray]:
             if (not names or any(not re.fullmatch(r"[wb]\d{4}", n) for n in names)
                     or [int(n[1:]) for n in names] != list(range(len(names)))):
                 raise ValueError(f"unexpected arrays {names[:5]}")
-            arrays = [archive[name] for name in names]
-            if any(n[0] == "b" and a.dtype != np.uint16 for n, a in zip(names, arrays, strict=True)):
-                raise ValueError("a bfloat16 array that is not uint16")
-            return [from_bfloat16(a) if n[0] == "b" else a for n, a in zip(names, arrays, strict=True)]
+            return [loaded_array(name, archive[name]) for name in names]
     except Exception as err:
         raise CheckpointError(f"{what} is not a readable weights file ({type(err).__name__}: {err})") from err
 

@@ -274,7 +274,7 @@ class EvaluateResponse(_Event):
 # of some workers' results (or of partial sums from the level below), written as a partial
 # sum, or at the root as the round's global weights or its optimizer state (each has a tree of its own).
 
-MAX_AGGREGATE_SOURCES = 64   # the tree's fan-in is 16; a node reads its sources one after another
+MAX_AGGREGATE_SOURCES = 64   # the tree's fan-in is at most 16; a node reads its sources one after another
 
 
 class AggregateSource(_Event):
@@ -302,8 +302,8 @@ class AggregateRequest(_Event):
     final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
     weights_key: StoreKey                      # where to write (model store)
     outer: OuterStep | None = None             # at the root only: None is the plain average (FedAvg)
-    precision: Precision = Field("float32", description="how a final node stores what it averaged without an "
-                                                        "outer step (bfloat16: an optimizer state's tree)")
+    precision: Precision = Field("float32", description="how the node stores its partial sum or mean "
+                                                        "(bfloat16: an optimizer state's tree; never with `outer`)")
 
     @model_validator(mode="after")
     def _outer_at_the_root(self) -> AggregateRequest:
