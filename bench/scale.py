@@ -84,15 +84,19 @@ def simulated_train(params: int, sleep_s: float):
             [np.zeros((), np.float64)] + [np.zeros(s, np.float32) for s in shapes * 2]
         time.sleep(sleep_s)
         rng = np.random.default_rng([event["round"], event["worker"]])
-        weights = [w + rng.normal(scale=1e-2, size=w.shape).astype(np.float32) for w in start]
+        steps = [rng.normal(scale=1e-2, size=w.shape).astype(np.float32) for w in start]
         moments = [m + rng.random(m.shape).astype(np.float32) * 1e-4 for m in state[1:]]
-        size = save_weights(store, event["output_key"], weights)
+        differences = event["hyper"].get("update_precision") == "bfloat16"   # as the real worker stores its round
+        size = save_weights(store, event["output_key"], steps if differences else
+                            [w + s for w, s in zip(start, steps, strict=True)],
+                            "bfloat16" if differences else "float32")
         size += save_weights(store, event["output_optimizer_key"], [state[0] + 10.0, *moments],
                              event["hyper"].get("optimizer_precision", "float32"))
         n = 100 + event["worker"] * 37 % 50
         return TrainResponse(run=event["run"], round=event["round"], worker=event["worker"],
                              attempt=event["attempt"], weights_key=event["output_key"],
-                             optimizer_key=event["output_optimizer_key"], num_examples=n, shard_examples=n,
+                             optimizer_key=event["output_optimizer_key"],
+                             delta_from=event["global_key"] if differences else None, num_examples=n, shard_examples=n,
                              epochs_done=1, steps=1, stopped_early=False, loss=1.0, accuracy=0.5,
                              train_seconds=sleep_s, images_per_second=n / sleep_s, load_seconds=0.01,
                              setup_seconds=0.0, upload_seconds=0.01, weights_bytes=size, max_rss_mb=None).model_dump()

@@ -47,7 +47,7 @@ defaults: --local-epochs {NEW['local_epochs']} (1/N with N > 4 workers),
 --warmup-epochs {NEW['warmup_epochs']:g}, --outer-lr {NEW['outer_learning_rate']}, --outer-momentum \
 {NEW['outer_momentum']} (rounds of whole epochs: 1 and 0, plain averaging, unless given),
 --worker-optimizer {NEW['worker_optimizer']}, --optimizer-precision {NEW['optimizer_precision']},
---seed {NEW['seed']}, --trainable all;
+--update-precision {NEW['update_precision']}, --seed {NEW['seed']}, --trainable all;
 with --init-from: --local-epochs {TUNE['local_epochs']}, --batch-size {TUNE['batch_size']}, --warmup-epochs \
 {TUNE['warmup_epochs']:g}, --outer-lr \
 {TUNE['outer_learning_rate']}, --outer-momentum {TUNE['outer_momentum']}, --trainable {TUNE['trainable']};
@@ -158,6 +158,9 @@ def _add_hyper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer-precision", choices=("bfloat16", "float32"),
                    help="how the Adam state is stored between rounds: bfloat16 moves half its bytes through the "
                         "store (the workers' reads and writes, the aggregation), float32 keeps it exactly")
+    p.add_argument("--update-precision", choices=("bfloat16", "float32"),
+                   help="how each worker stores its round: bfloat16 differences from the global weights (half "
+                        "the bytes to write and aggregate), or float32 weights, exactly")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

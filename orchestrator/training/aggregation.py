@@ -84,6 +84,7 @@ class Tree:
     outer: OuterStep | None = None
     precision: Precision = "float32"
     optimizer: bool = False          # the optimizer state's tree: its partial sums have keys of their own
+    base_key: str | None = None      # the sources are differences from these weights (added back at the root)
 
     @property
     def label(self) -> str:
@@ -96,14 +97,28 @@ def round_trees(run: TrainingRun, round_: int, results: dict[int, TrainResponse]
     """The weights' tree, and the optimizer state's beside it when the workers' states are averaged: first,
     as a round commits its state before its weights."""
     ordered = sorted(results.items())
+    base = _differences_from(run, round_, results)
     trees = [Tree(run.global_key(round_), [AggregateSource(name=f"worker {w}", weights_key=r.weights_key,
-                                                           examples=r.num_examples) for w, r in ordered], outer)]
+                                                           examples=r.num_examples) for w, r in ordered], outer,
+                  precision="bfloat16" if base else "float32", base_key=base)]
     if average_optimizer and all(r.optimizer_key for _, r in ordered):
         trees.insert(0, Tree(run.optimizer_key(round_),
                              [AggregateSource(name=f"worker {w} optimizer state", weights_key=str(r.optimizer_key),
                                               examples=r.num_examples) for w, r in ordered],
                              precision=precision, optimizer=True))
     return trees
+
+
+def _differences_from(run: TrainingRun, round_: int, results: dict[int, TrainResponse]) -> str | None:
+    """The global weights the workers' files are differences from (None: they hold weights); all the same."""
+    bases = {r.delta_from for r in results.values()}
+    expected = run.global_key(round_ - 1)
+    if bases == {None}:
+        return None
+    if bases != {expected}:
+        named = ", ".join(f"worker {w}: {r.delta_from or 'weights'}" for w, r in sorted(results.items()))
+        raise AggregationFailed(f"the workers' results must all be differences from {expected!r}, not ({named})")
+    return expected
 
 
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
@@ -154,6 +169,7 @@ def _node_events(run: TrainingRun, round_: int, tree: Tree, groups: list[range],
         events.append(AggregateRequest(action="aggregate", sources=[tree.sources[i] for i in group],
                                        partial_sources=level > 0, final=final, weights_key=output,
                                        outer=tree.outer if final else None,
+                                       base_key=tree.base_key if final else None,
                                        precision=tree.precision).model_dump(mode="json"))
     return events
 

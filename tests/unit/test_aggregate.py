@@ -288,3 +288,68 @@ def test_the_optimizer_state_has_a_tree_of_its_own_beside_the_weights_in_the_sam
     assert [e["weights_key"] for e in invoker.events] == [run.optimizer_key(1), run.global_key(1)]
     assert all(e.get("optimizer_key") is None for e in invoker.events)   # each tree carries one kind of array
     assert (done.levels, done.nodes, done.calls) == (1, 2, 2)
+
+
+def difference_results(store, run: TrainingRun, count: int, base: list[np.ndarray]) -> tuple[dict, list]:
+    """`count` workers' rounds stored as bfloat16 differences from `base` (as the train action stores them
+    with update_precision bfloat16), and the float32 weights they stand for."""
+    results, trained = worker_results(store, run, count), []
+    for w, result in results.items():
+        steps = [rng_step * 1e-2 for rng_step in load_weights(store, result.weights_key)]
+        trained.append([b + s for b, s in zip(base, steps, strict=True)])
+        save_weights(store, result.weights_key, steps, "bfloat16")
+        results[w] = result.model_copy(update={"delta_from": run.global_key(0)})
+    return results, trained
+
+
+@pytest.mark.parametrize("count, outer", [(3, False), (3, True), (20, True)])
+def test_bfloat16_differences_come_back_as_the_workers_average_on_both_engines(tmp_path, handler, count, outer):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    base = [np.full((5, 3), 3.0, np.float32), np.linspace(-1, 1, 7).astype(np.float32)]
+    save_weights(models, run.global_key(0), base)
+    results, trained = difference_results(models, run, count, base)
+    shutil.copytree(tmp_path / "models", tmp_path / "here")
+    here = TrainingRun(DirStore(tmp_path / "here"), "r")
+    invoker = HandlerInvoker(handler)
+    step = outer_request(run, 1, 0.7, 0.9) if outer else None
+    aggregate_round(run, 1, results, "lambda", invoker, retries=0, outer=step)
+    aggregate_round(here, 1, results, "local", HandlerInvoker(handler), retries=0,
+                    outer=outer_request(here, 1, 0.7, 0.9) if outer else None)
+    assert run.store.get(run.global_key(1)) == here.store.get(run.global_key(1))
+    roots = [e for e in invoker.events if e["final"] and e["weights_key"] == run.global_key(1)]
+    assert [e["base_key"] for e in roots] == [run.global_key(0)] and roots[0]["precision"] == "bfloat16"
+    got = load_weights(models, run.global_key(1))
+    assert [a.dtype for a in got] == [np.float32, np.float32]      # the global weights stay float32
+    average = weighted_average((t, results[w].num_examples) for w, t in enumerate(trained))
+    expected = outer_step(OuterOptimizer(0.7, 0.9), base, average, None)[0] if outer else average
+    moved = [e - b for e, b in zip(expected, base, strict=True)]
+    for g, e, m in zip(got, expected, moved, strict=True):
+        # the step is kept to bfloat16's 8 bits (per level of the tree), the weights around it exactly
+        np.testing.assert_allclose(g - e, 0, atol=float(np.abs(m).max()) * 2 ** -7 * len(plan_tree(count)))
+    assert not all(np.array_equal(g, b) for g, b in zip(got, base, strict=True))
+
+
+def test_differences_from_other_weights_than_the_rounds_are_refused(tmp_path, handler):
+    models = DirStore(tmp_path / "models")
+    run = TrainingRun(models, "r")
+    base = [np.ones((5, 3), np.float32), np.zeros(7, np.float32)]
+    save_weights(models, run.global_key(0), base)
+    results, _ = difference_results(models, run, 3, base)
+    results[1] = results[1].model_copy(update={"delta_from": "runs/other/rounds/0000/global.npz"})
+    with pytest.raises(AggregationFailed, match=r"differences from 'runs/r/rounds/0000/global.npz'.*worker 1: "
+                                                r"runs/other"):
+        aggregate_round(run, 1, results, "local", HandlerInvoker(handler), retries=0)
+    results[1] = results[1].model_copy(update={"delta_from": None})   # one worker's weights among differences
+    with pytest.raises(AggregationFailed, match=r"worker 1: weights"):
+        aggregate_round(run, 1, results, "local", HandlerInvoker(handler), retries=0)
+
+
+def test_the_handler_adds_the_base_at_the_root_only_and_from_the_outer_steps_own_start(handler):
+    outer = {"learning_rate": 0.7, "momentum": 0.9, "previous_key": "p.npz", "output_momentum_key": "m.npz"}
+    source = [{"name": "worker 0", "weights_key": "w.npz", "examples": 3}]
+    context = LocalContext("train", 4096, 900, "x")
+    for extra, problem in (({"final": False, "base_key": "p.npz"}, "only a final node"),
+                           ({"outer": outer, "base_key": "q.npz"}, "base_key == outer.previous_key")):
+        reply = handler({"action": "aggregate", "weights_key": "g.npz", "sources": source, **extra}, context)
+        assert reply["statusCode"] == 400 and problem in reply["error"]

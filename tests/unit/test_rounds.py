@@ -253,7 +253,8 @@ def test_a_run_from_before_the_new_defaults_resumes_with_its_own_values():
     train(s, "old", 2, resume=True)
     assert train_hypers(s) == [{"trainable": "all", "local_epochs": 2, "local_steps": None, "batch_size": 128,
                                 "learning_rate": 0.001, "seed": 0, "warmup_epochs": 0.0,
-                                "optimizer_precision": "float32"}] * 3   # Adam's state as it was stored
+                                "optimizer_precision": "float32", "update_precision": "float32"}] * 3
+    # Adam's state and the workers' weights as they were stored
     assert not s.models.exists(run.outer_key(2))          # FedAvg, as runs were before the outer step
     with pytest.raises(TrainingFailed, match=r"trained with warmup-epochs 0.0"):
         train(s, "old", 3, resume=True, warmup_epochs=1.0)

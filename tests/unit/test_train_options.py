@@ -50,6 +50,7 @@ def test_the_models_defaults_are_the_defaults_and_stored_configs_keep_their_mean
     assert all(getattr(stored, name) == value for name, value in BEFORE.items() if name not in old)
     assert (stored.outer_learning_rate, stored.outer_momentum, stored.batch_across_workers) == (1.0, 0.0, False)
     assert (defaults["optimizer_precision"], stored.optimizer_precision) == ("bfloat16", "float32")
+    assert (defaults["update_precision"], stored.update_precision) == ("bfloat16", "float32")
     # the aggregation tree: chosen for the workers when a run starts, 16 per node in runs stored before
     assert (Training(workers=8).fan_in, Training(workers=16).fan_in, stored.fan_in) == (16, 4, 16)
 

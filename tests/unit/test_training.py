@@ -144,6 +144,31 @@ def test_a_worker_stores_its_adam_state_in_bfloat16_when_asked_the_same_state_ro
         np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=0)
 
 
+def test_a_worker_stores_its_round_as_bfloat16_differences_from_the_global_weights_when_asked(world, handler):
+    stored = {}
+    for precision in ("float32", "bfloat16"):
+        run = f"update-{precision}"
+        init_key = init(handler, run)
+        event = train_event(world, run)
+        event["hyper"].update(local_epochs=1, update_precision=precision)
+        reply = handler(event, context())
+        with np.load(io.BytesIO(world["models"].get(reply["weights_key"]))) as archive:
+            kinds = sorted({name[0] for name in archive.files})
+        stored[precision] = (kinds, reply["weights_bytes"], reply["delta_from"],
+                             load_weights(world["models"], reply["weights_key"]),
+                             load_weights(world["models"], init_key))
+    (kinds32, bytes32, from32, weights, start), (kinds16, bytes16, from16, differences, _) = \
+        stored["float32"], stored["bfloat16"]
+    assert (kinds32, from32) == (["w"], None)
+    assert kinds16 == ["b"] and from16 == TrainingRun(None, "update-bfloat16").global_key(0)
+    assert bytes16 < 0.55 * bytes32
+    # the same round (the same seed and start), its step kept to bfloat16's 8 bits
+    for w, d, s in zip(weights, differences, start, strict=True):
+        assert d.dtype == np.float32
+        np.testing.assert_allclose(d, w - s, rtol=2 ** -8, atol=float(np.abs(w - s).max()) * 2 ** -20)
+    assert max(float(np.abs(d).max()) for d in differences) > 1e-3   # training moved the weights
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("warmup_epochs", [0.0, 1.5])
 def test_second_round_continues_the_optimizer_like_one_long_fit(world, handler, warmup_epochs):

@@ -64,6 +64,9 @@ class Training(Hyper):
     worker_optimizer: Literal["averaged", "own"] = "averaged"
     # Adam's state stored in bfloat16: half the bytes each round's workers and aggregation move (README).
     optimizer_precision: Precision = "bfloat16"
+    # Each worker stores its round as bfloat16 differences from the global weights: half the bytes of its
+    # weights to write and to aggregate (README).
+    update_precision: Precision = "bfloat16"
     # Sources per node of the aggregation tree; None: the one with the least serial work for the workers
     # (dlpipe.train.aggregate.best_fan_in), fixed when the run starts.
     fan_in: int | None = Field(None, ge=2, le=MAX_AGGREGATE_SOURCES)
@@ -95,7 +98,7 @@ class Training(Hyper):
 # What each field meant in runs stored before it existed: the code's behaviour then.
 BEFORE = {"batch_size": 128, "warmup_epochs": 0.0, "batch_across_workers": False, "lr_scaling": "none",
           "outer_learning_rate": 1.0, "outer_momentum": 0.0, "worker_optimizer": "averaged",
-          "optimizer_precision": "float32", "fan_in": FAN_IN}
+          "optimizer_precision": "float32", "update_precision": "float32", "fan_in": FAN_IN}
 
 
 class Lineage(BaseModel):

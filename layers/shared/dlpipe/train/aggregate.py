@@ -123,27 +123,59 @@ def _sum_sources(store, sources: Sequence[AggregateSource], keys: Sequence[str],
     return total
 
 
-def apply_outer(store, outer: OuterStep, average: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+def add_base(base: Sequence[np.ndarray], mean_difference: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The workers' average from the weights they started from and their mean difference (float64 sum)."""
+    if len(base) != len(mean_difference) or any(np.shape(b) != np.shape(d) for b, d in
+                                                 zip(base, mean_difference, strict=False)):
+        raise AveragingError("the workers' differences do not fit the global weights they are from")
+    return [(np.asarray(b, np.float64) + np.asarray(d, np.float64)).astype(np.asarray(b).dtype)
+            for b, d in zip(base, mean_difference, strict=True)]
+
+
+def apply_outer(store, outer: OuterStep, average: Sequence[np.ndarray],
+                previous: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], int, int]:
     """The root's outer step (dlpipe.train.outer): (new global weights, bytes read, bytes written).
 
+    previous: the previous global weights if the root already read them (else read from outer.previous_key).
     The new momentum is stored before the weights are, as a round commits its state first.
     """
-    previous_bytes = store.get(outer.previous_key)
-    read = len(previous_bytes)
+    read = 0
+    if previous is None:
+        previous_bytes = store.get(outer.previous_key)
+        read = len(previous_bytes)
+        previous = weights_from_bytes(previous_bytes, repr(outer.previous_key))
     buffer = None
     if outer.momentum_key:
         momentum_bytes = store.get(outer.momentum_key)
         read += len(momentum_bytes)
         buffer = weights_from_bytes(momentum_bytes, f"the outer momentum {outer.momentum_key!r}")
     optimizer = OuterOptimizer(outer.learning_rate, outer.momentum)
-    new, momentum = outer_step(optimizer, weights_from_bytes(previous_bytes, repr(outer.previous_key)), average,
-                               buffer)
+    new, momentum = outer_step(optimizer, previous, average, buffer)
     written = 0
     if momentum is not None:
         data = weights_to_bytes(momentum)
         store.put(outer.output_momentum_key, data)
         written = len(data)
     return new, read, written
+
+
+def _global_weights(request: AggregateRequest, store, mean: list[np.ndarray], counter: dict) -> list[np.ndarray]:
+    """The root's new global weights: the mean (of differences: added to their base), then the outer step."""
+    base = None
+    if request.base_key is not None:
+        data = store.get(request.base_key)
+        counter["gets"] += 1
+        counter["read"] += len(data)
+        base = weights_from_bytes(data, f"the global weights {request.base_key!r}")
+        mean = add_base(base, mean)
+    if request.outer is None:
+        return mean
+    weights, read, written = apply_outer(store, request.outer, mean, base)
+    counter["gets"] += (base is None) + bool(request.outer.momentum_key)
+    counter["read"] += read
+    counter["puts"] += bool(written)
+    counter["written"] += written
+    return weights
 
 
 def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> AggregateResponse:
@@ -157,13 +189,8 @@ def run_aggregate(request: AggregateRequest, store, ahead: int = READ_AHEAD) -> 
                          counter, ahead)
     if not request.final:
         data = partial_to_bytes(total.partial(), request.precision)
-    elif request.outer is not None:
-        weights, read, written = apply_outer(store, request.outer, total.result())
-        counter["gets"] += 1 + bool(request.outer.momentum_key)
-        counter["read"] += read
-        counter["puts"] += bool(written)
-        counter["written"] += written
-        data = weights_to_bytes(weights)
+    elif request.outer is not None or request.base_key is not None:
+        data = weights_to_bytes(_global_weights(request, store, total.result(), counter))
     else:
         data = weights_to_bytes(total.result(), request.precision)
     store.put(request.weights_key, data)

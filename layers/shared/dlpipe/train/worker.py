@@ -40,6 +40,7 @@ from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import (
     EvaluateRequest,
     EvaluateResponse,
+    Hyper,
     InitRequest,
     InitResponse,
     ModelConfig,
@@ -279,6 +280,19 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
             "steps": counter["steps"], "stopped": bool(counter["stopped"])}
 
 
+def round_update(trained: Sequence[np.ndarray], start: Sequence[np.ndarray], hyper: Hyper) -> list[np.ndarray]:
+    """What a worker stores of its round: its weights, or (update_precision bfloat16) their differences from the
+    global weights it started from.
+
+    Why differences: a round moves the weights by a small fraction of their size, so 8 bits of mantissa keep
+    the difference to within 0.4 % (the pseudo-gradients of DiLoCo survive far coarser quantisation), where
+    the weights themselves would lose most of the round's step. Half the bytes to write, and to aggregate.
+    """
+    if hyper.update_precision != "bfloat16":
+        return list(trained)
+    return [np.subtract(t, s, dtype=np.asarray(t).dtype) for t, s in zip(trained, start, strict=True)]
+
+
 def run_train(request: TrainRequest, data_store, model_store,
               remaining_ms: Callable[[], int] | None = None, margin_s: float = DEFAULT_MARGIN_S) -> TrainResponse:
     """One worker's round: returns its example count and metrics (see module docstring)."""
@@ -299,14 +313,16 @@ def run_train(request: TrainRequest, data_store, model_store,
     done = fit_local_epochs(model, x, y, request, started + budget)
     trained, cpu = time.monotonic(), time.process_time() - cpu
 
-    size = save_weights(model_store, request.output_key, model.get_weights())
+    delta_from = request.global_key if hyper.update_precision == "bfloat16" else None
+    size = save_weights(model_store, request.output_key, round_update(model.get_weights(), global_weights, hyper),
+                        hyper.update_precision)
     if request.output_optimizer_key:
         size += save_weights(model_store, request.output_optimizer_key, optimizer_state(model),
                              hyper.optimizer_precision)
     train_s = trained - built
     return TrainResponse(
         run=request.run, round=request.round, worker=request.worker, attempt=request.attempt,
-        weights_key=request.output_key, optimizer_key=request.output_optimizer_key,
+        weights_key=request.output_key, optimizer_key=request.output_optimizer_key, delta_from=delta_from,
         num_examples=int(done["examples"]), shard_examples=len(y), epochs_done=done["epochs"], steps=done["steps"],
         stopped_early=done["stopped"], loss=done["loss"], accuracy=done["accuracy"],
         train_seconds=round(train_s, 3), images_per_second=round(done["examples"] / max(train_s, 1e-9), 1),

@@ -93,6 +93,8 @@ class Hyper(_Event):
                                  description="the learning rate rises linearly from 0 over this many "
                                              "epochs of the worker's shard (0: no warm-up)")
     optimizer_precision: Precision = Field("float32", description="how the worker stores its Adam state")
+    update_precision: Precision = Field("float32", description="how the worker stores its round: float32 weights, "
+                                                               "or bfloat16 differences from the global weights")
 
 
 class InitFrom(_Event):
@@ -229,6 +231,8 @@ class TrainResponse(_Event):
     attempt: int
     weights_key: str
     optimizer_key: str | None
+    # Set when weights_key holds the differences from these global weights (update_precision bfloat16).
+    delta_from: str | None = None
     num_examples: int              # examples trained on this round (all epochs): the averaging weight
     shard_examples: int
     epochs_done: int
@@ -302,15 +306,22 @@ class AggregateRequest(_Event):
     final: bool = Field(True, description="write the means (the round's global state); else a partial sum")
     weights_key: StoreKey                      # where to write (model store)
     outer: OuterStep | None = None             # at the root only: None is the plain average (FedAvg)
-    precision: Precision = Field("float32", description="how the node stores its partial sum or mean "
-                                                        "(bfloat16: an optimizer state's tree; never with `outer`)")
+    base_key: StoreKey | None = Field(None, description="the sources are differences from these weights (the "
+                                                        "round's global weights): the root adds their mean back")
+    precision: Precision = Field("float32", description="how the node stores its partial sum or mean (bfloat16: "
+                                                        "an optimizer state's tree, or the differences' tree, "
+                                                        "whose root writes float32 weights)")
 
     @model_validator(mode="after")
     def _outer_at_the_root(self) -> AggregateRequest:
-        if self.outer is not None and not self.final:
-            raise ValueError("the outer step is taken once, at the root: only a final node carries `outer`")
-        if self.outer is not None and self.precision != "float32":
+        if (self.outer is not None or self.base_key is not None) and not self.final:
+            raise ValueError("the outer step and the base weights are taken once, at the root: only a final node "
+                             "carries `outer` or `base_key`")
+        if self.outer is not None and self.precision != "float32" and self.base_key is None:
             raise ValueError("the outer step makes the global weights, which are stored in float32")
+        if self.outer is not None and self.base_key is not None and self.base_key != self.outer.previous_key:
+            raise ValueError("the differences must be from the weights the outer step starts from "
+                             "(base_key == outer.previous_key)")
         return self
 
 
