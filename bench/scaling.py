@@ -106,12 +106,18 @@ def train(settings: Settings, dataset: str, workers: int, epochs: float, overrid
 
 
 def to_target(records: list[dict], target: float) -> dict | None:
-    """Epochs, Lambda seconds and GB-s from the start until a round's validation accuracy reaches `target`."""
+    """Epochs, Lambda seconds and GB-s from the start until a round's validation accuracy reaches `target`.
+
+    The time includes that round's evaluation: the score says the target is reached (a round's evaluation
+    runs beside the next round's workers, so its record counts it only in the last round)."""
     seconds = gbs = 0.0
     for record in records:
         seconds += record.get("lambda_seconds") or 0.0
         gbs += record["gb_seconds"]
-        if record["round"] > 0 and (record["val"] or {}).get("accuracy", 0.0) >= target - 1e-9:
+        val = record["val"] or {}
+        if record["round"] > 0 and val.get("accuracy", 0.0) >= target - 1e-9:
+            counted = (record.get("lambda_phase_seconds") or {}).get("evaluate", 0.0)
+            seconds += max(0.0, (val.get("lambda_seconds") or 0.0) - counted)
             return {"round": record["round"], "epochs": record["epochs"], "lambda_seconds": seconds, "gb_seconds": gbs}
     return None
 

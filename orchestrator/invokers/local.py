@@ -229,6 +229,9 @@ class LocalInvoker(Invoker):
         self._pools: dict[str, ProcessPool] = {}
         self._sizes: dict[str, int] = {}     # workers of each pool
         self._notes: tempfile.TemporaryDirectory | None = None  # out-of-memory workers' last words
+        # Batches may come from two threads (a round's evaluation beside the next round's workers): a pool is
+        # replaced, and calls scheduled on it, under this lock.
+        self._lock = threading.Lock()
 
     def _pool(self, spec: FunctionSpec, calls: int) -> ProcessPool:
         """The function's pool, of as many workers as `calls` needs (never more than the concurrency).
@@ -288,18 +291,19 @@ class LocalInvoker(Invoker):
             on_result: Callable[[Invocation], None] | None = None) -> Iterator[Invocation]:
         spec = function_spec(function)
         events = list(events)
-        pool = self._pool(spec, len(events))
         timeout = self.timeout_for(spec)
         futures = {}
-        for index, event in enumerate(events):
-            request_id, body = str(uuid.uuid4()), json.dumps(event)
-            future = pool.schedule(
-                _run,
-                args=(str(spec.handler_path), spec.handler_name, body, spec.name,
-                      spec.memory_mb, timeout, request_id),
-                timeout=timeout,
-            )
-            futures[future] = (index, request_id, time.perf_counter(), len(body.encode()))
+        with self._lock:
+            pool = self._pool(spec, len(events))
+            for index, event in enumerate(events):
+                request_id, body = str(uuid.uuid4()), json.dumps(event)
+                future = pool.schedule(
+                    _run,
+                    args=(str(spec.handler_path), spec.handler_name, body, spec.name,
+                          spec.memory_mb, timeout, request_id),
+                    timeout=timeout,
+                )
+                futures[future] = (index, request_id, time.perf_counter(), len(body.encode()))
         return self._collect(spec, futures, timeout, on_result)
 
     def _collect(self, spec, futures, timeout, on_result) -> Iterator[Invocation]:

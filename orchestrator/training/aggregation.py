@@ -20,6 +20,7 @@ runs/<run>/rounds/<r>/outer.npz, written before the round's global weights.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dlpipe.runs.record import AggregationRecord
@@ -124,12 +125,13 @@ def _differences_from(run: TrainingRun, round_: int, results: dict[int, TrainRes
 def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainResponse], engine: str,
                     invoker: Invoker, retries: int, outer: OuterStep | None = None,
                     average_optimizer: bool = True, precision: Precision = "float32",
-                    fan_in: int = FAN_IN) -> Aggregation:
+                    fan_in: int = FAN_IN, seen: Callable[[Invocation], None] | None = None) -> Aggregation:
     """Write the round's optimizer state, outer state and global weights from the workers' `results`.
 
     average_optimizer False: the workers keep their own Adam state; only the weights are aggregated.
     precision: how the averaged optimizer state is stored (the run's, as its workers store theirs).
     fan_in: the run's tree (dlpipe.train.aggregate.plan_tree).
+    seen: gets each aggregate invocation (the cloud engine's), for the round's bill.
     """
     started = time.perf_counter()
     trees = round_trees(run, round_, results, outer, average_optimizer, precision)
@@ -141,7 +143,7 @@ def aggregate_round(run: TrainingRun, round_: int, results: dict[int, TrainRespo
             if engine == "local":
                 replies, slowest = _level_here(run, events)
             else:
-                replies, slowest, made = _level_in_cloud(invoker, events, retries, level, trees)
+                replies, slowest, made = _level_in_cloud(invoker, events, retries, level, trees, seen)
                 calls += made
             on_lambda += slowest
             for position, tree in enumerate(trees):
@@ -187,16 +189,19 @@ def _level_here(run: TrainingRun, events: list[dict]) -> tuple[list[AggregateRes
     return replies, slowest
 
 
-def _level_in_cloud(invoker: Invoker, events: list[dict], retries: int, level: int,
-                    trees: list[Tree]) -> tuple[list[AggregateResponse], float, int]:
+def _level_in_cloud(invoker: Invoker, events: list[dict], retries: int, level: int, trees: list[Tree],
+                    seen: Callable[[Invocation], None] | None = None) -> tuple[list[AggregateResponse], float, int]:
     """A level's nodes, every tree's, as one batch of aggregate invocations: the level takes as long as its
-    slowest call. Returns the replies in order, that time and the calls made (retries included)."""
+    slowest call. Returns the replies in order, that time and the calls made (retries included); `seen` gets
+    each call."""
     calls, slowest = 0, 0.0
 
     def count(inv: Invocation) -> None:
         nonlocal calls, slowest
         calls += 1
         slowest = max(slowest, inv.lambda_seconds)
+        if seen is not None:
+            seen(inv)
 
     done, errors = invoke_for_replies(invoker, "train", events, retries, AggregateResponse, count)
     if errors:

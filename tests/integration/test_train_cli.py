@@ -88,12 +88,14 @@ def test_cli_prepares_and_trains_a_model_that_learns(learned):
     assert config["model"]["small_inputs"] is True and config["model"]["input_shape"] == [32, 32, 1]
     # --batch-size 32 is the batch across the 2 workers (16 each); the warm-up is the new runs' default, and
     # rounds of whole epochs average plainly (outer lr 1, momentum 0) when the outer step is not asked for; the
-    # Adam state is stored in bfloat16, and 2 workers are one aggregation node (fan-in 16).
+    # Adam state and the workers' rounds (differences from the global weights) are stored in bfloat16, and 2
+    # workers are one aggregation node (fan-in 16).
     assert config["training"] == {"local_epochs": 2, "local_steps": None, "batch_size": 32, "learning_rate": 0.001,
                                   "seed": 0, "warmup_epochs": 1.0, "trainable": "all", "workers": 2,
                                   "batch_across_workers": True, "lr_scaling": "sqrt", "outer_learning_rate": 1.0,
                                   "outer_momentum": 0.0, "worker_optimizer": "averaged",
-                                  "optimizer_precision": "bfloat16", "fan_in": 16}
+                                  "optimizer_precision": "bfloat16", "update_precision": "bfloat16",
+                                  "fan_in": 16}
     assert all(r["steps"] == 2 * -(-1000 // 16) for record in records[1:] for r in record.worker_results)
     assert [r.epochs for r in records] == [0.0, 2.0, 4.0, 6.0] and all(r.lambda_seconds for r in records)
     assert "epoch 6.00" in train_out and "on Lambda" in train_out
@@ -208,9 +210,11 @@ def test_min_workers_closes_a_round_on_the_survivors(tiny):
     assert [f["worker"] for f in failed] == [0] and failed[0]["attempts"] == 3
     assert "CorruptPart" in failed[0]["error"] and key in failed[0]["error"]
     assert result.failures and result.failures[0][0] == "round 1 worker 0"
-    # With plain averaging the global model is worker 1's alone (an average of one), and it was evaluated.
-    assert same(load_weights(models, TrainingRun(None, "survivor").global_key(1)),
-                load_weights(models, TrainingRun(None, "survivor").worker_key(1, 1, 0)))
+    # With plain averaging the global model is worker 1's alone (an average of one: the round-0 weights plus its
+    # difference from them, as it stored its round), and it was evaluated.
+    run = TrainingRun(None, "survivor")
+    start, difference = load_weights(models, run.global_key(0)), load_weights(models, run.worker_key(1, 1, 0))
+    assert same(load_weights(models, run.global_key(1)), [s + d for s, d in zip(start, difference, strict=True)])
     assert same(load_weights(models, TrainingRun(None, "survivor").optimizer_key(1)),
                 load_weights(models, TrainingRun(None, "survivor").worker_optimizer_key(1, 1, 0)))
     assert record.val.count == json.loads(tiny["data"].get(manifests.manifest_key("tiny")))["val"]["count"]

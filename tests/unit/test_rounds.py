@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -478,3 +479,51 @@ def test_one_worker_takes_no_outer_step():
     assert run.config().training.outer_momentum == 0.9 and not s.models.exists(run.outer_key(2))
     expected = np.float32(0.0) + np.float32(1.0) + np.float32(1.0) / np.float32(2.0)   # worker 0's steps, as they are
     assert load_weights(s.models, run.global_key(2))[0][0] == expected
+
+
+class BesideTheNextRound(FakeTrainFunction):
+    """Workers take 100 ms on Lambda, evaluations `evaluate_ms`. An evaluation of a round before the last waits
+    (up to 20 s) until the next round's workers have started: it gets through at once only if it is sent
+    beside them, not before them."""
+
+    def __init__(self, store: MemoryStore, rounds: int, evaluate_ms: int) -> None:
+        super().__init__(store)
+        self.rounds, self.evaluate_ms = rounds, evaluate_ms
+        self.started = {r: threading.Event() for r in range(1, rounds + 2)}
+        self.waited_out: list[int] = []
+
+    def _run(self, index: int, event: dict) -> Invocation:
+        if event["action"] == "train":
+            self.started[event["round"]].set()
+        inv = super()._run(index, event)
+        inv.duration_ms = inv.billed_ms = self.evaluate_ms if event["action"] == "evaluate" else 100
+        return inv
+
+    def _evaluate(self, event):
+        round_ = int(event["weights_key"].split("/")[-2])
+        if round_ < self.rounds and not self.started[round_ + 1].wait(20):
+            self.waited_out.append(round_)
+        return super()._evaluate(event)
+
+
+def test_a_rounds_evaluation_runs_beside_the_next_rounds_workers_and_only_the_last_one_counts():
+    s = session()
+    s.invoker = BesideTheNextRound(s.models, 3, 250)
+    result = train(s, "r", 3)
+    assert s.invoker.waited_out == []                      # each evaluation overlapped the next round's workers
+    records = result.records[1:]
+    assert [r.val.lambda_seconds for r in records] == [0.25] * 3
+    assert [r.lambda_phase_seconds.evaluate for r in records] == [0.0, 0.0, 0.25]
+    # workers 0.1 s, the aggregation (here) a few ms, and the last evaluation
+    assert [r.lambda_seconds for r in records] == pytest.approx([0.1, 0.1, 0.35], abs=0.02)
+    # each round pays for its own evaluation, whenever it ran: three workers and one evaluation each
+    assert [r.gb_seconds for r in records] == pytest.approx([(3 * 0.1 + 0.25) * 4.0] * 3)
+    assert TrainingRun(s.models, "r").latest_round() == 3 and all(r.val.count == 5 for r in records)
+
+
+def test_a_round_is_committed_with_its_score_before_the_next_rounds_failed_workers_stop_the_run():
+    s = session(failures={(2, 0): 5, (2, 1): 5, (2, 2): 5})
+    with pytest.raises(TrainingFailed, match=r"round 2: only 0 of 3 workers .* last completed round is 1"):
+        train(s, "r", 3, retries=0)
+    run = TrainingRun(s.models, "r")
+    assert run.latest_round() == 1 and run.record(1).val is not None and run.record(1).val.count == 5
