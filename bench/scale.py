@@ -62,7 +62,7 @@ def simulated_train(params: int, sleep_s: float):
 
     from dlpipe.shared.config import Settings
     from dlpipe.train.weights import load_weights, save_weights
-    from dlpipe.wire import InitResponse, TrainResponse
+    from dlpipe.wire import InitResponse, TrainResponse, WarmResponse
 
     spec = importlib.util.spec_from_file_location("train_app", REPO / "functions" / "train" / "app.py")
     module = importlib.util.module_from_spec(spec)
@@ -74,6 +74,8 @@ def simulated_train(params: int, sleep_s: float):
     def handler(event: dict, context) -> dict:
         if event["action"] == "aggregate":
             return real(event, context)
+        if event["action"] == "warm":
+            return WarmResponse(seconds=0.0, was_warm=True).model_dump()
         if event["action"] == "init":
             rng = np.random.default_rng(event["seed"])
             weights = [rng.normal(size=s).astype(np.float32) for s in shapes]

@@ -1,4 +1,4 @@
-"""The train function (container image): init, pack, train, evaluate and aggregate actions.
+"""The train function (container image): init, warm, pack, train, evaluate and aggregate actions.
 
 Thin on purpose: parse the event into the core's pydantic models, call the core
 (dlpipe.train.worker), log and return its JSON-safe result. A malformed event is answered
@@ -43,6 +43,8 @@ def handler(request, context) -> dict:
                                     remaining_ms=context.get_remaining_time_in_millis)
     elif isinstance(request, wire.EvaluateRequest):
         result = training.run_evaluate(request, data_store, model_store)
+    elif isinstance(request, wire.WarmRequest):
+        result = training.run_warm(request)
     elif isinstance(request, wire.AggregateRequest):
         result = aggregate.run_aggregate(request, model_store)
     elif isinstance(request, wire.PackRequest):

@@ -22,6 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from dlpipe.runs.record import (
     AggregationRecord,
     FailedWorker,
@@ -36,7 +38,8 @@ from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import InitRequest, InitResponse, TrainResponse
+from dlpipe.wire import ErrorResponse, InitRequest, InitResponse, TrainResponse, WarmRequest, Warmup
+from dlpipe.wire.errors import parse_reply
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
@@ -49,6 +52,7 @@ from orchestrator.traffic import Meter, Traffic
 from orchestrator.training import tensorboard
 from orchestrator.training.aggregation import AggregationFailed, aggregate_round, outer_request, resolve_engine
 from orchestrator.training.evaluation import eval_images, evaluate
+from orchestrator.training.hyperparams import worker_hyper
 from orchestrator.training.plan import Plan, TrainingFailed, TrainOptions, plan_run
 from orchestrator.training.report import round_line, write_outputs
 from orchestrator.training.workers import RoundWorkers, enough_workers, run_workers
@@ -179,19 +183,51 @@ def _show_scored(scoring: deque[Future[RoundRecord]], show: Callable[[RoundRecor
 
 
 def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invocation], None]) -> None:
-    """Round 0: the initial weights, made by the train function from the seed."""
-    started, n_before, run = time.perf_counter(), len(invoker.records), plan.run
+    """Round 0: the initial weights, made by the train function from the seed; beside them, N - 1 more
+    environments made ready to train (`warm`), so that round 1's N workers all start warm.
+
+    One batch of N calls (the init call also gets its environment ready), so a local pool is sized for the
+    workers. A warm-up that fails costs nothing but its cold start later; the init call is retried."""
+    started, run = time.perf_counter(), plan.run
+    warmup = Warmup(trainable=plan.config.training.trainable, batch_size=worker_hyper(plan.config.training).batch_size)
     event = InitRequest(action="init", model=plan.config.model, seed=plan.config.training.seed,
-                        output_key=run.global_key(0), init_from=plan.init_from).model_dump(mode="json")
-    done, errors = invoke_for_replies(invoker, "train", [event], options.retries, InitResponse, tick)
-    if errors:
+                        output_key=run.global_key(0), init_from=plan.init_from,
+                        warmup=warmup).model_dump(mode="json")
+    warm = WarmRequest(action="warm", model=plan.config.model, warmup=warmup).model_dump(mode="json")
+    calls = list(invoker.map("train", [event] + [warm] * (len(plan.shard_parts) - 1)))
+    init_calls = [next(inv for inv in calls if inv.index == 0)]
+    tick(init_calls[0])
+    reply, problem = _init_reply(init_calls[0])
+    if problem and options.retries > 0:
+        def seen(inv: Invocation) -> None:
+            init_calls.append(inv)
+            tick(inv)
+
+        done, errors = invoke_for_replies(invoker, "train", [event], options.retries - 1, InitResponse, seen)
+        reply, problem = done.get(0), (errors[0][1] if errors else None)
+    if problem or reply is None:
         run.store.delete(run.config_key)   # no round made: the run name stays free for the next try
-        raise TrainingFailed(f"creating the initial weights failed: {errors[0][1]}")
+        raise TrainingFailed(f"creating the initial weights failed: {problem}")
+    warm_calls = [inv for inv in calls if inv.index != 0]
     run.commit_round(0, RoundRecord(
-        kind="init", workers=0, workers_ok=0, train=None, val=None, parameters=done[0].parameters, epochs=0.0,
+        kind="init", workers=0, workers_ok=0, train=None, val=None, parameters=reply.parameters, epochs=0.0,
         wall_seconds=round(time.perf_counter() - started, 3),
-        lambda_seconds=round(sum(inv.lambda_seconds for inv in invoker.records[n_before:]), 3),
-        gb_seconds=summarize(invoker.records[n_before:]).gb_seconds, completed_at=now_iso()))
+        lambda_seconds=round(max([sum(inv.lambda_seconds for inv in init_calls)] +
+                                 [inv.lambda_seconds for inv in warm_calls]), 3),
+        gb_seconds=summarize(init_calls + warm_calls).gb_seconds, completed_at=now_iso()))
+
+
+def _init_reply(inv: Invocation) -> tuple[InitResponse | None, str | None]:
+    """The init call's reply, or why it failed."""
+    if not inv.ok:
+        return None, inv.error or "failed"
+    try:
+        reply = parse_reply(inv.payload, InitResponse)
+    except ValidationError as err:
+        return None, f"bad response ({err.error_count()} problems): {str(inv.payload)[:200]}"
+    if isinstance(reply, ErrorResponse):
+        return None, reply.error
+    return reply, None
 
 
 def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse],

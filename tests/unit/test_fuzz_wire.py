@@ -17,13 +17,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from dlpipe import wire
 
-REQUESTS = ["AugmentRequest", "PredictRequest", "InitRequest", "PackRequest", "TrainRequest", "EvaluateRequest"]
+REQUESTS = ["AugmentRequest", "PredictRequest", "InitRequest", "WarmRequest", "PackRequest", "TrainRequest",
+            "EvaluateRequest"]
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 # Strings that mean something to some validator: keys, names, variants, actions, base64.
 WORDS = ["", "/", "..", "a/../b", "a//b", "/etc/passwd", ".tmp-1", "raw/cat/1.jpg", "x" * 1100, "caf\udce9", "\x00",
-         "original", "flip", "jpeg", "png", "init", "pack", "train", "evaluate", "1.1", "flowers", "aGVsbG8=", "!!"]
+         "original", "flip", "jpeg", "png", "init", "warm", "pack", "train", "evaluate", "1.1", "flowers", "aGVsbG8=",
+         "!!"]
 LEAVES = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.sampled_from(WORDS))
 JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8) | st.sampled_from(WORDS), inner, max_size=4), max_leaves=12)
@@ -34,7 +36,10 @@ PLAUSIBLE = {  # what each function is sent; whether each is valid today does no
         "variants": ["original", "rotate"], "seed": 1, "size": 64, "format": "jpeg", "copies": 2}}],
     "PredictRequest": [{"model": "flowers", "key": "raw/cat/1.jpg", "top_k": 3},
                        {"model": "flowers", "version": "v1", "image_b64": "aGVsbG8=", "name": "1.jpg"}],
-    "InitRequest": [{"action": "init", "model": _MODEL, "seed": 0, "output_key": "runs/r/global.npz"}],
+    "InitRequest": [{"action": "init", "model": _MODEL, "seed": 0, "output_key": "runs/r/global.npz"},
+                    {"action": "init", "model": _MODEL, "seed": 0, "output_key": "runs/r/global.npz",
+                     "warmup": {"trainable": "all", "batch_size": 16}}],
+    "WarmRequest": [{"action": "warm", "model": _MODEL, "warmup": {"trainable": "classifier", "batch_size": 32}}],
     "PackRequest": [{"action": "pack", "items": [["raw/cat/1.jpg", 0]], "recipe": {"size": 32},
                      "output_prefix": "packs/p"}],
     "TrainRequest": [{"action": "train", "run": "r", "round": 1, "worker": 0, "global_key": "runs/r/g.npz",
@@ -43,7 +48,7 @@ PLAUSIBLE = {  # what each function is sent; whether each is valid today does no
     "EvaluateRequest": [{"action": "evaluate", "weights_key": "runs/r/g.npz", "shard_keys": ["p/0"],
                          "model": _MODEL, "recipe": {}}],
 }
-PLAUSIBLE["TrainEvent"] = [e for n in ("InitRequest", "PackRequest", "TrainRequest", "EvaluateRequest")
+PLAUSIBLE["TrainEvent"] = [e for n in ("InitRequest", "WarmRequest", "PackRequest", "TrainRequest", "EvaluateRequest")
                            for e in PLAUSIBLE[n]]
 
 

@@ -21,7 +21,7 @@ from dlpipe.datasets.manifest import Counts, Manifest, PartList, write_manifest
 from dlpipe.runs.run import TrainingRun
 from dlpipe.shared.recipe import Recipe
 from dlpipe.train.weights import load_weights, save_weights
-from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse
+from dlpipe.wire import EvaluateResponse, InitResponse, TrainResponse, WarmResponse
 from orchestrator import functions
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.traffic import Meter
@@ -61,6 +61,9 @@ class FakeTrainFunction(Invoker):
         weights = [np.full(3, float(event["seed"]), np.float32), np.zeros((2, 2), np.float32)]
         save_weights(self.store, event["output_key"], weights)
         return InitResponse(weights_key=event["output_key"], arrays=2, parameters=7, bytes=1).model_dump()
+
+    def _warm(self, event):
+        return WarmResponse(seconds=0.0, was_warm=False).model_dump()
 
     def _train(self, event):
         key = (event["round"], event["worker"])
@@ -527,3 +530,52 @@ def test_a_round_is_committed_with_its_score_before_the_next_rounds_failed_worke
         train(s, "r", 3, retries=0)
     run = TrainingRun(s.models, "r")
     assert run.latest_round() == 1 and run.record(1).val is not None and run.record(1).val.count == 5
+
+
+class Timed(FakeTrainFunction):
+    """init takes 2 s on Lambda and fails its first `init_failures` attempts, a warm-up 5 s; the warm-ups of
+    `broken_warmups` fail."""
+
+    def __init__(self, store: MemoryStore, init_failures: int = 0, broken_warmups: bool = False) -> None:
+        super().__init__(store, reverse=False)
+        self.init_failures, self.broken_warmups = init_failures, broken_warmups
+
+    def _run(self, index: int, event: dict) -> Invocation:
+        inv = super()._run(index, event)
+        inv.duration_ms = inv.billed_ms = {"init": 2000, "warm": 5000}.get(event["action"], 10)
+        return inv
+
+    def _init(self, event):
+        if self.init_failures > 0:
+            self.init_failures -= 1
+            raise RuntimeError("the store hiccuped")
+        return super()._init(event)
+
+    def _warm(self, event):
+        if self.broken_warmups:
+            raise RuntimeError("an old train image: no warm action")
+        return super()._warm(event)
+
+
+def test_round_0_gets_as_many_environments_ready_to_train_as_there_are_workers_at_once():
+    s = session()
+    s.invoker = Timed(s.models)
+    result = train(s, "r", 1)
+    first_batch = s.invoker.events[:3]
+    assert [e["action"] for e in first_batch] == ["init", "warm", "warm"]     # one batch: the init warms too
+    assert all(e["warmup"] == {"trainable": "all", "batch_size": new_run_defaults()["batch_size"] // 3}
+               for e in first_batch)
+    round0 = result.records[0]
+    assert round0.lambda_seconds == pytest.approx(5.0)                       # at once: the slowest of them
+    assert round0.gb_seconds == pytest.approx((2 + 5 + 5) * 4.0)             # each one billed
+
+
+@pytest.mark.parametrize("init_failures, broken_warmups", [(1, False), (0, True)])
+def test_a_retried_init_or_failed_warm_ups_do_not_stop_the_run(init_failures, broken_warmups):
+    s = session()
+    s.invoker = Timed(s.models, init_failures, broken_warmups)
+    result = train(s, "r", 2)
+    assert result.final.round == 2 and TrainingRun(s.models, "r").latest_round() == 2
+    assert [e["action"] for e in s.invoker.events].count("init") == 1 + init_failures
+    # round 0 takes the init's attempts one after another, beside the warm-ups
+    assert result.records[0].lambda_seconds == pytest.approx(max(2.0 * (1 + init_failures), 5.0))

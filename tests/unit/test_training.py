@@ -144,6 +144,31 @@ def test_a_worker_stores_its_adam_state_in_bfloat16_when_asked_the_same_state_ro
         np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=0)
 
 
+def test_a_warmed_environment_trains_the_very_weights_a_cold_one_does(world, handler):
+    run = "warmed"
+    init(handler, run)
+    event = train_event(world, run)
+    event["hyper"].update(local_epochs=1)
+    training._MODELS.clear()                                    # cold: nothing compiled in this process
+    cold = handler(event, context())
+    cold_weights = load_weights(world["models"], cold["weights_key"])
+    training._MODELS.clear()
+    warm = {"action": "warm", "model": model_dict(), "warmup": {"trainable": "all", "batch_size": 16}}
+    first, again = handler(warm, context()), handler(warm, context())
+    assert (first["action"], first["was_warm"], again["was_warm"]) == ("warm", False, True)
+    assert not world["models"].exists(TrainingRun(None, run).worker_key(1, 1))   # a warm-up stores nothing
+    warmed = handler(event, context())
+    assert [a.tobytes() for a in load_weights(world["models"], warmed["weights_key"])] == \
+        [a.tobytes() for a in cold_weights]
+    assert warmed["loss"] == cold["loss"]
+    # init can get its own environment ready the same way, beside making the weights
+    key = TrainingRun(None, "warm-init").global_key(0)
+    training._MODELS.clear()
+    done = handler({"action": "init", "model": model_dict(), "seed": 3, "output_key": key,
+                    "warmup": {"trainable": "all", "batch_size": 16}}, context())
+    assert done["weights_key"] == key and training._MODELS
+
+
 def test_a_worker_stores_its_round_as_bfloat16_differences_from_the_global_weights_when_asked(world, handler):
     stored = {}
     for precision in ("float32", "bfloat16"):

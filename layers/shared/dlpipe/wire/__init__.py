@@ -71,4 +71,7 @@ from dlpipe.wire.train import (  # noqa: F401
     TrainEvent,
     TrainRequest,
     TrainResponse,
+    WarmRequest,
+    WarmResponse,
+    Warmup,
 )

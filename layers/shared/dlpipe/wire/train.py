@@ -105,12 +105,35 @@ class InitFrom(_Event):
     keep_classifier: bool
 
 
+class Warmup(_Event):
+    """What a function environment gets ready for: training the event's model, `trainable`, at `batch_size`."""
+
+    trainable: Trainable = "all"
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+
+
+class WarmRequest(_Event):
+    """Import TensorFlow, compile the model and trace its training step, storing nothing: sent beside round 0, so
+    that the first round's workers find warm environments instead of paying their cold starts one more time."""
+
+    action: Literal["warm"]
+    model: ModelConfig
+    warmup: Warmup
+
+
+class WarmResponse(_Event):
+    action: Literal["warm"] = "warm"
+    seconds: float
+    was_warm: bool = Field(description="the environment had the model compiled already")
+
+
 class InitRequest(_Event):
     action: Literal["init"]
     model: ModelConfig
     seed: int = Field(0, ge=0, lt=2**31)
     output_key: StoreKey
     init_from: InitFrom | None = None
+    warmup: Warmup | None = Field(None, description="then get this environment ready to train, as `warm` does")
 
 
 class InitResponse(_Event):
@@ -339,5 +362,5 @@ class AggregateResponse(_Event):
     requests: StoreRequests = Field(default_factory=StoreRequests)
 
 
-TrainEvent = Annotated[InitRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
+TrainEvent = Annotated[InitRequest | WarmRequest | PackRequest | TrainRequest | EvaluateRequest | AggregateRequest,
                        Field(discriminator="action")]
