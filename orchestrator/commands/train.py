@@ -73,8 +73,8 @@ def register(subparsers) -> None:
     until = p.add_mutually_exclusive_group(required=True)
     until.add_argument("--rounds", type=positive_int, metavar="R", help="train until round R is complete")
     until.add_argument("--epochs", type=positive_float, metavar="E",
-                       help="train until E epochs of data are done, whatever the round length (the rounds that "
-                            "takes; with --resume, E in all)")
+                       help="train until E epochs of data are done (to within 1 %%), whatever the round length "
+                            "(the rounds that takes; with --resume, E in all)")
     p.add_argument("--workers", type=worker_count, metavar="N",
                    help="parallel workers (default: the dataset's shards)")
     _add_hyper_arguments(p)

@@ -33,6 +33,9 @@ from orchestrator.session import Session
 from orchestrator.training.capacity import DoesNotFit, cache_note, check_worker_memory, input_shape, worker_shard_sizes
 from orchestrator.training.hyperparams import HYPER_PARAMETERS, resolve_hyper, worker_hyper
 
+# --epochs E is done when the rounds have trained at least E x (1 - this) epochs.
+EPOCHS_SHORTFALL = 0.01
+
 
 def _as_json(recipe: Recipe) -> str:
     return json.dumps(recipe.model_dump(mode="json"))
@@ -263,9 +266,16 @@ def plan_run(session: Session, options: TrainOptions) -> Plan:
         run.start(config)
     note = cache_note(input_shape(manifest.recipe), shard_sizes) if not session.data_store().is_local else None
     per_round = epochs_per_round(config.training, max(shard_sizes))
-    rounds = options.rounds or max(1, math.ceil(float(options.epochs or 0) / per_round - 1e-9))
+    rounds = options.rounds or rounds_for_epochs(float(options.epochs or 0), per_round)
     return Plan(run, config, shard_parts, list(manifest.val.parts), min_workers, eval_batch,
                 [note] if note else [], rounds, per_round, sum(shard_sizes), manifest.val.count)
+
+
+def rounds_for_epochs(epochs: float, per_round: float) -> int:
+    """The rounds that train `epochs` epochs, to within EPOCHS_SHORTFALL of them: rounds of a whole number of
+    batches rarely divide an epoch exactly (a quarter of 469 batches is 117), and --epochs 3 should not buy a
+    13th round of 0.25 epochs for the 0.005 epochs 12 rounds leave out."""
+    return max(1, math.ceil(epochs / per_round * (1 - EPOCHS_SHORTFALL) - 1e-9))
 
 
 def epochs_per_round(training: Training, shard_images: int) -> float:

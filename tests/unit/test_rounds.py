@@ -579,3 +579,14 @@ def test_a_retried_init_or_failed_warm_ups_do_not_stop_the_run(init_failures, br
     assert [e["action"] for e in s.invoker.events].count("init") == 1 + init_failures
     # round 0 takes the init's attempts one after another, beside the warm-ups
     assert result.records[0].lambda_seconds == pytest.approx(max(2.0 * (1 + init_failures), 5.0))
+
+
+def test_epochs_count_the_rounds_that_train_them_to_within_a_hundredth():
+    from orchestrator.training.plan import rounds_for_epochs
+
+    quarter = 117 / 469                     # a quarter epoch of 469 batches, in whole batches
+    assert rounds_for_epochs(3, quarter) == 12                  # 2.995 epochs: not a 13th round for 0.005
+    assert rounds_for_epochs(3, 0.25) == 12 and rounds_for_epochs(1.2, 0.5) == 3
+    assert rounds_for_epochs(3.1, 0.25) == 13 and rounds_for_epochs(0.01, 0.25) == 1
+    assert rounds_for_epochs(3, 3 * 0.995 / 14) == 14          # 14 rounds leave 0.5 % out: done
+    assert rounds_for_epochs(3, 3 * 0.985 / 14) == 15          # they would leave 1.5 % out: one more round
