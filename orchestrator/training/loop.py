@@ -336,7 +336,8 @@ def training_seconds(result: TrainResponse, projected: bool) -> float:
 
 
 def _transfer_record(records: list[Invocation], traffic: Traffic) -> TransferRecord:
-    """What went through the orchestrator this round (its own commit excluded): bytes each way, store requests."""
+    """What went through the orchestrator this round: bytes each way, store requests. Its own commit falls in the
+    next round's (it runs beside that round's workers), so the run's totals hold every request once."""
     down, up = transfer_bytes(records, traffic)
     return TransferRecord(bytes_down=down, bytes_up=up, store_requests=traffic.requests)
 
