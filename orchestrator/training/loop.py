@@ -336,8 +336,8 @@ def training_seconds(result: TrainResponse, projected: bool) -> float:
 
 
 def _transfer_record(records: list[Invocation], traffic: Traffic) -> TransferRecord:
-    """What went through the orchestrator this round: bytes each way, store requests. Its own commit falls in the
-    next round's (it runs beside that round's workers), so the run's totals hold every request once."""
+    """What went through the orchestrator this round: bytes each way, store requests. A round's own commit falls
+    in the next round's (it runs beside that round's workers); the last round's in none."""
     down, up = transfer_bytes(records, traffic)
     return TransferRecord(bytes_down=down, bytes_up=up, store_requests=traffic.requests)
 
