@@ -29,15 +29,24 @@ def invoke_for_replies(invoker: Invoker, function: str, events: list[dict], retr
     `accept(event, parsed)` may refuse a well-formed reply (its message is the failure).
     """
     def judge(event: dict, payload: object) -> tuple[Reply | None, str | None]:
-        try:
-            parsed = parse_reply(payload, reply)
-        except ValidationError as err:
-            return None, f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
-        if isinstance(parsed, ErrorResponse):
-            return None, parsed.error
+        parsed, problem = judged_reply(payload, reply)
+        if parsed is None:
+            return None, problem
         return parsed, accept(event, parsed) if accept else None
 
     return _retried(invoker, function, events, retries, judge, on_result, retry_event)
+
+
+def judged_reply(payload: object, reply: type[Reply]) -> tuple[Reply | None, str | None]:
+    """A successful invocation's payload as `reply`, or why it is not one: the function's error answer, or a
+    bad response."""
+    try:
+        parsed = parse_reply(payload, reply)
+    except ValidationError as err:
+        return None, f"bad response ({err.error_count()} problems): {str(payload)[:200]}"
+    if isinstance(parsed, ErrorResponse):
+        return None, parsed.error
+    return parsed, None
 
 
 def invoke_with_retries(invoker: Invoker, function: str, events: list[dict], retries: int,

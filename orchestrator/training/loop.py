@@ -22,8 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from pydantic import ValidationError
-
 from dlpipe.runs.record import (
     AggregationRecord,
     FailedWorker,
@@ -38,13 +36,12 @@ from dlpipe.shared.clock import now_iso
 from dlpipe.shared.names import validate_name
 from dlpipe.train.averaging import weighted_metrics
 from dlpipe.train.weights import CheckpointError
-from dlpipe.wire import ErrorResponse, InitRequest, InitResponse, TrainResponse, WarmRequest, Warmup
-from dlpipe.wire.errors import parse_reply
+from dlpipe.wire import InitRequest, InitResponse, TrainResponse, WarmRequest, Warmup
 from orchestrator.costs import summarize, transfer_bytes
 from orchestrator.functions import function_spec
 from orchestrator.invokers.base import Invocation, Invoker
 from orchestrator.invokers.projection import projected_ms
-from orchestrator.invokers.retry import invoke_for_replies
+from orchestrator.invokers.retry import invoke_for_replies, judged_reply
 from orchestrator.lease import LeaseHeld, LeaseLost, RunLease
 from orchestrator.report import progress_bar
 from orchestrator.session import Session
@@ -218,16 +215,10 @@ def _init_round(invoker, plan: Plan, options: TrainOptions, tick: Callable[[Invo
 
 
 def _init_reply(inv: Invocation) -> tuple[InitResponse | None, str | None]:
-    """The init call's reply, or why it failed."""
+    """The init call's reply, or why it failed (judged as every retried call is)."""
     if not inv.ok:
         return None, inv.error or "failed"
-    try:
-        reply = parse_reply(inv.payload, InitResponse)
-    except ValidationError as err:
-        return None, f"bad response ({err.error_count()} problems): {str(inv.payload)[:200]}"
-    if isinstance(reply, ErrorResponse):
-        return None, reply.error
-    return reply, None
+    return judged_reply(inv.payload, InitResponse)
 
 
 def _average(invoker: Invoker, plan: Plan, options: TrainOptions, round_: int, results: dict[int, TrainResponse],

@@ -41,7 +41,6 @@ from dlpipe.train.weights import CheckpointError, load_weights, save_weights
 from dlpipe.wire import (
     EvaluateRequest,
     EvaluateResponse,
-    Hyper,
     InitRequest,
     InitResponse,
     ModelConfig,
@@ -303,16 +302,14 @@ def fit_local_epochs(model, x: np.ndarray, y: np.ndarray, request: TrainRequest,
             "steps": counter["steps"], "stopped": bool(counter["stopped"])}
 
 
-def round_update(trained: Sequence[np.ndarray], start: Sequence[np.ndarray], hyper: Hyper) -> list[np.ndarray]:
-    """What a worker stores of its round: its weights, or (update_precision bfloat16) their differences from the
-    global weights it started from.
+def differences(trained: Sequence[np.ndarray], start: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A worker's round as its weights' differences from the global weights it started from (update_precision
+    bfloat16).
 
     Why differences: a round moves the weights by a small fraction of their size, so 8 bits of mantissa keep
     the difference to within 0.4 % (the pseudo-gradients of DiLoCo survive far coarser quantisation), where
     the weights themselves would lose most of the round's step. Half the bytes to write, and to aggregate.
     """
-    if hyper.update_precision != "bfloat16":
-        return list(trained)
     return [np.subtract(t, s, dtype=np.asarray(t).dtype) for t, s in zip(trained, start, strict=True)]
 
 
@@ -337,7 +334,9 @@ def run_train(request: TrainRequest, data_store, model_store,
     trained, cpu = time.monotonic(), time.process_time() - cpu
 
     delta_from = request.global_key if hyper.update_precision == "bfloat16" else None
-    size = save_weights(model_store, request.output_key, round_update(model.get_weights(), global_weights, hyper),
+    trained_weights = model.get_weights()
+    size = save_weights(model_store, request.output_key,
+                        trained_weights if delta_from is None else differences(trained_weights, global_weights),
                         hyper.update_precision)
     if request.output_optimizer_key:
         size += save_weights(model_store, request.output_optimizer_key, optimizer_state(model),
